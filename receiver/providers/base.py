@@ -1,0 +1,89 @@
+"""What a provider is: a name, the body formats it sends, and a parser to :class:`Event`."""
+
+from __future__ import annotations
+
+import abc
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from receiver.formats import BodyFormat, detect_format
+from receiver.types import Event, PayloadError, UnsupportedPayload
+
+__all__ = ["Provider"]
+
+
+class Provider(abc.ABC):
+    """A callback dialect: turns one request's body into one :class:`Event`.
+
+    Subclasses set :attr:`name` and :attr:`formats` and implement :meth:`parse_as`.
+    Instances are built once per app and must be safe to share between requests.
+    """
+
+    name: ClassVar[str]
+    """The provider's name, as written in a channel's ``provider = "..."``."""
+
+    formats: ClassVar[frozenset[BodyFormat]]
+    """The body formats this provider sends."""
+
+    def parse(
+        self,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        query: str = "",
+        channel: str = "",
+        received_at: datetime | None = None,
+        event_id: str | None = None,
+    ) -> Event:
+        """Parse one callback into an :class:`Event`.
+
+        Args:
+            body: The request body, exactly as received.
+            content_type: The request's Content-Type header, if any; trusted when it
+                names a known format, otherwise the body is sniffed.
+            query: The request's raw query string; providers that call back with GET
+                put the callback's fields there (used when the body is empty).
+            channel: The configured endpoint name, copied into the event.
+            received_at: When the request arrived (default: now, UTC).
+            event_id: The event's id (default: a new UUIDv7).
+
+        Raises:
+            UnsupportedPayload: the body is in no format this provider sends.
+            PayloadError: the body is malformed or holds no recognizable callback.
+        """
+        if not body.strip() and query and BodyFormat.form in self.formats:
+            raw, fmt = query.encode(), BodyFormat.form
+        elif not body.strip():
+            raise PayloadError("empty body")
+        else:
+            raw, detected = body, detect_format(content_type, body)
+            if detected is None or detected not in self.formats:
+                kinds = " or ".join(sorted(f.value for f in self.formats))
+                raise UnsupportedPayload(f"{self.name} callbacks are {kinds}; this body is not")
+            fmt = detected
+        return self.parse_as(
+            fmt,
+            raw,
+            channel=channel,
+            received_at=received_at or datetime.now(UTC),
+            event_id=event_id,
+        )
+
+    @abc.abstractmethod
+    def parse_as(
+        self,
+        fmt: BodyFormat,
+        raw: bytes,
+        *,
+        channel: str,
+        received_at: datetime,
+        event_id: str | None,
+    ) -> Event:
+        """Parse ``raw`` known to be in format ``fmt`` (see :meth:`parse` for the rest)."""
+
+    def has_callback_fields(self, query: str) -> bool:
+        """Whether a GET with this query string is a callback (not a URL check).
+
+        The default says no: only providers that call back with GET override it.
+        """
+        return False
