@@ -18,7 +18,7 @@ MAX_XML_DEPTH = 32
 """Deepest XML nesting accepted; callbacks nest three or four levels."""
 
 
-class BodyFormat(str, enum.Enum):
+class BodyFormat(enum.StrEnum):
     """The encodings callbacks arrive in."""
 
     json = "json"
@@ -44,6 +44,9 @@ def detect_format(content_type: str | None, body: bytes) -> BodyFormat | None:
     ``{`` or ``[`` is JSON, ``<`` is XML, ``name=value`` is a form.
     """
     if content_type:
+        known = _TRUSTED.get(content_type)
+        if known is not None:
+            return known
         media = content_type.partition(";")[0].strip().lower()
         known = _TRUSTED.get(media)
         if known is not None:
@@ -149,8 +152,10 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
     except _Forbidden as exc:
         raise PayloadError(f"XML with {exc.what} is not accepted") from None
     except pyexpat.ExpatError as exc:
-        raise PayloadError(f"malformed XML: {pyexpat.errors.messages[exc.code]} "
-                           f"at line {exc.lineno}, column {exc.offset}") from None
+        raise PayloadError(
+            f"malformed XML: {pyexpat.errors.messages[exc.code]} "
+            f"at line {exc.lineno}, column {exc.offset}"
+        ) from None
     if not root:
         raise PayloadError("malformed XML: no root element")
     return root[0], root[1]

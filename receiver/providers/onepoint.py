@@ -14,7 +14,9 @@ kept as :attr:`EventType.unknown`, never rejected.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -67,32 +69,37 @@ STATUSES: dict[str, str] = {
 """Squashed ``Status`` spellings that mechanics would get wrong; others become snake_case."""
 
 
-class _Fields(msgspec.Struct, kw_only=True):
-    """The callback fields receiver reads, keyed by lowercased name."""
+class _Fields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The callback fields receiver reads, under the names OnePoint documents.
 
-    source: str | int | None = None
-    destination: str | int | None = None
-    message: str | None = None
-    type: str | None = None
-    timestamp: str | None = None
-    inbound: bool | None = None
-    lookup: bool | None = None
-    test: bool | None = None
-    status: str | None = None
-    metadata: list[Any] | dict[str, Any] | str | None = None
-    messageid: str | int | None = None
-    carrier: str | None = None
-    reachable: bool | None = None
-    numbertype: str | None = None
-    segments: int | None = None
+    JSON in exactly these names decodes straight into this struct; any other key (other
+    casing, a field receiver does not read) makes that fail, and the body is read the
+    slow way: keys matched case-insensitively, unknown keys dropped.
+    """
+
+    Source: str | int | None = None
+    Destination: str | int | None = None
+    Message: str | None = None
+    Type: str | None = None
+    Timestamp: str | None = None
+    Inbound: bool | None = None
+    Lookup: bool | None = None
+    Test: bool | None = None
+    Status: str | None = None
+    MetaData: list[Any] | dict[str, Any] | str | None = None
+    MessageID: str | int | None = None
+    Carrier: str | None = None
+    Reachable: bool | None = None
+    NumberType: str | None = None
+    Segments: int | None = None
 
 
-_FIELD_NAMES = frozenset(_Fields.__struct_fields__)
-_TYPED = frozenset({"inbound", "lookup", "test", "reachable", "segments"})
-_RECOGNIZED = ("type", "messageid", "source", "destination", "message", "status")
+_CANONICAL = {name.lower(): name for name in _Fields.__struct_fields__}
+_TYPED = frozenset({"Inbound", "Lookup", "Test", "Reachable", "Segments"})
+_RECOGNIZED = ("Type", "MessageID", "Source", "Destination", "Message", "Status")
+_FAST = msgspec.json.Decoder(_Fields, strict=False)
 _JSON = msgspec.json.Decoder()
 _METADATA_KEY = re.compile(r"^metadata(?:\[([^\]]*)\]|\.(.+))$", re.IGNORECASE)
-_AT_PATH = re.compile(r"`\$\.(\w+)")
 
 
 class OnePointProvider(Provider):
@@ -110,30 +117,32 @@ class OnePointProvider(Provider):
         received_at: datetime,
         event_id: str | None,
     ) -> Event:
+        extra_metadata: dict[str, Any] = {}
         if fmt is BodyFormat.json:
             try:
-                tree = _JSON.decode(raw)
+                fields = _FAST.decode(raw)
+            except msgspec.ValidationError:
+                tree = _decode_json(raw)
+                if not isinstance(tree, dict):
+                    raise PayloadError("expected a JSON object") from None
+                fields = self._convert(_canonical_keys(tree.items()))
             except msgspec.DecodeError as exc:
                 raise PayloadError(str(exc)) from None
-            if not isinstance(tree, dict):
-                raise PayloadError("expected a JSON object, got an array or a scalar")
-            names = {key.lower(): key for key in tree}
-            lowered = {key.lower(): value for key, value in tree.items()}
-            extra_metadata: dict[str, Any] = {}
         else:
-            names, lowered, extra_metadata = _read_form(raw)
-        if not any(key in lowered for key in _RECOGNIZED):
+            found, extra_metadata = _read_form(raw)
+            fields = self._convert(found)
+        return self._normalize(fields, extra_metadata, raw, channel, received_at, event_id)
+
+    def _convert(self, found: dict[str, Any]) -> _Fields:
+        if not any(key in found for key in _RECOGNIZED):
             raise PayloadError(
                 f"not a {self.name} callback: no Type, MessageID, Source, Destination, "
                 "Message or Status field"
             )
         try:
-            fields = msgspec.convert(lowered, _Fields, strict=False)
+            return msgspec.convert(found, _Fields, strict=False)
         except msgspec.ValidationError as exc:
-            # Name the field as the provider spelled it, not as lowercased here.
-            reason = _AT_PATH.sub(lambda m: "`$." + names.get(m[1], m[1]), str(exc))
-            raise PayloadError(reason) from None
-        return self._normalize(fields, extra_metadata, raw, channel, received_at, event_id)
+            raise PayloadError(str(exc)) from None
 
     def _normalize(
         self,
@@ -144,18 +153,16 @@ class OnePointProvider(Provider):
         received_at: datetime,
         event_id: str | None,
     ) -> Event:
-        provider_type = fields.type
-        event_type = TYPES.get(squash(provider_type)) if provider_type else None
+        provider_type = fields.Type
+        event_type = _type(provider_type) if provider_type else None
         if event_type is None:
             event_type = EventType.unknown
-            log.warning(
-                "unknown callback type", provider=self.name, provider_type=provider_type
-            )
-        metadata = _flatten_metadata(fields.metadata)
+            log.warning("unknown callback type", provider=self.name, provider_type=provider_type)
+        metadata = _flatten_metadata(fields.MetaData)
         if extra_metadata:
             metadata.update(extra_metadata)
-        status = fields.status
-        stamp = fields.timestamp
+        status = fields.Status
+        stamp = fields.Timestamp
         return Event(
             id=event_id or new_event_id(),
             received_at=received_at,
@@ -164,28 +171,29 @@ class OnePointProvider(Provider):
             type=event_type,
             raw=raw,
             provider_type=provider_type,
-            message_id=_str(fields.messageid),
-            source=_str(fields.source),
-            destination=_str(fields.destination),
-            text=fields.message,
-            status=canonical(status, STATUSES) if status else None,
+            message_id=_str(fields.MessageID),
+            source=_str(fields.Source),
+            destination=_str(fields.Destination),
+            text=fields.Message,
+            status=_status(status) if status else None,
             provider_status=status,
             occurred_at=parse_iso_timestamp(stamp) if stamp else None,
             provider_timestamp=stamp,
             metadata=metadata,
-            inbound=fields.inbound,
-            test=fields.test,
-            lookup=fields.lookup,
-            reachable=fields.reachable,
-            carrier=fields.carrier or None,
-            number_type=snake(fields.numbertype) if fields.numbertype else None,
-            segments=fields.segments,
+            inbound=fields.Inbound,
+            test=fields.Test,
+            lookup=fields.Lookup,
+            reachable=fields.Reachable,
+            carrier=fields.Carrier or None,
+            number_type=snake(fields.NumberType) if fields.NumberType else None,
+            segments=fields.Segments,
         )
 
     def has_callback_fields(self, query: str) -> bool:
         """A GET is a callback when its query string carries a callback field."""
         return any(
-            name.lower() in _RECOGNIZED for name, _ in parse_qsl(query, keep_blank_values=True)
+            _CANONICAL.get(name.lower()) in _RECOGNIZED
+            for name, _ in parse_qsl(query, keep_blank_values=True)
         )
 
 
@@ -201,8 +209,35 @@ def _str(value: str | int | None) -> str | None:
     return str(value)
 
 
-def _read_form(raw: bytes) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
-    """Form or query fields: (lowercased -> original names, lowercased fields, metadata).
+def _type(value: str) -> EventType | None:
+    known = TYPES.get(value)  # the documented spellings, lowercase: most callbacks
+    return known if known is not None else TYPES.get(squash(value))
+
+
+@lru_cache(maxsize=256)
+def _status(value: str) -> str:
+    return canonical(value, STATUSES)
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        return _JSON.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(str(exc)) from None
+
+
+def _canonical_keys(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Fields under their documented names, matched case-insensitively; others dropped."""
+    found: dict[str, Any] = {}
+    for name, value in items:
+        canonical_name = _CANONICAL.get(name.lower())
+        if canonical_name is not None:
+            found[canonical_name] = value
+    return found
+
+
+def _read_form(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Form or query fields (under their documented names) and ``MetaData[Key]`` pairs.
 
     Empty values of typed fields (booleans, counts) count as absent. ``MetaData`` may
     come as a JSON string or as ``MetaData[Key]=value`` / ``MetaData.Key=value`` pairs.
@@ -213,24 +248,20 @@ def _read_form(raw: bytes) -> tuple[dict[str, str], dict[str, Any], dict[str, An
         raise PayloadError("form body is not valid UTF-8") from None
     except ValueError as exc:
         raise PayloadError(f"malformed form body: {exc}") from None
-    names: dict[str, str] = {}
-    fields: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     for name, value in pairs:
-        lowered = name.lower()
-        if lowered in _FIELD_NAMES:
-            if value == "" and lowered in _TYPED:
-                continue
-            names[lowered] = name
-            fields[lowered] = value
-            continue
         match = _METADATA_KEY.match(name)
         if match:
             metadata[match[1] if match[1] is not None else match[2]] = value
-    text = fields.get("metadata")
+    found = _canonical_keys(
+        (name, value)
+        for name, value in pairs
+        if value != "" or _CANONICAL.get(name.lower()) not in _TYPED
+    )
+    text = found.get("MetaData")
     if isinstance(text, str):
-        fields["metadata"] = _decode_metadata(text)
-    return names, fields, metadata
+        found["MetaData"] = _decode_metadata(text)
+    return found, metadata
 
 
 def _decode_metadata(text: str) -> Any:

@@ -48,10 +48,85 @@ STATUSES: dict[str, str] = {
 """Whispir status spellings (squashed) -> normalized status; others pass through in snake_case."""
 
 _ROOTS = frozenset({"deliveryresponse", "statuscallback", "reportcompletion"})
-_CUSTOM_KEYS = ("customparameters", "customparamters", "callbackparameters")
-_MEDIA = {"sms": "sms", "email": "email", "voice": "voice", "n/a": None, "": None}
-_JSON = msgspec.json.Decoder()
+_MEDIA = {"SMS": "sms", "sms": "sms", "EMAIL": "email", "VOICE": "voice", "N/A": None, "": None}
 _encode_json = msgspec.json.Encoder().encode
+
+
+class _View(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of the structs below: only the documented keys, so anything else is noticed."""
+
+
+class _From(_View):
+    name: str | None = None
+    mri: str | None = None
+    mobile: str | None = None
+    email: str | None = None
+    voice: str | None = None
+
+
+class _Reply(_View):
+    channel: str | None = None
+    acknowledged: str | None = None
+    undeliverable: str | None = None
+    content: str | None = None
+
+
+class _Status(_View):
+    status: str | None = None
+    timestamp: str | None = None
+
+
+_Custom = dict[str, Any] | list[Any] | None
+
+
+class _Body(_View):
+    """Every documented spelling of every field of every Whispir callback.
+
+    JSON in these spellings decodes straight into this struct. Any other key (another
+    casing, a root wrapper, a new field) makes that fail, and the body is then read the
+    slow way: keys lowercased, unknown keys dropped, and converted into this struct.
+    """
+
+    messageid: str | None = None
+    messageId: str | None = None
+    messagelocation: str | None = None
+    messageLocation: str | None = None
+    location: str | None = None
+    sender: _From | None = msgspec.field(default=None, name="from")
+    responsemessage: _Reply | None = None
+    responseMessage: _Reply | None = None
+    oldstatus: _Status | None = None
+    oldStatus: _Status | None = None
+    newstatus: _Status | None = None
+    newStatus: _Status | None = None
+    reportid: str | None = None
+    reportId: str | None = None
+    outputlocation: str | None = None
+    outputLocation: str | None = None
+    timestamp: str | None = None
+    customparameters: _Custom = None
+    customParameters: _Custom = None
+    customparamters: _Custom = None
+    customParamters: _Custom = None
+    callbackparameters: _Custom = None
+    callbackParameters: _Custom = None
+
+
+_SECTIONS: dict[str, frozenset[str]] = {
+    "from": frozenset(_From.__struct_fields__),
+    "responsemessage": frozenset(_Reply.__struct_fields__),
+    "oldstatus": frozenset(_Status.__struct_fields__),
+    "newstatus": frozenset(_Status.__struct_fields__),
+}
+_CUSTOM_KEYS = frozenset({"customparameters", "customparamters", "callbackparameters"})
+_TEXT_KEYS = (
+    frozenset(
+        name for name in _Body.__struct_fields__ if name.islower() and name not in _CUSTOM_KEYS
+    )
+    - _SECTIONS.keys()
+    - {"sender"}
+)
+_FAST = msgspec.json.Decoder(_Body)
 
 
 class WhispirProvider(Provider):
@@ -67,6 +142,7 @@ class WhispirProvider(Provider):
 
     def __init__(self, *, timezone: str | tzinfo = UTC) -> None:
         self.timezone: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+        self._times: dict[str, datetime | None] = {}
 
     def parse_as(
         self,
@@ -77,112 +153,168 @@ class WhispirProvider(Provider):
         received_at: datetime,
         event_id: str | None,
     ) -> Event:
+        kind: str | None = None
         if fmt is BodyFormat.xml:
             root, tree = parse_xml(raw)
             if not isinstance(tree, dict):
                 raise PayloadError(f"XML root <{root}> holds no callback fields")
-            kind: str | None = root.lower()
+            body, kind = _read_tree(tree, root.lower())
         else:
             try:
-                tree = _JSON.decode(raw)
+                body = _FAST.decode(raw)
+            except msgspec.ValidationError:
+                body, kind = _read_tree(_decode_json(raw), None)
             except msgspec.DecodeError as exc:
                 raise PayloadError(str(exc)) from None
-            if not isinstance(tree, dict):
-                raise PayloadError(f"expected a JSON object, got {_kind(tree)}")
-            kind = None
-        top = _lower(tree)
-        if len(top) == 1:  # a JSON body wrapped in its root name, e.g. {"deliveryResponse": {...}}
-            (only, inner), = top.items()
-            if only in _ROOTS and isinstance(inner, dict):
-                kind, top = only, _lower(inner)
-        return self._normalize(top, kind, raw, channel, received_at, event_id)
+        return self._normalize(body, kind, raw, channel, received_at, event_id)
 
     def _normalize(
         self,
-        top: dict[str, Any],
+        body: _Body,
         kind: str | None,
         raw: bytes,
         channel: str,
         received_at: datetime,
         event_id: str | None,
     ) -> Event:
-        sender = _contact(top.get("from"))
-        common: dict[str, Any] = {
-            "id": event_id or new_event_id(),
-            "received_at": received_at,
-            "channel": channel,
-            "provider": self.name,
-            "raw": raw,
-            "message_id": _text(top, "messageid", "messageId"),
-            "location": _text(top, "messagelocation", "messageLocation")
-            or _text(top, "location", "location"),
-            "sender": sender,
-            "custom": _custom(top),
-        }
-        reply = top.get("responsemessage")
+        sender = _contact(body.sender)
+        message_id = body.messageid or body.messageId
+        location = body.messagelocation or body.messageLocation or body.location or None
+        custom = _custom(body)
+        reply = body.responsemessage or body.responseMessage
         if reply is not None:
-            return self._reply(_section(reply, "responseMessage"), kind, sender, common)
-        new = top.get("newstatus")
-        if new is not None:
-            new_status = _section(new, "newStatus")
-            old = top.get("oldstatus")
-            old_status = _section(old, "oldStatus") if old is not None else {}
-            status = _text(new_status, "status", "newStatus.status")
-            previous = _text(old_status, "status", "oldStatus.status")
-            stamp = _text(new_status, "timestamp", "newStatus.timestamp")
+            medium = _medium(reply.channel)
+            stamp: str | None
+            status: str | None
+            if reply.undeliverable or (reply.undeliverable is not None and not reply.acknowledged):
+                event_type, stamp, status = EventType.undeliverable, reply.undeliverable, "failed"
+            else:
+                event_type, stamp, status = EventType.message, reply.acknowledged, None
             return Event(
-                type=EventType.receipt,
-                provider_type=kind or "statuscallback",
-                destination=_address(sender, None),
-                status=canonical(status, STATUSES) if status else None,
-                provider_status=status,
-                previous_status=canonical(previous, STATUSES) if previous else None,
+                id=event_id or new_event_id(),
+                received_at=received_at,
+                channel=channel,
+                provider="whispir",
+                type=event_type,
+                raw=raw,
+                provider_type=kind or "deliveryresponse",
+                message_id=message_id or None,
+                location=location,
+                source=_address(sender, medium),
+                text=reply.content,
+                medium=medium,
+                status=status,
                 occurred_at=self._time(stamp),
-                provider_timestamp=stamp,
-                **common,
+                provider_timestamp=stamp or None,
+                sender=sender,
+                custom=custom,
             )
-        report_id = _text(top, "reportid", "reportId")
-        if report_id is not None or kind == "reportcompletion":
-            stamp = _text(top, "timestamp", "timestamp")
+        new = body.newstatus or body.newStatus
+        if new is not None:
+            old = body.oldstatus or body.oldStatus
+            previous = old.status if old is not None else None
             return Event(
+                id=event_id or new_event_id(),
+                received_at=received_at,
+                channel=channel,
+                provider="whispir",
+                type=EventType.receipt,
+                raw=raw,
+                provider_type=kind or "statuscallback",
+                message_id=message_id or None,
+                location=location,
+                destination=_address(sender, None),
+                status=canonical(new.status, STATUSES) if new.status else None,
+                provider_status=new.status or None,
+                previous_status=canonical(previous, STATUSES) if previous else None,
+                occurred_at=self._time(new.timestamp),
+                provider_timestamp=new.timestamp or None,
+                sender=sender,
+                custom=custom,
+            )
+        report_id = body.reportid or body.reportId
+        if report_id or kind == "reportcompletion":
+            return Event(
+                id=event_id or new_event_id(),
+                received_at=received_at,
+                channel=channel,
+                provider="whispir",
                 type=EventType.report,
+                raw=raw,
                 provider_type=kind or "reportcompletion",
-                report_id=report_id,
-                output_location=_text(top, "outputlocation", "outputLocation"),
-                occurred_at=self._time(stamp),
-                provider_timestamp=stamp,
-                **common,
+                message_id=message_id or None,
+                location=location,
+                report_id=report_id or None,
+                output_location=body.outputlocation or body.outputLocation or None,
+                occurred_at=self._time(body.timestamp),
+                provider_timestamp=body.timestamp or None,
+                sender=sender,
+                custom=custom,
             )
         raise PayloadError(
             "not a Whispir callback: no responseMessage, newStatus or reportId field"
         )
 
-    def _reply(
-        self, reply: dict[str, Any], kind: str | None, sender: Contact | None, common: dict[str, Any]
-    ) -> Event:
-        medium_raw = _text(reply, "channel", "responseMessage.channel")
-        medium = _medium(medium_raw)
-        undeliverable = _text(reply, "undeliverable", "responseMessage.undeliverable")
-        if undeliverable is not None or ("undeliverable" in reply and "acknowledged" not in reply):
-            event_type, stamp, status = EventType.undeliverable, undeliverable, "failed"
-        else:
-            stamp = _text(reply, "acknowledged", "responseMessage.acknowledged")
-            event_type, status = EventType.message, None
-        content = reply.get("content")
-        return Event(
-            type=event_type,
-            provider_type=kind or "deliveryresponse",
-            source=_address(sender, medium),
-            text=content if isinstance(content, str) else _text(reply, "content", "content"),
-            medium=medium,
-            status=status,
-            occurred_at=self._time(stamp),
-            provider_timestamp=stamp,
-            **common,
-        )
-
     def _time(self, stamp: str | None) -> datetime | None:
-        return parse_dmy_timestamp(stamp, self.timezone) if stamp else None
+        """Parse a timestamp, remembering recent ones (they have minute resolution)."""
+        if not stamp:
+            return None
+        try:
+            return self._times[stamp]
+        except KeyError:
+            if len(self._times) >= 4096:
+                self._times.clear()
+            parsed = self._times[stamp] = parse_dmy_timestamp(stamp, self.timezone)
+            return parsed
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(str(exc)) from None
+
+
+def _read_tree(tree: Any, kind: str | None) -> tuple[_Body, str | None]:
+    """The slow path: any key casing, an optional root wrapper, numbers as text."""
+    if not isinstance(tree, dict):
+        raise PayloadError(f"expected a JSON object, got {_kind(tree)}")
+    top = _lower(tree)
+    if len(top) == 1:  # a body wrapped in its root name, e.g. {"deliveryResponse": {...}}
+        ((only, inner),) = top.items()
+        if only in _ROOTS and isinstance(inner, dict):
+            kind, top = only, _lower(inner)
+    clean: dict[str, Any] = {}
+    for key, value in top.items():
+        if value is None or value == "":
+            continue
+        fields = _SECTIONS.get(key)
+        if fields is not None:
+            if isinstance(value, dict):
+                value = {
+                    low: item if isinstance(item, str) else _scalar_text(item)
+                    for name, item in value.items()
+                    if (low := name.lower()) in fields and item is not None
+                }
+        elif key in _TEXT_KEYS:
+            if not isinstance(value, str):
+                value = _scalar_text(value)
+        elif key not in _CUSTOM_KEYS:
+            continue
+        clean[key] = value
+    try:
+        return msgspec.convert(clean, _Body), kind
+    except msgspec.ValidationError as exc:
+        raise PayloadError(str(exc)) from None
+
+
+def _scalar_text(value: Any) -> Any:
+    """Numbers and booleans as text; anything else unchanged (for the struct to judge)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
 
 
 def _lower(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -197,48 +329,28 @@ def _kind(value: object) -> str:
     return "a scalar"
 
 
-def _section(value: Any, path: str) -> dict[str, Any]:
-    """A nested object (``from``, ``responseMessage``, ``newStatus``) with lowercased keys."""
-    if isinstance(value, dict):
-        return _lower(value)
-    if value == "" or value is None:
-        return {}
-    raise PayloadError(f"{path}: expected an object, got {_kind(value)}")
-
-
-def _text(section: dict[str, Any], key: str, path: str) -> str | None:
-    """The string at ``key``; blanks become None, numbers become strings."""
-    value = section.get(key)
-    if value is None or isinstance(value, str):
-        return value or None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    raise PayloadError(f"{path}: expected text, got {_kind(value)}")
-
-
 def _medium(value: str | None) -> str | None:
     if value is None:
         return None
-    lowered = value.strip().lower()
-    return _MEDIA.get(lowered, lowered)
+    try:
+        return _MEDIA[value]
+    except KeyError:
+        lowered = value.strip().lower()
+        return None if lowered in ("n/a", "") else lowered
 
 
-def _contact(value: Any) -> Contact | None:
+def _contact(value: _From | None) -> Contact | None:
+    """The ``from`` block as a Contact, blanks as None; None when it says nothing."""
     if value is None:
         return None
-    section = _section(value, "from")
-    if not section:
-        return None
     contact = Contact(
-        name=_text(section, "name", "from.name"),
-        mri=_text(section, "mri", "from.mri"),
-        mobile=_text(section, "mobile", "from.mobile"),
-        email=_text(section, "email", "from.email"),
-        voice=_text(section, "voice", "from.voice"),
+        name=value.name or None,
+        mri=value.mri or None,
+        mobile=value.mobile or None,
+        email=value.email or None,
+        voice=value.voice or None,
     )
-    return contact if contact != _NO_CONTACT else None
+    return None if contact == _NO_CONTACT else contact
 
 
 _NO_CONTACT = Contact()
@@ -248,21 +360,30 @@ def _address(sender: Contact | None, medium: str | None) -> str | None:
     """The person's address on ``medium``, else the first one they have."""
     if sender is None:
         return None
-    by_medium = {"sms": sender.mobile, "email": sender.email, "voice": sender.voice}.get(
-        medium or ""
+    if medium == "sms" and sender.mobile:
+        return sender.mobile
+    if medium == "email" and sender.email:
+        return sender.email
+    if medium == "voice" and sender.voice:
+        return sender.voice
+    return sender.mobile or sender.email or sender.voice
+
+
+def _custom(body: _Body) -> dict[str, str]:
+    """Custom parameters from any of their spellings and shapes, all values as strings."""
+    value = (
+        body.customParameters
+        or body.customParamters
+        or body.customparameters
+        or body.customparamters
+        or body.callbackParameters
+        or body.callbackparameters
     )
-    return by_medium or sender.mobile or sender.email or sender.voice
-
-
-def _custom(top: dict[str, Any]) -> dict[str, str]:
-    """Custom parameters from any of their shapes, all values as strings."""
-    for key in _CUSTOM_KEYS:
-        value = top.get(key)
-        if value is not None:
-            custom: dict[str, str] = {}
-            _collect_custom(value, custom)
-            return custom
-    return {}
+    if not value:
+        return {}
+    custom: dict[str, str] = {}
+    _collect_custom(value, custom)
+    return custom
 
 
 def _collect_custom(value: Any, into: dict[str, str]) -> None:
