@@ -1,6 +1,25 @@
 """receiver: one well-made endpoint for SMS and messaging platforms' callbacks."""
 
-from receiver.types import Contact, Event, EventType, PayloadError, UnsupportedPayload
+from receiver.app import create_app
+from receiver.config import Channel, Config, load_config
+from receiver.errors import ConfigError
+from receiver.hookspecs import hookimpl
+from receiver.plugins import blocking
+from receiver.types import Contact, Event, EventType, PayloadError, Reply, UnsupportedPayload
 
-__all__ = ["Contact", "Event", "EventType", "PayloadError", "UnsupportedPayload"]
+__all__ = [
+    "Channel",
+    "Config",
+    "ConfigError",
+    "Contact",
+    "Event",
+    "EventType",
+    "PayloadError",
+    "Reply",
+    "UnsupportedPayload",
+    "blocking",
+    "create_app",
+    "hookimpl",
+    "load_config",
+]
 __version__ = "0.1.0"

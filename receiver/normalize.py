@@ -67,5 +67,13 @@ def parse_iso_timestamp(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        return None
+        # A form or query value whose offset's "+" was not percent-encoded arrives as a
+        # space ("...:33.645773 00:00"): read it as the "+" it was.
+        head, space, offset = value.strip().rpartition(" ")
+        if not space or "T" not in head:
+            return None
+        try:
+            parsed = datetime.fromisoformat(f"{head}+{offset}")
+        except ValueError:
+            return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -15,7 +15,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Contact", "Event", "EventType", "PayloadError", "UnsupportedPayload", "new_event_id"]
+__all__ = [
+    "Contact",
+    "Event",
+    "EventType",
+    "PayloadError",
+    "Reply",
+    "UnsupportedPayload",
+    "new_event_id",
+]
 
 
 class EventType(enum.StrEnum):
@@ -135,6 +143,32 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     report_id: str | None = None
     output_location: str | None = None
     out_of_order: bool = False
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A reply to an inbound Message or Keyword, returned by ``on_message``/``on_keyword``.
+
+    For OnePoint and DIY it goes back in the HTTP response as a Message/Send body; for
+    Whispir (which cannot take a reply in the response) it is handed to ``send_reply``.
+    A handler may return a plain ``str``: shorthand for ``Reply(text=...)``.
+
+    Attributes:
+        text: The message to send back (OnePoint ``Message``).
+        source: Who it comes from; default: the event's ``destination``.
+        destination: Who it goes to; default: the event's ``source``.
+        when: OnePoint ``When``: when to send it, as the provider expects it.
+        reply: OnePoint ``Reply``, passed through as given.
+        metadata: OnePoint ``MetaData``; sent as a list of one-key objects.
+        extra: Any other Message/Send fields, sent as given.
+    """
+
+    text: str
+    source: str | None = None
+    destination: str | None = None
+    when: str | None = None
+    reply: str | None = None
+    metadata: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
 
 
 class PayloadError(ValueError):

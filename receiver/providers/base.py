@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import abc
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from receiver.formats import BodyFormat, detect_format
-from receiver.types import Event, PayloadError, UnsupportedPayload
+from receiver.types import Event, PayloadError, Reply, UnsupportedPayload
+
+if TYPE_CHECKING:
+    from receiver.config import Channel
 
 __all__ = ["Provider"]
 
@@ -80,6 +83,19 @@ class Provider(abc.ABC):
         event_id: str | None,
     ) -> Event:
         """Parse ``raw`` known to be in format ``fmt`` (see :meth:`parse` for the rest)."""
+
+    @classmethod
+    def from_channel(cls, channel: Channel) -> Provider:
+        """The provider for one configured channel (override to read channel options)."""
+        return cls()
+
+    def render_reply(self, event: Event, reply: Reply) -> bytes | None:
+        """The HTTP response body that carries ``reply`` back, as JSON.
+
+        None (the default) means this provider cannot take a reply in the response; the
+        reply then goes to the ``send_reply`` hook.
+        """
+        return None
 
     def has_callback_fields(self, query: str) -> bool:
         """Whether a GET with this query string is a callback (not a URL check).

@@ -26,7 +26,7 @@ import structlog
 from receiver.formats import BodyFormat
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
-from receiver.types import Event, EventType, PayloadError, new_event_id
+from receiver.types import Event, EventType, PayloadError, Reply, new_event_id
 
 __all__ = ["STATUSES", "TYPES", "DiyProvider", "OnePointProvider"]
 
@@ -99,6 +99,7 @@ _TYPED = frozenset({"Inbound", "Lookup", "Test", "Reachable", "Segments"})
 _RECOGNIZED = ("Type", "MessageID", "Source", "Destination", "Message", "Status")
 _FAST = msgspec.json.Decoder(_Fields, strict=False)
 _JSON = msgspec.json.Decoder()
+_encode_json = msgspec.json.Encoder().encode
 _METADATA_KEY = re.compile(r"^metadata(?:\[([^\]]*)\]|\.(.+))$", re.IGNORECASE)
 
 
@@ -121,6 +122,8 @@ class OnePointProvider(Provider):
         if fmt is BodyFormat.json:
             try:
                 fields = _FAST.decode(raw)
+                if not _recognizable(fields):
+                    raise self._unrecognized()
             except msgspec.ValidationError:
                 tree = _decode_json(raw)
                 if not isinstance(tree, dict):
@@ -133,12 +136,15 @@ class OnePointProvider(Provider):
             fields = self._convert(found)
         return self._normalize(fields, extra_metadata, raw, channel, received_at, event_id)
 
+    def _unrecognized(self) -> PayloadError:
+        return PayloadError(
+            f"not a {self.name} callback: no Type, MessageID, Source, Destination, "
+            "Message or Status field"
+        )
+
     def _convert(self, found: dict[str, Any]) -> _Fields:
-        if not any(key in found for key in _RECOGNIZED):
-            raise PayloadError(
-                f"not a {self.name} callback: no Type, MessageID, Source, Destination, "
-                "Message or Status field"
-            )
+        if not any(found.get(key) not in (None, "") for key in _RECOGNIZED):
+            raise self._unrecognized()
         try:
             return msgspec.convert(found, _Fields, strict=False)
         except msgspec.ValidationError as exc:
@@ -189,6 +195,27 @@ class OnePointProvider(Provider):
             segments=fields.Segments,
         )
 
+    def render_reply(self, event: Event, reply: Reply) -> bytes:
+        """A Message/Send body: Source, Destination, Message and the optional fields set.
+
+        ``Source`` defaults to the event's destination and ``Destination`` to its source
+        (the reply goes back the way the message came).
+        """
+        body: dict[str, Any] = {
+            "Source": reply.source if reply.source is not None else event.destination,
+            "Destination": reply.destination if reply.destination is not None else event.source,
+            "Message": reply.text,
+        }
+        if reply.reply is not None:
+            body["Reply"] = reply.reply
+        if reply.when is not None:
+            body["When"] = reply.when
+        if reply.metadata is not None:
+            body["MetaData"] = [{key: value} for key, value in reply.metadata.items()]
+        if reply.extra:
+            body.update(reply.extra)
+        return _encode_json(body)
+
     def has_callback_fields(self, query: str) -> bool:
         """A GET is a callback when its query string carries a callback field."""
         return any(
@@ -207,6 +234,20 @@ def _str(value: str | int | None) -> str | None:
     if value is None or value == "":
         return None
     return str(value)
+
+
+def _recognizable(fields: _Fields) -> bool:
+    return any(
+        value is not None and value != ""
+        for value in (
+            fields.Type,
+            fields.MessageID,
+            fields.Source,
+            fields.Destination,
+            fields.Message,
+            fields.Status,
+        )
+    )
 
 
 def _type(value: str) -> EventType | None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from receiver.config import Channel
+from receiver.errors import ConfigError
 from receiver.formats import BodyFormat, parse_xml
 from receiver.normalize import canonical, parse_dmy_timestamp
 from receiver.providers.base import Provider
@@ -143,6 +145,14 @@ class WhispirProvider(Provider):
     def __init__(self, *, timezone: str | tzinfo = UTC) -> None:
         self.timezone: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
         self._times: dict[str, datetime | None] = {}
+
+    @classmethod
+    def from_channel(cls, channel: Channel) -> WhispirProvider:
+        """Reads the channel's ``timezone``."""
+        try:
+            return cls(timezone=channel.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"timezone {channel.timezone!r} is not a known zone") from None
 
     def parse_as(
         self,

@@ -1,0 +1,196 @@
+"""Plugin managers (one per app) and the dispatcher that calls plugins for each event."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
+
+import anyio.to_thread
+import pluggy
+import structlog
+
+from receiver import builtin, hookspecs
+from receiver.errors import ConfigError, HandlerError
+from receiver.providers.base import Provider
+from receiver.types import Event, Reply
+
+__all__ = ["Dispatcher", "PluginManager", "blocking", "make_plugin_manager"]
+
+log = structlog.get_logger()
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def blocking(function: _F) -> _F:
+    """Mark a plain (sync) hook implementation as blocking: it then runs in a thread.
+
+    Unmarked sync implementations run on the event loop, which costs nothing but stalls
+    every other request while they run: mark anything that does I/O or takes long::
+
+        @receiver.hookimpl
+        @receiver.blocking
+        def on_message(event): ...
+    """
+    function.__receiver_blocking__ = True  # type: ignore[attr-defined]
+    return function
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting registrations so the dispatcher knows when to re-read."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.generation = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        self.generation += 1
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        removed = super().unregister(plugin, name)
+        self.generation += 1
+        return removed
+
+
+def make_plugin_manager(plugins: Iterable[object] = ()) -> PluginManager:
+    """A new manager with receiver's hookspecs, the built-in providers and ``plugins``."""
+    manager = PluginManager()
+    manager.add_hookspecs(hookspecs)
+    manager.register(builtin, name="receiver.builtin")
+    for plugin in plugins:
+        manager.register(plugin)
+    return manager
+
+
+def provider_classes(manager: pluggy.PluginManager) -> dict[str, type[Provider]]:
+    """Every provider registered through ``register_providers``, by name."""
+    found: dict[str, type[Provider]] = {}
+    for batch in manager.hook.register_providers():
+        for cls in batch:
+            if cls.name in found and found[cls.name] is not cls:
+                raise ConfigError(f"two providers are named {cls.name!r}")
+            found[cls.name] = cls
+    return found
+
+
+class _Impl(NamedTuple):
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+    blocking: bool
+
+
+class Dispatcher:
+    """Calls the plugins for an event: ``on_<type>`` first, then ``on_event``.
+
+    Implementations are called in pluggy's order (last registered first, honouring
+    ``tryfirst``/``trylast``). For ``on_message`` and ``on_keyword`` the first non-None
+    result is the reply, also when it comes from an ``async def`` implementation (which
+    pluggy's own firstresult cannot see through). Wrappers are not called.
+    """
+
+    def __init__(self, manager: PluginManager) -> None:
+        self.manager = manager
+        self._generation = -1
+        self._table: dict[str, list[_Impl]] = {}
+
+    def implementations(self, hook: str) -> list[_Impl]:
+        """The implementations of ``hook`` in call order (cached until plugins change)."""
+        if self._generation != self.manager.generation:
+            self._table = {}
+            self._generation = self.manager.generation
+        impls = self._table.get(hook)
+        if impls is None:
+            caller: pluggy.HookCaller = getattr(self.manager.hook, hook)
+            impls = self._table[hook] = [
+                _Impl(
+                    impl.plugin_name,
+                    impl.function,
+                    tuple(impl.argnames),
+                    getattr(impl.function, "__receiver_blocking__", False),
+                )
+                for impl in reversed(caller.get_hookimpls())
+                if not (impl.hookwrapper or impl.wrapper)
+            ]
+        return impls
+
+    async def dispatch(self, event: Event) -> Reply | None:
+        """Run every hook for ``event``; return the reply, if a response hook gave one.
+
+        Raises:
+            HandlerError: an implementation raised (logged with its traceback); the
+                others still ran.
+        """
+        failed: list[str] = []
+        reply: Reply | None = None
+        respond = event.type.is_response_type
+        for impl in self.implementations("on_" + event.type.value):
+            try:
+                result = await _call(impl, event=event)
+            except Exception:
+                log.exception(
+                    "handler failed",
+                    hook="on_" + event.type.value,
+                    plugin=impl.plugin,
+                    event_id=event.id,
+                )
+                failed.append(impl.plugin)
+                continue
+            if respond and result is not None:
+                reply = _as_reply(result, impl)
+                if reply is not None:
+                    break
+        for impl in self.implementations("on_event"):
+            try:
+                await _call(impl, event=event)
+            except Exception:
+                log.exception(
+                    "handler failed", hook="on_event", plugin=impl.plugin, event_id=event.id
+                )
+                failed.append(impl.plugin)
+        if failed:
+            raise HandlerError(f"{len(failed)} handler(s) failed; see the log for event {event.id}")
+        return reply
+
+    async def send_reply(self, event: Event, reply: Reply) -> bool:
+        """Hand ``reply`` to the ``send_reply`` hook; False when no plugin took it."""
+        for impl in self.implementations("send_reply"):
+            try:
+                taken = await _call(impl, event=event, reply=reply)
+            except Exception:
+                log.exception(
+                    "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
+                )
+                raise HandlerError(f"send_reply failed; see the log for event {event.id}") from None
+            if taken is not None:
+                return True
+        return False
+
+
+async def _call(impl: _Impl, **arguments: Any) -> Any:
+    args = [arguments[name] for name in impl.argnames]
+    if impl.blocking:
+        return await anyio.to_thread.run_sync(
+            functools.partial(impl.function, *args), abandon_on_cancel=True
+        )
+    result = impl.function(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _as_reply(result: object, impl: _Impl) -> Reply | None:
+    if isinstance(result, Reply):
+        return result
+    if isinstance(result, str):
+        return Reply(text=result)
+    log.error(
+        "reply of the wrong type ignored",
+        plugin=impl.plugin,
+        got=type(result).__name__,
+        expected="Reply | str | None",
+    )
+    return None
