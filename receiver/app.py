@@ -21,8 +21,9 @@ import anyio
 import msgspec
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.auth import Authenticator, Request, build_authenticator
@@ -35,8 +36,10 @@ from receiver.errors import (
     MethodNotAllowed,
     NotAuthenticated,
     UnknownChannel,
-    status_for,
+    classify,
 )
+from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
+from receiver.middleware import ProxyHeadersMiddleware, RequestIdMiddleware
 from receiver.plugins import Dispatcher, PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
 from receiver.types import Event, PayloadError
@@ -67,11 +70,12 @@ class _Route:
 class _Trace:
     """What is known of a callback so far, for its log line whatever happens."""
 
-    __slots__ = ("event", "route")
+    __slots__ = ("event", "replied", "route")
 
     def __init__(self) -> None:
         self.route: _Route | None = None
         self.event: Event | None = None
+        self.replied = False
 
 
 class _ClientGone(Exception):
@@ -81,8 +85,11 @@ class _ClientGone(Exception):
 class CallbackEndpoint:
     """The pure-ASGI endpoint serving ``/{channel}``."""
 
-    def __init__(self, config: Config, manager: PluginManager) -> None:
+    def __init__(
+        self, config: Config, manager: PluginManager, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.dispatcher = Dispatcher(manager)
         providers = provider_classes(manager)
         self.routes: dict[str, _Route] = {}
@@ -111,13 +118,14 @@ class CallbackEndpoint:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         trace = _Trace()
+        outcome = "accepted"
         try:
             status, body, headers = await self.handle(scope, receive, trace)
         except _ClientGone:
             log.info("client disconnected", path=scope["path"])
             return
         except Exception as exc:
-            status = status_for(exc)
+            status, outcome = classify(exc)
             if isinstance(exc, CallbackError | PayloadError):
                 reason = str(exc)
             else:
@@ -130,6 +138,16 @@ class CallbackEndpoint:
         else:
             _log_callback(scope, trace, status, started, None)
         await _respond(send, status, body, headers, head=scope["method"] == "HEAD")
+        if self.metrics is not None and trace.route is not None:
+            event = trace.event
+            self.metrics.observe(
+                trace.route.name,
+                trace.route.provider.name,
+                event.type.value if event is not None else "none",
+                outcome,
+                time.perf_counter() - started,
+                trace.replied,
+            )
 
     async def handle(
         self, scope: Scope, receive: Any, trace: _Trace
@@ -174,8 +192,10 @@ class CallbackEndpoint:
             return 200, b"", []
         rendered = route.provider.render_reply(event, reply)
         if rendered is not None:
+            trace.replied = True
             return 200, rendered, [_JSON_TYPE]
-        if not await self.dispatcher.send_reply(event, reply):
+        trace.replied = await self.dispatcher.send_reply(event, reply)
+        if not trace.replied:
             log.warning(
                 "reply dropped: no send_reply plugin took it",
                 channel=route.name,
@@ -256,8 +276,10 @@ def _log_callback(
 ) -> None:
     """The one log line per callback. Never a key, signature, query or header value."""
     route, event = trace.route, trace.event
+    client = scope.get("client")
     fields: dict[str, Any] = {
         "method": scope["method"],
+        "client": client[0] if client else None,
         "channel": route.name if route else scope.get("path_params", {}).get("channel"),
         "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -278,8 +300,24 @@ def _log_callback(
         log.info("callback", **fields)
 
 
-async def _healthz(request: StarletteRequest) -> JSONResponse:
+async def _healthz(request: StarletteRequest) -> Response:
+    """The process is up."""
     return JSONResponse({"status": "ok"})
+
+
+async def _readyz(request: StarletteRequest) -> Response:
+    """Plugins are loaded and each says it can take callbacks (``check_ready``)."""
+    manager: PluginManager = request.app.state.plugin_manager
+    problems = [problem for problem in manager.hook.check_ready() if problem]
+    plugins = [name for name, _ in manager.list_name_plugin()]
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "plugins": plugins})
+
+
+async def _metrics(request: StarletteRequest) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(
@@ -290,26 +328,40 @@ def create_app(
     Args:
         config: A :class:`Config`, a path to a TOML file, or None (then
             ``$RECEIVER_CONFIG``, then ``./receiver.toml``).
-        plugins: Plugin objects or modules to register on this app's own plugin manager.
+        plugins: Plugin objects or modules to register on this app's own plugin manager,
+            before the installed (entry point), configured and folder plugins.
 
-    The app serves ``GET|HEAD|POST /{channel}`` relative to where it is mounted, and
-    ``GET /healthz``. Its plugin manager is ``app.state.plugin_manager``.
+    The app serves ``GET|HEAD|POST /{channel}`` relative to where it is mounted,
+    ``GET /healthz``, ``GET /readyz`` and, when ``config.metrics`` is on, ``GET /metrics``.
+    Its plugin manager is ``app.state.plugin_manager``.
 
     Raises:
-        ConfigError: the configuration is invalid (the message names the key).
+        ConfigError: the configuration is invalid or a plugin failed to load (the
+            message names the key or the plugin).
     """
     if not isinstance(config, Config):
         config = load_config(config)
     config.validate()
-    manager = make_plugin_manager(plugins)
-    endpoint = CallbackEndpoint(config, manager)
+    manager = make_plugin_manager(plugins, modules=config.plugins, plugins_dir=config.plugins_dir)
+    manager.hook.configure(config=config)
+    metrics = Metrics() if config.metrics else None
+    endpoint = CallbackEndpoint(config, manager, metrics)
+    routes = [
+        Route("/healthz", _healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", _readyz, methods=["GET", "HEAD"]),
+    ]
+    if metrics is not None:
+        routes.append(Route("/metrics", _metrics, methods=["GET"]))
+    routes.append(Route("/{channel}", endpoint))
     app = Starlette(
-        routes=[
-            Route("/healthz", _healthz, methods=["GET", "HEAD"]),
-            Route("/{channel}", endpoint),
-        ]
+        routes=routes,
+        middleware=[
+            Middleware(ProxyHeadersMiddleware, trusted=config.trusted_proxies),
+            Middleware(RequestIdMiddleware),
+        ],
     )
     app.state.config = config
     app.state.plugin_manager = manager
     app.state.endpoint = endpoint
+    app.state.metrics = metrics
     return app

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -70,12 +71,24 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         max_body_bytes: Largest body accepted (413 beyond), enforced while reading.
         reply_timeout: Seconds the handlers of a Message/Keyword may take (503 beyond).
         handler_timeout: Seconds the handlers of any other event may take (503 beyond).
+        trusted_proxies: Addresses or networks whose X-Forwarded-For/-Proto/-Host and
+            ``Forwarded`` headers are believed (client address, scheme, host). ``"*"``
+            trusts every peer: only behind a proxy that always sets these headers.
+        plugins: Dotted module names to load as plugins.
+        plugins_dir: A folder whose ``*.py`` files are each loaded as a plugin.
+        settings: Per-plugin settings, ``[settings.<plugin>]`` tables, read by plugins.
+        metrics: Serve ``GET /metrics`` (Prometheus text); ``receiver serve`` turns it on.
     """
 
     channels: dict[str, Channel] = {}
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     reply_timeout: float = 10.0
     handler_timeout: float = 25.0
+    trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
+    plugins: list[str] = []
+    plugins_dir: str | None = None
+    settings: dict[str, dict[str, Any]] = {}
+    metrics: bool = False
 
     def validate(self, source: str = "config") -> None:
         """Check what types alone cannot; raise :class:`ConfigError` naming the key."""
@@ -92,11 +105,16 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"{where}: auth = 'hmac' needs credentials (AppId = Secret)")
             if channel.auth not in ("hmac", "none") and not [k for k in channel.keys if k]:
                 raise ConfigError(f"{where}: auth = '{channel.auth}' needs at least one key")
-            for network in channel.allow_ips:
-                try:
-                    ipaddress.ip_network(network, strict=False)
-                except ValueError:
-                    raise ConfigError(f"{where}.allow_ips: {network!r} is not a network") from None
+            _check_networks(channel.allow_ips, f"{where}.allow_ips")
+        _check_networks([p for p in self.trusted_proxies if p != "*"], f"{source}: trusted_proxies")
+
+
+def _check_networks(networks: list[str], where: str) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: {network!r} is not an address or network") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -120,8 +138,56 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = config_from_dict(data, str(path))
-    return config
+    data = expand_secrets(data, str(path))
+    apply_environment(data)
+    return config_from_dict(data, str(path))
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_PREFIX = "RECEIVER_"
+_ENV_OPTIONS = ("max_body_bytes", "reply_timeout", "handler_timeout", "plugins_dir")
+
+
+def expand_secrets(data: Any, source: str, path: str = "") -> Any:
+    """Replace ``${VAR}`` with the environment variable and ``file:/path`` with the file.
+
+    So a configuration can be committed while its keys live in the environment or in
+    mounted secret files. A variable that is not set, or a file that cannot be read, is
+    a :class:`ConfigError` naming the key (never the value).
+    """
+    if isinstance(data, dict):
+        return {
+            key: expand_secrets(value, source, f"{path}.{key}" if path else key)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [expand_secrets(item, source, f"{path}[{i}]") for i, item in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+    if data.startswith("file:"):
+        try:
+            return Path(data[5:]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{source}: {path}: cannot read {data[5:]}: {exc.strerror}") from None
+
+    def lookup(match: re.Match[str]) -> str:
+        value = os.environ.get(match[1])
+        if value is None:
+            raise ConfigError(f"{source}: {path}: environment variable {match[1]} is not set")
+        return value
+
+    return _REFERENCE.sub(lookup, data)
+
+
+def apply_environment(data: dict[str, Any]) -> None:
+    """Let ``RECEIVER_<OPTION>`` environment variables override top-level options."""
+    for option in _ENV_OPTIONS:
+        value = os.environ.get(ENV_PREFIX + option.upper())
+        if value:
+            data[option] = value
+    proxies = os.environ.get(ENV_PREFIX + "TRUSTED_PROXIES")
+    if proxies:
+        data["trusted_proxies"] = [p.strip() for p in proxies.split(",") if p.strip()]
 
 
 def config_from_dict(data: dict[str, object], source: str = "config") -> Config:
@@ -137,7 +203,7 @@ def config_from_dict(data: dict[str, object], source: str = "config") -> Config:
 
 def _convert(data: object, kind: type[_T], source: str, prefix: str) -> _T:
     try:
-        return msgspec.convert(data, kind)
+        return msgspec.convert(data, kind, strict=False)
     except msgspec.ValidationError as exc:
         reason, _, path = str(exc).partition(" - at `$")
         where = ".".join(part for part in (prefix, path.rstrip("`").lstrip(".")) if part)

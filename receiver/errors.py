@@ -12,7 +12,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotAuthenticated",
     "UnknownChannel",
-    "status_for",
+    "classify",
 ]
 
 
@@ -51,23 +51,25 @@ class HandlerTimeout(CallbackError):
     """The plugins did not finish within the timeout; the provider may retry."""
 
 
-STATUS: dict[type[Exception], int] = {
-    UnknownChannel: 404,
-    MethodNotAllowed: 405,
-    NotAuthenticated: 401,
-    BodyTooLarge: 413,
-    UnsupportedPayload: 415,
-    PayloadError: 400,
-    HandlerError: 500,
-    HandlerTimeout: 503,
+RESPONSES: dict[type[Exception], tuple[int, str]] = {
+    UnknownChannel: (404, "unknown_channel"),
+    MethodNotAllowed: (405, "method_not_allowed"),
+    NotAuthenticated: (401, "rejected_auth"),
+    BodyTooLarge: (413, "too_large"),
+    UnsupportedPayload: (415, "rejected_payload"),
+    PayloadError: (400, "rejected_payload"),
+    HandlerError: (500, "handler_error"),
+    HandlerTimeout: (503, "reply_timeout"),
 }
-"""Error -> HTTP status: the only place that says which status an error gets."""
+"""Error -> (HTTP status, metrics outcome): the only place that says what an error answers."""
+
+_UNEXPECTED = (500, "handler_error")
 
 
-def status_for(error: Exception) -> int:
-    """The HTTP status for ``error`` (its most specific class in :data:`STATUS`), else 500."""
+def classify(error: Exception) -> tuple[int, str]:
+    """The HTTP status and outcome for ``error`` (its most specific class listed)."""
     for cls in type(error).__mro__:
-        status = STATUS.get(cls)
-        if status is not None:
-            return status
-    return 500
+        found = RESPONSES.get(cls)
+        if found is not None:
+            return found
+    return _UNEXPECTED

@@ -12,10 +12,13 @@ from typing import Any
 
 from receiver.types import PayloadError
 
-__all__ = ["MAX_XML_DEPTH", "BodyFormat", "detect_format", "parse_xml"]
+__all__ = ["MAX_XML_DEPTH", "TOO_DEEP", "BodyFormat", "detect_format", "parse_xml"]
 
 MAX_XML_DEPTH = 32
 """Deepest XML nesting accepted; callbacks nest three or four levels."""
+
+
+TOO_DEEP = "body nested too deeply"
 
 
 class BodyFormat(enum.StrEnum):
@@ -94,8 +97,8 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
 
     Element names lose their namespace prefix (``ns2:deliveryresponse`` ->
     ``deliveryresponse``) but keep their case. An element with child elements becomes
-    a dict of child name -> value (a list when a name repeats); a leaf becomes its text.
-    Attributes are ignored.
+    a dict of child name -> value (a list when a name repeats); a leaf becomes its text
+    without surrounding whitespace (pretty-printing is not data). Attributes are ignored.
 
     Safety: a document with a DOCTYPE is refused before any of it is processed, which
     rules out entity declarations, external entities (XXE) and entity expansion
@@ -122,7 +125,7 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
 
     def end(_tag: str) -> None:
         name, children, text = stack.pop()
-        value = children if children is not None else "".join(text)
+        value = children if children is not None else "".join(text).strip()
         if not stack:
             root.append(name)
             root.append(value)

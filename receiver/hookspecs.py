@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from receiver.config import Config
     from receiver.providers.base import Provider
     from receiver.types import Event, Reply
 
@@ -32,6 +33,26 @@ def register_providers() -> list[type[Provider]]:  # type: ignore[empty-body]
     name are a configuration error.
 
     :return: A list of :class:`receiver.providers.Provider` subclasses.
+    """
+
+
+@hookspec
+def configure(config: Config) -> None:
+    """Read settings once, when an app is built with every plugin registered.
+
+    :param config: The app's configuration; a plugin's own settings are in
+        ``config.settings["<plugin name>"]`` (a ``[settings.<plugin name>]`` TOML table).
+
+    Raise :class:`receiver.ConfigError` to refuse a bad setting: the app is not built.
+    """
+
+
+@hookspec
+def check_ready() -> str | None:
+    """Say whether this plugin can take callbacks now (``GET /readyz``).
+
+    :return: None when ready, else a short reason (e.g. "opt-out store unreachable");
+        any reason makes ``/readyz`` answer 503.
     """
 
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.metadata
+import importlib.util
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple, TypeVar
 
 import anyio.to_thread
@@ -55,14 +62,81 @@ class PluginManager(pluggy.PluginManager):
         return removed
 
 
-def make_plugin_manager(plugins: Iterable[object] = ()) -> PluginManager:
-    """A new manager with receiver's hookspecs, the built-in providers and ``plugins``."""
+ENTRY_POINT_GROUP = "receiver"
+DISABLE_AUTOLOAD = "RECEIVER_DISABLE_PLUGIN_AUTOLOAD"
+
+
+def make_plugin_manager(
+    plugins: Iterable[object] = (),
+    *,
+    modules: Iterable[str] = (),
+    plugins_dir: str | os.PathLike[str] | None = None,
+) -> PluginManager:
+    """A new manager with receiver's hookspecs, the built-in providers and the plugins.
+
+    Plugins are registered in this order: ``plugins`` (objects or modules); installed
+    packages' entry points in the group ``receiver`` (unless
+    ``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``); the dotted ``modules``; each ``*.py`` file
+    in ``plugins_dir``, by name.
+
+    Raises:
+        ConfigError: a plugin failed to load (its name and the error are in the message).
+    """
     manager = PluginManager()
     manager.add_hookspecs(hookspecs)
     manager.register(builtin, name="receiver.builtin")
     for plugin in plugins:
-        manager.register(plugin)
+        _register(manager, plugin, None)
+    if os.environ.get(DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if manager.get_plugin(entry_point.name) is None:
+                plugin = _load(f"entry point {entry_point.name!r}", entry_point.load)
+                _register(manager, plugin, entry_point.name)
+    for dotted in modules:
+        _register(manager, _load(f"plugin {dotted!r}", importlib.import_module, dotted), dotted)
+    if plugins_dir is not None:
+        folder = Path(plugins_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"plugins_dir: {folder} is not a folder")
+        for path in sorted(folder.glob("*.py")):
+            if not path.name.startswith("_"):
+                _register(manager, _load(f"plugin {str(path)!r}", _import_file, path), path.stem)
     return manager
+
+
+def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return loader(*args)
+    except Exception as exc:
+        raise ConfigError(f"{what} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def _register(manager: PluginManager, plugin: object, name: str | None) -> None:
+    try:
+        manager.register(plugin, name)
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        raise ConfigError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Import one plugin file as module ``receiver_plugins.<stem>`` (fresh each time)."""
+    name = f"receiver_plugins.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def describe(manager: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
+    """Every registered plugin's name and the hooks it implements (``receiver plugins``)."""
+    rows = []
+    for name, plugin in manager.list_name_plugin():
+        hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+        rows.append((name, hooks))
+    return rows
 
 
 def provider_classes(manager: pluggy.PluginManager) -> dict[str, type[Provider]]:

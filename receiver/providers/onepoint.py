@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 
-from receiver.formats import BodyFormat
+from receiver.formats import TOO_DEEP, BodyFormat
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
 from receiver.types import Event, EventType, PayloadError, Reply, new_event_id
@@ -131,6 +131,8 @@ class OnePointProvider(Provider):
                 fields = self._convert(_canonical_keys(tree.items()))
             except msgspec.DecodeError as exc:
                 raise PayloadError(str(exc)) from None
+            except RecursionError:
+                raise PayloadError(TOO_DEEP) from None
         else:
             found, extra_metadata = _read_form(raw)
             fields = self._convert(found)
@@ -265,6 +267,8 @@ def _decode_json(raw: bytes) -> Any:
         return _JSON.decode(raw)
     except msgspec.DecodeError as exc:
         raise PayloadError(str(exc)) from None
+    except RecursionError:
+        raise PayloadError(TOO_DEEP) from None
 
 
 def _canonical_keys(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:

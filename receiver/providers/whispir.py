@@ -19,7 +19,7 @@ import msgspec
 
 from receiver.config import Channel
 from receiver.errors import ConfigError
-from receiver.formats import BodyFormat, parse_xml
+from receiver.formats import TOO_DEEP, BodyFormat, parse_xml
 from receiver.normalize import canonical, parse_dmy_timestamp
 from receiver.providers.base import Provider
 from receiver.types import Contact, Event, EventType, PayloadError, new_event_id
@@ -176,6 +176,8 @@ class WhispirProvider(Provider):
                 body, kind = _read_tree(_decode_json(raw), None)
             except msgspec.DecodeError as exc:
                 raise PayloadError(str(exc)) from None
+            except RecursionError:
+                raise PayloadError(TOO_DEEP) from None
         return self._normalize(body, kind, raw, channel, received_at, event_id)
 
     def _normalize(
@@ -283,6 +285,8 @@ def _decode_json(raw: bytes) -> Any:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise PayloadError(str(exc)) from None
+    except RecursionError:
+        raise PayloadError(TOO_DEEP) from None
 
 
 def _read_tree(tree: Any, kind: str | None) -> tuple[_Body, str | None]:
@@ -354,16 +358,20 @@ def _contact(value: _From | None) -> Contact | None:
     if value is None:
         return None
     contact = Contact(
-        name=value.name or None,
-        mri=value.mri or None,
-        mobile=value.mobile or None,
-        email=value.email or None,
-        voice=value.voice or None,
+        name=_blank_none(value.name),
+        mri=_blank_none(value.mri),
+        mobile=_blank_none(value.mobile),
+        email=_blank_none(value.email),
+        voice=_blank_none(value.voice),
     )
     return None if contact == _NO_CONTACT else contact
 
 
 _NO_CONTACT = Contact()
+
+
+def _blank_none(value: str | None) -> str | None:
+    return None if not value or value.isspace() else value
 
 
 def _address(sender: Contact | None, medium: str | None) -> str | None:

@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    -> a standalone receiver on examples/receiver.toml
+#   make test   -> the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench
+
+# Demo keys for examples/receiver.toml; set your own in the environment.
+export WHISPIR_KEY ?= demo-whispir-key
+export ONEPOINT_SECRET ?= demo-onepoint-secret
+export DIY_KEY ?= demo-diy-key
+
+$(BIN)/receiver: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/receiver
+	$(BIN)/receiver serve --config examples/receiver.toml --plugins-dir plugins
+
+test: $(BIN)/receiver
+	$(BIN)/pytest
+
+lint: $(BIN)/receiver
+	$(BIN)/ruff check receiver tests examples bench plugins
+	$(BIN)/mypy receiver
+
+bench: $(BIN)/receiver
+	$(BIN)/python bench/parse.py

@@ -1,0 +1,88 @@
+"""Prometheus metrics for one app (its own registry, so several apps never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+OUTCOMES = (
+    "accepted",
+    "rejected_auth",
+    "rejected_payload",
+    "too_large",
+    "handler_error",
+    "reply_timeout",
+)
+
+
+class Metrics:
+    """Callbacks by channel, provider, type and outcome; latency; replies sent."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.callbacks = Counter(
+            "receiver_callbacks",
+            "Callbacks received, by channel, provider, event type and outcome.",
+            ["channel", "provider", "type", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "receiver_callback_duration_seconds",
+            "Time from request to answer, by channel.",
+            ["channel"],
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+            ),
+            registry=self.registry,
+        )
+        self.replies = Counter(
+            "receiver_replies",
+            "Replies sent back to the provider (in the response or through send_reply).",
+            ["channel", "provider"],
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, ...], tuple[Counter, Histogram, Counter]] = {}
+
+    def observe(
+        self,
+        channel: str,
+        provider: str,
+        event_type: str,
+        outcome: str,
+        seconds: float,
+        replied: bool,
+    ) -> None:
+        """Record one callback (label children are cached: no lookups per request)."""
+        key = (channel, provider, event_type, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.callbacks.labels(*key),
+                self.latency.labels(channel),
+                self.replies.labels(channel, provider),
+            )
+        count, latency, replies = children
+        count.inc()
+        latency.observe(seconds)
+        if replied:
+            replies.inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this app's metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,129 @@
+"""Pure-ASGI middleware: proxy headers from trusted peers, and a request id per request."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+from receiver.types import new_event_id
+
+__all__ = ["ProxyHeadersMiddleware", "RequestIdMiddleware"]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FORWARDED_PAIR = re.compile(r'\s*([a-zA-Z]+)\s*=\s*("[^"]*"|[^;,\s]*)')
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class ProxyHeadersMiddleware:
+    """Believe ``X-Forwarded-For``/``-Proto``/``-Host`` and ``Forwarded`` from trusted peers.
+
+    Only when the direct peer is in ``trusted`` are the headers read; the client address
+    is then the right-most address in the chain that is not itself a trusted proxy (a
+    client cannot forge its way past the proxy that appended the real address). The
+    scheme and host come from the nearest proxy's values. From any other peer the
+    headers are ignored: a forged X-Forwarded-For changes nothing.
+    """
+
+    def __init__(self, app: Any, trusted: Iterable[str] = ("127.0.0.1",)) -> None:
+        self.app = app
+        trusted = list(trusted)
+        self.trust_all = "*" in trusted
+        self.networks: list[_Network] = [
+            ipaddress.ip_network(item, strict=False) for item in trusted if item != "*"
+        ]
+
+    def trusts(self, address: str) -> bool:
+        if self.trust_all:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and self.trusts(client[0]):
+            scope = self.rewrite(scope, client)
+        await self.app(scope, receive, send)
+
+    def rewrite(self, scope: dict[str, Any], client: tuple[str, int]) -> dict[str, Any]:
+        chain: list[str] = []
+        proto = host = None
+        for name, value in scope["headers"]:
+            if name == b"forwarded":
+                for element in value.decode("latin-1").split(","):
+                    pairs = {k.lower(): v.strip('"') for k, v in _FORWARDED_PAIR.findall(element)}
+                    if "for" in pairs:
+                        chain.append(_strip_port(pairs["for"]))
+                    proto = pairs.get("proto", proto)
+                    host = pairs.get("host", host)
+            elif name == b"x-forwarded-for":
+                chain.extend(a.strip() for a in value.decode("latin-1").split(",") if a.strip())
+            elif name == b"x-forwarded-proto":
+                proto = value.decode("latin-1").split(",")[-1].strip()
+            elif name == b"x-forwarded-host":
+                host = value.decode("latin-1").split(",")[-1].strip()
+        if not (chain or proto or host):
+            return scope
+        scope = dict(scope)
+        if chain:
+            address = chain[0]
+            for hop in reversed(chain):
+                address = hop
+                if not self.trusts(hop):
+                    break
+            scope["client"] = (address, client[1])
+        if proto in ("http", "https"):
+            scope["scheme"] = proto
+        if host:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"host"]
+            headers.append((b"host", host.encode("latin-1")))
+            scope["headers"] = headers
+        return scope
+
+
+def _strip_port(node: str) -> str:
+    """A ``Forwarded: for=`` node without its port: ``"[2001:db8::1]:4711"`` -> the address."""
+    if node.startswith("["):
+        return node[1:].partition("]")[0]
+    if node.count(":") == 1:
+        return node.partition(":")[0]
+    return node
+
+
+class RequestIdMiddleware:
+    """Bind a request id to the logging context and echo it as ``X-Request-ID``.
+
+    A sane incoming ``X-Request-ID`` (from a proxy) is kept; otherwise a new one is made.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID.match(candidate):
+                    request_id = candidate
+                break
+        if request_id is None:
+            request_id = new_event_id()
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
