@@ -195,7 +195,7 @@ class HmacCheck(Authenticator):
             raise NotAuthenticated("missing credentials: Authorization signature header")
         scheme, _, rest = value.partition(b" ")
         if scheme.lower() not in SIGNATURE_SCHEMES:
-            raise NotAuthenticated("missing credentials: expected an X-OPG-Signature header")
+            raise NotAuthenticated("wrong credentials: expected an X-OPG-Signature or X-DIY-Signature")
         parts = rest.strip().decode("latin-1").split(":", 3)
         if len(parts) != 4:
             raise NotAuthenticated("malformed signature: expected AppId:Signature:Nonce:Timestamp")

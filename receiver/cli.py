@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -122,6 +123,9 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": args.shutdown_timeout,
         "server_header": False,
     }
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was there before it: make that a clean exit, not a death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if args.workers > 1:
         if args.config:
             os.environ[_WORKER_CONFIG] = os.path.abspath(args.config)
@@ -131,6 +135,11 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(app, **options)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    log.info("stopped", signal=signal.Signals(signum).name)
+    sys.exit(0)
 
 
 def worker_app() -> Any:

@@ -1,0 +1,236 @@
+"""`receiver serve` for real: a subprocess on a loopback port, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+WHISPIR_REPLY = (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+SECRET = "qs-secret-7f3a9c"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def request(
+        self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.base + path, data=body, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def log_events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+
+
+@contextmanager
+def serve(tmp_path: Path, config: str, *extra: str) -> Iterator[Server]:
+    config_path = tmp_path / "receiver.toml"
+    config_path.write_text(config)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config_path),
+             "--port", str(port), "--log-format", "json", *extra],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )
+    server = Server(process, port, log)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if server.request("/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start:\n{server.log_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=15)
+
+
+WHISPIR_QUERY = """
+[channels.w]
+provider = "whispir"
+auth = "query"
+keys = ["${WHISPIR_KEY}"]
+"""
+
+
+def test_serve_logs_json_lines_without_the_key_and_counts_metrics(tmp_path: Path) -> None:
+    with serve(tmp_path, WHISPIR_QUERY) as server:
+        json_type = {"Content-Type": "application/json"}
+        ok = server.request(f"/w?auth={SECRET}", WHISPIR_REPLY, json_type)
+        wrong = server.request("/w?auth=not-the-key", WHISPIR_REPLY, json_type)
+        status, metrics = server.request("/metrics")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0
+    assert ok == (200, b"")
+    assert wrong[0] == 401
+    assert status == 200
+    text = metrics.decode()
+    assert (
+        'receiver_callbacks_total{channel="w",outcome="accepted",provider="whispir",'
+        'type="message"} 1.0' in text
+    )
+    assert 'outcome="rejected_auth"' in text
+    log = server.log_text()
+    assert SECRET not in log
+    assert "not-the-key" not in log
+    callbacks = [e for e in server.log_events() if e["event"] == "callback"]
+    assert [(e["status"], e["channel"]) for e in callbacks] == [(200, "w"), (401, "w")]
+    assert callbacks[0]["type"] == "message" and callbacks[0]["request_id"]
+    serving = next(e for e in server.log_events() if e["event"] == "serving")
+    assert serving["channels"] == {"w": "whispir"}
+
+
+ALLOW_ONLY_PUBLIC_NET = """
+trusted_proxies = [{trusted}]
+
+[channels.open]
+provider = "diy"
+auth = "none"
+allow_ips = ["203.0.113.0/24"]
+"""
+
+DIY_GET = "/open?Type=Stop&Source=447700900123&Destination=60777&MessageID=MS1"
+
+
+def test_serve_ignores_forwarded_for_from_an_untrusted_peer(tmp_path: Path) -> None:
+    config = ALLOW_ONLY_PUBLIC_NET.format(trusted='"10.9.9.9"')
+    with serve(tmp_path, config) as server:
+        status, _ = server.request(DIY_GET, headers={"X-Forwarded-For": "203.0.113.7"})
+    assert status == 401  # 127.0.0.1 is not a trusted proxy here: the header is a forgery
+
+
+def test_serve_believes_forwarded_for_from_a_trusted_proxy(tmp_path: Path) -> None:
+    config = ALLOW_ONLY_PUBLIC_NET.format(trusted='"127.0.0.1"')
+    with serve(tmp_path, config) as server:
+        forwarded = server.request(DIY_GET, headers={"X-Forwarded-For": "203.0.113.7"})
+        direct = server.request(DIY_GET)
+    assert forwarded[0] == 200
+    assert direct[0] == 401
+    callbacks = [e for e in server.log_events() if e["event"] == "callback"]
+    assert callbacks[0]["client"] == "203.0.113.7"
+    assert callbacks[1]["client"] == "127.0.0.1"
+
+
+SLOW_PLUGIN = """
+import asyncio
+from receiver import hookimpl
+
+@hookimpl
+async def on_stop(event):
+    await asyncio.sleep(1.0)
+"""
+
+
+def test_serve_sigterm_lets_in_flight_callbacks_finish(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_PLUGIN)
+    config = ALLOW_ONLY_PUBLIC_NET.format(trusted='"127.0.0.1"')
+    with serve(tmp_path, config, "--plugins-dir", str(plugins)) as server:
+        results: list[tuple[int, bytes]] = []
+        client = threading.Thread(
+            target=lambda: results.append(
+                server.request(DIY_GET, headers={"X-Forwarded-For": "203.0.113.7"})
+            )
+        )
+        client.start()
+        time.sleep(0.4)  # the request is now inside the slow handler
+        server.process.send_signal(signal.SIGTERM)
+        client.join(timeout=15)
+        assert server.process.wait(timeout=15) == 0
+    assert results == [(200, b"")]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ('[channels.w]\nprovider = "whispir"\nauth = "header"\nkeyz = ["a"]\n',
+         "channels.w: Object contains unknown field `keyz`"),
+        ('[channels.w]\nprovider = "whispir"\nauth = "header"\n',
+         "channels.w: auth = 'header' needs at least one key"),
+        ('[channels.w]\nprovider = "whispir"\nauth = "header"\nkeys = ["${NOT_SET_ANYWHERE}"]\n',
+         "channels.w.keys[0]: environment variable NOT_SET_ANYWHERE is not set"),
+        ("max_body_bytes = \"big\"\n", "max_body_bytes: Expected `int`, got `str`"),
+    ],
+)
+def test_serve_refuses_a_bad_configuration_in_one_line(
+    tmp_path: Path, config: str, expected: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "serve", "--config", str(path),
+         "--port", str(free_port())],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"receiver: configuration error: {path}: {expected}"]
+
+
+def test_check_config_prints_the_channel_table_without_keys(tmp_path: Path) -> None:
+    path = tmp_path / "receiver.toml"
+    path.write_text(WHISPIR_QUERY)
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "check-config", "--config", str(path)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/w" in result.stdout and "whispir" in result.stdout and "query" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_plugins_command_lists_plugins_and_their_hooks(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_PLUGIN)
+    path = tmp_path / "receiver.toml"
+    path.write_text(WHISPIR_QUERY)
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "plugins", "--config", str(path),
+         "--plugins-dir", str(plugins)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "slow: on_stop" in result.stdout
+    assert "receiver.builtin: register_providers" in result.stdout
