@@ -53,7 +53,12 @@ class Request:
 
 
 def request_url(scope: dict[str, Any]) -> str:
-    """The full URL the client called, as this process sees it."""
+    """The full URL the client called, as this process sees it.
+
+    The path is the request target as sent (``raw_path``; a mounted app's ``path``
+    already holds its mount prefix), the host is the Host header (after trusted proxy
+    headers are applied) or the server address.
+    """
     scheme = scope.get("scheme", "http")
     host = None
     for key, value in scope["headers"]:
@@ -62,8 +67,10 @@ def request_url(scope: dict[str, Any]) -> str:
             break
     if host is None:
         server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
-    path = scope.get("root_path", "") + scope["path"]
+        default = 443 if scheme == "https" else 80
+        host = server[0] if server[1] in (None, default) else f"{server[0]}:{server[1]}"
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
     query = scope.get("query_string", b"")
     url = f"{scheme}://{host}{path}"
     return f"{url}?{query.decode('latin-1')}" if query else url
@@ -195,7 +202,9 @@ class HmacCheck(Authenticator):
             raise NotAuthenticated("missing credentials: Authorization signature header")
         scheme, _, rest = value.partition(b" ")
         if scheme.lower() not in SIGNATURE_SCHEMES:
-            raise NotAuthenticated("wrong credentials: expected an X-OPG-Signature or X-DIY-Signature")
+            raise NotAuthenticated(
+                "wrong credentials: expected an X-OPG-Signature or X-DIY-Signature"
+            )
         parts = rest.strip().decode("latin-1").split(":", 3)
         if len(parts) != 4:
             raise NotAuthenticated("malformed signature: expected AppId:Signature:Nonce:Timestamp")

@@ -44,7 +44,15 @@ class BodyTooLarge(CallbackError):
 
 
 class HandlerError(CallbackError):
-    """A plugin's hook raised; the provider should retry."""
+    """A plugin's hook raised; the provider should retry.
+
+    Attributes:
+        plugins: The names of the plugins whose hooks raised (retries call only these).
+    """
+
+    def __init__(self, reason: str, plugins: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.plugins = plugins or []
 
 
 class HandlerTimeout(CallbackError):

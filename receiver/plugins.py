@@ -9,7 +9,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, TypeVar
@@ -191,8 +191,11 @@ class Dispatcher:
             ]
         return impls
 
-    async def dispatch(self, event: Event) -> Reply | None:
+    async def dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
         """Run every hook for ``event``; return the reply, if a response hook gave one.
+
+        ``only`` limits the call to the plugins of those names (a retry calls only the
+        plugins that failed).
 
         Raises:
             HandlerError: an implementation raised (logged with its traceback); the
@@ -202,6 +205,8 @@ class Dispatcher:
         reply: Reply | None = None
         respond = event.type.is_response_type
         for impl in self.implementations("on_" + event.type.value):
+            if only is not None and impl.plugin not in only:
+                continue
             try:
                 result = await _call(impl, event=event)
             except Exception:
@@ -218,6 +223,8 @@ class Dispatcher:
                 if reply is not None:
                     break
         for impl in self.implementations("on_event"):
+            if only is not None and impl.plugin not in only:
+                continue
             try:
                 await _call(impl, event=event)
             except Exception:
@@ -226,7 +233,9 @@ class Dispatcher:
                 )
                 failed.append(impl.plugin)
         if failed:
-            raise HandlerError(f"{len(failed)} handler(s) failed; see the log for event {event.id}")
+            raise HandlerError(
+                f"{len(failed)} handler(s) failed; see the log for event {event.id}", failed
+            )
         return reply
 
     async def send_reply(self, event: Event, reply: Reply) -> bool:

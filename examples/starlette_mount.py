@@ -1,0 +1,77 @@
+"""Mount receiver inside an existing Starlette app.
+
+The app below has a route of its own (``GET /``) and serves callbacks under ``/hooks``:
+
+* ``POST /hooks/whispir``: Whispir callbacks, authenticated by the
+  ``X-Whispir-Callback-Key`` header (the key comes from ``$WHISPIR_KEY``);
+* ``POST /hooks/diy`` (or ``GET`` with the fields in the query): DIY Surveys callbacks,
+  signed with ``X-DIY-Signature`` (AppId and Secret from ``$DIY_APP_ID``/``$DIY_SECRET``);
+* ``GET /hooks/healthz``.
+
+Run it::
+
+    WHISPIR_KEY=... DIY_APP_ID=... DIY_SECRET=... uvicorn examples.starlette_mount:app
+
+Behind a proxy, set the DIY channel's ``public_url`` to the URL DIY calls: the signature
+covers it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from receiver import Channel, Config, Event, create_app, hookimpl
+
+
+class Inbox:
+    """A tiny plugin: keeps every event and thanks DIY senders in the HTTP response."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    @hookimpl
+    def on_message(self, event: Event) -> str | None:
+        if event.provider == "diy":  # DIY takes the reply in the response
+            return f"Thanks, we got your message: {event.text}"
+        return None  # a Whispir reply would need a send_reply plugin
+
+
+config = Config(
+    channels={
+        "whispir": Channel(
+            provider="whispir",
+            auth="header",
+            keys=[os.environ.get("WHISPIR_KEY", "change-me")],
+        ),
+        "diy": Channel(
+            provider="diy",
+            auth="hmac",
+            credentials={
+                os.environ.get("DIY_APP_ID", "diy-app"): os.environ.get("DIY_SECRET", "change-me")
+            },
+        ),
+    }
+)
+
+inbox = Inbox()
+
+
+async def homepage(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("my app's own page")
+
+
+app = Starlette(
+    routes=[
+        Route("/", homepage),
+        Mount("/hooks", app=create_app(config, plugins=[inbox])),
+    ]
+)
