@@ -9,10 +9,12 @@ the plugins -> answer. Every failure is an exception whose HTTP status comes fro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,17 +34,19 @@ from receiver.errors import (
     BodyTooLarge,
     CallbackError,
     ConfigError,
+    HandlerError,
     HandlerTimeout,
     MethodNotAllowed,
     NotAuthenticated,
     UnknownChannel,
     classify,
 )
+from receiver.journal import Entry, Journal, Recorded, open_journal
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
 from receiver.middleware import ProxyHeadersMiddleware, RequestIdMiddleware
 from receiver.plugins import Dispatcher, PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
-from receiver.types import Event, PayloadError
+from receiver.types import Event, PayloadError, Reply
 
 __all__ = ["CallbackEndpoint", "create_app"]
 
@@ -70,12 +74,13 @@ class _Route:
 class _Trace:
     """What is known of a callback so far, for its log line whatever happens."""
 
-    __slots__ = ("event", "replied", "route")
+    __slots__ = ("event", "outcome", "replied", "route")
 
     def __init__(self) -> None:
         self.route: _Route | None = None
         self.event: Event | None = None
         self.replied = False
+        self.outcome = "accepted"
 
 
 class _ClientGone(Exception):
@@ -86,11 +91,18 @@ class CallbackEndpoint:
     """The pure-ASGI endpoint serving ``/{channel}``."""
 
     def __init__(
-        self, config: Config, manager: PluginManager, metrics: Metrics | None = None
+        self,
+        config: Config,
+        manager: PluginManager,
+        metrics: Metrics | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.journal = journal
         self.dispatcher = Dispatcher(manager)
+        self._pending: dict[str, _Pending] = {}
+        self._worker: asyncio.Task[None] | None = None
         providers = provider_classes(manager)
         self.routes: dict[str, _Route] = {}
         for name, channel in config.channels.items():
@@ -118,14 +130,13 @@ class CallbackEndpoint:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         trace = _Trace()
-        outcome = "accepted"
         try:
             status, body, headers = await self.handle(scope, receive, trace)
         except _ClientGone:
             log.info("client disconnected", path=scope["path"])
             return
         except Exception as exc:
-            status, outcome = classify(exc)
+            status, trace.outcome = classify(exc)
             if isinstance(exc, CallbackError | PayloadError):
                 reason = str(exc)
             else:
@@ -144,7 +155,7 @@ class CallbackEndpoint:
                 trace.route.name,
                 trace.route.provider.name,
                 event.type.value if event is not None else "none",
-                outcome,
+                trace.outcome,
                 time.perf_counter() - started,
                 trace.replied,
             )
@@ -173,21 +184,81 @@ class CallbackEndpoint:
             return 200, b"", []  # a URL check: Whispir wants exactly 200
         body = await _read_body(scope, receive, self.config.max_body_bytes)
         route.authenticator.check(Request(scope, body))
-        event = route.provider.parse(
-            body,
-            content_type=_header(scope, b"content-type"),
-            query=query,
-            channel=route.name,
-            received_at=received_at,
-        )
+        try:
+            event = route.provider.parse(
+                body,
+                content_type=_header(scope, b"content-type"),
+                query=query,
+                channel=route.name,
+                received_at=received_at,
+            )
+        except PayloadError as exc:
+            if self.journal is not None:  # authenticated: keep it for an operator to inspect
+                await self.journal.reject(
+                    route.name, route.provider.name, body, _meta(scope, route), str(exc)
+                )
+            raise
         trace.event = event
-        respond = event.type.is_response_type
-        timeout = self.config.reply_timeout if respond else self.config.handler_timeout
+        if self.journal is None:
+            reply = await self._dispatch(event)
+        else:
+            recorded = await self.journal.record(
+                event, _meta(scope, route), route.provider.dedupe_key(event)
+            )
+            if recorded.duplicate_of is not None:
+                return await self._duplicate(route, event, recorded, trace)
+            trace.event = event = recorded.event
+            self.start_worker()
+            reply = await self._dispatch_journaled(event, trace)
+        return await self._answer(route, event, reply, trace)
+
+    async def _dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
+        """Run the plugins for ``event`` within its timeout."""
+        timeout = (
+            self.config.reply_timeout
+            if event.type.is_response_type
+            else self.config.handler_timeout
+        )
         try:
             with anyio.fail_after(timeout):
-                reply = await self.dispatcher.dispatch(event)
+                return await self.dispatcher.dispatch(event, only)
         except TimeoutError:
             raise HandlerTimeout(f"handlers took longer than {timeout:g} s") from None
+
+    async def _dispatch_journaled(self, event: Event, trace: _Trace) -> Reply | None:
+        """Dispatch a stored event: a failure is recorded for retry, and answered 200."""
+        pending = self._pending[event.id] = _Pending()
+        try:
+            reply = await self._dispatch(event)
+        except HandlerTimeout as exc:
+            await self._failed(event, str(exc), None, attempt=1)
+            raise
+        except HandlerError as exc:
+            await self._failed(event, str(exc), exc.plugins, attempt=1)
+            trace.outcome = "handler_error"
+            return None  # the event is safe in the journal: answer 200, retry later
+        else:
+            assert self.journal is not None
+            await self.journal.complete(event.id, reply)
+            pending.reply = reply
+            return reply
+        finally:
+            pending.done.set()
+            del self._pending[event.id]
+
+    async def _failed(
+        self, event: Event, error: str, plugins: Collection[str] | None, *, attempt: int
+    ) -> None:
+        delays = self.config.retry_delays
+        retry_at = time.time() + delays[attempt - 1] if attempt <= len(delays) else None
+        assert self.journal is not None
+        await self.journal.fail(event.id, error, list(plugins) if plugins else None, retry_at)
+        if retry_at is None:
+            log.error("dead letter: out of attempts", event_id=event.id, attempts=attempt)
+
+    async def _answer(
+        self, route: _Route, event: Event, reply: Reply | None, trace: _Trace
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if reply is None:
             return 200, b"", []
         rendered = route.provider.render_reply(event, reply)
@@ -203,6 +274,115 @@ class CallbackEndpoint:
                 event_id=event.id,
             )
         return 200, b"", []
+
+    async def _duplicate(
+        self, route: _Route, event: Event, recorded: Recorded, trace: _Trace
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Answer a re-sent callback as its original was answered; dispatch nothing."""
+        trace.outcome = "duplicate"
+        reply = recorded.reply
+        original = recorded.duplicate_of or ""
+        pending = self._pending.get(original)
+        if pending is not None:  # the original is still being handled: wait for its reply
+            timeout = self.config.reply_timeout
+            with anyio.move_on_after(timeout) as scope:
+                await pending.done.wait()
+            if scope.cancelled_caught:
+                raise HandlerTimeout("the original of this duplicate is still being handled")
+            reply = pending.reply
+        log.info("duplicate", event_id=event.id, original=original, channel=route.name)
+        if reply is None or not event.type.is_response_type:
+            return 200, b"", []
+        rendered = route.provider.render_reply(event, reply)
+        return (200, rendered, [_JSON_TYPE]) if rendered is not None else (200, b"", [])
+
+    # -- background work: resume after a restart, retries with backoff ------------------
+
+    def start_worker(self) -> None:
+        """Start the retry worker once (at start-up, or at the first callback when mounted)."""
+        if self.journal is not None and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def _work(self) -> None:
+        journal = self.journal
+        assert journal is not None
+        try:
+            for entry in await journal.unfinished():  # received, never handled: resume
+                if entry.id not in self._pending:
+                    await self.retry(entry)
+            while True:
+                for entry in await journal.due(time.time()):
+                    await self.retry(entry)
+                await asyncio.sleep(self.poll_interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("journal worker stopped")
+
+    poll_interval = 1.0
+    """Seconds between looks for due retries."""
+
+    async def retry(self, entry: Entry, *, all_plugins: bool = False) -> bool:
+        """Dispatch a journal entry again (resume, retry or replay); True when it succeeded.
+
+        A retry calls only the plugins that failed, unless ``all_plugins``. A reply that
+        comes now cannot go back in the HTTP response any more: it goes to ``send_reply``.
+        """
+        event = entry.event
+        journal = self.journal
+        if event is None or journal is None:
+            return False
+        only = None if all_plugins else entry.failed_plugins
+        try:
+            reply = await self._dispatch(event, only)
+        except (HandlerError, HandlerTimeout) as exc:
+            plugins = exc.plugins if isinstance(exc, HandlerError) else only
+            await self._failed(event, str(exc), plugins, attempt=entry.attempts + 1)
+            return False
+        await journal.complete(event.id, reply)
+        if reply is not None and not await self.dispatcher.send_reply(event, reply):
+            log.warning("late reply dropped: no send_reply plugin took it", event_id=event.id)
+        log.info("retried", event_id=event.id, attempt=entry.attempts + 1)
+        return True
+
+
+class _Pending:
+    """An event being handled, for duplicates that arrive meanwhile to wait on."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: Reply | None = None
+
+
+_KEPT_HEADERS = (b"content-type", b"user-agent", b"x-request-id", b"x-forwarded-for")
+
+
+def _meta(scope: Scope, route: _Route) -> dict[str, str]:
+    """What the journal keeps of a request besides the body: never a credential."""
+    meta = {"method": scope["method"], "path": scope["path"]}
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query:
+        secret = route.channel.param.lower() if route.channel.auth == "query" else None
+        meta["query"] = "&".join(
+            f"{name}=REDACTED" if name.lower() == secret else f"{name}={value}"
+            for name, _, value in (pair.partition("=") for pair in query.split("&"))
+        )
+    client = scope.get("client")
+    if client:
+        meta["client"] = client[0]
+    for key, value in scope["headers"]:
+        if key in _KEPT_HEADERS:
+            meta[key.decode()] = value.decode("latin-1")
+    return meta
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -309,6 +489,9 @@ async def _readyz(request: StarletteRequest) -> Response:
     """Plugins are loaded and each says it can take callbacks (``check_ready``)."""
     manager: PluginManager = request.app.state.plugin_manager
     problems = [problem for problem in manager.hook.check_ready() if problem]
+    journal: Journal | None = request.app.state.journal
+    if journal is not None and (problem := journal.check()) is not None:
+        problems.append(problem)
     plugins = [name for name, _ in manager.list_name_plugin()]
     if problems:
         return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
@@ -345,7 +528,12 @@ def create_app(
     manager = make_plugin_manager(plugins, modules=config.plugins, plugins_dir=config.plugins_dir)
     manager.hook.configure(config=config)
     metrics = Metrics() if config.metrics else None
-    endpoint = CallbackEndpoint(config, manager, metrics)
+    journal = open_journal(
+        config.journal,
+        duplicate_window=config.duplicate_window,
+        body_window=config.duplicate_body_window,
+    )
+    endpoint = CallbackEndpoint(config, manager, metrics, journal)
     routes = [
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
@@ -355,6 +543,7 @@ def create_app(
     routes.append(Route("/{channel}", endpoint))
     app = Starlette(
         routes=routes,
+        lifespan=_lifespan,
         middleware=[
             Middleware(ProxyHeadersMiddleware, trusted=config.trusted_proxies),
             Middleware(RequestIdMiddleware),
@@ -364,4 +553,23 @@ def create_app(
     app.state.plugin_manager = manager
     app.state.endpoint = endpoint
     app.state.metrics = metrics
+    app.state.journal = journal
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Open the journal and resume unfinished work at start-up; close it at shutdown.
+
+    (A mounted app gets no lifespan events: it starts these at its first callback.)
+    """
+    endpoint: CallbackEndpoint = app.state.endpoint
+    if endpoint.journal is not None:
+        await endpoint.journal.start()
+        endpoint.start_worker()
+    try:
+        yield
+    finally:
+        await endpoint.stop_worker()
+        if endpoint.journal is not None:
+            await endpoint.journal.stop()

@@ -6,10 +6,13 @@ Every option also comes from a ``RECEIVER_*`` environment variable (the flag win
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -17,6 +20,7 @@ import structlog
 
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
+from receiver.journal import Journal
 
 __all__ = ["main"]
 
@@ -77,13 +81,58 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list the plugins loaded and their hooks")
     with_config(plugins)
+
+    events = commands.add_parser("events", help="list journal entries, or show one")
+    with_config(events)
+    events.add_argument("show", nargs="*", metavar="show ID", help="'show ID': one entry in full")
+    events.add_argument("--channel")
+    events.add_argument("--type")
+    events.add_argument("--status", choices=["received", "done", "failed", "dead", "rejected"])
+    events.add_argument("--since", type=_age, help="e.g. 2h, 7d, 30m, 90s")
+    events.add_argument("--limit", type=int, default=50)
+
+    replay = commands.add_parser(
+        "replay", help="dispatch journal entries again through the current plugins"
+    )
+    with_config(replay)
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--dead", action="store_true", help="every dead letter")
+    replay.add_argument("--failed", action="store_true", help="every failed entry")
+    replay.add_argument("--since", type=_age, help="every entry received since, e.g. 2h")
+    replay.add_argument("--dry-run", action="store_true", help="list, dispatch nothing")
+
+    prune = commands.add_parser("prune", help="delete old done, rejected and dead entries")
+    with_config(prune)
+    prune.add_argument("--older-than", type=_age, required=True, help="e.g. 30d")
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _age(text: str) -> float:
+    """``30d``, ``12h``, ``45m``, ``90s`` (or plain seconds) -> seconds."""
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        return float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30d, 12h or 90s") from None
+
+
+def _load(args: argparse.Namespace, *, standalone: bool = False) -> Config:
+    """The configuration, with the command line's overrides.
+
+    ``standalone``: as ``receiver serve`` runs it: metrics on, and the SQLite journal
+    under ``state_dir`` unless the configuration says otherwise.
+    """
     config = load_config(args.config)
     if args.plugins_dir:
         config = msgspec.structs.replace(config, plugins_dir=args.plugins_dir)
+    if standalone:
+        journal = config.journal
+        if journal is None:
+            journal = f"sqlite:///{os.path.abspath(os.path.join(config.state_dir, 'receiver.db'))}"
+        config = msgspec.structs.replace(config, metrics=True, journal=journal)
     return config
 
 
@@ -104,7 +153,11 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.logs import configure_logging
 
     configure_logging(args.log_format, args.log_level)
-    config = msgspec.structs.replace(_load(args), metrics=True)
+    config = _load(args, standalone=True)
+    if args.workers > 1 and config.journal != "none":
+        raise ConfigError(
+            "the SQLite journal serves one process: use --workers 1, or journal = 'none'"
+        )
     app = create_app(config)  # fail here, in the parent, on any configuration error
     print(f"receiver listening on http://{args.host}:{args.port}", file=sys.stderr)
     print(_channel_table(config), file=sys.stderr, flush=True)
@@ -113,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         url=f"http://{args.host}:{args.port}",
         channels={name: channel.provider for name, channel in config.channels.items()},
         workers=args.workers,
+        journal=config.journal,
     )
     options: dict[str, Any] = {
         "host": args.host,
@@ -149,10 +203,8 @@ def worker_app() -> Any:
 
     configure_logging(_env("LOG_FORMAT"), _env("LOG_LEVEL", "info"))
     config = load_config(os.environ.get(_WORKER_CONFIG))
-    plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR)
-    return create_app(
-        msgspec.structs.replace(config, metrics=True, plugins_dir=plugins_dir or config.plugins_dir)
-    )
+    plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR) or config.plugins_dir
+    return create_app(msgspec.structs.replace(config, metrics=True, plugins_dir=plugins_dir))
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -175,10 +227,131 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _journal(args: argparse.Namespace) -> tuple[Any, Journal]:
+    from receiver.app import create_app
+
+    app = create_app(_load(args, standalone=True))
+    journal: Journal | None = app.state.journal
+    if journal is None:
+        raise ConfigError("journal = 'none': there is no journal to read")
+    return app, journal
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _events(args: argparse.Namespace) -> int:
+    _, journal = _journal(args)
+    if args.show:
+        if args.show[0] != "show" or len(args.show) != 2:
+            raise ConfigError("usage: receiver events show ID")
+        found = journal.entries(ids=[args.show[1]], limit=1)
+        if not found:
+            print(f"no journal entry {args.show[1]}", file=sys.stderr)
+            return 1
+        entry = found[0]
+        shown = msgspec.to_builtins(msgspec.structs.replace(entry, raw=b"", event=None))
+        shown.pop("raw")
+        shown["event"] = msgspec.to_builtins(entry.event) if entry.event else None
+        if shown["event"]:
+            shown["event"].pop("raw", None)
+        print(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode())
+        print("--- raw body ---")
+        print(entry.raw.decode("utf-8", "replace"))
+        return 0
+    since = time.time() - args.since if args.since else None
+    entries = journal.entries(
+        channel=args.channel, type=args.type, state=args.status, since=since, limit=args.limit
+    )
+    rows = [("id", "received (UTC)", "channel", "type", "state", "tries", "message_id")]
+    rows += [
+        (
+            e.id,
+            _when(e.received_at),
+            e.channel,
+            e.type or "-",
+            e.state,
+            str(e.attempts),
+            e.message_id or "-",
+        )
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    app, journal = _journal(args)
+    if not (args.ids or args.dead or args.failed or args.since):
+        raise ConfigError("replay what? give IDs, --dead, --failed or --since")
+    chosen: dict[str, Any] = {}
+    if args.ids:
+        chosen.update((e.id, e) for e in journal.entries(ids=args.ids, limit=None))
+        missing = set(args.ids) - chosen.keys()
+        if missing:
+            print(f"no journal entries: {', '.join(sorted(missing))}", file=sys.stderr)
+            return 1
+    for state, wanted in (("dead", args.dead), ("failed", args.failed)):
+        if wanted:
+            chosen.update((e.id, e) for e in journal.entries(state=state, limit=None))
+    if args.since:
+        since = time.time() - args.since
+        chosen.update((e.id, e) for e in journal.entries(since=since, limit=None))
+    entries = sorted(
+        (e for e in chosen.values() if e.event is not None), key=lambda e: e.received_at
+    )
+    if args.dry_run:
+        for entry in entries:
+            print(f"would replay {entry.id} {entry.channel} {entry.type} ({entry.state})")
+        print(f"{len(entries)} entries")
+        return 0
+    return asyncio.run(_replay_all(app, journal, entries))
+
+
+async def _replay_all(app: Any, journal: Journal, entries: list[Any]) -> int:
+    endpoint = app.state.endpoint
+    await journal.start()
+    failed = 0
+    show_progress = sys.stderr.isatty()
+    try:
+        for done, entry in enumerate(entries, 1):
+            if not await endpoint.retry(entry, all_plugins=True):
+                failed += 1
+            if show_progress:
+                print(f"\rreplayed {done}/{len(entries)}", end="", file=sys.stderr, flush=True)
+    finally:
+        await journal.stop()
+    if show_progress:
+        print(file=sys.stderr)
+    print(f"replayed {len(entries)} entries, {failed} failed")
+    return 1 if failed else 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    _, journal = _journal(args)
+    removed = journal.prune(time.time() - args.older_than)
+    print(f"pruned {removed} entries")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``receiver`` console script."""
     args = _parser().parse_args(argv)
-    handler = {"serve": _serve, "check-config": _check_config, "plugins": _plugins}[args.command]
+    handler = {
+        "serve": _serve,
+        "check-config": _check_config,
+        "plugins": _plugins,
+        "events": _events,
+        "replay": _replay,
+        "prune": _prune,
+    }[args.command]
+    if args.command != "serve":  # serve sets up its own logging; here: warnings, to stderr
+        from receiver.logs import configure_logging
+
+        configure_logging("console", "warning")
     try:
         return handler(args)
     except ConfigError as exc:

@@ -78,6 +78,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         plugins_dir: A folder whose ``*.py`` files are each loaded as a plugin.
         settings: Per-plugin settings, ``[settings.<plugin>]`` tables, read by plugins.
         metrics: Serve ``GET /metrics`` (Prometheus text); ``receiver serve`` turns it on.
+        journal: ``"none"`` or ``"sqlite:///path/receiver.db"``: every authenticated
+            callback is stored durably before it is answered. Unset: none when mounted,
+            ``sqlite:///<state_dir>/receiver.db`` for ``receiver serve``.
+        state_dir: Where ``receiver serve`` keeps its state by default.
+        duplicate_window: Seconds within which a re-sent callback (same provider key) is
+            a duplicate: answered as the original was, not dispatched again.
+        duplicate_body_window: Seconds within which an identical body is a duplicate.
+        retry_delays: Seconds before each retry of a failed event; after the last one
+            the event is a dead letter.
     """
 
     channels: dict[str, Channel] = {}
@@ -89,11 +98,22 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     plugins_dir: str | None = None
     settings: dict[str, dict[str, Any]] = {}
     metrics: bool = False
+    journal: str | None = None
+    state_dir: str = "state"
+    duplicate_window: float = 48 * 3600.0
+    duplicate_body_window: float = 600.0
+    retry_delays: list[float] = msgspec.field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0])
 
     def validate(self, source: str = "config") -> None:
         """Check what types alone cannot; raise :class:`ConfigError` naming the key."""
         if self.max_body_bytes <= 0:
             raise ConfigError(f"{source}: max_body_bytes must be positive")
+        if self.journal is not None and not (
+            self.journal == "none" or self.journal.startswith("sqlite:///")
+        ):
+            raise ConfigError(f"{source}: journal: use 'none' or 'sqlite:///path/to/file.db'")
+        if any(delay < 0 for delay in self.retry_delays):
+            raise ConfigError(f"{source}: retry_delays must not be negative")
         for key in ("reply_timeout", "handler_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
@@ -145,7 +165,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ENV_PREFIX = "RECEIVER_"
-_ENV_OPTIONS = ("max_body_bytes", "reply_timeout", "handler_timeout", "plugins_dir")
+_ENV_OPTIONS = (
+    "max_body_bytes",
+    "reply_timeout",
+    "handler_timeout",
+    "plugins_dir",
+    "journal",
+    "state_dir",
+)
 
 
 def expand_secrets(data: Any, source: str, path: str = "") -> Any:

@@ -97,6 +97,10 @@ class Provider(abc.ABC):
         """
         return None
 
+    def dedupe_key(self, event: Event) -> str | None:
+        """A key equal for re-sends of one callback (None: only the body hash is used)."""
+        return None
+
     def has_callback_fields(self, query: str) -> bool:
         """Whether a GET with this query string is a callback (not a URL check).
 

@@ -218,6 +218,19 @@ class OnePointProvider(Provider):
             body.update(reply.extra)
         return _encode_json(body)
 
+    def dedupe_key(self, event: Event) -> str | None:
+        """MessageID + Type + Status + Timestamp (None without a MessageID)."""
+        if event.message_id is None:
+            return None
+        parts = (
+            self.name,
+            event.message_id,
+            event.provider_type,
+            event.provider_status,
+            event.provider_timestamp,
+        )
+        return "\x1f".join(part or "" for part in parts)
+
     def has_callback_fields(self, query: str) -> bool:
         """A GET is a callback when its query string carries a callback field."""
         return any(

@@ -267,6 +267,23 @@ class WhispirProvider(Provider):
             "not a Whispir callback: no responseMessage, newStatus or reportId field"
         )
 
+    def dedupe_key(self, event: Event) -> str | None:
+        """messageid + the acknowledged/undeliverable/status timestamp + content + sender."""
+        if event.message_id is None and event.report_id is None:
+            return None
+        sender = event.sender
+        address = (sender.mobile or sender.email or sender.voice or sender.mri) if sender else None
+        parts = (
+            self.name,
+            event.type.value,
+            event.message_id or event.report_id,
+            event.provider_timestamp,
+            event.provider_status,
+            event.text,
+            address,
+        )
+        return "\x1f".join(part or "" for part in parts)
+
     def _time(self, stamp: str | None) -> datetime | None:
         """Parse a timestamp, remembering recent ones (they have minute resolution)."""
         if not stamp:

@@ -1,0 +1,623 @@
+"""The journal: every authenticated callback, durably on disk before it is answered.
+
+:class:`Journal` is the interface the request path and the operator commands use;
+:class:`SQLiteJournal` is the embedded implementation (one file, one process). A
+PostgreSQL implementation for several replicas implements the same interface.
+
+Durability and throughput: one writer thread owns the SQLite connection (WAL,
+``synchronous=FULL``). Requests hand it operations and await the result without blocking
+the event loop; the writer runs every operation that arrived while the previous commit
+was running in one transaction with one fsync (group commit).
+
+Lifecycle of an entry: ``received`` (committed, being handled) -> ``done`` (handled, the
+reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> ``dead``
+(out of attempts). A body that authenticated but could not be parsed is kept as
+``rejected``.
+
+Out-of-order statuses: the journal keeps the latest status per message and recipient.
+The order is :data:`STATUS_RANK`: queued < submitted < sent < delivered | failed | other
+final states < acknowledged | read. An event whose status ranks below the one already seen
+is dispatched with ``out_of_order=True``; statuses not in the table are never out of order.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+
+from receiver.errors import ConfigError
+from receiver.types import Event, Reply
+
+__all__ = [
+    "STATUS_RANK",
+    "Entry",
+    "Journal",
+    "Recorded",
+    "SQLiteJournal",
+    "open_journal",
+]
+
+log = structlog.get_logger()
+
+_T = TypeVar("_T")
+
+STATUS_RANK: dict[str, int] = {
+    "queued": 0,
+    "pending": 0,
+    "accepted": 0,
+    "buffered": 0,
+    "submitted": 1,
+    "sent": 2,
+    "delivered": 3,
+    "failed": 3,
+    "undelivered": 3,
+    "expired": 3,
+    "rejected": 3,
+    "timed_out": 3,
+    "killed": 3,
+    "not_killed": 3,
+    "no_route": 3,
+    "landline": 3,
+    "landline_unknown": 3,
+    "acknowledged": 4,
+    "read": 4,
+}
+"""Normalized status -> position in a message's lifecycle (see the module docstring)."""
+
+STATES = ("received", "done", "failed", "dead", "rejected")
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """One journal entry, as the operator commands see it."""
+
+    id: str
+    channel: str
+    provider: str
+    type: str | None
+    message_id: str | None
+    state: str
+    received_at: float
+    attempts: int
+    error: str | None
+    raw: bytes
+    meta: dict[str, str]
+    event: Event | None
+    reply: Reply | None
+    failed_plugins: list[str] | None
+    next_attempt_at: float | None
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """What :meth:`Journal.record` found.
+
+    Attributes:
+        event: The event as stored (``out_of_order`` set when its status went backwards).
+        duplicate_of: The id of the original when this callback is a duplicate.
+        state: The original's state (duplicates only).
+        reply: The original's stored reply (duplicates only).
+    """
+
+    event: Event
+    duplicate_of: str | None = None
+    state: str | None = None
+    reply: Reply | None = None
+
+
+class Journal(abc.ABC):
+    """Where accepted callbacks are kept; see the module docstring."""
+
+    @abc.abstractmethod
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        """Store a new event durably, or recognize it as a duplicate (stored nothing)."""
+
+    @abc.abstractmethod
+    async def reject(
+        self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
+    ) -> str:
+        """Store an authenticated body that could not be parsed; return its id."""
+
+    @abc.abstractmethod
+    async def complete(self, event_id: str, reply: Reply | None) -> None:
+        """Mark an event handled, with the reply it got (durably)."""
+
+    @abc.abstractmethod
+    async def fail(
+        self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
+    ) -> None:
+        """Mark an event failed (``retry_at`` None: out of attempts, a dead letter)."""
+
+    @abc.abstractmethod
+    async def due(self, now: float, limit: int = 100) -> list[Entry]:
+        """Failed entries whose next attempt is due."""
+
+    @abc.abstractmethod
+    async def unfinished(self, limit: int = 1000) -> list[Entry]:
+        """Entries received but not handled: the work of a process that died."""
+
+    @abc.abstractmethod
+    def entries(
+        self,
+        *,
+        channel: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[Entry]:
+        """Entries for the operator commands, newest first (synchronous)."""
+
+    @abc.abstractmethod
+    def prune(self, older_than: float) -> int:
+        """Delete done, rejected and dead entries received before ``older_than``."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open what the journal needs (called before the first callback)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Flush and close."""
+
+    def check(self) -> str | None:
+        """None when the store is reachable, else a short reason (``/readyz``)."""
+        return None
+
+
+def open_journal(url: str | None, **options: Any) -> Journal | None:
+    """The journal a ``journal = "..."`` setting names: ``"none"`` or ``"sqlite:///path"``."""
+    if url is None or url == "none":
+        return None
+    if url.startswith("sqlite:///"):
+        return SQLiteJournal(url.removeprefix("sqlite:///"), **options)
+    raise ConfigError(f"journal: {url!r} is not 'none' or 'sqlite:///path/to/file.db'")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    type TEXT,
+    message_id TEXT,
+    state TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    raw BLOB NOT NULL,
+    meta BLOB,
+    event BLOB,
+    reply BLOB,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failed_plugins BLOB,
+    next_attempt_at REAL,
+    dedupe_key TEXT,
+    body_hash BLOB
+);
+CREATE INDEX IF NOT EXISTS events_dedupe ON events (dedupe_key, received_at)
+    WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_body ON events (body_hash, received_at);
+CREATE INDEX IF NOT EXISTS events_state ON events (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS message_status (
+    provider TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    party TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (provider, message_id, party)
+);
+"""
+
+_COLUMNS = (
+    "id, channel, provider, type, message_id, state, received_at, raw, meta, event, reply, "
+    "error, attempts, failed_plugins, next_attempt_at"
+)
+_encode = msgspec.msgpack.Encoder().encode
+_decode_event = msgspec.msgpack.Decoder(Event).decode
+_decode_reply = msgspec.msgpack.Decoder(Reply).decode
+_decode_meta = msgspec.msgpack.Decoder(dict[str, str]).decode
+_decode_plugins = msgspec.msgpack.Decoder(list[str]).decode
+
+
+class _Batch:
+    """One operation for the writer thread, with the future that gets its result."""
+
+    __slots__ = ("future", "loop", "operation")
+
+    def __init__(
+        self,
+        operation: Callable[[sqlite3.Connection], Any],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.operation = operation
+        self.loop = loop
+        self.future = future
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SQLiteJournal(Journal):
+    """The embedded journal: one SQLite file, written by one thread with group commit.
+
+    Args:
+        path: The database file (its folder is created).
+        duplicate_window: Seconds within which the same provider key is a duplicate.
+        body_window: Seconds within which the same raw body (SHA-256) is a duplicate.
+        max_batch: Most operations in one transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        duplicate_window: float = 48 * 3600,
+        body_window: float = 600,
+        max_batch: int = 512,
+    ) -> None:
+        self.path = Path(path)
+        self.duplicate_window = duplicate_window
+        self.body_window = body_window
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.commits = 0
+        """Transactions committed (one fsync each): with group commit, fewer than calls."""
+
+    # -- the writer thread --------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        return connection
+
+    def _ensure_writer(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            connection = self._connect()
+            connection.executescript(_SCHEMA)
+            thread = threading.Thread(
+                target=self._write_loop, args=(connection,), name="receiver-journal", daemon=True
+            )
+            thread.start()
+            self._thread = thread
+
+    def _write_loop(self, connection: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(connection, batch)
+            if stop:
+                break
+        connection.close()
+
+    def _run_batch(self, connection: sqlite3.Connection, batch: list[_Batch]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                connection.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((item.operation(connection), None))
+                    connection.execute("RELEASE op")
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO op")
+                    connection.execute("RELEASE op")
+                    outcomes.append((None, exc))
+            connection.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:  # the commit itself failed: nothing in the batch is stored
+            log.exception("journal commit failed", path=str(self.path))
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            outcomes = [(None, exc)] * len(batch)
+        for item, (result, error) in zip(batch, outcomes, strict=True):
+            item.loop.call_soon_threadsafe(_settle, item.future, result, error)
+
+    async def _submit(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._ensure_writer()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._queue.put(_Batch(operation, loop, future))
+        return await future
+
+    async def start(self) -> None:
+        self._ensure_writer()
+
+    async def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(thread.join, 10)
+        self._thread = None
+
+    def check(self) -> str | None:
+        try:
+            with closing(sqlite3.connect(self.path, timeout=2)) as connection:
+                connection.execute("SELECT 1 FROM events LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            return f"journal unreachable: {exc}"
+        return None
+
+    # -- the request path ---------------------------------------------------------
+
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        body_hash = hashlib.sha256(event.raw).digest()
+        received = event.received_at.timestamp()
+        stored = msgspec.structs.replace(event, raw=b"")
+
+        def operation(connection: sqlite3.Connection) -> Recorded:
+            original = None
+            if dedupe_key is not None:
+                original = connection.execute(
+                    "SELECT id, state, reply FROM events WHERE dedupe_key = ? "
+                    "AND received_at >= ? ORDER BY received_at LIMIT 1",
+                    (dedupe_key, received - self.duplicate_window),
+                ).fetchone()
+            if original is None:
+                original = connection.execute(
+                    "SELECT id, state, reply FROM events WHERE body_hash = ? "
+                    "AND received_at >= ? AND state != 'rejected' ORDER BY received_at LIMIT 1",
+                    (body_hash, received - self.body_window),
+                ).fetchone()
+            if original is not None:
+                reply = _decode_reply(original[2]) if original[2] else None
+                return Recorded(event, original[0], original[1], reply)
+            recorded = event
+            if _out_of_order(connection, event, received):
+                recorded = msgspec.structs.replace(event, out_of_order=True)
+                nonlocal stored
+                stored = msgspec.structs.replace(stored, out_of_order=True)
+            connection.execute(
+                "INSERT INTO events (id, channel, provider, type, message_id, state, "
+                "received_at, raw, meta, event, dedupe_key, body_hash) "
+                "VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.channel,
+                    event.provider,
+                    event.type.value,
+                    event.message_id,
+                    received,
+                    event.raw,
+                    _encode(meta),
+                    _encode(stored),
+                    dedupe_key,
+                    body_hash,
+                ),
+            )
+            return Recorded(recorded)
+
+        return await self._submit(operation)
+
+    async def reject(
+        self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
+    ) -> str:
+        from receiver.types import new_event_id
+
+        entry_id = new_event_id()
+
+        def operation(connection: sqlite3.Connection) -> str:
+            connection.execute(
+                "INSERT INTO events (id, channel, provider, state, received_at, raw, meta, "
+                "error, body_hash) VALUES (?, ?, ?, 'rejected', ?, ?, ?, ?, ?)",
+                (
+                    entry_id,
+                    channel,
+                    provider,
+                    time.time(),
+                    raw,
+                    _encode(meta),
+                    reason,
+                    hashlib.sha256(raw).digest(),
+                ),
+            )
+            return entry_id
+
+        return await self._submit(operation)
+
+    async def complete(self, event_id: str, reply: Reply | None) -> None:
+        encoded = _encode(reply) if reply is not None else None
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE events SET state = 'done', reply = COALESCE(?, reply), error = NULL, "
+                "next_attempt_at = NULL, failed_plugins = NULL, attempts = attempts + 1 "
+                "WHERE id = ?",
+                (encoded, event_id),
+            )
+
+        await self._submit(operation)
+
+    async def fail(
+        self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
+    ) -> None:
+        state = "failed" if retry_at is not None else "dead"
+        encoded = _encode(list(plugins)) if plugins else None
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE events SET state = ?, error = ?, failed_plugins = ?, "
+                "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                (state, error, encoded, retry_at, event_id),
+            )
+
+        await self._submit(operation)
+
+    async def due(self, now: float, limit: int = 100) -> list[Entry]:
+        def operation(connection: sqlite3.Connection) -> list[Entry]:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE state = 'failed' "
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [_entry(row) for row in rows]
+
+        return await self._submit(operation)
+
+    async def unfinished(self, limit: int = 1000) -> list[Entry]:
+        def operation(connection: sqlite3.Connection) -> list[Entry]:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE state = 'received' "
+                "ORDER BY received_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_entry(row) for row in rows]
+
+        return await self._submit(operation)
+
+    # -- the operator commands (synchronous, their own connection) ----------------
+
+    def entries(
+        self,
+        *,
+        channel: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[Entry]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("channel", channel), ("type", type), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("received_at >= ?")
+            params.append(since)
+        if ids:
+            clauses.append(f"id IN ({', '.join('?' for _ in ids)})")
+            params.extend(ids)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        bounded = "LIMIT ?" if limit is not None else ""
+        if limit is not None:
+            params.append(limit)
+        with closing(self._read()) as connection:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM events {where} ORDER BY received_at DESC {bounded}",
+                params,
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def prune(self, older_than: float) -> int:
+        with closing(self._read()) as connection:
+            cursor = connection.execute(
+                "DELETE FROM events WHERE received_at < ? "
+                "AND state IN ('done', 'rejected', 'dead')",
+                (older_than,),
+            )
+            connection.execute("DELETE FROM message_status WHERE updated_at < ?", (older_than,))
+            return cursor.rowcount
+
+    def _read(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise ConfigError(f"journal: {self.path} does not exist")
+        connection = self._connect()
+        connection.executescript(_SCHEMA)
+        return connection
+
+
+def _out_of_order(connection: sqlite3.Connection, event: Event, received: float) -> bool:
+    """Track the latest status per message and recipient; True when this one is older."""
+    if event.status is None or event.message_id is None:
+        return False
+    rank = STATUS_RANK.get(event.status)
+    if rank is None:
+        return False
+    party = event.destination or event.source or ""
+    key = (event.provider, event.message_id, party)
+    row = connection.execute(
+        "SELECT rank FROM message_status WHERE provider = ? AND message_id = ? AND party = ?",
+        key,
+    ).fetchone()
+    if row is not None and rank < row[0]:
+        return True
+    connection.execute(
+        "INSERT INTO message_status (provider, message_id, party, status, rank, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, message_id, party) DO UPDATE "
+        "SET status = excluded.status, rank = excluded.rank, updated_at = excluded.updated_at",
+        (*key, event.status, rank, received),
+    )
+    return False
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    (
+        entry_id,
+        channel,
+        provider,
+        type_,
+        message_id,
+        state,
+        received_at,
+        raw,
+        meta,
+        event,
+        reply,
+        error,
+        attempts,
+        failed_plugins,
+        next_attempt_at,
+    ) = row
+    decoded = _decode_event(event) if event else None
+    if decoded is not None:
+        decoded = msgspec.structs.replace(decoded, raw=raw)
+    return Entry(
+        id=entry_id,
+        channel=channel,
+        provider=provider,
+        type=type_,
+        message_id=message_id,
+        state=state,
+        received_at=received_at,
+        attempts=attempts,
+        error=error,
+        raw=raw,
+        meta=_decode_meta(meta) if meta else {},
+        event=decoded,
+        reply=_decode_reply(reply) if reply else None,
+        failed_plugins=_decode_plugins(failed_plugins) if failed_plugins else None,
+        next_attempt_at=next_attempt_at,
+    )
