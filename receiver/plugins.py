@@ -112,6 +112,8 @@ def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
 
 
 def _register(manager: PluginManager, plugin: object, name: str | None) -> None:
+    if manager.is_registered(plugin):  # e.g. passed to create_app and also installed
+        return
     try:
         manager.register(plugin, name)
     except (ValueError, pluggy.PluginValidationError) as exc:
