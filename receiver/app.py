@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import msgspec
 import structlog
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -213,14 +211,21 @@ class CallbackEndpoint:
         return await self._answer(route, event, reply, trace)
 
     async def _dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
-        """Run the plugins for ``event`` within its timeout."""
+        """Run the plugins for ``event`` within its timeout.
+
+        Only async and ``@blocking`` implementations can be interrupted; when every
+        implementation is a plain function there is nothing to time out, and no timer
+        is set (it would cost more than the rest of the callback).
+        """
+        if not self.dispatcher.plan(event.type).may_wait:
+            return await self.dispatcher.dispatch(event, only)
         timeout = (
             self.config.reply_timeout
             if event.type.is_response_type
             else self.config.handler_timeout
         )
         try:
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 return await self.dispatcher.dispatch(event, only)
         except TimeoutError:
             raise HandlerTimeout(f"handlers took longer than {timeout:g} s") from None
@@ -284,11 +289,13 @@ class CallbackEndpoint:
         original = recorded.duplicate_of or ""
         pending = self._pending.get(original)
         if pending is not None:  # the original is still being handled: wait for its reply
-            timeout = self.config.reply_timeout
-            with anyio.move_on_after(timeout) as scope:
-                await pending.done.wait()
-            if scope.cancelled_caught:
-                raise HandlerTimeout("the original of this duplicate is still being handled")
+            try:
+                async with asyncio.timeout(self.config.reply_timeout):
+                    await pending.done.wait()
+            except TimeoutError:
+                raise HandlerTimeout(
+                    "the original of this duplicate is still being handled"
+                ) from None
             reply = pending.reply
         log.info("duplicate", event_id=event.id, original=original, channel=route.name)
         if reply is None or not event.type.is_response_type:
@@ -359,7 +366,7 @@ class _Pending:
     __slots__ = ("done", "reply")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done = asyncio.Event()
         self.reply: Reply | None = None
 
 
@@ -541,20 +548,55 @@ def create_app(
     if metrics is not None:
         routes.append(Route("/metrics", _metrics, methods=["GET"]))
     routes.append(Route("/{channel}", endpoint))
-    app = Starlette(
-        routes=routes,
-        lifespan=_lifespan,
-        middleware=[
-            Middleware(ProxyHeadersMiddleware, trusted=config.trusted_proxies),
-            Middleware(RequestIdMiddleware),
-        ],
-    )
+    app = ReceiverApp(endpoint, config, routes=routes, lifespan=_lifespan)
     app.state.config = config
     app.state.plugin_manager = manager
     app.state.endpoint = endpoint
     app.state.metrics = metrics
     app.state.journal = journal
     return app
+
+
+class ReceiverApp(Starlette):
+    """The Starlette app :func:`create_app` returns, with a short path for callbacks.
+
+    Every request passes the proxy-header and request-id middleware. A request for a
+    configured channel then goes straight to the endpoint (which answers every error
+    itself); anything else takes Starlette's usual way (error middleware, router).
+    Middleware added with ``add_middleware`` wraps everything, callbacks included.
+    """
+
+    def __init__(self, endpoint: CallbackEndpoint, config: Config, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.endpoint = endpoint
+        self.trusted_proxies = config.trusted_proxies
+
+    def build_middleware_stack(self) -> Any:
+        stack: Any = super().build_middleware_stack()
+        if not self.user_middleware:
+            stack = _CallbackShortcut(self.endpoint, stack)
+        return ProxyHeadersMiddleware(RequestIdMiddleware(stack), self.trusted_proxies)
+
+
+class _CallbackShortcut:
+    """Send ``/<configured channel>`` to the endpoint, everything else to ``fallback``."""
+
+    def __init__(self, endpoint: CallbackEndpoint, fallback: Any) -> None:
+        self.endpoint = endpoint
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            name = path[1:]
+            if name in self.endpoint.routes:
+                scope["path_params"] = {"channel": name}
+                await self.endpoint(scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
 
 
 @contextlib.asynccontextmanager

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
+import msgspec
 import structlog
 
 __all__ = ["configure_logging"]
 
 LogFormat = Literal["json", "console"]
+
+
+_encode = msgspec.json.Encoder(enc_hook=repr).encode
+
+
+def _json(event: dict[str, Any], **_: Any) -> bytes:
+    """structlog's JSON serializer, by msgspec: several times faster than json.dumps."""
+    return _encode(event)
+
+
+def _json_text(event: dict[str, Any], **_: Any) -> str:
+    return _encode(event).decode()
 
 
 def configure_logging(log_format: LogFormat | None = None, level: str = "info") -> None:
@@ -21,7 +34,7 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     if log_format is None:
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json)
         if log_format == "json"
         else structlog.dev.ConsoleRenderer()
     )
@@ -36,13 +49,22 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            if log_format == "json"
+            else structlog.PrintLoggerFactory(sys.stderr)
+        ),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(serializer=_json_text)
+                if log_format == "json"
+                else renderer,
+            ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
     )

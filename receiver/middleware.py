@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import random
 import re
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
-
-from receiver.types import new_event_id
 
 __all__ = ["ProxyHeadersMiddleware", "RequestIdMiddleware"]
 
@@ -35,15 +35,23 @@ class ProxyHeadersMiddleware:
         self.networks: list[_Network] = [
             ipaddress.ip_network(item, strict=False) for item in trusted if item != "*"
         ]
+        self._trusted: dict[str, bool] = {}
 
     def trusts(self, address: str) -> bool:
+        """Whether ``address`` is a trusted proxy (answers are cached per address)."""
         if self.trust_all:
             return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
+        known = self._trusted.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+                known = any(ip in network for network in self.networks)
+            except ValueError:
+                known = False
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            self._trusted[address] = known
+        return known
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         client = scope.get("client")
@@ -99,11 +107,14 @@ def _strip_port(node: str) -> str:
 class RequestIdMiddleware:
     """Bind a request id to the logging context and echo it as ``X-Request-ID``.
 
-    A sane incoming ``X-Request-ID`` (from a proxy) is kept; otherwise a new one is made.
+    A sane incoming ``X-Request-ID`` (from a proxy) is kept; otherwise the id is this
+    process's random prefix and a counter: unique, and free to make.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._prefix = f"{random.getrandbits(48):012x}-"
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -117,7 +128,7 @@ class RequestIdMiddleware:
                     request_id = candidate
                 break
         if request_id is None:
-            request_id = new_event_id()
+            request_id = f"{self._prefix}{next(self._counter)}"
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -125,5 +136,8 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)

@@ -21,7 +21,7 @@ import structlog
 from receiver import builtin, hookspecs
 from receiver.errors import ConfigError, HandlerError
 from receiver.providers.base import Provider
-from receiver.types import Event, Reply
+from receiver.types import Event, EventType, Reply
 
 __all__ = ["Dispatcher", "PluginManager", "blocking", "make_plugin_manager"]
 
@@ -157,6 +157,17 @@ class _Impl(NamedTuple):
     function: Callable[..., Any]
     argnames: tuple[str, ...]
     blocking: bool
+    is_async: bool
+
+
+class _Plan(NamedTuple):
+    """What to call for one event type: its type hook's implementations, then on_event's."""
+
+    type_hook: str
+    type_impls: list[_Impl]
+    event_impls: list[_Impl]
+    may_wait: bool
+    """Whether any implementation is async or blocking (only those can be timed out)."""
 
 
 class Dispatcher:
@@ -166,18 +177,26 @@ class Dispatcher:
     ``tryfirst``/``trylast``). For ``on_message`` and ``on_keyword`` the first non-None
     result is the reply, also when it comes from an ``async def`` implementation (which
     pluggy's own firstresult cannot see through). Wrappers are not called.
+
+    The lists are read from pluggy once and cached until a plugin is (un)registered.
+    Plain sync implementations are called directly, with no coroutine or thread per call.
     """
 
     def __init__(self, manager: PluginManager) -> None:
         self.manager = manager
         self._generation = -1
         self._table: dict[str, list[_Impl]] = {}
+        self._plans: dict[EventType, _Plan] = {}
+
+    def _fresh(self) -> None:
+        if self._generation != self.manager.generation:
+            self._table = {}
+            self._plans = {}
+            self._generation = self.manager.generation
 
     def implementations(self, hook: str) -> list[_Impl]:
         """The implementations of ``hook`` in call order (cached until plugins change)."""
-        if self._generation != self.manager.generation:
-            self._table = {}
-            self._generation = self.manager.generation
+        self._fresh()
         impls = self._table.get(hook)
         if impls is None:
             caller: pluggy.HookCaller = getattr(self.manager.hook, hook)
@@ -187,11 +206,24 @@ class Dispatcher:
                     impl.function,
                     tuple(impl.argnames),
                     getattr(impl.function, "__receiver_blocking__", False),
+                    inspect.iscoroutinefunction(impl.function),
                 )
                 for impl in reversed(caller.get_hookimpls())
                 if not (impl.hookwrapper or impl.wrapper)
             ]
         return impls
+
+    def plan(self, event_type: EventType) -> _Plan:
+        """The implementations to call for events of ``event_type``."""
+        self._fresh()
+        plan = self._plans.get(event_type)
+        if plan is None:
+            hook = "on_" + event_type.value
+            type_impls = self.implementations(hook)
+            event_impls = self.implementations("on_event")
+            may_wait = any(i.blocking or i.is_async for i in (*type_impls, *event_impls))
+            plan = self._plans[event_type] = _Plan(hook, type_impls, event_impls, may_wait)
+        return plan
 
     async def dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
         """Run every hook for ``event``; return the reply, if a response hook gave one.
@@ -203,20 +235,24 @@ class Dispatcher:
             HandlerError: an implementation raised (logged with its traceback); the
                 others still ran.
         """
+        plan = self.plan(event.type)
         failed: list[str] = []
         reply: Reply | None = None
         respond = event.type.is_response_type
-        for impl in self.implementations("on_" + event.type.value):
+        for impl in plan.type_impls:
             if only is not None and impl.plugin not in only:
                 continue
             try:
-                result = await _call(impl, event=event)
+                result = (
+                    await _call(impl, event)
+                    if impl.blocking or impl.is_async
+                    else (_call_sync(impl, event))
+                )
+                if inspect.isawaitable(result):
+                    result = await result
             except Exception:
                 log.exception(
-                    "handler failed",
-                    hook="on_" + event.type.value,
-                    plugin=impl.plugin,
-                    event_id=event.id,
+                    "handler failed", hook=plan.type_hook, plugin=impl.plugin, event_id=event.id
                 )
                 failed.append(impl.plugin)
                 continue
@@ -224,11 +260,17 @@ class Dispatcher:
                 reply = _as_reply(result, impl)
                 if reply is not None:
                     break
-        for impl in self.implementations("on_event"):
+        for impl in plan.event_impls:
             if only is not None and impl.plugin not in only:
                 continue
             try:
-                await _call(impl, event=event)
+                result = (
+                    await _call(impl, event)
+                    if impl.blocking or impl.is_async
+                    else (_call_sync(impl, event))
+                )
+                if inspect.isawaitable(result):
+                    await result
             except Exception:
                 log.exception(
                     "handler failed", hook="on_event", plugin=impl.plugin, event_id=event.id
@@ -244,7 +286,7 @@ class Dispatcher:
         """Hand ``reply`` to the ``send_reply`` hook; False when no plugin took it."""
         for impl in self.implementations("send_reply"):
             try:
-                taken = await _call(impl, event=event, reply=reply)
+                taken = await _call(impl, event, reply)
             except Exception:
                 log.exception(
                     "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
@@ -255,8 +297,19 @@ class Dispatcher:
         return False
 
 
-async def _call(impl: _Impl, **arguments: Any) -> Any:
-    args = [arguments[name] for name in impl.argnames]
+def _arguments(impl: _Impl, event: Event, reply: Reply | None) -> list[Any]:
+    if impl.argnames == ("event",):
+        return [event]
+    given = {"event": event, "reply": reply}
+    return [given[name] for name in impl.argnames]
+
+
+def _call_sync(impl: _Impl, event: Event, reply: Reply | None = None) -> Any:
+    return impl.function(*_arguments(impl, event, reply))
+
+
+async def _call(impl: _Impl, event: Event, reply: Reply | None = None) -> Any:
+    args = _arguments(impl, event, reply)
     if impl.blocking:
         return await anyio.to_thread.run_sync(
             functools.partial(impl.function, *args), abandon_on_cancel=True
