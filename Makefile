@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench wrk
 
 # Demo keys for examples/receiver.toml; set your own in the environment.
 export WHISPIR_KEY ?= demo-whispir-key
@@ -21,12 +21,17 @@ $(BIN)/receiver: pyproject.toml
 run: $(BIN)/receiver
 	$(BIN)/receiver serve --config examples/receiver.toml --plugins-dir plugins
 
-test: $(BIN)/receiver
+test: $(BIN)/receiver wrk
 	$(BIN)/pytest
+
+# The load benchmark's smoke test needs wrk (Debian package "wrk").
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples bench plugins
 	$(BIN)/mypy receiver
 
-bench: $(BIN)/receiver
+bench: $(BIN)/receiver wrk
 	$(BIN)/python bench/parse.py
+	$(BIN)/python bench/load.py

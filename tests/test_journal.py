@@ -1,0 +1,612 @@
+"""Tests for the durable journal: storage before the answer, duplicates, retries, CLI.
+
+Every test uses a real SQLite file under ``tmp_path`` and, where durability is the
+point, reads it back through a separate ``sqlite3`` connection (not through the app).
+Apps run under ``with TestClient(app)`` so their lifespan opens the journal and starts
+the retry worker; the tests that need truly concurrent requests use
+``httpx2.ASGITransport`` instead (the app then starts its journal lazily) and stop the
+worker and the journal themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import msgspec
+import pytest
+from starlette.testclient import TestClient
+
+from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.journal import SQLiteJournal
+
+PAYLOADS = Path(__file__).parent / "payloads"
+WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
+ONEPOINT_MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
+ONEPOINT_DELIVERED = (PAYLOADS / "onepoint" / "receipt_delivered.json").read_bytes()
+ONEPOINT_SENT = (PAYLOADS / "onepoint" / "receipt_sent.json").read_bytes()
+
+JSON = {"content-type": "application/json"}
+WHISPIR_KEY = "wh1spir-K3Y-never-stored"
+QUERY_KEY = "sekret"
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "j.db"
+
+
+def make_app(tmp_path: Path, *, plugins: Any = (), journal: str | None = "", **options: Any) -> Any:
+    """An app with an open OnePoint channel ``/sms`` and a keyed Whispir channel ``/w``."""
+    channels = options.pop(
+        "channels",
+        {
+            "sms": Channel(provider="onepoint", auth="none"),
+            "w": Channel(provider="whispir", auth="header", keys=[WHISPIR_KEY]),
+        },
+    )
+    if journal == "":
+        journal = f"sqlite:///{db_path(tmp_path)}"
+    return create_app(Config(channels=channels, journal=journal, **options), plugins=plugins)
+
+
+def rows(db: Path, where: str = "1 = 1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of the events table, oldest first, read through a connection of our own."""
+    with closing(sqlite3.connect(db)) as connection:
+        connection.row_factory = sqlite3.Row
+        found = connection.execute(
+            f"SELECT * FROM events WHERE {where} ORDER BY received_at", params
+        ).fetchall()
+        return [dict(row) for row in found]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+def state_of(db: Path, event_id: str) -> str | None:
+    found = rows(db, "id = ?", (event_id,))
+    return found[0]["state"] if found else None
+
+
+def onepoint(base: bytes = ONEPOINT_DELIVERED, **changes: Any) -> bytes:
+    """A OnePoint body: ``base`` with some fields changed."""
+    data = json.loads(base)
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def decode(blob: bytes | None) -> Any:
+    return msgspec.msgpack.decode(blob) if blob is not None else None
+
+
+class Counter:
+    """Records every event it is given through on_event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class ReceiptCounter:
+    """Records every receipt (on_receipt)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def on_receipt(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class FailingReceipts:
+    """on_receipt raises the first ``failures`` times (forever when None), then succeeds."""
+
+    def __init__(self, failures: int | None = None) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    @hookimpl
+    def on_receipt(self, event: Event) -> None:
+        self.calls += 1
+        if self.failures is None or self.calls <= self.failures:
+            raise RuntimeError(f"boom {self.calls}")
+
+
+class CountingReplier:
+    """on_message replies "reply N", N counting the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def on_message(self, event: Event) -> Reply:
+        self.calls += 1
+        return Reply(text=f"reply {self.calls}")
+
+
+async def _shutdown(app: Any) -> None:
+    """What the lifespan would do at shutdown (ASGITransport runs no lifespan)."""
+    await app.state.endpoint.stop_worker()
+    await app.state.journal.stop()
+
+
+# -- 1. durable before the answer, without credentials --------------------------------
+
+
+def test_journal_durable_before_200_without_credentials(tmp_path: Path) -> None:
+    app = make_app(
+        tmp_path,
+        channels={
+            "w": Channel(provider="whispir", auth="header", keys=[WHISPIR_KEY]),
+            "q": Channel(provider="onepoint", auth="query", keys=[QUERY_KEY]),
+        },
+    )
+    whispir_body = WHISPIR_REPLY + b"\r\n \t"  # trailing bytes must survive as sent
+    onepoint_body = ONEPOINT_DELIVERED
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        r = client.post(
+            "/w", content=whispir_body, headers={**JSON, "X-Whispir-Callback-Key": WHISPIR_KEY}
+        )
+        assert r.status_code == 200
+        # Checked while the app still runs: the row was committed before the 200.
+        (row,) = rows(db, "channel = 'w'")
+        assert row["state"] == "done"
+        assert row["provider"] == "whispir"
+        assert row["raw"] == whispir_body
+        meta = decode(row["meta"])
+        assert meta["method"] == "POST"
+        assert meta["path"] == "/w"
+        assert "x-whispir-callback-key" not in meta
+        for value in row.values():
+            if isinstance(value, bytes):
+                assert WHISPIR_KEY.encode() not in value
+            elif isinstance(value, str):
+                assert WHISPIR_KEY not in value
+
+        r = client.post(f"/q?auth={QUERY_KEY}&batch=7", content=onepoint_body, headers=JSON)
+        assert r.status_code == 200
+        (row,) = rows(db, "channel = 'q'")
+        assert row["state"] == "done"
+        assert row["raw"] == onepoint_body
+        meta = decode(row["meta"])
+        assert meta["query"] == "auth=REDACTED&batch=7"
+        for value in row.values():
+            if isinstance(value, bytes):
+                assert QUERY_KEY.encode() not in value
+            elif isinstance(value, str):
+                assert QUERY_KEY not in value
+
+
+# -- 2. rejected bodies -------------------------------------------------------------
+
+
+def test_journal_rejected_body_is_kept_unauthenticated_is_not(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    db = db_path(tmp_path)
+    garbage = b'{"messageId": "X", '
+    with TestClient(app) as client:
+        r = client.post(
+            "/w", content=garbage, headers={**JSON, "X-Whispir-Callback-Key": WHISPIR_KEY}
+        )
+        assert r.status_code == 400
+        (row,) = rows(db)
+        assert row["state"] == "rejected"
+        assert row["channel"] == "w"
+        assert row["provider"] == "whispir"
+        assert row["raw"] == garbage
+        assert row["error"]
+        assert row["error"] == r.json()["error"]
+
+        for body in (WHISPIR_REPLY, b"not even json"):
+            r = client.post("/w", content=body, headers={**JSON, "X-Whispir-Callback-Key": "wrong"})
+            assert r.status_code == 401
+        assert len(rows(db)) == 1
+
+
+# -- 3. duplicates ------------------------------------------------------------------
+
+
+def test_journal_duplicate_receipt_dispatched_once(tmp_path: Path) -> None:
+    counter = ReceiptCounter()
+    app = make_app(tmp_path, plugins=[counter])
+    with TestClient(app) as client:
+        first = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+        second = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len(counter.events) == 1
+    (row,) = rows(db_path(tmp_path))
+    assert row["state"] == "done"
+    assert row["id"] == counter.events[0].id
+
+
+def test_journal_duplicate_same_body_caught_by_body_hash(tmp_path: Path) -> None:
+    # duplicate_window=0: the provider key finds nothing, only the body hash can.
+    counter = ReceiptCounter()
+    app = make_app(tmp_path, plugins=[counter], duplicate_window=0, duplicate_body_window=600)
+    with TestClient(app) as client:
+        first = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+        second = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len(counter.events) == 1
+    assert len(rows(db_path(tmp_path))) == 1
+
+
+def test_journal_duplicate_same_provider_key_different_body(tmp_path: Path) -> None:
+    counter = ReceiptCounter()
+    app = make_app(tmp_path, plugins=[counter])
+    original = ONEPOINT_DELIVERED
+    other_text = onepoint(Message="a different text, same receipt")
+    reformatted = json.dumps(json.loads(original), indent=8).encode() + b"\n\n"
+    assert len({original, other_text, reformatted}) == 3
+    later = onepoint(Timestamp="2024-03-05T14:22:40.000000+00:00")  # a new key: not a dup
+    with TestClient(app) as client:
+        for body in (original, other_text, reformatted):
+            assert client.post("/sms", content=body, headers=JSON).status_code == 200
+        assert len(counter.events) == 1
+        assert len(rows(db_path(tmp_path))) == 1
+        assert client.post("/sms", content=later, headers=JSON).status_code == 200
+    assert len(counter.events) == 2
+    assert [row["raw"] for row in rows(db_path(tmp_path))] == [original, later]
+
+
+def test_journal_duplicate_outside_window_dispatched_again(tmp_path: Path) -> None:
+    counter = ReceiptCounter()
+    app = make_app(tmp_path, plugins=[counter], duplicate_window=0, duplicate_body_window=0)
+    with TestClient(app) as client:
+        for _ in range(2):
+            assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+            time.sleep(0.01)
+    assert len(counter.events) == 2
+    found = rows(db_path(tmp_path))
+    assert [row["state"] for row in found] == ["done", "done"]
+    assert found[0]["id"] != found[1]["id"]
+
+
+# -- 4. and 5. a duplicate Message gets the original's reply ------------------------------
+
+
+def test_journal_duplicate_message_gets_same_reply(tmp_path: Path) -> None:
+    replier = CountingReplier()
+    app = make_app(tmp_path, plugins=[replier])
+    reformatted = json.dumps(json.loads(ONEPOINT_MESSAGE)).encode()  # same key, other body
+    with TestClient(app) as client:
+        first = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        again = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        resent = client.post("/sms", content=reformatted, headers=JSON)
+    assert first.status_code == again.status_code == resent.status_code == 200
+    assert first.json()["Message"] == "reply 1"
+    assert again.content == first.content
+    assert resent.content == first.content
+    assert replier.calls == 1
+    (row,) = rows(db_path(tmp_path))
+    assert decode(row["reply"])["text"] == "reply 1"
+
+
+def test_journal_duplicate_while_original_in_flight_waits_for_its_reply(tmp_path: Path) -> None:
+    class SlowReplier:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @hookimpl
+        async def on_message(self, event: Event) -> str:
+            self.calls += 1
+            calls = self.calls
+            await asyncio.sleep(0.5)
+            return f"reply {calls}"
+
+    replier = SlowReplier()
+    app = make_app(tmp_path, plugins=[replier])
+
+    async def scenario() -> tuple[httpx2.Response, httpx2.Response, float]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://r.test") as client:
+            try:
+
+                async def original() -> httpx2.Response:
+                    return await client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+
+                async def duplicate() -> tuple[httpx2.Response, float]:
+                    await asyncio.sleep(0.15)  # the original is inside its handler by now
+                    started = time.monotonic()
+                    response = await client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+                    return response, time.monotonic() - started
+
+                first, (second, waited) = await asyncio.gather(original(), duplicate())
+            finally:
+                await _shutdown(app)
+        return first, second, waited
+
+    first, second, waited = asyncio.run(scenario())
+    assert first.status_code == second.status_code == 200
+    assert first.json()["Message"] == "reply 1"
+    assert second.content == first.content
+    assert replier.calls == 1
+    assert waited > 0.2  # it waited for the original rather than answering at once
+    assert len(rows(db_path(tmp_path))) == 1
+
+
+# -- 6. and 7. failures, retries, dead letters -------------------------------------------
+
+
+def test_journal_failed_handler_answers_200_and_is_recorded(tmp_path: Path) -> None:
+    app = make_app(tmp_path, plugins=[FailingReceipts()])  # default delays: no retry soon
+    with TestClient(app) as client:
+        r = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+        assert r.status_code == 200
+        (row,) = rows(db_path(tmp_path))
+    assert row["state"] == "failed"
+    assert row["attempts"] == 1
+    assert "failed" in row["error"]
+    assert row["next_attempt_at"] > time.time()
+    assert len(decode(row["failed_plugins"])) == 1
+
+
+def test_journal_retry_calls_only_failed_plugins_until_done(tmp_path: Path) -> None:
+    flaky = FailingReceipts(failures=2)
+    steady = Counter()
+    app = make_app(tmp_path, plugins=[flaky, steady], retry_delays=[0.05, 0.05])
+    app.state.endpoint.poll_interval = 0.05
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+        event_id = rows(db)[0]["id"]
+        assert wait_until(lambda: state_of(db, event_id) == "done")
+    (row,) = rows(db)
+    assert row["state"] == "done"
+    assert row["attempts"] == 3
+    assert row["error"] is None
+    assert row["failed_plugins"] is None
+    assert flaky.calls == 3
+    assert [event.id for event in steady.events] == [event_id]  # not called on retries
+
+
+def test_journal_dead_letter_after_last_retry(tmp_path: Path) -> None:
+    always = FailingReceipts()
+    app = make_app(tmp_path, plugins=[always], retry_delays=[0.01, 0.01])
+    app.state.endpoint.poll_interval = 0.05
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+        event_id = rows(db)[0]["id"]
+        assert wait_until(lambda: state_of(db, event_id) == "dead")
+        time.sleep(0.2)  # a dead letter is not retried any more
+    (row,) = rows(db)
+    assert row["state"] == "dead"
+    assert row["attempts"] == 3
+    assert row["next_attempt_at"] is None
+    assert "failed" in row["error"]
+    assert always.calls == 3
+
+
+# -- 8. resume after a restart -----------------------------------------------------------
+
+
+def test_journal_resumes_received_entries_after_restart(tmp_path: Path) -> None:
+    from receiver.providers.onepoint import OnePointProvider
+
+    db = db_path(tmp_path)
+    event = OnePointProvider().parse(
+        ONEPOINT_DELIVERED, content_type="application/json", channel="sms"
+    )
+
+    async def crashed_process() -> None:  # recorded, then died before handling it
+        journal = SQLiteJournal(db)
+        await journal.start()
+        await journal.record(event, {}, None)
+        await journal.stop()
+
+    asyncio.run(crashed_process())
+    assert [row["state"] for row in rows(db)] == ["received"]
+
+    counter = ReceiptCounter()
+    app = make_app(tmp_path, plugins=[counter])
+    app.state.endpoint.poll_interval = 0.05
+    with TestClient(app):
+        assert wait_until(lambda: state_of(db, event.id) == "done")
+        time.sleep(0.2)  # and only once
+    assert [e.id for e in counter.events] == [event.id]
+    assert counter.events[0].raw == ONEPOINT_DELIVERED
+    (row,) = rows(db)
+    assert row["attempts"] == 1
+
+
+# -- 9. out-of-order statuses ----------------------------------------------------------
+
+
+class OrderWatcher:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str | None, bool]] = []
+
+    @hookimpl
+    def on_receipt(self, event: Event) -> None:
+        self.seen.append((event.status, event.out_of_order))
+
+
+def test_journal_out_of_order_receipts(tmp_path: Path) -> None:
+    watcher = OrderWatcher()
+    app = make_app(tmp_path, plugins=[watcher])
+    early, late = "2024-03-05T14:22:31.000000+00:00", "2024-03-05T14:22:36.000000+00:00"
+
+    def receipt(message_id: str, status: str, timestamp: str) -> bytes:
+        return onepoint(MessageID=message_id, Status=status, Timestamp=timestamp)
+
+    with TestClient(app) as client:
+        for body in (
+            receipt("BACKWARDS", "Delivered", late),
+            receipt("BACKWARDS", "Sent", early),
+            receipt("FORWARDS", "Sent", early),
+            receipt("FORWARDS", "Delivered", late),
+            receipt("UNKNOWN", "Delivered", early),
+            receipt("UNKNOWN", "Wibble", late),
+        ):
+            assert client.post("/sms", content=body, headers=JSON).status_code == 200
+        stored = {
+            (e.message_id, e.event.status if e.event else None): e.event.out_of_order
+            for e in app.state.journal.entries(limit=None)
+            if e.event is not None
+        }
+    assert watcher.seen == [
+        ("delivered", False),
+        ("sent", True),
+        ("sent", False),
+        ("delivered", False),
+        ("delivered", False),
+        ("wibble", False),
+    ]
+    assert stored[("BACKWARDS", "sent")] is True
+    assert stored[("BACKWARDS", "delivered")] is False
+    assert stored[("UNKNOWN", "wibble")] is False
+
+
+# -- 10. the operator commands -----------------------------------------------------------
+
+
+def test_journal_cli_events_replay_prune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import receiver.logs
+    from receiver.cli import main
+
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    for name in ("RECEIVER_CONFIG", "RECEIVER_JOURNAL", "RECEIVER_PLUGINS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    # The CLI configures process-wide logging (cached structlog loggers): keep it local.
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+
+    db = db_path(tmp_path)
+    count_file = tmp_path / "count.txt"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "counting.py").write_text(
+        "from receiver import hookimpl\n\n"
+        "@hookimpl\n"
+        "def on_receipt(event):\n"
+        f"    with open({str(count_file)!r}, 'a') as f:\n"
+        "        f.write(event.id + '\\n')\n"
+    )
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        f'journal = "sqlite:///{db}"\n'
+        f"plugins_dir = {str(plugins)!r}\n"
+        "[channels.sms]\n"
+        'provider = "onepoint"\n'
+        'auth = "none"\n'
+    )
+
+    # A dead letter (no retries at all), then a failed entry that is not dead.
+    dead_app = make_app(tmp_path, plugins=[FailingReceipts()], retry_delays=[])
+    with TestClient(dead_app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+    failed_app = make_app(tmp_path, plugins=[FailingReceipts()], retry_delays=[3600])
+    with TestClient(failed_app) as client:
+        assert client.post("/sms", content=ONEPOINT_SENT, headers=JSON).status_code == 200
+    states = {row["raw"]: (row["id"], row["state"]) for row in rows(db)}
+    dead_id, dead_state = states[ONEPOINT_DELIVERED]
+    failed_id, failed_state = states[ONEPOINT_SENT]
+    assert (dead_state, failed_state) == ("dead", "failed")
+    capsys.readouterr()
+
+    assert main(["events", "--config", str(toml), "--status", "dead"]) == 0
+    out = capsys.readouterr().out
+    assert dead_id in out
+    assert failed_id not in out
+
+    assert main(["events", "--config", str(toml), "show", dead_id]) == 0
+    out = capsys.readouterr().out
+    assert dead_id in out
+    assert ONEPOINT_DELIVERED.decode() in out
+
+    assert main(["replay", "--config", str(toml), "--dead", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would replay {dead_id}" in out
+    assert failed_id not in out
+    assert not count_file.exists()
+    assert state_of(db, dead_id) == "dead"
+
+    assert main(["replay", "--config", str(toml), "--dead"]) == 0
+    assert count_file.read_text().split() == [dead_id]
+    assert state_of(db, dead_id) == "done"
+    assert state_of(db, failed_id) == "failed"
+
+    capsys.readouterr()
+    assert main(["prune", "--config", str(toml), "--older-than", "0s"]) == 0
+    assert "pruned 1 entries" in capsys.readouterr().out
+    assert [(row["id"], row["state"]) for row in rows(db)] == [(failed_id, "failed")]
+
+
+# -- 11. group commit -----------------------------------------------------------------
+
+
+def test_journal_group_commit_batches_concurrent_callbacks(tmp_path: Path) -> None:
+    counter = ReceiptCounter()
+    app = make_app(tmp_path, plugins=[counter])
+    count = 200
+    bodies = [onepoint(MessageID=f"MSG{i:05d}") for i in range(count)]
+
+    async def scenario() -> tuple[list[httpx2.Response], int]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://r.test") as client:
+            try:
+                responses = await asyncio.gather(
+                    *(client.post("/sms", content=body, headers=JSON) for body in bodies)
+                )
+                commits = app.state.journal.commits
+            finally:
+                await _shutdown(app)
+        return list(responses), commits
+
+    responses, commits = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * count
+    assert len(counter.events) == count
+    found = rows(db_path(tmp_path))
+    assert len(found) == count
+    assert {row["state"] for row in found} == {"done"}
+    assert commits < 2 * count  # record + complete per callback, fewer transactions
+
+
+# -- 12. and 13. readiness, and no journal --------------------------------------------------
+
+
+def test_journal_readyz_ok_with_working_journal(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    with TestClient(app) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ready"
+
+
+def test_journal_none_creates_nothing_and_errors_are_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # anything written relative to the cwd would show here
+    failing = FailingReceipts()
+    for journal in (None, "none"):
+        app = make_app(tmp_path, plugins=[failing], journal=journal)
+        assert app.state.journal is None
+        with TestClient(app) as client:
+            r = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+            assert r.status_code == 500
+            # no duplicate detection either: the same body is dispatched again
+            assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 500
+    assert failing.calls == 4
+    assert list(tmp_path.iterdir()) == []

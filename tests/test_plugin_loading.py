@@ -1,0 +1,94 @@
+"""Where plugins come from, in which order, and what a broken one does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from receiver import Channel, Config, ConfigError, create_app, hookimpl
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+CHANNELS = {"sms": Channel(provider="onepoint", auth="none")}
+
+
+class Given:
+    @hookimpl
+    def on_stop(self, event: object) -> None:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def test_plugins_load_in_documented_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "configured_plugin.py").write_text(
+        "from receiver import hookimpl\n\n@hookimpl\ndef on_stop(event):\n    pass\n"
+    )
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "from_folder.py").write_text(
+        "from receiver import hookimpl\n\n@hookimpl\ndef on_help(event):\n    pass\n"
+    )
+    (folder / "_private.py").write_text("raise RuntimeError('never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    given = Given()
+    app = create_app(
+        Config(channels=CHANNELS, plugins=["configured_plugin"], plugins_dir=str(folder)),
+        plugins=[given],
+    )
+    names = [name for name, _ in app.state.plugin_manager.list_name_plugin()]
+    assert names[0] == "receiver.builtin"
+    assert names[2:] == ["configured_plugin", "from_folder"]
+    assert app.state.plugin_manager.get_plugin(names[1]) is given
+
+
+def test_plugin_that_fails_to_import_stops_start_up_with_its_name(tmp_path: Path) -> None:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "broken.py").write_text("import no_such_module_anywhere\n")
+    with pytest.raises(ConfigError) as caught:
+        create_app(Config(channels=CHANNELS, plugins_dir=str(folder)))
+    message = str(caught.value)
+    assert "broken.py" in message
+    assert "ModuleNotFoundError" in message and "no_such_module_anywhere" in message
+
+
+def test_configured_module_that_does_not_exist_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="plugin 'not.a.real.module' failed to load"):
+        create_app(Config(channels=CHANNELS, plugins=["not.a.real.module"]))
+
+
+def test_serve_refuses_to_start_with_a_broken_plugin(tmp_path: Path) -> None:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "broken.py").write_text("def on_stop(:\n")
+    config = tmp_path / "receiver.toml"
+    config.write_text('[channels.sms]\nprovider = "onepoint"\nauth = "none"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config),
+         "--plugins-dir", str(folder), "--port", "0"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("receiver: configuration error: plugin ")
+    assert "broken.py" in last and "SyntaxError" in last
+
+
+def test_example_config_is_valid_with_its_keys_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("WHISPIR_KEY", "ONEPOINT_SECRET", "DIY_KEY"):
+        monkeypatch.setenv(name, f"test-{name.lower()}")
+    from receiver.config import load_config
+
+    config = load_config(EXAMPLES / "receiver.toml")
+    app = create_app(config)
+    assert set(app.state.endpoint.routes) == {"whispir", "whispir-query", "sms", "diy"}
+    assert config.channels["whispir"].keys == ["test-whispir_key"]
+    assert config.channels["sms"].credentials == {"demo-app": "test-onepoint_secret"}
