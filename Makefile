@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench wrk
+.PHONY: run test lint bench tools
 
 # Demo keys for examples/receiver.toml; set your own in the environment.
 export WHISPIR_KEY ?= demo-whispir-key
@@ -21,17 +21,20 @@ $(BIN)/receiver: pyproject.toml
 run: $(BIN)/receiver
 	$(BIN)/receiver serve --config examples/receiver.toml --plugins-dir plugins
 
-test: $(BIN)/receiver wrk
+test: $(BIN)/receiver tools
 	$(BIN)/pytest
 
-# The load benchmark's smoke test needs wrk (Debian package "wrk").
-wrk:
-	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+# Tests drive real tools: wrk (the load benchmark's smoke test), nginx and openssl
+# (examples/nginx.conf in front of receiver serve). Debian packages.
+tools:
+	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 \
+		&& command -v openssl >/dev/null 2>&1 || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx openssl; }
 
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples bench plugins
 	$(BIN)/mypy receiver
 
-bench: $(BIN)/receiver wrk
+bench: $(BIN)/receiver tools
 	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/load.py

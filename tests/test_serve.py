@@ -84,10 +84,12 @@ def test_serve_believes_forwarded_for_from_a_trusted_proxy(tmp_path: Path) -> No
 
 SLOW_PLUGIN = """
 import asyncio
+from pathlib import Path
 from receiver import hookimpl
 
 @hookimpl
 async def on_stop(event):
+    (Path(__file__).parent / "entered").touch()
     await asyncio.sleep(1.0)
 """
 
@@ -105,7 +107,11 @@ def test_serve_sigterm_lets_in_flight_callbacks_finish(tmp_path: Path) -> None:
             )
         )
         client.start()
-        time.sleep(0.4)  # the request is now inside the slow handler
+        entered = plugins / "entered"
+        deadline = time.monotonic() + 10
+        while not entered.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert entered.exists()  # the request is now inside the slow handler
         server.process.send_signal(signal.SIGTERM)
         client.join(timeout=15)
         assert server.process.wait(timeout=15) == 0
