@@ -55,7 +55,10 @@ def nginx_config(tmp_path: Path, http_port: int, https_port: int, upstream: int)
     text = text.replace("/var/log/nginx/receiver.access.log", str(tmp_path / "access.log"))
     text = text.replace("events {}", f"pid {tmp_path / 'nginx.pid'};\n"
                         f"error_log {tmp_path / 'error.log'};\nevents {{}}")
-    temp = f"\n    client_body_temp_path {tmp_path / 'body'};\n    proxy_temp_path {tmp_path / 'proxy'};"
+    temp = (
+        f"\n    client_body_temp_path {tmp_path / 'body'};"
+        f"\n    proxy_temp_path {tmp_path / 'proxy'};"
+    )
     text = text.replace("http {", "http {" + temp, 1)
     path = tmp_path / "nginx.conf"
     path.write_text(text)

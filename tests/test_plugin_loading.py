@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_plugin_that_fails_to_import_stops_start_up_with_its_name(tmp_path: Path
 
 
 def test_configured_module_that_does_not_exist_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="plugin 'not.a.real.module' failed to load"):
+    with pytest.raises(ConfigError, match=re.escape("plugin 'not.a.real.module' failed to load")):
         create_app(Config(channels=CHANNELS, plugins=["not.a.real.module"]))
 
 
