@@ -239,43 +239,27 @@ class Dispatcher:
         failed: list[str] = []
         reply: Reply | None = None
         respond = event.type.is_response_type
-        for impl in plan.type_impls:
-            if only is not None and impl.plugin not in only:
-                continue
-            try:
-                result = (
-                    await _call(impl, event)
-                    if impl.blocking or impl.is_async
-                    else (_call_sync(impl, event))
-                )
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception:
-                log.exception(
-                    "handler failed", hook=plan.type_hook, plugin=impl.plugin, event_id=event.id
-                )
-                failed.append(impl.plugin)
-                continue
-            if respond and result is not None:
-                reply = _as_reply(result, impl)
-                if reply is not None:
-                    break
-        for impl in plan.event_impls:
-            if only is not None and impl.plugin not in only:
-                continue
-            try:
-                result = (
-                    await _call(impl, event)
-                    if impl.blocking or impl.is_async
-                    else (_call_sync(impl, event))
-                )
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception(
-                    "handler failed", hook="on_event", plugin=impl.plugin, event_id=event.id
-                )
-                failed.append(impl.plugin)
+        for hook, impls in ((plan.type_hook, plan.type_impls), ("on_event", plan.event_impls)):
+            for impl in impls:
+                if only is not None and impl.plugin not in only:
+                    continue
+                try:
+                    if impl.blocking or impl.is_async:
+                        result = await _call(impl, event)
+                    else:
+                        result = _call_sync(impl, event)
+                        if inspect.isawaitable(result):
+                            result = await result
+                except Exception:
+                    log.exception(
+                        "handler failed", hook=hook, plugin=impl.plugin, event_id=event.id
+                    )
+                    failed.append(impl.plugin)
+                    continue
+                if respond and result is not None and impls is plan.type_impls:
+                    reply = _as_reply(result, impl)
+                    if reply is not None:
+                        break  # firstresult: the rest of the type hook is not called
         if failed:
             raise HandlerError(
                 f"{len(failed)} handler(s) failed; see the log for event {event.id}", failed
