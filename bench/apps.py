@@ -1,0 +1,180 @@
+"""The apps ``bench/load.py`` serves: one factory per scenario, for ``uvicorn --factory``.
+
+Each factory builds its app in code (no configuration file). The receiver scenarios log
+JSON lines to stderr at ``$BENCH_LOG_LEVEL`` (default ``info``: one line per callback, as
+``receiver serve`` does) and journal to ``$BENCH_JOURNAL`` (``none`` when unset). The
+journal's duplicate windows are 0 so that wrk's identical bodies are stored as new
+events rather than answered as duplicates.
+
+Each factory imports what its scenario uses, when called: a server loads FastAPI and
+pydantic only for ``naive`` and receiver only for receiver's scenarios, so the peak-RSS
+column compares like with like. Every channel is served at ``/sms``; the keys and secrets
+are the constants below, which ``bench/load.py`` uses to sign its requests.
+"""
+
+import hmac
+import os
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from receiver import Channel
+
+__all__ = [
+    "APP_ID",
+    "CHANNEL",
+    "KEY_HEADER",
+    "ONEPOINT_KEY",
+    "SECRET",
+    "WHISPIR_KEY",
+    "baseline",
+    "naive",
+    "onepoint_hmac",
+    "onepoint_reply",
+    "whispir_json",
+    "whispir_xml",
+]
+
+CHANNEL = "sms"
+WHISPIR_KEY = "bench-whispir-key"
+KEY_HEADER = "X-Callback-Key"
+ONEPOINT_KEY = "bench-onepoint-key"
+APP_ID = "bench"
+SECRET = "bench-secret"
+
+
+# -- baseline: the least an ASGI app can do with a callback ------------------------------
+
+
+async def _read_and_answer(request: Request) -> Response:
+    await request.body()
+    return Response(status_code=200)
+
+
+def baseline() -> Starlette:
+    """A bare Starlette app: one POST route that reads the body and answers 200, empty."""
+    return Starlette(routes=[Route(f"/{CHANNEL}", _read_and_answer, methods=["POST"])])
+
+
+# -- naive: what a user writes by hand for Whispir replies ------------------------------
+
+
+def naive() -> "FastAPI":
+    """FastAPI + a pydantic model of the Whispir JSON reply + a callback-key check."""
+    from typing import Annotated
+
+    from fastapi import FastAPI, Header, HTTPException
+    from fastapi import Response as FastAPIResponse
+    from pydantic import BaseModel, Field
+
+    class WhispirSender(BaseModel):
+        name: str | None = None
+        mri: str | None = None
+        mobile: str | None = None
+        email: str | None = None
+        voice: str | None = None
+
+    class WhispirResponseMessage(BaseModel):
+        channel: str | None = None
+        acknowledged: str | None = None
+        content: str | None = None
+
+    class WhispirReply(BaseModel):
+        messageId: str
+        messageLocation: str | None = None
+        sender: WhispirSender = Field(alias="from")
+        responseMessage: WhispirResponseMessage
+
+    def handle_reply(reply: WhispirReply) -> None:
+        """The user's business logic: nothing, here."""
+
+    app = FastAPI()
+
+    @app.post(f"/{CHANNEL}")
+    async def whispir_callback(
+        reply: WhispirReply,
+        x_whispir_callback_key: Annotated[str | None, Header()] = None,
+    ) -> FastAPIResponse:
+        if x_whispir_callback_key is None or not hmac.compare_digest(
+            x_whispir_callback_key, WHISPIR_KEY
+        ):
+            raise HTTPException(status_code=401, detail="bad callback key")
+        handle_reply(reply)
+        return FastAPIResponse(status_code=200)
+
+    return app
+
+
+# -- receiver -----------------------------------------------------------------------------
+
+
+def _plugin(answer: str | None) -> object:
+    """A plugin handling messages (answering ``answer``) and receipts (doing nothing)."""
+    from receiver import Event, hookimpl
+
+    class BenchPlugin:
+        @hookimpl
+        def on_message(self, event: Event) -> str | None:
+            return answer
+
+        @hookimpl
+        def on_receipt(self, event: Event) -> None:
+            return None
+
+    return BenchPlugin()
+
+
+def _receiver(channel: "Channel", plugin: object) -> Starlette:
+    from receiver import Config, create_app
+    from receiver.logs import configure_logging
+
+    configure_logging("json", os.environ.get("BENCH_LOG_LEVEL") or "info")
+    config = Config(
+        channels={CHANNEL: channel},
+        journal=os.environ.get("BENCH_JOURNAL") or "none",
+        duplicate_window=0,
+        duplicate_body_window=0,
+    )
+    return create_app(config, plugins=[plugin])
+
+
+def _whispir() -> Starlette:
+    from receiver import Channel
+
+    channel = Channel(provider="whispir", auth="header", keys=[WHISPIR_KEY])
+    return _receiver(channel, _plugin(None))
+
+
+def whispir_json() -> Starlette:
+    """receiver, Whispir channel with header auth; the bench posts a JSON reply."""
+    return _whispir()
+
+
+def whispir_xml() -> Starlette:
+    """receiver, Whispir channel with header auth; the bench posts an XML reply."""
+    return _whispir()
+
+
+def onepoint_reply() -> Starlette:
+    """receiver, OnePoint channel (header-key auth); a Message answered "thanks" in the body.
+
+    (The HMAC check is measured on its own by :func:`onepoint_hmac`.)
+    """
+    from receiver import Channel
+
+    channel = Channel(provider="onepoint", auth="header", header=KEY_HEADER, keys=[ONEPOINT_KEY])
+    return _receiver(channel, _plugin("thanks"))
+
+
+def onepoint_hmac() -> Starlette:
+    """receiver, OnePoint channel with HMAC signatures; the bench posts a receipt."""
+    from receiver import Channel
+
+    channel = Channel(provider="onepoint", auth="hmac", credentials={APP_ID: SECRET})
+    return _receiver(channel, _plugin(None))

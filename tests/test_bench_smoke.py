@@ -1,0 +1,56 @@
+"""bench/load.py --quick: every scenario is served by a real uvicorn and answers correctly.
+
+This checks correctness only (status, body, no wrk errors), never speed. It needs wrk
+(``apt-get install wrk``, or ``make wrk``): without it the test fails, it does not skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCENARIOS = [
+    ("baseline", "-"),
+    ("naive", "-"),
+    *[
+        (name, journal)
+        for journal in ("off", "sqlite")
+        for name in ("whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac")
+    ],
+]
+
+
+def table(stdout: str) -> list[list[str]]:
+    """The split lines of the results table: after its header and rule, up to a blank."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("scenario ")), None)
+    assert start is not None, f"no results table in the output:\n{stdout}"
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_bench_quick_runs_every_scenario() -> None:
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed: `apt-get install wrk` (or `make wrk`); "
+                    "the load benchmark's smoke test needs it")
+    done = subprocess.run(
+        [sys.executable, "bench/load.py", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    output = f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    assert done.returncode == 0, output
+    rows = {(fields[0], fields[1]): fields for fields in table(done.stdout)}
+    for name, journal in SCENARIOS:
+        assert (name, journal) in rows, f"no row for {name} ({journal})\n{output}"
+        assert rows[name, journal][-1] == "ok", f"{name} ({journal}) not ok\n{output}"
+    assert "memory check:" in done.stdout, output
