@@ -315,6 +315,14 @@ class Server:
                 return int(line.split()[1]) / 1024
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server process (all its threads) so far."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def logged_errors(self) -> int:
         try:
             data = self.log.read_bytes()
@@ -403,6 +411,7 @@ class Row:
     scenario: Scenario
     result: WrkResult | None = None
     peak_mb: float | None = None
+    cpu_us: float | None = None
     problems: list[str] = field(default_factory=list)
     detail: str = ""
 
@@ -423,7 +432,11 @@ def run_scenario(scenario: Scenario, pins: Pins, seconds: int, workdir: Path) ->
                 script = workdir / f"{scenario.name}.lua"
                 script.write_text(lua_script(scenario, headers))
                 url = f"http://{HOST}:{server.port}/{CHANNEL}"
+                cpu_before = server.cpu_seconds()
                 row.result = run_wrk(pins.wrk, script, url, seconds)
+                cpu_after = server.cpu_seconds()
+                if cpu_before is not None and cpu_after is not None and row.result.requests:
+                    row.cpu_us = (cpu_after - cpu_before) / row.result.requests * 1e6
                 row.problems.extend(row.result.problems)
             row.peak_mb = server.status_mb("VmHWM")
             if server.process.poll() is not None:
@@ -577,7 +590,7 @@ def print_table(rows: list[Row]) -> None:
     base = next((r for r in rows if r.scenario.name == "baseline" and r.ok), None)
     naive = next((r for r in rows if r.scenario.name == "naive" and r.ok), None)
     header = (f"{'scenario':<15}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'x base':>8}{'x naive':>8}{'RSS MB':>8}  check")
+              f"{'x base':>8}{'x naive':>8}{'CPU us':>8}{'x base':>8}{'RSS MB':>8}  check")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -587,10 +600,15 @@ def print_table(rows: list[Row]) -> None:
         x_naive = rate / naive.result.rate if rate and naive and naive.result else None
         p50, p99 = (result.p50_ms, result.p99_ms) if result else (None, None)
         check = "ok" if row.ok else "; ".join(row.problems)
+        cpu_base = base.cpu_us / row.cpu_us if base and base.cpu_us and row.cpu_us else None
         print(f"{row.scenario.name:<15}{row.scenario.journal_label:<8}"
               f"{fmt(rate, ',.0f'):>9}{fmt(p50, '.2f'):>9}{fmt(p99, '.2f'):>9}"
               f"{fmt(x_base, '.2f'):>8}"
-              f"{fmt(x_naive, '.2f'):>8}{fmt(row.peak_mb, '.1f'):>8}  {check}")
+              f"{fmt(x_naive, '.2f'):>8}{fmt(row.cpu_us, '.1f'):>8}{fmt(cpu_base, '.2f'):>8}"
+              f"{fmt(row.peak_mb, '.1f'):>8}  {check}")
+    print("CPU us: the server's CPU time (user + system, all threads) per request; its")
+    print("x base (baseline's CPU per request / this one's) is steadier than req/s when")
+    print("the host is busy.")
 
 
 def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str, str, str]]:
