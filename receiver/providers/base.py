@@ -54,9 +54,10 @@ class Provider(abc.ABC):
             UnsupportedPayload: the body is in no format this provider sends.
             PayloadError: the body is malformed or holds no recognizable callback.
         """
-        if not body.strip() and query and BodyFormat.form in self.formats:
+        blank = not body or body.isspace()  # (no copy of the body, unlike strip())
+        if blank and query and BodyFormat.form in self.formats:
             raw, fmt = query.encode(), BodyFormat.form
-        elif not body.strip():
+        elif blank:
             raise PayloadError("empty body")
         else:
             raw, detected = body, detect_format(content_type, body)

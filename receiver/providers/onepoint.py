@@ -252,16 +252,13 @@ def _str(value: str | int | None) -> str | None:
 
 
 def _recognizable(fields: _Fields) -> bool:
-    return any(
-        value is not None and value != ""
-        for value in (
-            fields.Type,
-            fields.MessageID,
-            fields.Source,
-            fields.Destination,
-            fields.Message,
-            fields.Status,
-        )
+    return bool(
+        fields.Type
+        or fields.MessageID
+        or fields.Source
+        or fields.Destination
+        or fields.Message
+        or fields.Status
     )
 
 

@@ -374,17 +374,16 @@ def _contact(value: _From | None) -> Contact | None:
     """The ``from`` block as a Contact, blanks as None; None when it says nothing."""
     if value is None:
         return None
-    contact = Contact(
-        name=_blank_none(value.name),
-        mri=_blank_none(value.mri),
-        mobile=_blank_none(value.mobile),
-        email=_blank_none(value.email),
-        voice=_blank_none(value.voice),
+    name, mri, mobile, email, voice = (
+        _blank_none(value.name),
+        _blank_none(value.mri),
+        _blank_none(value.mobile),
+        _blank_none(value.email),
+        _blank_none(value.voice),
     )
-    return None if contact == _NO_CONTACT else contact
-
-
-_NO_CONTACT = Contact()
+    if name is None and mri is None and mobile is None and email is None and voice is None:
+        return None
+    return Contact(name=name, mri=mri, mobile=mobile, email=email, voice=voice)
 
 
 def _blank_none(value: str | None) -> str | None:
