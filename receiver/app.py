@@ -101,6 +101,7 @@ class CallbackEndpoint:
         self.dispatcher = Dispatcher(manager)
         self._pending: dict[str, _Pending] = {}
         self._worker: asyncio.Task[None] | None = None
+        self.started = time.time()
         providers = provider_classes(manager)
         self.routes: dict[str, _Route] = {}
         for name, channel in config.channels.items():
@@ -321,8 +322,10 @@ class CallbackEndpoint:
         journal = self.journal
         assert journal is not None
         try:
-            for entry in await journal.unfinished():  # received, never handled: resume
-                if entry.id not in self._pending:
+            # Resume what a previous process committed but never handled. Only entries
+            # received before this endpoint existed: later ones belong to live requests.
+            while batch := await journal.unfinished(before=self.started):
+                for entry in batch:
                     await self.retry(entry)
             while True:
                 for entry in await journal.due(time.time()):

@@ -143,8 +143,8 @@ class Journal(abc.ABC):
         """Failed entries whose next attempt is due."""
 
     @abc.abstractmethod
-    async def unfinished(self, limit: int = 1000) -> list[Entry]:
-        """Entries received but not handled: the work of a process that died."""
+    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
+        """Entries received before ``before`` but not handled: a dead process's work."""
 
     @abc.abstractmethod
     def entries(
@@ -495,12 +495,12 @@ class SQLiteJournal(Journal):
 
         return await self._submit(operation)
 
-    async def unfinished(self, limit: int = 1000) -> list[Entry]:
+    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
         def operation(connection: sqlite3.Connection) -> list[Entry]:
             rows = connection.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE state = 'received' "
-                "ORDER BY received_at LIMIT ?",
-                (limit,),
+                "AND received_at < ? ORDER BY received_at LIMIT ?",
+                (before, limit),
             ).fetchall()
             return [_entry(row) for row in rows]
 
