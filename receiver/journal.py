@@ -38,7 +38,7 @@ import msgspec
 import structlog
 
 from receiver.errors import ConfigError
-from receiver.types import Event, Reply
+from receiver.types import Event, Reply, new_event_id
 
 __all__ = [
     "STATUS_RANK",
@@ -384,7 +384,6 @@ class SQLiteJournal(Journal):
     async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
         body_hash = hashlib.sha256(event.raw).digest()
         received = event.received_at.timestamp()
-        stored = msgspec.structs.replace(event, raw=b"")
 
         def operation(connection: sqlite3.Connection) -> Recorded:
             original = None
@@ -406,8 +405,6 @@ class SQLiteJournal(Journal):
             recorded = event
             if _out_of_order(connection, event, received):
                 recorded = msgspec.structs.replace(event, out_of_order=True)
-                nonlocal stored
-                stored = msgspec.structs.replace(stored, out_of_order=True)
             connection.execute(
                 "INSERT INTO events (id, channel, provider, type, message_id, state, "
                 "received_at, raw, meta, event, dedupe_key, body_hash) "
@@ -421,7 +418,7 @@ class SQLiteJournal(Journal):
                     received,
                     event.raw,
                     _encode(meta),
-                    _encode(stored),
+                    _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
                     dedupe_key,
                     body_hash,
                 ),
@@ -433,8 +430,6 @@ class SQLiteJournal(Journal):
     async def reject(
         self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
     ) -> str:
-        from receiver.types import new_event_id
-
         entry_id = new_event_id()
 
         def operation(connection: sqlite3.Connection) -> str:
