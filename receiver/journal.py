@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hashlib
 import queue
 import sqlite3
@@ -248,13 +249,14 @@ class _Batch:
         self.future = future
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in settled:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class SQLiteJournal(Journal):
@@ -350,8 +352,13 @@ class SQLiteJournal(Journal):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             outcomes = [(None, exc)] * len(batch)
+        # One wake-up of each event loop per batch, not one per operation.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, Any]]] = {}
         for item, (result, error) in zip(batch, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_settle, item.future, result, error)
+            by_loop.setdefault(item.loop, []).append((item.future, result, error))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     async def _submit(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
         self._ensure_writer()
