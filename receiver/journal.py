@@ -4,10 +4,14 @@
 :class:`SQLiteJournal` is the embedded implementation (one file, one process). A
 PostgreSQL implementation for several replicas implements the same interface.
 
-Durability and throughput: one writer thread owns the SQLite connection (WAL,
-``synchronous=FULL``). Requests hand it operations and await the result without blocking
-the event loop; the writer runs every operation that arrived while the previous commit
-was running in one transaction with one fsync (group commit).
+Durability and throughput: one writer thread owns the SQLite connection (WAL). Requests
+hand it operations and await the result without blocking the event loop; the writer runs
+every operation that arrived while the previous commit was running in one transaction
+(group commit). A transaction holding new data (a callback, a rejected body) is fsynced
+before anyone is answered (``synchronous=FULL``); one holding only state changes (done,
+failed) is committed without waiting for the disk, and reaches it with the next fsync: a
+process crash loses neither, a power cut may lose a state change, and the event is then
+handled once more (at least once, never lost).
 
 Lifecycle of an entry: ``received`` (committed, being handled) -> ``done`` (handled, the
 reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> ``dead``
@@ -236,17 +240,19 @@ _decode_plugins = msgspec.msgpack.Decoder(list[str]).decode
 class _Batch:
     """One operation for the writer thread, with the future that gets its result."""
 
-    __slots__ = ("future", "loop", "operation")
+    __slots__ = ("durable", "future", "loop", "operation")
 
     def __init__(
         self,
         operation: Callable[[sqlite3.Connection], Any],
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[Any],
+        durable: bool,
     ) -> None:
         self.operation = operation
         self.loop = loop
         self.future = future
+        self.durable = durable
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -285,7 +291,8 @@ class SQLiteJournal(Journal):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.commits = 0
-        """Transactions committed (one fsync each): with group commit, fewer than calls."""
+        """Transactions committed: with group commit, fewer than operations."""
+        self._synced = True  # the connection's synchronous setting is FULL
 
     # -- the writer thread --------------------------------------------------------
 
@@ -334,24 +341,21 @@ class SQLiteJournal(Journal):
 
     def _run_batch(self, connection: sqlite3.Connection, batch: list[_Batch]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
+        durable = any(item.durable for item in batch)
         try:
+            if durable != self._synced:
+                connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._synced = durable
             connection.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                connection.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((item.operation(connection), None))
-                    connection.execute("RELEASE op")
-                except Exception as exc:
-                    connection.execute("ROLLBACK TO op")
-                    connection.execute("RELEASE op")
-                    outcomes.append((None, exc))
+            outcomes = [(item.operation(connection), None) for item in batch]
             connection.execute("COMMIT")
             self.commits += 1
-        except Exception as exc:  # the commit itself failed: nothing in the batch is stored
-            log.exception("journal commit failed", path=str(self.path))
+        except Exception:
+            # One operation failed (or the commit did): take the batch apart, so that
+            # each operation succeeds or fails on its own.
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            outcomes = [(None, exc)] * len(batch)
+            outcomes = [self._run_alone(connection, item) for item in batch]
         # One wake-up of each event loop per batch, not one per operation.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, Any]]] = {}
         for item, (result, error) in zip(batch, outcomes, strict=True):
@@ -360,11 +364,35 @@ class SQLiteJournal(Journal):
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle_all, settled)
 
-    async def _submit(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _run_alone(
+        self, connection: sqlite3.Connection, item: _Batch
+    ) -> tuple[Any, BaseException | None]:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            result = item.operation(connection)
+            connection.execute("COMMIT")
+            self.commits += 1
+            return result, None
+        except Exception as exc:
+            log.exception("journal operation failed", path=str(self.path))
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            return None, exc
+
+    async def _submit(
+        self, operation: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+    ) -> _T:
+        """Run ``operation`` in the writer's next transaction; return once it is committed.
+
+        ``durable`` (new data: records, rejected bodies): the commit is fsynced before
+        this returns. Otherwise (state changes of stored events) it is committed, which a
+        process crash cannot undo, and fsynced with the next durable commit: after a power
+        cut such a change may be lost, and an event handled again (at least once).
+        """
         self._ensure_writer()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._queue.put(_Batch(operation, loop, future))
+        self._queue.put(_Batch(operation, loop, future, durable))
         return await future
 
     async def start(self) -> None:
@@ -393,19 +421,18 @@ class SQLiteJournal(Journal):
         received = event.received_at.timestamp()
 
         def operation(connection: sqlite3.Connection) -> Recorded:
-            original = None
-            if dedupe_key is not None:
-                original = connection.execute(
-                    "SELECT id, state, reply FROM events WHERE dedupe_key = ? "
-                    "AND received_at >= ? ORDER BY received_at LIMIT 1",
-                    (dedupe_key, received - self.duplicate_window),
-                ).fetchone()
-            if original is None:
-                original = connection.execute(
-                    "SELECT id, state, reply FROM events WHERE body_hash = ? "
-                    "AND received_at >= ? AND state != 'rejected' ORDER BY received_at LIMIT 1",
-                    (body_hash, received - self.body_window),
-                ).fetchone()
+            original = connection.execute(
+                "SELECT id, state, reply FROM events WHERE (dedupe_key = ? AND received_at >= ?) "
+                "OR (body_hash = ? AND received_at >= ? AND state != 'rejected') "
+                "ORDER BY dedupe_key IS NOT ? LIMIT 1",
+                (
+                    dedupe_key,
+                    received - self.duplicate_window,
+                    body_hash,
+                    received - self.body_window,
+                    dedupe_key,
+                ),
+            ).fetchone()
             if original is not None:
                 reply = _decode_reply(original[2]) if original[2] else None
                 return Recorded(event, original[0], original[1], reply)
@@ -469,7 +496,7 @@ class SQLiteJournal(Journal):
                 (encoded, event_id),
             )
 
-        await self._submit(operation)
+        await self._submit(operation, durable=False)
 
     async def fail(
         self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
@@ -484,7 +511,7 @@ class SQLiteJournal(Journal):
                 (state, error, encoded, retry_at, event_id),
             )
 
-        await self._submit(operation)
+        await self._submit(operation, durable=False)
 
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
         def operation(connection: sqlite3.Connection) -> list[Entry]:
@@ -495,7 +522,7 @@ class SQLiteJournal(Journal):
             ).fetchall()
             return [_entry(row) for row in rows]
 
-        return await self._submit(operation)
+        return await self._submit(operation, durable=False)
 
     async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
         def operation(connection: sqlite3.Connection) -> list[Entry]:
@@ -506,7 +533,7 @@ class SQLiteJournal(Journal):
             ).fetchall()
             return [_entry(row) for row in rows]
 
-        return await self._submit(operation)
+        return await self._submit(operation, durable=False)
 
     # -- the operator commands (synchronous, their own connection) ----------------
 
