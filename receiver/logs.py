@@ -123,7 +123,10 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
         ),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    # Standard-library records (uvicorn's) go the same way as structlog's, in order.
+    handler: logging.Handler = (
+        _BatchedHandler(_shared_writer()) if log_format == "json" else logging.StreamHandler()
+    )
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
@@ -143,12 +146,30 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
 _writer: BatchedWriter | None = None
 
 
-def _batched_factory() -> Callable[..., _BatchedLogger]:
+def _shared_writer() -> BatchedWriter:
     global _writer
     if _writer is None:
         _writer = BatchedWriter(sys.stderr.buffer)
-    writer = _writer
+    return _writer
+
+
+def _batched_factory() -> Callable[..., _BatchedLogger]:
+    writer = _shared_writer()
     return lambda *args: _BatchedLogger(writer)
+
+
+class _BatchedHandler(logging.Handler):
+    """A logging handler writing formatted records to a :class:`BatchedWriter`."""
+
+    def __init__(self, writer: BatchedWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record).encode() + b"\n")
+        except Exception:
+            self.handleError(record)
 
 
 def flush_logs() -> None:
