@@ -213,7 +213,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_dedupe ON events (dedupe_key, received_at)
     WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_body ON events (body_hash, received_at);
-CREATE INDEX IF NOT EXISTS events_state ON events (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_retry ON events (next_attempt_at) WHERE state = 'failed';
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
