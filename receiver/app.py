@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import time
 from collections.abc import AsyncIterator, Collection, Iterable
@@ -41,7 +40,7 @@ from receiver.errors import (
 )
 from receiver.journal import Entry, Journal, Recorded, open_journal
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
-from receiver.middleware import ProxyHeadersMiddleware, RequestIdMiddleware
+from receiver.middleware import Networks, ProxyHeadersMiddleware, RequestIdMiddleware
 from receiver.plugins import Dispatcher, PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
 from receiver.types import Event, PayloadError, Reply
@@ -66,7 +65,7 @@ class _Route:
     channel: Channel
     provider: Provider
     authenticator: Authenticator
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    allowed: Networks
 
 
 class _Trace:
@@ -123,7 +122,7 @@ class CallbackEndpoint:
                 channel,
                 provider,
                 build_authenticator(channel, name),
-                tuple(ipaddress.ip_network(n, strict=False) for n in channel.allow_ips),
+                Networks(channel.allow_ips),
             )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -176,7 +175,8 @@ class CallbackEndpoint:
         if route is None:
             raise UnknownChannel(f"no channel named {name!r}")
         trace.route = route
-        if route.networks and not _client_allowed(scope, route.networks):
+        client = scope.get("client")
+        if route.allowed and not (client and client[0] in route.allowed):
             raise NotAuthenticated("client address not allowed")
         query = scope.get("query_string", b"").decode("latin-1")
         if method != "POST" and not route.provider.has_callback_fields(query):
@@ -401,19 +401,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
             text: str = value.decode("latin-1")
             return text
     return None
-
-
-def _client_allowed(
-    scope: Scope, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> bool:
-    client = scope.get("client")
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
 
 
 async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:

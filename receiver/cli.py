@@ -20,7 +20,7 @@ import structlog
 
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
-from receiver.journal import Journal
+from receiver.journal import STATES, Journal
 
 __all__ = ["main"]
 
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("show", nargs="*", metavar="show ID", help="'show ID': one entry in full")
     events.add_argument("--channel")
     events.add_argument("--type")
-    events.add_argument("--status", choices=["received", "done", "failed", "dead", "rejected"])
+    events.add_argument("--status", choices=STATES)
     events.add_argument("--since", type=_age, help="e.g. 2h, 7d, 30m, 90s")
     events.add_argument("--limit", type=int, default=50)
 

@@ -11,11 +11,45 @@ from typing import Any
 
 import structlog
 
-__all__ = ["ProxyHeadersMiddleware", "RequestIdMiddleware"]
+__all__ = ["Networks", "ProxyHeadersMiddleware", "RequestIdMiddleware"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FORWARDED_PAIR = re.compile(r'\s*([a-zA-Z]+)\s*=\s*("[^"]*"|[^;,\s]*)')
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class Networks:
+    """A set of IP networks (``"*"``: every address), asked per address with a cache.
+
+    Used for trusted proxies and for a channel's ``allow_ips``: callbacks come from few
+    addresses, so each is parsed once, not on every request.
+    """
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        networks = list(networks)
+        self.everything = "*" in networks
+        self.networks: list[_Network] = [
+            ipaddress.ip_network(item, strict=False) for item in networks if item != "*"
+        ]
+        self._known: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.networks)
+
+    def __contains__(self, address: str) -> bool:
+        if self.everything:
+            return True
+        known = self._known.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+                known = any(ip in network for network in self.networks)
+            except ValueError:  # not an IP address (e.g. a test client's name)
+                known = False
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[address] = known
+        return known
 
 
 class ProxyHeadersMiddleware:
@@ -30,28 +64,11 @@ class ProxyHeadersMiddleware:
 
     def __init__(self, app: Any, trusted: Iterable[str] = ("127.0.0.1",)) -> None:
         self.app = app
-        trusted = list(trusted)
-        self.trust_all = "*" in trusted
-        self.networks: list[_Network] = [
-            ipaddress.ip_network(item, strict=False) for item in trusted if item != "*"
-        ]
-        self._trusted: dict[str, bool] = {}
+        self.trusted = Networks(trusted)
 
     def trusts(self, address: str) -> bool:
-        """Whether ``address`` is a trusted proxy (answers are cached per address)."""
-        if self.trust_all:
-            return True
-        known = self._trusted.get(address)
-        if known is None:
-            try:
-                ip = ipaddress.ip_address(address)
-                known = any(ip in network for network in self.networks)
-            except ValueError:
-                known = False
-            if len(self._trusted) >= 4096:
-                self._trusted.clear()
-            self._trusted[address] = known
-        return known
+        """Whether ``address`` is a trusted proxy."""
+        return address in self.trusted
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         client = scope.get("client")

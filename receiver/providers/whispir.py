@@ -425,7 +425,7 @@ def _collect_custom(value: Any, into: dict[str, str]) -> None:
         for item in value:
             _collect_custom(item, into)
     elif isinstance(value, dict):
-        lowered = {k.lower(): v for k, v in value.items()}
+        lowered = _lower(value)
         if lowered.keys() == {"key", "value"}:  # one XML <entry><key/><value/></entry>
             into[_as_string(lowered["key"])] = _as_string(lowered["value"])
         elif lowered.keys() == {"entry"}:  # XML <customParameters><entry>...
@@ -438,12 +438,8 @@ def _collect_custom(value: Any, into: dict[str, str]) -> None:
 
 
 def _as_string(value: Any) -> str:
-    if isinstance(value, str):
-        return value
+    """A custom parameter's value as text: scalars as written, objects as JSON."""
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return _encode_json(value).decode()
+    text = _scalar_text(value)
+    return text if isinstance(text, str) else _encode_json(value).decode()
