@@ -34,17 +34,19 @@ class Request:
 
     __slots__ = ("body", "headers", "scope")
 
-    def __init__(self, scope: dict[str, Any], body: bytes) -> None:
+    def __init__(
+        self, scope: dict[str, Any], body: bytes, headers: dict[bytes, bytes] | None = None
+    ) -> None:
         self.scope = scope
         self.body = body
-        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.headers: dict[bytes, bytes] = (
+            headers if headers is not None else dict(reversed(scope["headers"]))
+        )
+        """The request's headers by lowercase name, the first value of each."""
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lowercase), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return self.headers.get(name)
 
     @property
     def query(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import sys
 import threading
@@ -19,11 +20,6 @@ LogFormat = Literal["json", "console"]
 
 
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
-
-
-def _json(event: dict[str, Any], **_: Any) -> bytes:
-    """structlog's JSON serializer, by msgspec: several times faster than json.dumps."""
-    return _encode(event)
 
 
 def _json_text(event: dict[str, Any], **_: Any) -> str:
@@ -46,6 +42,22 @@ def _timestamp(
 
 _stamp_second = -1
 _stamp_prefix = ""
+_LEVELS = {"warn": "warning", "exception": "error"}
+
+
+def _json_line(logger: Any, method: str, event: MutableMapping[str, Any]) -> bytes:
+    """All of the JSON chain in one processor: context variables, level, timestamp,
+    traceback, and the line itself (by msgspec, several times faster than json.dumps).
+
+    The same as structlog's ``merge_contextvars``, ``add_log_level``, ``_timestamp``,
+    ``format_exc_info`` and ``JSONRenderer`` in a row, for a fifth of the calls.
+    """
+    event = structlog.contextvars.merge_contextvars(logger, method, event)
+    event["level"] = _LEVELS.get(method, method)
+    _timestamp(logger, method, event)
+    if "exc_info" in event:
+        event = structlog.processors.format_exc_info(logger, method, event)
+    return _encode(event)
 
 
 class BatchedWriter:
@@ -60,22 +72,22 @@ class BatchedWriter:
     def __init__(self, stream: IO[bytes], interval: float = 0.1) -> None:
         self.stream = stream
         self.interval = interval
-        self._lines: list[bytes] = []
-        self._lock = threading.Lock()
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._lock = threading.Lock()  # one flush at a time
         self._wake = threading.Event()
         threading.Thread(target=self._run, name="receiver-log-writer", daemon=True).start()
         atexit.register(self.flush)
 
     def write(self, line: bytes) -> None:
-        with self._lock:
-            self._lines.append(line)
+        self._lines.append(line)  # deque.append is atomic: no lock on the request path
 
     def flush(self) -> None:
         with self._lock:
-            lines, self._lines = self._lines, []
-        if lines:
-            self.stream.write(b"".join(lines))
-            self.stream.flush()
+            pending = self._lines
+            count = len(pending)
+            if count:
+                self.stream.write(b"".join([pending.popleft() for _ in range(count)]))
+                self.stream.flush()
 
     def _run(self) -> None:
         while not self._wake.wait(self.interval):
@@ -102,21 +114,15 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     """
     if log_format is None:
         log_format = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=_json)
-        if log_format == "json"
-        else structlog.dev.ConsoleRenderer()
-    )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _timestamp,
     ]
-    if log_format == "json":
-        shared.append(structlog.processors.format_exc_info)
+    console = structlog.dev.ConsoleRenderer()
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[_json_line] if log_format == "json" else [*shared, console],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=(
             _batched_factory() if log_format == "json" else structlog.PrintLoggerFactory(sys.stderr)
@@ -133,9 +139,13 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.JSONRenderer(serializer=_json_text)
                 if log_format == "json"
-                else renderer,
+                else console,
             ],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[
+                *shared,
+                *([structlog.processors.format_exc_info] if log_format == "json" else []),
+                structlog.stdlib.add_logger_name,
+            ],
         )
     )
     root = logging.getLogger()

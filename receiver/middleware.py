@@ -1,7 +1,9 @@
-"""Pure-ASGI middleware: proxy headers from trusted peers, and a request id per request."""
+"""Proxy headers from trusted peers and a request id per request, as pure-ASGI middleware
+(for everything but callbacks) and as parts the callback endpoint uses inline."""
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import itertools
 import random
@@ -11,7 +13,14 @@ from typing import Any
 
 import structlog
 
-__all__ = ["Networks", "ProxyHeadersMiddleware", "RequestIdMiddleware"]
+__all__ = [
+    "FORWARDING_HEADERS",
+    "Networks",
+    "ProxyHeaders",
+    "ProxyHeadersMiddleware",
+    "RequestIdMiddleware",
+    "RequestIds",
+]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FORWARDED_PAIR = re.compile(r'\s*([a-zA-Z]+)\s*=\s*("[^"]*"|[^;,\s]*)')
@@ -52,7 +61,13 @@ class Networks:
         return known
 
 
-class ProxyHeadersMiddleware:
+FORWARDING_HEADERS = frozenset(
+    {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+"""The request headers :class:`ProxyHeaders` reads (lowercase, as in an ASGI scope)."""
+
+
+class ProxyHeaders:
     """Believe ``X-Forwarded-For``/``-Proto``/``-Host`` and ``Forwarded`` from trusted peers.
 
     Only when the direct peer is in ``trusted`` are the headers read; the client address
@@ -62,19 +77,19 @@ class ProxyHeadersMiddleware:
     headers are ignored: a forged X-Forwarded-For changes nothing.
     """
 
-    def __init__(self, app: Any, trusted: Iterable[str] = ("127.0.0.1",)) -> None:
-        self.app = app
+    def __init__(self, trusted: Iterable[str] = ("127.0.0.1",)) -> None:
         self.trusted = Networks(trusted)
 
     def trusts(self, address: str) -> bool:
         """Whether ``address`` is a trusted proxy."""
         return address in self.trusted
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def apply(self, scope: dict[str, Any]) -> dict[str, Any]:
+        """``scope`` as the client sent it through trusted proxies (a copy when changed)."""
         client = scope.get("client")
-        if scope["type"] == "http" and client and self.trusts(client[0]):
-            scope = self.rewrite(scope, client)
-        await self.app(scope, receive, send)
+        if client and self.trusts(client[0]):
+            return self.rewrite(scope, client)
+        return scope
 
     def rewrite(self, scope: dict[str, Any], client: tuple[str, int]) -> dict[str, Any]:
         chain: list[str] = []
@@ -121,31 +136,63 @@ def _strip_port(node: str) -> str:
     return node
 
 
-class RequestIdMiddleware:
-    """Bind a request id to the logging context and echo it as ``X-Request-ID``.
+class ProxyHeadersMiddleware:
+    """Pure-ASGI middleware applying :class:`ProxyHeaders` to every HTTP request."""
 
-    A sane incoming ``X-Request-ID`` (from a proxy) is kept; otherwise the id is this
-    process's random prefix and a counter: unique, and free to make.
+    def __init__(self, app: Any, trusted: Iterable[str] = ("127.0.0.1",)) -> None:
+        self.app = app
+        self.proxies = ProxyHeaders(trusted)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = self.proxies.apply(scope)
+        await self.app(scope, receive, send)
+
+
+class RequestIds:
+    """Request ids: a sane incoming ``X-Request-ID`` (from a proxy) is kept; otherwise the
+    id is this process's random prefix and a counter: unique, and free to make.
+
+    :attr:`var` is the context variable that structlog's ``bind_contextvars`` uses for
+    ``request_id``: setting it puts the id on every log line of the request (plugins'
+    included) through ``structlog.contextvars.merge_contextvars``.
     """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._prefix = f"{random.getrandbits(48):012x}-"
         self._counter = itertools.count(1)
+        tokens = structlog.contextvars.bind_contextvars(request_id=None)
+        token = tokens["request_id"]
+        self.var: contextvars.ContextVar[Any] = token.var
+        self.var.reset(token)
+
+    def pick(self, incoming: bytes | None) -> str:
+        """The id of a request whose ``X-Request-ID`` header is ``incoming`` (or absent)."""
+        if incoming is not None:
+            candidate = incoming.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+        return f"{self._prefix}{next(self._counter)}"
+
+
+class RequestIdMiddleware:
+    """Bind a request id (see :class:`RequestIds`) to the logging context and echo it as
+    ``X-Request-ID``."""
+
+    def __init__(self, app: Any, ids: RequestIds | None = None) -> None:
+        self.app = app
+        self.ids = ids or RequestIds()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
+        incoming = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if _REQUEST_ID.match(candidate):
-                    request_id = candidate
+                incoming = value
                 break
-        if request_id is None:
-            request_id = f"{self._prefix}{next(self._counter)}"
+        request_id = self.ids.pick(incoming)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -153,8 +200,8 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = self.ids.var.set(request_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            self.ids.var.reset(token)
