@@ -195,8 +195,7 @@ class HmacCheck(Authenticator):
             uri = quote_plus(uri.lower(), safe="").lower()
         encoded_body = base64.b64encode(body).decode()
         message = f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}{encoded_body}"
-        mac = hmac.new(self.secrets[app_id], message.encode(), self.digest)
-        return base64.b64encode(mac.digest())
+        return base64.b64encode(hmac.digest(self.secrets[app_id], message.encode(), self.digest))
 
     def check(self, request: Request) -> None:
         value = request.header(b"authorization")

@@ -740,3 +740,108 @@ def test_app_logs_one_callback_line_and_never_the_key() -> None:
     assert line["status"] == 401
     assert isinstance(line["duration_ms"], int | float)
     assert line["log_level"] == "warning"
+
+
+# --- request ids and the front door -------------------------------------------------------
+
+
+class ContextSpy:
+    """Records structlog's context variables as a handler sees them."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    @hookimpl
+    def on_message(self, event: Event) -> None:
+        import structlog
+
+        self.seen.append(structlog.contextvars.get_contextvars())
+
+
+def _with_user_middleware(app: Any) -> Any:
+    class Passthrough:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Passthrough)
+    return app
+
+
+@pytest.mark.parametrize("way", ["front door", "router"])
+def test_app_request_id_is_kept_echoed_and_bound_for_handlers(way: str) -> None:
+    spy = ContextSpy()
+    app = make_app(plugins=[spy])
+    if way == "router":  # user middleware: callbacks take Starlette's usual way
+        app = _with_user_middleware(app)
+    client = TestClient(app)
+    with capture_logs() as logs:
+        kept = client.post(
+            "/w", content=WHISPIR_REPLY, headers={**JSON, "X-Request-ID": "proxy-abc.123"}
+        )
+        made = client.post("/w", content=WHISPIR_REPLY, headers=JSON)
+        refused = client.post(
+            "/w", content=WHISPIR_REPLY, headers={**JSON, "X-Request-ID": "bad id\twith space"}
+        )
+    assert kept.status_code == made.status_code == refused.status_code == 200
+    assert kept.headers["x-request-id"] == "proxy-abc.123"
+    assert made.headers["x-request-id"] and made.headers["x-request-id"] != "proxy-abc.123"
+    assert refused.headers["x-request-id"] not in ("", "bad id\twith space")
+    assert made.headers["x-request-id"] != refused.headers["x-request-id"]
+    # The handler ran with the id in structlog's context, and nothing leaks afterwards.
+    assert [seen["request_id"] for seen in spy.seen] == [
+        "proxy-abc.123",
+        made.headers["x-request-id"],
+        refused.headers["x-request-id"],
+    ]
+    import structlog
+
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+    assert len([e for e in logs if e["event"] == "callback"]) == 3
+
+
+def test_app_request_id_is_on_error_answers_too() -> None:
+    client = client_for()
+    response = client.post("/keyed", content=WHISPIR_REPLY, headers={**JSON, "X-Request-ID": "r-1"})
+    assert response.status_code == 401
+    assert response.headers["x-request-id"] == "r-1"
+    other = client.get("/healthz", headers={"X-Request-ID": "r-2"})
+    assert other.headers["x-request-id"] == "r-2"
+
+
+@pytest.mark.parametrize("way", ["front door", "router"])
+def test_app_forwarded_for_from_a_trusted_proxy_sets_the_client(way: str) -> None:
+    # The peer is a trusted proxy (127.0.0.1, the default); only the forwarded address
+    # is allowed.
+    channels = {"w": Channel(provider="whispir", auth="none", allow_ips=["203.0.113.0/24"])}
+    app = make_app(channels=channels)
+    if way == "router":
+        app = _with_user_middleware(app)
+    client = TestClient(app, client=("127.0.0.1", 40000))
+    direct = client.post("/w", content=WHISPIR_REPLY, headers=JSON)
+    with capture_logs() as logs:
+        forwarded = client.post(
+            "/w", content=WHISPIR_REPLY, headers={**JSON, "X-Forwarded-For": "203.0.113.9"}
+        )
+    assert direct.status_code == 401
+    assert forwarded.status_code == 200, forwarded.text
+    [line] = [e for e in logs if e["event"] == "callback"]
+    assert line["client"] == "203.0.113.9"
+
+
+def test_app_callback_line_names_client_type_and_event() -> None:
+    client = client_for()
+    with capture_logs() as logs:
+        response = client.post("/op", content=ONEPOINT_RECEIPT, headers=JSON)
+        refused = client.post("/op", content=b"{not json", headers=JSON)
+    assert response.status_code == 200 and refused.status_code == 400
+    good, bad = [e for e in logs if e["event"] == "callback"]
+    assert good["log_level"] == "info"
+    assert good["type"] == "receipt"
+    assert good["client"] == "testclient"
+    assert good["event_id"] and good["channel"] == "op" and good["provider"] == "onepoint"
+    assert bad["log_level"] == "warning"
+    assert bad["method"] == "POST" and bad["client"] == "testclient"
+    assert bad["reason"] and "{not json" not in bad["reason"]

@@ -1,0 +1,86 @@
+"""Tests for the command line's logging set-up: JSON lines, batched writes, one processor."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+import receiver.logs
+from receiver.logs import BatchedWriter, configure_logging, flush_logs
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """Put structlog, the root logger and the shared writer back as they were."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        flush_logs()
+        structlog.configure(**config)
+        structlog.contextvars.clear_contextvars()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        receiver.logs._writer = None
+
+
+def test_logs_batched_writer_loses_no_line_written_from_many_threads() -> None:
+    sink = io.BytesIO()
+    writer = BatchedWriter(sink, interval=0.001)  # flushing all the time, meanwhile
+    per_thread, threads = 5_000, 4
+
+    def produce(number: int) -> None:
+        for i in range(per_thread):
+            writer.write(b"%d-%d\n" % (number, i))
+
+    workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    writer.flush()
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == per_thread * threads
+    assert len(set(lines)) == len(lines)
+    for n in range(threads):  # each thread's lines stay in its order
+        mine = [line for line in lines if line.startswith(b"%d-" % n)]
+        assert mine == [b"%d-%d" % (n, i) for i in range(per_thread)]
+
+
+def _lines(capfd: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    flush_logs()
+    return [json.loads(line) for line in capfd.readouterr().err.splitlines() if line]
+
+
+def test_logs_json_line_has_context_level_timestamp_and_traceback(
+    restore_structlog: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "info")
+    log = structlog.get_logger()
+    structlog.contextvars.bind_contextvars(request_id="r-42")
+    log.debug("hidden")
+    log.info("hello", n=1)
+    log.warn("careful")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("failed", channel="w")
+    structlog.contextvars.clear_contextvars()
+    log.info("after")
+    hello, careful, failed, after = _lines(capfd)
+    assert hello["event"] == "hello" and hello["n"] == 1
+    assert hello["level"] == "info" and hello["request_id"] == "r-42"
+    assert hello["timestamp"].endswith("Z") and len(hello["timestamp"]) == 24
+    assert careful["level"] == "warning"
+    assert failed["level"] == "error" and failed["channel"] == "w"
+    assert "RuntimeError: boom" in failed["exception"] and "exc_info" not in failed
+    assert "request_id" not in after
