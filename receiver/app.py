@@ -73,6 +73,8 @@ class _Route:
     provider: Provider
     authenticator: Authenticator
     allowed: Networks
+    restricted: bool = False
+    """Whether ``allowed`` restricts anything (``allow_ips`` is set)."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (see :func:`_logger`)."""
 
@@ -141,12 +143,14 @@ class CallbackEndpoint:
                 raise ConfigError(f"channels.{name}: {exc}") from None
             if channel.auth == "none":
                 log.warning("channel accepts callbacks without authentication", channel=name)
+            allowed = Networks(channel.allow_ips)
             self.routes[name] = _Route(
                 name,
                 channel,
                 provider,
                 build_authenticator(channel, name),
-                Networks(channel.allow_ips),
+                allowed,
+                bool(allowed),
             )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -205,9 +209,13 @@ class CallbackEndpoint:
                 _log_failure(scope, name, trace, status, started, reason)
             else:
                 _log_callback(scope, name, trace, status, started)
-            if extra:
-                out = [*out, *extra]
-            await _respond(send, status, body, out, head=scope["method"] == "HEAD")
+            length = (b"content-length", str(len(body)).encode()) if body else _EMPTY_LENGTH
+            await send(
+                {"type": "http.response.start", "status": status, "headers": [*out, *extra, length]}
+            )
+            await send(
+                {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+            )
         finally:
             if token is not None:
                 ids.var.reset(token)  # type: ignore[union-attr]
@@ -242,7 +250,7 @@ class CallbackEndpoint:
             raise MethodNotAllowed(f"method {method} not allowed: use POST (or GET)")
         if route is None:
             raise UnknownChannel(f"no channel named {name!r}")
-        if route.allowed:
+        if route.restricted:
             client = scope.get("client")
             if not (client and client[0] in route.allowed):
                 raise NotAuthenticated("client address not allowed")
@@ -504,14 +512,6 @@ async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
 
 
 _EMPTY_LENGTH = (b"content-length", b"0")
-
-
-async def _respond(
-    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]], *, head: bool
-) -> None:
-    length = (b"content-length", str(len(body)).encode()) if body else _EMPTY_LENGTH
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, length]})
-    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def _log_callback(scope: Scope, name: str, trace: _Trace, status: int, started: float) -> None:

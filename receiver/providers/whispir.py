@@ -374,20 +374,16 @@ def _contact(value: _From | None) -> Contact | None:
     """The ``from`` block as a Contact, blanks as None; None when it says nothing."""
     if value is None:
         return None
-    name, mri, mobile, email, voice = (
-        _blank_none(value.name),
-        _blank_none(value.mri),
-        _blank_none(value.mobile),
-        _blank_none(value.email),
-        _blank_none(value.voice),
-    )
+    name, mri, mobile, email, voice = value.name, value.mri, value.mobile, value.email, value.voice
+    # Blank or whitespace-only fields are None (written out: this runs on every callback).
+    name = name if name and not name.isspace() else None
+    mri = mri if mri and not mri.isspace() else None
+    mobile = mobile if mobile and not mobile.isspace() else None
+    email = email if email and not email.isspace() else None
+    voice = voice if voice and not voice.isspace() else None
     if name is None and mri is None and mobile is None and email is None and voice is None:
         return None
     return Contact(name=name, mri=mri, mobile=mobile, email=email, voice=voice)
-
-
-def _blank_none(value: str | None) -> str | None:
-    return None if not value or value.isspace() else value
 
 
 def _address(sender: Contact | None, medium: str | None) -> str | None:
