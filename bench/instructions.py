@@ -1,0 +1,135 @@
+"""Instructions per request, counted by valgrind: the same figure on a busy host as an idle one.
+
+Run: ``.venv/bin/python bench/instructions.py`` (needs ``valgrind``: ``apt-get install
+valgrind``; about a minute). ``--only NAME`` (repeat or comma-separate) limits the rows.
+
+The load benchmark (``bench/load.py``) measures the real thing, but on a small shared
+machine its requests/s move by a third from one run to the next. This one drives each
+app's ASGI callable directly (no server, no sockets: the part of a request that is the
+app's own) in a loop, under ``valgrind --tool=cachegrind``, twice: with ``--requests``
+requests and with one. The difference divided by the count is the app's instructions per
+request, repeatable to a fraction of a percent. Rows: ``baseline`` (the bare Starlette
+route of ``bench/apps.py``) and the four journal-off receiver scenarios, each with the
+same request bytes as in ``bench/load.py``; the ratio column is baseline's count over the
+row's (higher is better, 1.0 = as cheap as the bare route).
+
+Instructions are not time (a cache miss costs more than an add), but the count moves
+with the work done, which is what a change on the request path changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.load import HOST, Scenario, scenarios  # noqa: E402
+
+ROWS = ("baseline", "whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac")
+WARM_UP = 300
+_IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def _scenario(name: str) -> Scenario:
+    return next(s for s in scenarios() if s.name == name and not s.journal)
+
+
+async def _drive(name: str, count: int) -> None:
+    """Build ``name``'s app, run its lifespan, and send it ``count`` requests (after a
+    warm-up), checking every answer is a 200."""
+    scenario = _scenario(name)
+    app = getattr(importlib.import_module("bench.apps"), name)()
+    headers = [(k.lower().encode(), v.encode()) for k, v in scenario.request_headers(8000).items()]
+    headers.append((b"content-length", str(len(scenario.body)).encode()))
+    startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await startup.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, startup.get, events.put)
+    )
+    await events.get()
+    message = {"type": "http.request", "body": scenario.body, "more_body": False}
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(sent: dict[str, Any]) -> None:
+        if sent["type"] == "http.response.start":
+            statuses.append(sent["status"])
+
+    for _ in range(WARM_UP + count):
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "server": (HOST, 8000), "client": (HOST, 50000), "scheme": "http",
+            "method": "POST", "root_path": "", "path": "/sms", "raw_path": b"/sms",
+            "query_string": b"", "headers": list(headers), "state": {},
+        }  # fmt: skip
+        await app(scope, receive, send)
+    if statuses != [200] * len(statuses):
+        raise SystemExit(f"{name}: answers other than 200: {sorted(set(statuses))}")
+    await startup.put({"type": "lifespan.shutdown"})
+    await lifespan
+
+
+def _count(name: str, requests: int) -> int:
+    """Instructions of a whole process that serves ``requests`` requests to ``name``."""
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "BENCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL") or "info",
+        "BENCH_JOURNAL": "none",
+        "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    done = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, __file__, "--drive", name, "--requests", str(requests)],
+        capture_output=True, text=True, env=env, cwd=ROOT, check=False,
+    )  # fmt: skip
+    found = _IREFS.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        tail = "\n".join(done.stderr.splitlines()[-5:])
+        raise SystemExit(f"{name}: the counted run failed ({done.returncode}):\n{tail}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, metavar="N")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME")
+    parser.add_argument("--drive", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        asyncio.run(_drive(args.drive, args.requests))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    only = [n for item in args.only for n in item.split(",") if n]
+    rows = [n for n in ROWS if not only or n in only or n == "baseline"]
+    level = os.environ.get("BENCH_LOG_LEVEL") or "info"
+    python = sys.version.split()[0]
+    print(f"valgrind cachegrind, {args.requests} requests after {WARM_UP} warm-up ones, "
+          f"logs at {level}; Python {python}")  # fmt: skip
+    print(f"{'scenario':<16}{'instructions/request':>22}{'x base':>9}")
+    base = None
+    for name in rows:
+        per_request = (_count(name, args.requests) - _count(name, 1)) / (args.requests - 1)
+        base = base or per_request
+        print(f"{name:<16}{per_request:>22,.0f}{base / per_request:>9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
