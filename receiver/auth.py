@@ -61,13 +61,22 @@ def request_url(scope: dict[str, Any]) -> str:
     already holds its mount prefix), the host is the Host header (after trusted proxy
     headers are applied) or the server address.
     """
+    return _url(scope, _first_header(scope["headers"], b"host"))
+
+
+def _first_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _url(scope: dict[str, Any], host_header: bytes | None) -> str:
+    """:func:`request_url` with the Host header already looked up."""
     scheme = scope.get("scheme", "http")
-    host = None
-    for key, value in scope["headers"]:
-        if key == b"host":
-            host = value.decode("latin-1")
-            break
-    if host is None:
+    if host_header is not None:
+        host = host_header.decode("latin-1")
+    else:
         server = scope.get("server") or ("localhost", None)
         default = 443 if scheme == "https" else 80
         host = server[0] if server[1] in (None, default) else f"{server[0]}:{server[1]}"
@@ -183,7 +192,7 @@ class HmacCheck(Authenticator):
     def url(self, request: Request) -> str:
         """The URL the signature covers: ``public_url`` (plus the query) when set."""
         if self.public_url is None:
-            return request_url(request.scope)
+            return _url(request.scope, request.header(b"host"))
         query = request.scope.get("query_string", b"")
         return f"{self.public_url}?{query.decode('latin-1')}" if query else self.public_url
 
@@ -193,9 +202,10 @@ class HmacCheck(Authenticator):
         uri = self.url(request)
         if self.lower_urlencoded:
             uri = quote_plus(uri.lower(), safe="").lower()
-        encoded_body = base64.b64encode(body).decode()
+        encoded_body = binascii.b2a_base64(body, newline=False).decode()
         message = f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}{encoded_body}"
-        return base64.b64encode(hmac.digest(self.secrets[app_id], message.encode(), self.digest))
+        mac = hmac.digest(self.secrets[app_id], message.encode(), self.digest)
+        return binascii.b2a_base64(mac, newline=False)
 
     def check(self, request: Request) -> None:
         value = request.header(b"authorization")
