@@ -1,9 +1,11 @@
 """The ASGI app: one endpoint per channel, and the path each callback takes through it.
 
-The request path reads top to bottom in :meth:`CallbackEndpoint.handle`: method ->
-channel -> client address -> (a GET with no callback is a URL check: 200) -> body, read
-once and bounded -> authenticate on the raw bytes -> parse and normalize -> dispatch to
-the plugins -> answer. Every failure is an exception whose HTTP status comes from
+A callback for a configured channel goes from the app's front door (:class:`_FrontDoor`)
+to :meth:`CallbackEndpoint.serve` (trusted proxy headers, request id, the answer and its
+log line), whose :meth:`CallbackEndpoint.handle` reads top to bottom: method -> channel
+-> client address -> (a GET with no callback is a URL check: 200) -> body, read once and
+bounded -> authenticate on the raw bytes -> parse and normalize -> dispatch to the
+plugins -> answer. Every failure is an exception whose HTTP status comes from
 :data:`receiver.errors.STATUS`; nothing else decides a status.
 """
 
@@ -184,11 +186,11 @@ class CallbackEndpoint:
             if changed is not scope:
                 scope, headers = changed, _index(changed["headers"])
         extra: list[tuple[bytes, bytes]] = []
-        token = None
+        bound = None
         if ids is not None:
             request_id = ids.pick(headers.get(b"x-request-id"))
             extra.append((b"x-request-id", request_id.encode()))
-            token = ids.var.set(request_id)
+            bound = ids.var, ids.var.set(request_id)
         trace = _Trace(route)
         try:
             try:
@@ -217,8 +219,8 @@ class CallbackEndpoint:
                 {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
             )
         finally:
-            if token is not None:
-                ids.var.reset(token)  # type: ignore[union-attr]
+            if bound is not None:
+                bound[0].reset(bound[1])
         if self.metrics is not None and route is not None:
             event = trace.event
             self.metrics.observe(
