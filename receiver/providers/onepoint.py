@@ -171,30 +171,37 @@ class OnePointProvider(Provider):
             metadata.update(extra_metadata)
         status = fields.Status
         stamp = fields.Timestamp
+        # Positional, in field order: msgspec matches each keyword argument by name, which
+        # costs three times the positional call.
         return Event(
-            id=event_id or new_event_id(),
-            received_at=received_at,
-            channel=channel,
-            provider=self.name,
-            type=event_type,
-            raw=raw,
-            provider_type=provider_type,
-            message_id=_str(fields.MessageID),
-            source=_str(fields.Source),
-            destination=_str(fields.Destination),
-            text=fields.Message,
-            status=_status(status) if status else None,
-            provider_status=status,
-            occurred_at=parse_iso_timestamp(stamp) if stamp else None,
-            provider_timestamp=stamp,
-            metadata=metadata,
-            inbound=fields.Inbound,
-            test=fields.Test,
-            lookup=fields.Lookup,
-            reachable=fields.Reachable,
-            carrier=fields.Carrier or None,
-            number_type=snake(fields.NumberType) if fields.NumberType else None,
-            segments=fields.Segments,
+            event_id or new_event_id(),  # id
+            received_at,
+            channel,
+            self.name,  # provider
+            event_type,  # type
+            raw,
+            provider_type,
+            _str(fields.MessageID),  # message_id
+            None,  # location
+            _str(fields.Source),  # source
+            _str(fields.Destination),  # destination
+            fields.Message,  # text
+            None,  # medium
+            _status(status) if status else None,  # status
+            status,  # provider_status
+            None,  # previous_status
+            parse_iso_timestamp(stamp) if stamp else None,  # occurred_at
+            stamp,  # provider_timestamp
+            None,  # sender
+            {},  # custom
+            metadata,
+            fields.Inbound,  # inbound
+            fields.Test,  # test
+            fields.Lookup,  # lookup
+            fields.Reachable,  # reachable
+            fields.Carrier or None,  # carrier
+            snake(fields.NumberType) if fields.NumberType else None,  # number_type
+            fields.Segments,  # segments
         )
 
     def render_reply(self, event: Event, reply: Reply) -> bytes:
