@@ -190,20 +190,21 @@ class UnsupportedPayload(PayloadError):
 def new_event_id() -> str:
     """Return a new UUIDv7 (RFC 9562) string: millisecond time first, then 74 random bits.
 
-    The random bits come from :mod:`random` (ids must be unique, not secret): a tenth of
-    the cost of a system call to ``os.urandom`` on the request path.
+    The 12 bits after the version are drawn once per millisecond (with the formatted
+    time), the last 62 per id. The random bits come from :mod:`random` (ids must be
+    unique, not secret): a tenth of the cost of a system call to ``os.urandom`` on the
+    request path.
     """
     global _last_ms, _last_prefix
     ms = time.time_ns() // 1_000_000
     if ms != _last_ms:
         h = f"{ms:012x}"
-        _last_ms, _last_prefix = ms, f"{h[:8]}-{h[8:]}-"
-    r = f"{_getrandbits(80) & _RANDOM_MASK | _VERSION_BITS:020x}"
-    return f"{_last_prefix}{r[:4]}-{r[4:8]}-{r[8:]}"
+        _last_ms, _last_prefix = ms, f"{h[:8]}-{h[8:]}-7{_getrandbits(12):03x}-"
+    tail = (_getrandbits(62) | _VARIANT_BITS).to_bytes(8, "big").hex()
+    return f"{_last_prefix}{tail[:4]}-{tail[4:]}"
 
 
-_RANDOM_MASK = (0xFFF << 64) | (2**62 - 1)
-_VERSION_BITS = (0x7 << 76) | (0b10 << 62)
+_VARIANT_BITS = 0b10 << 62
 _last_ms = -1
 _last_prefix = ""
 _random = random.Random()
