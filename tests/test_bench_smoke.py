@@ -54,3 +54,19 @@ def test_bench_quick_runs_every_scenario() -> None:
         assert (name, journal) in rows, f"no row for {name} ({journal})\n{output}"
         assert rows[name, journal][-1] == "ok", f"{name} ({journal}) not ok\n{output}"
     assert "memory check:" in done.stdout, output
+
+
+@pytest.mark.parametrize(
+    "name", ["baseline", "whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac"]
+)
+def test_bench_instructions_driver_answers_every_request_200(name: str) -> None:
+    # The loop bench/instructions.py counts under valgrind, run here without valgrind:
+    # it exits non-zero when any answer is not a 200 (e.g. the signature no longer matches).
+    done = subprocess.run(
+        [sys.executable, "bench/instructions.py", "--drive", name, "--requests", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1", "BENCH_JOURNAL": "none",
+             "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answers other than 200" not in done.stderr
