@@ -27,7 +27,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.auth import Authenticator, Request, build_authenticator
+from receiver.auth import Authenticator, Request, build_authenticator, header_index
 from receiver.config import Channel, Config, load_config
 from receiver.errors import (
     BodyTooLarge,
@@ -74,9 +74,8 @@ class _Route:
     channel: Channel
     provider: Provider
     authenticator: Authenticator
-    allowed: Networks
-    restricted: bool = False
-    """Whether ``allowed`` restricts anything (``allow_ips`` is set)."""
+    allowed: Networks | None
+    """The networks ``allow_ips`` admits; None when the channel admits every address."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (see :func:`_logger`)."""
 
@@ -145,14 +144,12 @@ class CallbackEndpoint:
                 raise ConfigError(f"channels.{name}: {exc}") from None
             if channel.auth == "none":
                 log.warning("channel accepts callbacks without authentication", channel=name)
-            allowed = Networks(channel.allow_ips)
             self.routes[name] = _Route(
                 name,
                 channel,
                 provider,
                 build_authenticator(channel, name),
-                allowed,
-                bool(allowed),
+                Networks(channel.allow_ips) if channel.allow_ips else None,
             )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -180,11 +177,11 @@ class CallbackEndpoint:
         makes anyway, instead of two middleware layers.
         """
         started = time.perf_counter()
-        headers = _index(scope["headers"])
+        headers = header_index(scope["headers"])
         if proxies is not None and not FORWARDING_HEADERS.isdisjoint(headers):
             changed = proxies.apply(scope)
             if changed is not scope:
-                scope, headers = changed, _index(changed["headers"])
+                scope, headers = changed, header_index(changed["headers"])
         extra: list[tuple[bytes, bytes]] = []
         bound = None
         if ids is not None:
@@ -252,7 +249,7 @@ class CallbackEndpoint:
             raise MethodNotAllowed(f"method {method} not allowed: use POST (or GET)")
         if route is None:
             raise UnknownChannel(f"no channel named {name!r}")
-        if route.restricted:
+        if route.allowed is not None:
             client = scope.get("client")
             if not (client and client[0] in route.allowed):
                 raise NotAuthenticated("client address not allowed")
@@ -474,11 +471,6 @@ def _meta(scope: Scope, route: _Route) -> dict[str, str]:
         if key in _KEPT_HEADERS:
             meta[key.decode()] = value.decode("latin-1")
     return meta
-
-
-def _index(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """Request headers by name, the first value of each (as :class:`Request` reads them)."""
-    return dict(reversed(headers))
 
 
 async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:

@@ -22,7 +22,7 @@ import structlog
 from receiver.config import Channel
 from receiver.errors import ConfigError, NotAuthenticated
 
-__all__ = ["Authenticator", "Request", "build_authenticator", "request_url"]
+__all__ = ["Authenticator", "Request", "build_authenticator", "header_index", "request_url"]
 
 log = structlog.get_logger()
 
@@ -40,7 +40,7 @@ class Request:
         self.scope = scope
         self.body = body
         self.headers: dict[bytes, bytes] = (
-            headers if headers is not None else dict(reversed(scope["headers"]))
+            headers if headers is not None else header_index(scope["headers"])
         )
         """The request's headers by lowercase name, the first value of each."""
 
@@ -61,14 +61,12 @@ def request_url(scope: dict[str, Any]) -> str:
     already holds its mount prefix), the host is the Host header (after trusted proxy
     headers are applied) or the server address.
     """
-    return _url(scope, _first_header(scope["headers"], b"host"))
+    return _url(scope, header_index(scope["headers"]).get(b"host"))
 
 
-def _first_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
+def header_index(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """ASGI request headers by name, the first value of each (one C-level pass)."""
+    return dict(reversed(headers))
 
 
 def _url(scope: dict[str, Any], host_header: bytes | None) -> str:
