@@ -40,7 +40,7 @@ def test_logs_batched_writer_loses_no_line_written_from_many_threads() -> None:
 
     def produce(number: int) -> None:
         for i in range(per_thread):
-            writer.write(b"%d-%d\n" % (number, i))
+            writer.write(b"%d-%d" % (number, i))
 
     workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
     for worker in workers:
@@ -84,3 +84,36 @@ def test_logs_json_line_has_context_level_timestamp_and_traceback(
     assert failed["level"] == "error" and failed["channel"] == "w"
     assert "RuntimeError: boom" in failed["exception"] and "exc_info" not in failed
     assert "request_id" not in after
+
+
+def test_logs_json_method_line_equals_structlog_processor_chain_line(
+    restore_structlog: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The JSON wrapper's own rendering gives the line structlog's chain would."""
+    configure_logging("json", "info")
+    log = structlog.get_logger(channel="w", provider="bound").bind(shared="bound")
+    structlog.contextvars.bind_contextvars(request_id="r-1", shared="contextvar", provider="cv")
+    kinds = {"status": 200, "ms": 1.5, "none": None, "list": [1, "a"], "obj": object()}
+    log.info("fast", shared="keyword", **kinds)
+    log.warning("fast %s", "interpolated")  # positional arguments: structlog's own way
+    with_chain = structlog.get_config()["processors"]
+    structlog.configure(processors=list(with_chain))  # equal, but not the one it knows
+    structlog.get_logger(channel="w", provider="bound").bind(shared="bound").info(
+        "slow", shared="keyword", **kinds
+    )
+    fast, interpolated, slow = _lines(capfd)
+    for line in (fast, slow):
+        assert line.pop("timestamp").endswith("Z")
+        assert line.pop("obj").startswith("<object object")
+    assert (fast.pop("event"), slow.pop("event")) == ("fast", "slow")
+    assert fast == slow
+    assert fast == {
+        "channel": "w",
+        "provider": "bound",  # bound context wins over a context variable
+        "shared": "keyword",  # a keyword wins over both
+        "request_id": "r-1",
+        "level": "info",
+        **{key: value for key, value in kinds.items() if key != "obj"},
+    }
+    assert interpolated["event"] == "fast interpolated" and interpolated["level"] == "warning"
+    assert list(slow) == list(fast)  # same key order too
