@@ -174,14 +174,18 @@ class HmacCheck(Authenticator):
 
     def __init__(self, channel: Channel, channel_name: str) -> None:
         decode = base64.b64decode if channel.hmac_key_encoding == "base64" else str.encode
+        digest = hashlib.sha256 if channel.hmac_hash == "sha256" else hashlib.sha1
         try:
-            self.secrets = {app: decode(secret) for app, secret in channel.credentials.items()}
+            # One keyed HMAC per AppId, copied per request: the key set-up is done once.
+            self.macs = {
+                app: hmac.new(decode(secret), digestmod=digest)
+                for app, secret in channel.credentials.items()
+            }
         except (binascii.Error, ValueError):
             raise ConfigError(
                 f"channels.{channel_name}.credentials: hmac_key_encoding = 'base64' "
                 "but a Secret is not valid Base64"
             ) from None
-        self.digest = hashlib.sha256 if channel.hmac_hash == "sha256" else hashlib.sha1
         self.md5_body = channel.hmac_body == "md5"
         self.lower_urlencoded = channel.hmac_uri == "lower-urlencoded"
         self.public_url = channel.public_url.rstrip("/") if channel.public_url else None
@@ -200,10 +204,10 @@ class HmacCheck(Authenticator):
         uri = self.url(request)
         if self.lower_urlencoded:
             uri = quote_plus(uri.lower(), safe="").lower()
-        encoded_body = binascii.b2a_base64(body, newline=False).decode()
-        message = f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}{encoded_body}"
-        mac = hmac.digest(self.secrets[app_id], message.encode(), self.digest)
-        return binascii.b2a_base64(mac, newline=False)
+        mac = self.macs[app_id].copy()
+        mac.update(f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}".encode())
+        mac.update(binascii.b2a_base64(body, newline=False))
+        return binascii.b2a_base64(mac.digest(), newline=False)
 
     def check(self, request: Request) -> None:
         value = request.header(b"authorization")
@@ -218,7 +222,7 @@ class HmacCheck(Authenticator):
         if len(parts) != 4:
             raise NotAuthenticated("malformed signature: expected AppId:Signature:Nonce:Timestamp")
         app_id, presented, nonce, timestamp = parts
-        if app_id not in self.secrets:
+        if app_id not in self.macs:
             raise NotAuthenticated("wrong credentials: unknown AppId")
         expected = self.signature(request, app_id, nonce, timestamp)
         if not hmac.compare_digest(presented.encode("latin-1"), expected):

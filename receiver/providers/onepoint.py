@@ -269,8 +269,10 @@ def _recognizable(fields: _Fields) -> bool:
     )
 
 
+@lru_cache(maxsize=256)
 def _type(value: str) -> EventType | None:
-    known = TYPES.get(value)  # the documented spellings, lowercase: most callbacks
+    """The event type of a ``Type`` value (cached: senders use a handful of spellings)."""
+    known = TYPES.get(value)
     return known if known is not None else TYPES.get(squash(value))
 
 
