@@ -13,6 +13,11 @@ to another. The scenarios:
   body), ``onepoint_hmac`` (a signed OnePoint receipt): receiver, each with the journal
   off and with the SQLite journal on, logging one JSON line per callback to a file.
 
+Baseline runs first, again after every three other scenarios, and last; each row's ratio
+to baseline is against the mean of the baseline runs just before and after it, because
+this kind of host's load drifts within a run (one baseline at the start misjudged the
+late rows by a third).
+
 A Lua ``response()`` checks every answer (status 200; for ``onepoint_reply`` a body with
 "thanks") in every scenario, so all pay the same client-side cost. The table gives
 requests/s, p50/p99 latency, ratios to ``baseline`` and ``naive`` from the same run, the
@@ -87,6 +92,7 @@ BASELINE_TARGETS = [
 ]
 NAIVE_FACTOR = 2.5  # every receiver row, in requests/s, at least this times naive's
 P99_FACTOR = 2.0  # every journal-off receiver row's p99 at most this times baseline's
+BASELINE_EVERY = 3  # baseline runs again after this many other scenarios
 
 
 # -- scenarios ----------------------------------------------------------------------------
@@ -414,10 +420,59 @@ class Row:
     cpu_us: float | None = None
     problems: list[str] = field(default_factory=list)
     detail: str = ""
+    bracket: list[Row] = field(default_factory=list)
+    """The baseline runs just before and just after this row's (its reference)."""
 
     @property
     def ok(self) -> bool:
         return not self.problems and self.result is not None
+
+    def reference(self) -> Reference | None:
+        """Baseline's figures next to this row: the mean of its bracketing runs."""
+        runs = [r for r in self.bracket if r.ok and r.result is not None and r.result.requests]
+        if not runs:
+            return None
+        cpus = [r.cpu_us for r in runs if r.cpu_us]
+        return Reference(
+            rate=sum(r.result.rate for r in runs if r.result) / len(runs),
+            p99_ms=sum(r.result.p99_ms for r in runs if r.result) / len(runs),
+            cpu_us=sum(cpus) / len(cpus) if cpus else None,
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    rate: float
+    p99_ms: float
+    cpu_us: float | None
+
+
+def interleave(selected: list[Scenario], every: int) -> list[Scenario]:
+    """``selected`` with baseline run again after every ``every`` other scenarios and at
+    the end, so that each row is compared with baseline runs made just before and after
+    it (the host's load drifts over a run; one baseline at the start misjudges late rows).
+    """
+    base = next((s for s in selected if s.name == "baseline"), None)
+    others = [s for s in selected if s.name != "baseline"]
+    if base is None:
+        return others
+    order = [base]
+    for start in range(0, len(others), every):
+        order.extend(others[start : start + every])
+        order.append(base)
+    return order
+
+
+def bracket(rows: list[Row]) -> None:
+    """Give each row its bracketing baseline runs (a baseline run: the two around it)."""
+    positions = [i for i, r in enumerate(rows) if r.scenario.name == "baseline"]
+    for i, row in enumerate(rows):
+        before = [p for p in positions if p < i]
+        after = [p for p in positions if p > i]
+        if row.scenario.name == "baseline":
+            row.bracket = [rows[p] for p in positions]  # against all of baseline's runs
+        else:
+            row.bracket = [rows[p] for p in (before[-1:] + after[:1])]
 
 
 def run_scenario(scenario: Scenario, pins: Pins, seconds: int, workdir: Path) -> Row:
@@ -587,7 +642,6 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    base = next((r for r in rows if r.scenario.name == "baseline" and r.ok), None)
     naive = next((r for r in rows if r.scenario.name == "naive" and r.ok), None)
     header = (f"{'scenario':<15}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'x base':>8}{'x naive':>8}{'CPU us':>8}{'x base':>8}{'RSS MB':>8}  check")
@@ -596,16 +650,20 @@ def print_table(rows: list[Row]) -> None:
     for row in rows:
         result = row.result if row.result is not None and row.result.requests else None
         rate = result.rate if result else None
-        x_base = rate / base.result.rate if rate and base and base.result else None
+        ref = row.reference()
+        x_base = rate / ref.rate if rate and ref else None
         x_naive = rate / naive.result.rate if rate and naive and naive.result else None
         p50, p99 = (result.p50_ms, result.p99_ms) if result else (None, None)
         check = "ok" if row.ok else "; ".join(row.problems)
-        cpu_base = base.cpu_us / row.cpu_us if base and base.cpu_us and row.cpu_us else None
+        cpu_base = ref.cpu_us / row.cpu_us if ref and ref.cpu_us and row.cpu_us else None
         print(f"{row.scenario.name:<15}{row.scenario.journal_label:<8}"
               f"{fmt(rate, ',.0f'):>9}{fmt(p50, '.2f'):>9}{fmt(p99, '.2f'):>9}"
               f"{fmt(x_base, '.2f'):>8}"
               f"{fmt(x_naive, '.2f'):>8}{fmt(row.cpu_us, '.1f'):>8}{fmt(cpu_base, '.2f'):>8}"
               f"{fmt(row.peak_mb, '.1f'):>8}  {check}")
+    print("x base: against the mean of the baseline runs just before and after the row")
+    print(f"(baseline runs again after every {BASELINE_EVERY} scenarios; a baseline row's")
+    print("x base is against the mean of all its runs, which shows the host's drift).")
     print("CPU us: the server's CPU time (user + system, all threads) per request; its")
     print("x base (baseline's CPU per request / this one's) is steadier than req/s when")
     print("the host is busy.")
@@ -618,14 +676,15 @@ def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str
                      and r.scenario.journal == journal and r.ok), None)
 
     out: list[tuple[str, str, str]] = []
-    base, naive = find("baseline", False), find("naive", False)
+    naive = find("naive", False)
     for name, journal, target in BASELINE_TARGETS:
         label = f"{name} {'journal' if journal else 'off'} >= {target:.2f}x baseline req/s"
         row = find(name, journal)
-        if row is None or base is None or row.result is None or base.result is None:
+        ref = row.reference() if row is not None else None
+        if row is None or ref is None or row.result is None:
             out.append((label, "-", "n/a"))
             continue
-        ratio = row.result.rate / base.result.rate
+        ratio = row.result.rate / ref.rate
         out.append((label, f"{ratio:.2f}x", "pass" if ratio >= target else "MISS"))
 
     receivers = [r for r in rows if r.scenario.receiver and r.ok and r.result is not None]
@@ -639,11 +698,12 @@ def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str
         out.append((label, figure, "pass" if worst >= NAIVE_FACTOR else "MISS"))
 
     label = f"every journal-off p99 <= {P99_FACTOR:g}x baseline p99"
-    off = [r for r in receivers if not r.scenario.journal]
-    if base is None or base.result is None or not off:
+    off = [r for r in receivers if not r.scenario.journal and r.reference() is not None]
+    if not off:
         out.append((label, "-", "n/a"))
     else:
-        ratios = [(r.result.p99_ms / base.result.p99_ms, r) for r in off if r.result]
+        ratios = [(r.result.p99_ms / ref.p99_ms, r) for r in off
+                  if r.result and (ref := r.reference())]
         worst, row = max(ratios, key=lambda pair: pair[0])
         figure = f"highest {worst:.2f}x ({row.scenario.name})"
         out.append((label, figure, "pass" if worst <= P99_FACTOR else "MISS"))
@@ -701,12 +761,13 @@ def main() -> int:
     memory: MemoryCheck | None = None
     with tempfile.TemporaryDirectory(prefix="receiver-bench-") as temp:
         tmp = Path(temp)
-        for scenario in selected:
-            workdir = tmp / f"{scenario.name}-{scenario.journal_label}"
+        for number, scenario in enumerate(interleave(selected, BASELINE_EVERY)):
+            workdir = tmp / f"{number:02d}-{scenario.name}-{scenario.journal_label}"
             workdir.mkdir()
             print(f"running {scenario.label} for {seconds} s ...", file=sys.stderr, flush=True)
             rows.append(run_scenario(scenario, pin, seconds, workdir))
             shutil.rmtree(workdir, ignore_errors=True)  # logs and journal grow with the run
+        bracket(rows)
         if with_memory:
             target = next(s for s in every if s.name == "whispir_json" and not s.journal)
             measured = next((r for r in rows if r.scenario == target and r.ok), None)

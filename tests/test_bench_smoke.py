@@ -70,3 +70,32 @@ def test_bench_instructions_driver_answers_every_request_200(name: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "answers other than 200" not in done.stderr
+
+
+def test_bench_load_compares_each_row_with_the_baseline_runs_around_it() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.load import Row, WrkResult, bracket, interleave, scenarios
+    finally:
+        sys.path.remove(str(ROOT))
+    every = scenarios()
+    order = interleave(every, 3)
+    names = [s.name for s in order]
+    assert names[0] == names[-1] == "baseline"
+    others = [s for s in order if s.name != "baseline"]
+    assert others == [s for s in every if s.name != "baseline"]  # each once, in order
+    gaps = "".join("b" if n == "baseline" else "x" for n in names).split("b")
+    assert [len(gap) for gap in gaps[1:-1]] == [3, 3, 3]  # 9 others, 3 at a time
+
+    def row(name: str, rate: float) -> Row:
+        scenario = next(s for s in every if s.name == name)
+        return Row(scenario, WrkResult(requests=int(rate), seconds=1.0, p99_ms=rate / 1000))
+
+    rows = [row("baseline", 1000), row("naive", 10), row("baseline", 3000), row("naive", 20)]
+    bracket(rows)
+    first, last = rows[1].reference(), rows[3].reference()
+    assert first is not None and last is not None
+    assert (first.rate, first.p99_ms) == (2000, 2.0)  # the mean of the runs around it
+    assert last.rate == 3000  # after the last baseline run: that run alone
+    whole = rows[0].reference()
+    assert whole is not None and whole.rate == 2000  # a baseline run: all of baseline's
