@@ -83,8 +83,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ``sqlite:///<state_dir>/receiver.db`` for ``receiver serve``.
         state_dir: Where ``receiver serve`` keeps its state by default.
         duplicate_window: Seconds within which a re-sent callback (same provider key) is
-            a duplicate: answered as the original was, not dispatched again.
-        duplicate_body_window: Seconds within which an identical body is a duplicate.
+            a duplicate: answered as the original was, not dispatched again (0: off).
+        duplicate_body_window: Seconds within which an identical body is a duplicate
+            (0: off).
         retry_delays: Seconds before each retry of a failed event; after the last one
             the event is a dead letter.
     """
