@@ -514,12 +514,14 @@ def _log_callback(scope: Scope, name: str, trace: _Trace, status: int, started: 
     assert route is not None  # answered: the channel exists
     logger = route.logger or _logger(route)
     client = scope.get("client")
+    # Whole microseconds as milliseconds: three decimals, at half the cost of round().
+    duration_ms = int((time.perf_counter() - started) * 1_000_000) / 1000
     if event is None:  # a GET URL check
         logger.info(
             "callback",
             client=client[0] if client else None,
             status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=duration_ms,
         )
         return
     logger.info(
@@ -529,7 +531,7 @@ def _log_callback(scope: Scope, name: str, trace: _Trace, status: int, started: 
         message_id=event.message_id,
         event_id=event.id,
         status=status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=duration_ms,
     )
 
 
@@ -543,7 +545,7 @@ def _log_failure(
         "channel": name,
         "provider": route.provider.name if route is not None else None,
         "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "duration_ms": int((time.perf_counter() - started) * 1_000_000) / 1000,
         "method": scope["method"],
         "client": client[0] if client else None,
         "reason": reason,
