@@ -558,16 +558,20 @@ def memory_check(
             first = run_wrk(pins.wrk, script, url, first_s)
             rss_first = server.status_mb("VmRSS")
             rate = first.rate or rate  # measured just now, on this server
-            rest_s = math.ceil(max(total - first.requests, 0) / rate) if rate else 1
-            rest_s = max(1, min(rest_s, cap - first_s))
-            rest = run_wrk(pins.wrk, script, url, rest_s)
+            served, rest_s, problems = first.requests, 0, list(first.problems)
+            while served < total and first_s + rest_s < cap and not problems:
+                # Sized by the rate so far; again if the host slowed down meanwhile.
+                more = math.ceil((total - served) / rate) if rate else 1
+                more = max(1, min(more, cap - first_s - rest_s))
+                rest = run_wrk(pins.wrk, script, url, more)
+                served, rest_s = served + rest.requests, rest_s + more
+                problems.extend(rest.problems)
+                rate = rest.rate or rate
             rss_end = server.status_mb("VmRSS")
-            problems = first.problems + rest.problems
     except StartError as exc:
         return MemoryCheck([], [str(exc)], None)
     if rss_first is None or rss_end is None:
         return MemoryCheck(["VmRSS not readable (no /proc)"], problems, None)
-    served = first.requests + rest.requests
     growth = rss_end - rss_first
     lines.append(
         f"{scenario.name} (journal off), {first_s} s + {rest_s} s of wrk: VmRSS "
