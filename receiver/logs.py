@@ -88,7 +88,9 @@ def _json_method(name: str, slow: Callable[..., Any]) -> Callable[..., Any]:
     def method(self: Any, event: str, *args: Any, **kw: Any) -> Any:
         if args or "exc_info" in kw or self._processors is not _JSON_CHAIN:
             return slow(self, event, *args, **kw)
-        line = {**self._context, **kw, "event": event}
+        line = {**self._context, **kw}
+        if event is not None:  # (as structlog: no "event" key for None)
+            line["event"] = event
         for var, value in contextvars.copy_context().items():
             if value is not Ellipsis and var.name.startswith(_PREFIX):
                 line.setdefault(var.name[_PREFIX_LENGTH:], value)
