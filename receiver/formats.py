@@ -114,18 +114,21 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
     parser.EntityDeclHandler = _forbid_entity
     parser.UnparsedEntityDeclHandler = _forbid_entity
     parser.ExternalEntityRefHandler = _forbid_external
-    # Each open element is [name, children or None, text parts].
+    # Each open element is [name, children or None, where its text starts in ``texts``].
+    # Character data goes straight onto ``texts`` (a C-level append, no Python call per
+    # chunk); a leaf's text is what arrived between its start and its end.
     stack: list[list[Any]] = []
     root: list[Any] = []
+    texts: list[str] = []
 
     def start(tag: str, _attrs: object) -> None:
         if len(stack) >= MAX_XML_DEPTH:
             raise _Forbidden(f"nesting deeper than {MAX_XML_DEPTH} elements")
-        stack.append([tag.rpartition(":")[2], None, []])
+        stack.append([tag.rpartition(":")[2], None, len(texts)])
 
     def end(_tag: str) -> None:
-        name, children, text = stack.pop()
-        value = children if children is not None else "".join(text).strip()
+        name, children, first = stack.pop()
+        value = children if children is not None else "".join(texts[first:]).strip()
         if not stack:
             root.append(name)
             root.append(value)
@@ -143,13 +146,9 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
         else:
             siblings[name] = value
 
-    def data(text: str) -> None:
-        if stack:
-            stack[-1][2].append(text)
-
     parser.StartElementHandler = start
     parser.EndElementHandler = end
-    parser.CharacterDataHandler = data
+    parser.CharacterDataHandler = texts.append
     try:
         parser.Parse(body, True)
     except _Forbidden as exc:

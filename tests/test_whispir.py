@@ -1270,6 +1270,20 @@ def test_whispir_reply_xml_cdata_content() -> None:
     assert event.message_id == "A4B7C0D3E6F94A2B8C5D"
 
 
+def test_whispir_reply_xml_content_in_pieces_is_joined() -> None:
+    # Text split by entities, a CDATA section and a comment reaches the parser in pieces;
+    # the leaf's value is all of them in order, the whitespace around its children is not.
+    body = (
+        f"<ns2:deliveryresponse {NS2}>\n  <messageid> A4B7 </messageid>\n"
+        "  <responsemessage>\n    <channel>SMS</channel>\n"
+        "    <content>\n  Fish &amp; chips<![CDATA[ <b>at</b> ]]><!-- a note -->six&#33;\n"
+        "    </content>\n  </responsemessage>\n</ns2:deliveryresponse>\n"
+    ).encode()
+    event = parse(body)
+    assert event.text == "Fish & chips <b>at</b> six!"
+    assert event.message_id == "A4B7"
+
+
 def test_whispir_reply_xml_declared_latin1_encoding() -> None:
     body = (
         '<?xml version="1.0" encoding="ISO-8859-1"?>'
