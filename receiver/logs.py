@@ -37,19 +37,18 @@ def _timestamp(
 def _stamp() -> str:
     """Now, ISO-8601 UTC with milliseconds; the seconds part is formatted once per second
     and the milliseconds come from a table (formatting them costs more than the rest)."""
-    global _stamp_second, _stamp_prefix
+    global _stamp_state
     milliseconds = _time_ns() // 1_000_000
     second = milliseconds // 1000
-    if second != _stamp_second:
-        _stamp_second = second
-        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return _stamp_prefix + _MILLISECONDS[milliseconds - second * 1000]
+    state = _stamp_state  # (second, its text), replaced whole: safe from any thread
+    if state[0] != second:
+        state = _stamp_state = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return state[1] + _MILLISECONDS[milliseconds - second * 1000]
 
 
 _time_ns = time.time_ns
 _MILLISECONDS = [f".{millisecond:03d}Z" for millisecond in range(1000)]
-_stamp_second = -1
-_stamp_prefix = ""
+_stamp_state = (-1, "")
 _LEVELS = {"warn": "warning", "exception": "error"}
 
 
@@ -69,6 +68,7 @@ def _json_line(logger: Any, method: str, event: MutableMapping[str, Any]) -> byt
 
 
 _JSON_CHAIN: list[structlog.typing.Processor] = [_json_line]
+_JSON_ALONE: list[structlog.typing.Processor] = [_json_line]  # to compare with, not to give
 _PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
 _PREFIX_LENGTH = len(_PREFIX)
 _LEVEL_NUMBERS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -86,7 +86,9 @@ def _json_method(name: str, slow: Callable[..., Any]) -> Callable[..., Any]:
     """
 
     def method(self: Any, event: str, *args: Any, **kw: Any) -> Any:
-        if args or "exc_info" in kw or self._processors is not _JSON_CHAIN:
+        # The chain's contents, not only its identity: structlog.testing.capture_logs()
+        # changes the configured list in place.
+        if args or self._processors != _JSON_ALONE:
             return slow(self, event, *args, **kw)
         line = {**self._context, **kw}
         if event is not None:  # (as structlog: no "event" key for None)
@@ -94,6 +96,8 @@ def _json_method(name: str, slow: Callable[..., Any]) -> Callable[..., Any]:
         for var, value in contextvars.copy_context().items():
             if value is not Ellipsis and var.name.startswith(_PREFIX):
                 line.setdefault(var.name[_PREFIX_LENGTH:], value)
+        if "exc_info" in line:  # a traceback to format, from any of the three sources
+            return slow(self, event, **kw)
         line["level"] = name
         line["timestamp"] = _stamp()
         return getattr(self._logger, name)(_encode(line))
@@ -145,7 +149,13 @@ class BatchedWriter:
             if count:
                 lines = [pending.popleft() for _ in range(count)]
                 lines.append(b"")
-                self.stream.write(b"\n".join(lines))
+                try:
+                    data = b"\n".join(lines)
+                except TypeError:  # a str line (a processor chain changed since): keep it
+                    data = b"\n".join(
+                        line if isinstance(line, bytes) else str(line).encode() for line in lines
+                    )
+                self.stream.write(data)
                 self.stream.flush()
 
     def _run(self) -> None:

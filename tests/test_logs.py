@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,3 +118,45 @@ def test_logs_json_method_line_equals_structlog_processor_chain_line(
     }
     assert interpolated["event"] == "fast interpolated" and interpolated["level"] == "warning"
     assert list(slow) == list(fast)  # same key order too
+
+
+def test_logs_capture_logs_still_captures_with_json_logging(
+    restore_structlog: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "info")
+    log = structlog.get_logger().bind(channel="w")  # resolved before the capture
+    with structlog.testing.capture_logs() as captured:
+        log.info("hello", n=1)
+    assert captured == [{"channel": "w", "event": "hello", "n": 1, "log_level": "info"}]
+    assert _lines(capfd) == []
+
+
+def test_logs_json_line_formats_exc_info_bound_or_in_a_context_variable(
+    restore_structlog: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "info")
+    log = structlog.get_logger()
+    try:
+        raise RuntimeError("bound boom")
+    except RuntimeError:
+        log.bind(exc_info=True).error("bound")
+        with structlog.contextvars.bound_contextvars(exc_info=True):
+            log.error("contextvar")
+    bound, contextvar = _lines(capfd)
+    for line in (bound, contextvar):
+        assert "RuntimeError: bound boom" in line["exception"] and "exc_info" not in line
+
+
+def test_logs_batched_writer_keeps_a_str_line_and_keeps_running() -> None:
+    sink = io.BytesIO()
+    writer = BatchedWriter(sink, interval=0.001)
+    writer.write("a str line, from a chain that renders str")  # type: ignore[arg-type]
+    writer.write(b"bytes")
+    writer.flush()
+    writer.write(b"later")
+    deadline = time.monotonic() + 5
+    while b"later" not in sink.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.005)  # the writer thread flushes by itself: it is still running
+    assert sink.getvalue().splitlines() == [
+        b"a str line, from a chain that renders str", b"bytes", b"later"
+    ]
