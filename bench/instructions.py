@@ -13,6 +13,10 @@ route of ``bench/apps.py``) and the four journal-off receiver scenarios, each wi
 same request bytes as in ``bench/load.py``; the ratio column is baseline's count over the
 row's (higher is better, 1.0 = as cheap as the bare route).
 
+``--journal`` adds two rows: Whispir JSON with 64 requests in flight, with the journal
+off and on (SQLite in a temporary folder, duplicate windows 0 as in the load benchmark):
+in flight, the journal's writer commits many callbacks at a time, as under load.
+
 Instructions are not time (a cache miss costs more than an add), but the count moves
 with the work done, which is what a change on the request path changes.
 """
@@ -27,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from bench.load import HOST, Scenario, scenarios  # noqa: E402
 
 ROWS = ("baseline", "whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac")
 WARM_UP = 300
+IN_FLIGHT = 64
 _IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -45,9 +51,9 @@ def _scenario(name: str) -> Scenario:
     return next(s for s in scenarios() if s.name == name and not s.journal)
 
 
-async def _drive(name: str, count: int) -> None:
+async def _drive(name: str, count: int, in_flight: int = 1) -> None:
     """Build ``name``'s app, run its lifespan, and send it ``count`` requests (after a
-    warm-up), checking every answer is a 200."""
+    warm-up), ``in_flight`` at a time, checking every answer is a 200."""
     scenario = _scenario(name)
     app = getattr(importlib.import_module("bench.apps"), name)()
     headers = [(k.lower().encode(), v.encode()) for k, v in scenario.request_headers(8000).items()]
@@ -69,34 +75,44 @@ async def _drive(name: str, count: int) -> None:
         if sent["type"] == "http.response.start":
             statuses.append(sent["status"])
 
-    for _ in range(WARM_UP + count):
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "server": (HOST, 8000), "client": (HOST, 50000), "scheme": "http",
-            "method": "POST", "root_path": "", "path": "/sms", "raw_path": b"/sms",
-            "query_string": b"", "headers": list(headers), "state": {},
-        }  # fmt: skip
-        await app(scope, receive, send)
+    left = WARM_UP + count
+
+    async def client() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "server": (HOST, 8000), "client": (HOST, 50000), "scheme": "http",
+                "method": "POST", "root_path": "", "path": "/sms", "raw_path": b"/sms",
+                "query_string": b"", "headers": list(headers), "state": {},
+            }  # fmt: skip
+            await app(scope, receive, send)
+
+    await asyncio.gather(*(client() for _ in range(in_flight)))
     if statuses != [200] * len(statuses):
         raise SystemExit(f"{name}: answers other than 200: {sorted(set(statuses))}")
     await startup.put({"type": "lifespan.shutdown"})
     await lifespan
 
 
-def _count(name: str, requests: int) -> int:
-    """Instructions of a whole process that serves ``requests`` requests to ``name``."""
-    env = {
-        **os.environ,
-        "PYTHONHASHSEED": "0",
-        "BENCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL") or "info",
-        "BENCH_JOURNAL": "none",
-        "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1",
-    }
-    done = subprocess.run(
-        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, __file__, "--drive", name, "--requests", str(requests)],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False,
-    )  # fmt: skip
+def _count(name: str, requests: int, in_flight: int = 1, journal: bool = False) -> int:
+    """Instructions of a whole process that serves ``requests`` requests to ``name``
+    (``in_flight`` at a time; with ``journal``, to a new SQLite journal)."""
+    with tempfile.TemporaryDirectory(prefix="receiver-instructions-") as temp:
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": "0",
+            "BENCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL") or "info",
+            "BENCH_JOURNAL": f"sqlite:///{temp}/journal.db" if journal else "none",
+            "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1",
+        }
+        done = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+             "--cachegrind-out-file=/dev/null", sys.executable, __file__, "--drive", name,
+             "--requests", str(requests), "--in-flight", str(in_flight)],
+            capture_output=True, text=True, env=env, cwd=ROOT, check=False,
+        )  # fmt: skip
     found = _IREFS.search(done.stderr)
     if done.returncode != 0 or found is None:
         tail = "\n".join(done.stderr.splitlines()[-5:])
@@ -108,10 +124,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, metavar="N")
     parser.add_argument("--only", action="append", default=[], metavar="NAME")
+    parser.add_argument("--journal", action="store_true",
+                        help=f"add Whispir JSON rows with {IN_FLIGHT} requests in flight, "
+                        "journal off and on (SQLite, group commit)")
     parser.add_argument("--drive", help=argparse.SUPPRESS)
+    parser.add_argument("--in-flight", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
-        asyncio.run(_drive(args.drive, args.requests))
+        asyncio.run(_drive(args.drive, args.requests, args.in_flight))
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -122,12 +142,19 @@ def main() -> int:
     python = sys.version.split()[0]
     print(f"valgrind cachegrind, {args.requests} requests after {WARM_UP} warm-up ones, "
           f"logs at {level}; Python {python}")  # fmt: skip
-    print(f"{'scenario':<16}{'instructions/request':>22}{'x base':>9}")
+    print(f"{'scenario':<28}{'instructions/request':>22}{'x base':>9}")
     base = None
-    for name in rows:
-        per_request = (_count(name, args.requests) - _count(name, 1)) / (args.requests - 1)
+    runs = [(name, name, 1, False) for name in rows]
+    if args.journal:
+        runs += [
+            (f"whispir_json, {IN_FLIGHT} in flight", "whispir_json", IN_FLIGHT, False),
+            ("  the same, journal on", "whispir_json", IN_FLIGHT, True),
+        ]
+    for label, name, in_flight, journal in runs:
+        total = _count(name, args.requests, in_flight, journal)
+        per_request = (total - _count(name, 1, in_flight, journal)) / (args.requests - 1)
         base = base or per_request
-        print(f"{name:<16}{per_request:>22,.0f}{base / per_request:>9.2f}")
+        print(f"{label:<28}{per_request:>22,.0f}{base / per_request:>9.2f}")
     return 0
 
 

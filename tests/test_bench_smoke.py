@@ -7,6 +7,7 @@ This checks correctness only (status, body, no wrk errors), never speed. It need
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,20 @@ def test_bench_load_compares_each_row_with_the_baseline_runs_around_it() -> None
     assert last.rate == 3000  # after the last baseline run: that run alone
     whole = rows[0].reference()
     assert whole is not None and whole.rate == 2000  # a baseline run: all of baseline's
+
+
+def test_bench_instructions_driver_with_journal_and_requests_in_flight(tmp_path: Path) -> None:
+    # The --journal rows' loop: 16 requests in flight to a SQLite journal, all answered 200
+    # and all stored.
+    done = subprocess.run(
+        [sys.executable, "bench/instructions.py", "--drive", "whispir_json", "--requests", "40",
+         "--in-flight", "16"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin",
+             "BENCH_JOURNAL": f"sqlite:///{tmp_path / 'journal.db'}"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "journal.db") as connection:
+        done_rows = "SELECT count(*) FROM events WHERE state = 'done'"
+        (stored,) = connection.execute(done_rows).fetchone()
+    assert stored == 40 + 300  # the requests and the warm-up ones
