@@ -508,14 +508,19 @@ async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
 _EMPTY_LENGTH = (b"content-length", b"0")
 
 
+def _elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (``perf_counter``), to the microsecond: whole
+    microseconds divided by 1000, at half the cost of ``round(..., 3)``."""
+    return int((time.perf_counter() - started) * 1_000_000) / 1000
+
+
 def _log_callback(scope: Scope, name: str, trace: _Trace, status: int, started: float) -> None:
     """The one log line per answered callback. Never a key, signature, query or header."""
     route, event = trace.route, trace.event
     assert route is not None  # answered: the channel exists
     logger = route.logger or _logger(route)
     client = scope.get("client")
-    # Whole microseconds as milliseconds: three decimals, at half the cost of round().
-    duration_ms = int((time.perf_counter() - started) * 1_000_000) / 1000
+    duration_ms = _elapsed_ms(started)
     if event is None:  # a GET URL check
         logger.info(
             "callback",
@@ -545,7 +550,7 @@ def _log_failure(
         "channel": name,
         "provider": route.provider.name if route is not None else None,
         "status": status,
-        "duration_ms": int((time.perf_counter() - started) * 1_000_000) / 1000,
+        "duration_ms": _elapsed_ms(started),
         "method": scope["method"],
         "client": client[0] if client else None,
         "reason": reason,

@@ -68,7 +68,7 @@ def _json_line(logger: Any, method: str, event: MutableMapping[str, Any]) -> byt
 
 
 _JSON_CHAIN: list[structlog.typing.Processor] = [_json_line]
-_JSON_ALONE: list[structlog.typing.Processor] = [_json_line]  # to compare with, not to give
+"""The JSON configuration's chain, to compare with; structlog gets a copy (see below)."""
 _PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
 _PREFIX_LENGTH = len(_PREFIX)
 _LEVEL_NUMBERS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -88,7 +88,7 @@ def _json_method(name: str, slow: Callable[..., Any]) -> Callable[..., Any]:
     def method(self: Any, event: str, *args: Any, **kw: Any) -> Any:
         # The chain's contents, not only its identity: structlog.testing.capture_logs()
         # changes the configured list in place.
-        if args or self._processors != _JSON_ALONE:
+        if args or self._processors != _JSON_CHAIN:
             return slow(self, event, *args, **kw)
         line = {**self._context, **kw}
         if event is not None:  # (as structlog: no "event" key for None)
@@ -190,7 +190,8 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     console = structlog.dev.ConsoleRenderer()
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=_JSON_CHAIN if log_format == "json" else [*shared, console],
+        # A copy: structlog.testing.capture_logs() edits the configured list in place.
+        processors=[*_JSON_CHAIN] if log_format == "json" else [*shared, console],
         wrapper_class=(
             _json_bound_logger(numeric)
             if log_format == "json"
