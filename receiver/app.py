@@ -3,9 +3,9 @@
 A callback for a configured channel goes from the app's front door (:class:`_FrontDoor`)
 to :meth:`CallbackEndpoint.serve` (trusted proxy headers, request id, the answer and its
 log line), whose :meth:`CallbackEndpoint.handle` reads top to bottom: method -> channel
--> client address -> (a GET with no callback is a URL check: 200) -> body, read once and
-bounded -> authenticate on the raw bytes -> parse and normalize -> dispatch to the
-plugins -> answer. Every failure is an exception whose HTTP status comes from
+-> client address -> (a HEAD, or a GET with no callback, is a URL check: 200) -> body,
+read once and bounded -> authenticate on the raw bytes -> undo any Content-Encoding ->
+parse and normalize -> dispatch to the plugins -> answer. Every failure is an exception whose HTTP status comes from
 :data:`receiver.errors.STATUS`; nothing else decides a status.
 """
 
@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.auth import Authenticator, Request, build_authenticator, header_index
+from receiver.codings import decode_content
 from receiver.config import Channel, Config, load_config
 from receiver.errors import (
     BodyTooLarge,
@@ -253,13 +254,18 @@ class CallbackEndpoint:
             client = scope.get("client")
             if not (client and client[0] in route.allowed):
                 raise NotAuthenticated("client address not allowed")
-        query = scope.get("query_string", b"").decode("latin-1")
-        if method != "POST" and not route.provider.has_callback_fields(query):
+        query: bytes = scope.get("query_string", b"")
+        if method == "HEAD" or (
+            method == "GET" and not route.provider.has_callback_fields(query.decode("latin-1"))
+        ):
             return 200, b"", []  # a URL check: Whispir wants exactly 200
         body = await _read_body(receive, headers.get(b"content-length"), self.max_body)
         route.authenticator.check(Request(scope, body, headers))
         content_type = headers.get(b"content-type")
         try:
+            coding = headers.get(b"content-encoding")
+            if coding is not None:  # authenticated as sent, parsed as meant
+                body = decode_content(body, coding, self.max_body)
             event = route.provider.parse(
                 body,
                 content_type=content_type.decode("latin-1") if content_type else None,

@@ -1,18 +1,40 @@
-"""Body formats: which one a request carries, and safe readers for each.
+"""Body formats: which one a request carries, its text as UTF-8, and safe readers.
 
 The content type is trusted when it names a format receiver reads; anything else (or
-nothing) is sniffed from the first bytes of the body.
+nothing) is sniffed from the first bytes of the body (after a byte order mark).
+
+Text: JSON and form bodies reach the providers' parsers as UTF-8 without a byte order
+mark (:func:`as_utf8`): a declared ``charset`` is honoured, a BOM is not data, and bytes
+not valid in the charset become U+FFFD instead of refusing the callback. XML is left to
+expat, which reads BOMs and the document's own encoding declaration.
 """
 
 from __future__ import annotations
 
+import codecs
 import enum
 import pyexpat
+import re
+from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import structlog
 
 from receiver.types import PayloadError
 
-__all__ = ["MAX_XML_DEPTH", "TOO_DEEP", "BodyFormat", "detect_format", "parse_xml"]
+__all__ = [
+    "MAX_XML_DEPTH",
+    "TOO_DEEP",
+    "BodyFormat",
+    "as_utf8",
+    "charset_of",
+    "detect_format",
+    "parse_xml",
+    "repair_json",
+]
+
+log = structlog.get_logger()
 
 MAX_XML_DEPTH = 32
 """Deepest XML nesting accepted; callbacks nest three or four levels."""
@@ -58,7 +80,7 @@ def detect_format(content_type: str | None, body: bytes) -> BodyFormat | None:
             return BodyFormat.json
         if media.endswith("+xml"):
             return BodyFormat.xml
-    start = body.lstrip(_WHITESPACE)[:1]
+    start = _first_byte(body)
     if start in (b"{", b"["):
         return BodyFormat.json
     if start == b"<":
@@ -68,10 +90,111 @@ def detect_format(content_type: str | None, body: bytes) -> BodyFormat | None:
     return None
 
 
+def _first_byte(body: bytes) -> bytes:
+    """The first byte of ``body`` that is not whitespace, read past a byte order mark."""
+    if body[:1] in _BOM_STARTS:
+        for bom, encoding in _BOMS:
+            if body.startswith(bom):
+                text = body[len(bom) : len(bom) + 64].decode(encoding, "ignore")
+                return text.lstrip().encode("ascii", "replace")[:1]
+    return body.lstrip(_WHITESPACE)[:1]
+
+
 def _looks_like_form(body: bytes) -> bool:
+    body = body.removeprefix(codecs.BOM_UTF8)
     first = body.partition(b"&")[0]
     name, eq, _ = first.partition(b"=")
     return bool(eq) and bool(name) and all(32 < c < 127 and c != 0x3C for c in name)
+
+
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),  # before UTF-16 LE, whose BOM is its prefix
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_BOM_STARTS = frozenset(bom[:1] for bom, _ in _BOMS)
+_FORM_BOM = b"%EF%BB%BF"
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """The ``charset`` parameter of a Content-Type header, lowercase, or None."""
+    if not content_type or ";" not in content_type:
+        return None
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or None
+    return None
+
+
+@lru_cache(maxsize=64)
+def _codec(charset: str) -> str | None:
+    """Python's name for ``charset``, None for UTF-8 (nothing to do) or an unknown one."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        log.warning("unknown charset: read as UTF-8", charset=charset[:40])
+        return None
+    return None if name == "utf-8" else name
+
+
+def as_utf8(body: bytes, charset: str | None, fmt: BodyFormat) -> bytes:
+    """``body`` (JSON or form) as UTF-8 without a byte order mark; ``body`` itself when it
+    already is.
+
+    A BOM (UTF-8, -16 or -32) decides the encoding and is dropped; otherwise a declared
+    ``charset`` is honoured (an unknown one is read as UTF-8). Bytes not valid in the
+    encoding become U+FFFD. A form's percent-escapes are read in the charset too and
+    written back as UTF-8; a form or query string starting with an escaped UTF-8 BOM
+    (``%EF%BB%BF``) loses it.
+    """
+    encoding = None
+    if body[:1] in _BOM_STARTS:
+        for bom, name in _BOMS:
+            if body.startswith(bom):
+                body, encoding = body[len(bom) :], name
+                break
+    if encoding is None and charset is not None:
+        encoding = _codec(charset)
+    if fmt is BodyFormat.form:
+        if body[:1] == b"%" and body[:9].upper() == _FORM_BOM:
+            body = body[9:]
+        if encoding is not None and encoding != "utf-8":
+            pairs = parse_qsl(
+                body.decode(encoding, "replace"),
+                keep_blank_values=True,
+                encoding=encoding,
+                errors="replace",
+            )
+            return urlencode(pairs).encode()
+        return body
+    if encoding is not None and encoding != "utf-8":
+        return body.decode(encoding, "replace").encode()
+    return body
+
+
+# A \uD800-\uDFFF escape that is not half of a high-low pair, preceded by an even
+# number of backslashes (so the backslash before the u is an escape, not a literal).
+_LONE_SURROGATE = re.compile(
+    r"(?<!\\)((?:\\\\)*)"
+    r"(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<![uU][dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def repair_json(body: bytes) -> bytes | None:
+    """``body`` with its text faults replaced by U+FFFD, or None when it has none.
+
+    The faults: bytes that are not UTF-8, and ``\\u`` escapes that are grammatical
+    but name half of a surrogate pair (not a Unicode scalar). A body that is malformed
+    in any other way is left for the JSON decoder to refuse.
+    """
+    text = body.decode("utf-8", "replace")
+    repaired = _LONE_SURROGATE.sub(r"\1\\ufffd", text)
+    fixed = repaired.encode()
+    return fixed if fixed != body else None
 
 
 class _Forbidden(Exception):
@@ -92,6 +215,37 @@ def _forbid_external(*_: object) -> int:
     raise _Forbidden("an external entity reference")
 
 
+_DECLARED_ENCODING = re.compile(
+    rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:-]{1,40})["']"""
+)
+
+
+def _parser(encoding: str | None) -> Any:
+    """An expat parser with every DTD feature refused (see :func:`parse_xml`)."""
+    parser = pyexpat.ParserCreate(encoding)
+    parser.buffer_text = True
+    parser.StartDoctypeDeclHandler = _forbid_doctype
+    parser.EntityDeclHandler = _forbid_entity
+    parser.UnparsedEntityDeclHandler = _forbid_entity
+    parser.ExternalEntityRefHandler = _forbid_external
+    return parser
+
+
+def _transcoded(body: bytes) -> bytes:
+    """``body`` as UTF-8, decoded by Python by its declared (multi-byte) encoding.
+
+    expat reads UTF-8, UTF-16 and single-byte encodings itself and refuses multi-byte
+    ones (Shift_JIS, GB2312, Big5, EUC-JP...), which Python's codecs read.
+    """
+    declared = _DECLARED_ENCODING.match(body)
+    try:
+        if declared is None:
+            raise LookupError
+        return body.decode(declared[1].decode("ascii"), "replace").encode()
+    except LookupError:
+        raise PayloadError("XML declares an encoding receiver cannot read") from None
+
+
 def parse_xml(body: bytes) -> tuple[str, Any]:
     """Parse an XML document into ``(root name, value)`` without any DTD processing.
 
@@ -105,15 +259,27 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
     ("billion laughs"): without a DTD, expat knows only the five predefined entities.
     Nesting deeper than :data:`MAX_XML_DEPTH` is refused.
 
+    Encodings: a byte order mark or the document's encoding declaration decides, as the
+    XML specification says; expat reads UTF-8, UTF-16 and single-byte encodings, and
+    multi-byte ones (Shift_JIS, GB2312, Big5...) are decoded by Python's codecs.
+
     Raises:
-        PayloadError: malformed XML, a DTD, or too deep a nesting.
+        PayloadError: malformed XML, a DTD, too deep a nesting, or an encoding
+            declaration that names no encoding Python knows.
     """
-    parser = pyexpat.ParserCreate()
-    parser.buffer_text = True
-    parser.StartDoctypeDeclHandler = _forbid_doctype
-    parser.EntityDeclHandler = _forbid_entity
-    parser.UnparsedEntityDeclHandler = _forbid_entity
-    parser.ExternalEntityRefHandler = _forbid_external
+    try:
+        return _parse_xml(body, None)
+    except ValueError as exc:  # expat: "multi-byte encodings are not supported"
+        if isinstance(exc, PayloadError):
+            raise
+        return _parse_xml(_transcoded(body), "UTF-8")
+    except LookupError:  # an encoding name neither expat nor Python knows
+        raise PayloadError("XML declares an encoding receiver cannot read") from None
+
+
+def _parse_xml(body: bytes, encoding: str | None) -> tuple[str, Any]:
+    """:func:`parse_xml` with expat told the encoding (None: the document says)."""
+    parser = _parser(encoding)
     # Each open element is [name, children or None, where its text starts in ``texts``].
     # Character data goes straight onto ``texts`` (a C-level append, no Python call per
     # chunk); a leaf's text is what arrived between its start and its end.

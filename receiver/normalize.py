@@ -55,7 +55,7 @@ def parse_dmy_timestamp(value: str, tz: tzinfo = UTC) -> datetime | None:
             year += 2000
         second = int(hms[2]) if len(hms) == 3 else 0
         return datetime(year, month, day, int(hms[0]), int(hms[1]), second, tzinfo=tz)
-    except ValueError:
+    except (ValueError, OverflowError):  # out of range, or too big for C's int
         return None
 
 
@@ -66,7 +66,7 @@ def parse_iso_timestamp(value: str) -> datetime | None:
     """
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         # A form or query value whose offset's "+" was not percent-encoded arrives as a
         # space ("...:33.645773 00:00"): read it as the "+" it was.
         head, space, offset = value.strip().rpartition(" ")
@@ -74,6 +74,6 @@ def parse_iso_timestamp(value: str) -> datetime | None:
             return None
         try:
             parsed = datetime.fromisoformat(f"{head}+{offset}")
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -1501,18 +1501,19 @@ def test_onepoint_xml_body_is_unsupported(content_type: str | None) -> None:
         assert "\n" not in str(info.value)
 
 
-def test_diy_form_body_not_utf8_is_payload_error() -> None:
+def test_diy_form_body_not_utf8_keeps_the_callback_with_replacement_characters() -> None:
     body = "Type=Message&MessageID=MS1312312313001&Message=Café à 8h".encode("latin-1")
-    with pytest.raises(PayloadError) as info:
-        DIY.parse(body, content_type=FORM)
-    assert not isinstance(info.value, UnsupportedPayload)
-    assert "\n" not in str(info.value)
+    event = DIY.parse(body, content_type=FORM)
+    assert event.type is EventType.message
+    assert event.text == "Caf\ufffd \ufffd 8h"
+    assert event.raw == body
 
 
-def test_diy_form_body_percent_encoded_not_utf8_is_payload_error() -> None:
+def test_diy_form_body_percent_encoded_not_utf8_keeps_the_callback() -> None:
     body = b"Type=Message&MessageID=MS1312312313001&Message=Caf%E9"
-    with pytest.raises(PayloadError):
-        DIY.parse(body, content_type=FORM)
+    event = DIY.parse(body, content_type=FORM)
+    assert event.text == "Caf\ufffd"
+    assert event.message_id == "MS1312312313001"
 
 
 @pytest.mark.parametrize("body", [b"", b"   ", b"\r\n"])

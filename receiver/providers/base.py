@@ -6,7 +6,9 @@ import abc
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from receiver.formats import BodyFormat, detect_format
+import msgspec
+
+from receiver.formats import BodyFormat, as_utf8, charset_of, detect_format, repair_json
 from receiver.types import Event, PayloadError, Reply, UnsupportedPayload
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ class Provider(abc.ABC):
         body: bytes,
         *,
         content_type: str | None = None,
-        query: str = "",
+        query: str | bytes = "",
         channel: str = "",
         received_at: datetime | None = None,
         event_id: str | None = None,
@@ -41,14 +43,24 @@ class Provider(abc.ABC):
         """Parse one callback into an :class:`Event`.
 
         Args:
-            body: The request body, exactly as received.
+            body: The request body, exactly as received (after any Content-Encoding
+                is undone).
             content_type: The request's Content-Type header, if any; trusted when it
-                names a known format, otherwise the body is sniffed.
-            query: The request's raw query string; providers that call back with GET
-                put the callback's fields there (used when the body is empty).
+                names a known format, otherwise the body is sniffed. Its ``charset``
+                is honoured for JSON and form bodies.
+            query: The request's query string (the raw bytes, or text); providers that
+                call back with GET put the callback's fields there (used when the body
+                is empty). Percent-escapes are read as UTF-8.
             channel: The configured endpoint name, copied into the event.
             received_at: When the request arrived (default: now, UTC).
             event_id: The event's id (default: a new UUIDv7).
+
+        Text is read as :func:`receiver.formats.as_utf8` says (a byte order mark is not
+        data, a declared charset is honoured, invalid bytes become U+FFFD), and a JSON
+        body whose only fault is its text (bytes that are not UTF-8, a ``\\u`` escape
+        of half a surrogate pair) is read with U+FFFD in their place
+        (:func:`receiver.formats.repair_json`). ``parse_as`` sees the cleaned bytes;
+        the event's ``raw`` is always the body as received.
 
         Raises:
             UnsupportedPayload: the body is in no format this provider sends.
@@ -56,7 +68,8 @@ class Provider(abc.ABC):
         """
         blank = not body or body.isspace()  # (no copy of the body, unlike strip())
         if blank and query and BodyFormat.form in self.formats:
-            raw, fmt = query.encode(), BodyFormat.form
+            raw = query if isinstance(query, bytes) else query.encode()
+            fmt, charset = BodyFormat.form, None
         elif blank:
             raise PayloadError("empty body")
         else:
@@ -64,14 +77,28 @@ class Provider(abc.ABC):
             if detected is None or detected not in self.formats:
                 kinds = " or ".join(sorted(f.value for f in self.formats))
                 raise UnsupportedPayload(f"{self.name} callbacks are {kinds}; this body is not")
-            fmt = detected
-        return self.parse_as(
-            fmt,
-            raw,
-            channel=channel,
-            received_at=received_at or datetime.now(UTC),
-            event_id=event_id,
-        )
+            fmt, charset = detected, charset_of(content_type)
+        received_at = received_at or datetime.now(UTC)
+        if fmt is BodyFormat.xml:  # expat reads BOMs and encoding declarations itself
+            return self.parse_as(
+                fmt, raw, channel=channel, received_at=received_at, event_id=event_id
+            )
+        data = as_utf8(raw, charset, fmt)
+        try:
+            event = self.parse_as(
+                fmt, data, channel=channel, received_at=received_at, event_id=event_id
+            )
+        except PayloadError:
+            repaired = repair_json(data) if fmt is BodyFormat.json else None
+            if repaired is None:
+                raise
+            event = self.parse_as(
+                fmt, repaired, channel=channel, received_at=received_at, event_id=event_id
+            )
+            data = repaired
+        if data is not raw and event.raw is data:
+            event = msgspec.structs.replace(event, raw=raw)
+        return event
 
     @abc.abstractmethod
     def parse_as(

@@ -171,6 +171,10 @@ class OnePointProvider(Provider):
             metadata.update(extra_metadata)
         status = fields.Status
         stamp = fields.Timestamp
+        segments = fields.Segments
+        if segments is not None and segments not in _INT64:
+            log.warning("Segments out of range: not kept", provider=self.name)
+            segments = None
         # Positional, in field order: msgspec matches each keyword argument by name, which
         # costs three times the positional call.
         return Event(
@@ -201,7 +205,7 @@ class OnePointProvider(Provider):
             fields.Reachable,  # reachable
             fields.Carrier or None,  # carrier
             snake(fields.NumberType) if fields.NumberType else None,  # number_type
-            fields.Segments,  # segments
+            segments,
         )
 
     def render_reply(self, event: Event, reply: Reply) -> bytes:
@@ -303,13 +307,14 @@ def _canonical_keys(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
 def _read_form(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Form or query fields (under their documented names) and ``MetaData[Key]`` pairs.
 
-    Empty values of typed fields (booleans, counts) count as absent. ``MetaData`` may
-    come as a JSON string or as ``MetaData[Key]=value`` / ``MetaData.Key=value`` pairs.
+    ``raw`` is UTF-8 (see :meth:`Provider.parse`); bytes or escapes that are not become
+    U+FFFD. Empty values of typed fields (booleans, counts) count as absent. ``MetaData``
+    may come as a JSON string or as ``MetaData[Key]=value`` / ``MetaData.Key=value``
+    pairs. A ``+`` the sender did not percent-encode reads as a space; where a space
+    cannot be valid it is read back as the ``+`` it was (see :func:`_unspaced`).
     """
     try:
-        pairs = parse_qsl(raw.decode(), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
-        raise PayloadError("form body is not valid UTF-8") from None
+        pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True, errors="replace")
     except ValueError as exc:
         raise PayloadError(f"malformed form body: {exc}") from None
     metadata: dict[str, Any] = {}
@@ -322,10 +327,36 @@ def _read_form(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         for name, value in pairs
         if value != "" or _CANONICAL.get(name.lower()) not in _TYPED
     )
+    for field in _UNSPACED:
+        spaced = found.get(field)
+        if spaced is not None and " " in spaced:
+            found[field] = _unspaced(field, spaced)
     text = found.get("MetaData")
     if isinstance(text, str):
         found["MetaData"] = _decode_metadata(text)
     return found, metadata
+
+
+_UNSPACED = ("Source", "Destination", "MessageID", "Timestamp", *_TYPED)
+"""Fields in which a space cannot be valid: addresses, ids, timestamps, numbers, flags."""
+_PHONE = re.compile(r" +[0-9][0-9 ]*")
+
+
+def _unspaced(name: str, value: str) -> str:
+    """``value`` with the spaces an unencoded ``+`` became read back as ``+``.
+
+    Addresses: a number with leading spaces (``" 447700900501"``) was ``+447700900501``;
+    other spaces in an address (an alphanumeric sender) are kept. Ids and timestamps:
+    every space was a ``+`` (``...T10:00:00 01:00`` -> ``+01:00``). Numbers and flags:
+    a space is dropped (``" 2"`` -> ``2``). Free text is never changed.
+    """
+    if name in ("Source", "Destination"):
+        if _PHONE.fullmatch(value):
+            return "+" + value.lstrip(" ")
+        return value
+    if name in ("MessageID", "Timestamp"):
+        return value.strip(" ").replace(" ", "+") if value.strip(" ") else value
+    return value.strip()
 
 
 def _decode_metadata(text: str) -> Any:
@@ -338,16 +369,39 @@ def _decode_metadata(text: str) -> Any:
 
 
 def _flatten_metadata(value: list[Any] | dict[str, Any] | str | None) -> dict[str, Any]:
-    """MetaData as one mapping: a list of one-key objects is merged, the last key winning."""
+    """MetaData as one mapping: a list of one-key objects is merged, the last key winning.
+
+    Integers beyond 64 bits (which no store or JSON consumer can be relied on to keep)
+    are kept exactly, as their decimal text.
+    """
     if value is None or value == "":
         return {}
     if isinstance(value, str):
         return {"MetaData": value}
     if isinstance(value, dict):
-        return dict(value)
+        return _bounded(value) if _has_numbers(value) else dict(value)
     merged: dict[str, Any] = {}
     for index, item in enumerate(value):
         if not isinstance(item, dict):
             raise PayloadError(f"MetaData[{index}]: expected an object")
         merged.update(item)
-    return merged
+    return _bounded(merged) if _has_numbers(merged) else merged
+
+
+_INT64 = range(-(2**63), 2**64)
+
+
+def _has_numbers(mapping: dict[str, Any]) -> bool:
+    """Whether any value is not text (most MetaData is text: nothing to check then)."""
+    return any(type(item) is not str for item in mapping.values())
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` (copied) with integers beyond 64 bits as their decimal text."""
+    if isinstance(value, dict):
+        return {key: _bounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_bounded(item) for item in value]
+    if type(value) is int and value not in _INT64:
+        return str(value)
+    return value

@@ -167,7 +167,7 @@ class WhispirProvider(Provider):
         if fmt is BodyFormat.xml:
             root, tree = parse_xml(raw)
             if not isinstance(tree, dict):
-                raise PayloadError(f"XML root <{root}> holds no callback fields")
+                raise PayloadError("the XML root element holds no callback fields")
             body, kind = _read_tree(tree, root.lower())
         else:
             try:
