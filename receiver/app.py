@@ -5,8 +5,9 @@ to :meth:`CallbackEndpoint.serve` (trusted proxy headers, request id, the answer
 log line), whose :meth:`CallbackEndpoint.handle` reads top to bottom: method -> channel
 -> client address -> (a HEAD, or a GET with no callback, is a URL check: 200) -> body,
 read once and bounded -> authenticate on the raw bytes -> undo any Content-Encoding ->
-parse and normalize -> dispatch to the plugins -> answer. Every failure is an exception whose HTTP status comes from
-:data:`receiver.errors.STATUS`; nothing else decides a status.
+parse and normalize -> dispatch to the plugins -> answer. Every failure is an exception
+whose HTTP status comes from :data:`receiver.errors.RESPONSES`; nothing else decides a
+status.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
@@ -343,3 +344,14 @@ def test_text_whispir_xml_root_name_is_not_echoed() -> None:
     with pytest.raises(PayloadError) as info:
         WhispirProvider().parse(b"<secretrootname>text</secretrootname>")
     assert "secretrootname" not in str(info.value)
+
+
+def test_text_form_metadata_json_lone_surrogate_escape_is_replaced() -> None:
+    query = "Type=Message&MessageID=MS13&MetaData=" + quote('{"Name":"Zo\\ud800"}')
+    event = DiyProvider().parse(b"", query=query)
+    assert event.metadata == {"Name": "Zo\ufffd"}
+
+
+def test_text_form_metadata_json_still_malformed_is_refused() -> None:
+    with pytest.raises(PayloadError):
+        DiyProvider().parse(b"", query="Type=Message&MessageID=MS14&MetaData=%7B%22a")

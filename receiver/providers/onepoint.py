@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 
-from receiver.formats import TOO_DEEP, BodyFormat
+from receiver.formats import TOO_DEEP, BodyFormat, repair_json
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
 from receiver.types import Event, EventType, PayloadError, Reply, new_event_id
@@ -360,11 +360,24 @@ def _unspaced(name: str, value: str) -> str:
 
 
 def _decode_metadata(text: str) -> Any:
+    """A form's ``MetaData`` value: JSON when it looks like JSON, else the text itself.
+
+    A JSON escape of half a surrogate pair becomes U+FFFD, as in a JSON body.
+    """
     if text.lstrip()[:1] in ("[", "{"):
+        encoded = text.encode("utf-8", "replace")
         try:
-            return _JSON.decode(text)
+            return _JSON.decode(encoded)
         except msgspec.DecodeError:
+            repaired = repair_json(encoded)
+            try:
+                if repaired is not None:
+                    return _JSON.decode(repaired)
+            except msgspec.DecodeError:
+                pass
             raise PayloadError("MetaData: not valid JSON") from None
+        except RecursionError:
+            raise PayloadError(f"MetaData: {TOO_DEEP}") from None
     return text
 
 
