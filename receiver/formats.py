@@ -24,6 +24,7 @@ import structlog
 from receiver.types import PayloadError
 
 __all__ = [
+    "MARKS",
     "MAX_XML_DEPTH",
     "TOO_DEEP",
     "BodyFormat",
@@ -116,6 +117,8 @@ _BOMS = (
 )
 _BOM_STARTS = frozenset(bom[:1] for bom, _ in _BOMS)
 _FORM_BOM = b"%EF%BB%BF"
+MARKS = frozenset({*(bom[0] for bom, _ in _BOMS), _FORM_BOM[0]})
+"""First bytes of a body that :func:`as_utf8` may have to change (a BOM, an escaped one)."""
 
 
 def charset_of(content_type: str | None) -> str | None:

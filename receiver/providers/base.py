@@ -8,13 +8,22 @@ from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
-from receiver.formats import BodyFormat, as_utf8, charset_of, detect_format, repair_json
+from receiver.formats import (
+    MARKS,
+    BodyFormat,
+    as_utf8,
+    charset_of,
+    detect_format,
+    repair_json,
+)
 from receiver.types import Event, PayloadError, Reply, UnsupportedPayload
 
 if TYPE_CHECKING:
     from receiver.config import Channel
 
 __all__ = ["Provider"]
+
+_FORM, _JSON, _XML = BodyFormat.form, BodyFormat.json, BodyFormat.xml
 
 
 class Provider(abc.ABC):
@@ -69,7 +78,7 @@ class Provider(abc.ABC):
         blank = not body or body.isspace()  # (no copy of the body, unlike strip())
         if blank and query and BodyFormat.form in self.formats:
             raw = query if isinstance(query, bytes) else query.encode()
-            fmt, charset = BodyFormat.form, None
+            fmt, charset = _FORM, None
         elif blank:
             raise PayloadError("empty body")
         else:
@@ -77,19 +86,21 @@ class Provider(abc.ABC):
             if detected is None or detected not in self.formats:
                 kinds = " or ".join(sorted(f.value for f in self.formats))
                 raise UnsupportedPayload(f"{self.name} callbacks are {kinds}; this body is not")
-            fmt, charset = detected, charset_of(content_type)
+            fmt = detected
+            charset = charset_of(content_type) if content_type and ";" in content_type else None
         received_at = received_at or datetime.now(UTC)
-        if fmt is BodyFormat.xml:  # expat reads BOMs and encoding declarations itself
+        if fmt is _XML:  # expat reads BOMs and encoding declarations itself
             return self.parse_as(
                 fmt, raw, channel=channel, received_at=received_at, event_id=event_id
             )
-        data = as_utf8(raw, charset, fmt)
+        # Checked inline: most bodies are UTF-8 with nothing to drop, and pay no call.
+        data = raw if charset is None and raw[0] not in MARKS else as_utf8(raw, charset, fmt)
         try:
             event = self.parse_as(
                 fmt, data, channel=channel, received_at=received_at, event_id=event_id
             )
         except PayloadError:
-            repaired = repair_json(data) if fmt is BodyFormat.json else None
+            repaired = repair_json(data) if fmt is _JSON else None
             if repaired is None:
                 raise
             event = self.parse_as(

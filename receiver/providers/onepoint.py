@@ -172,7 +172,7 @@ class OnePointProvider(Provider):
         status = fields.Status
         stamp = fields.Timestamp
         segments = fields.Segments
-        if segments is not None and segments not in _INT64:
+        if segments is not None and not _INT_MIN <= segments <= _UINT_MAX:
             log.warning("Segments out of range: not kept", provider=self.name)
             segments = None
         # Positional, in field order: msgspec matches each keyword argument by name, which
@@ -392,21 +392,23 @@ def _flatten_metadata(value: list[Any] | dict[str, Any] | str | None) -> dict[st
     if isinstance(value, str):
         return {"MetaData": value}
     if isinstance(value, dict):
-        return _bounded(value) if _has_numbers(value) else dict(value)
-    merged: dict[str, Any] = {}
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise PayloadError(f"MetaData[{index}]: expected an object")
-        merged.update(item)
-    return _bounded(merged) if _has_numbers(merged) else merged
+        merged = dict(value)
+    else:
+        merged = {}
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise PayloadError(f"MetaData[{index}]: expected an object")
+            merged.update(item)
+    for key, item in merged.items():  # one cheap look per value: most are text
+        kind = type(item)
+        if kind is str or (kind is int and _INT_MIN <= item <= _UINT_MAX):
+            continue
+        merged[key] = _bounded(item)
+    return merged
 
 
-_INT64 = range(-(2**63), 2**64)
-
-
-def _has_numbers(mapping: dict[str, Any]) -> bool:
-    """Whether any value is not text (most MetaData is text: nothing to check then)."""
-    return any(type(item) is not str for item in mapping.values())
+_INT_MIN = -(2**63)
+_UINT_MAX = 2**64 - 1
 
 
 def _bounded(value: Any) -> Any:
@@ -415,6 +417,6 @@ def _bounded(value: Any) -> Any:
         return {key: _bounded(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_bounded(item) for item in value]
-    if type(value) is int and value not in _INT64:
+    if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
         return str(value)
     return value
