@@ -18,6 +18,12 @@ reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> `
 (out of attempts). A body that authenticated but could not be parsed is kept as
 ``rejected``.
 
+Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
+look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
+<receiver.providers.base.Provider.dedupe_key>`) within ``duplicate_window``, then the
+SHA-256 of the raw body within ``body_window``. Each is one query on one index
+(``events_channel_dedupe``, ``events_channel_body``).
+
 Out-of-order statuses: the journal keeps the latest status per message and recipient.
 The order is :data:`STATUS_RANK`: queued < submitted < sent < delivered | failed | other
 final states < acknowledged | read. An event whose status ranks below the one already seen
@@ -210,9 +216,11 @@ CREATE TABLE IF NOT EXISTS events (
     dedupe_key TEXT,
     body_hash BLOB
 );
-CREATE INDEX IF NOT EXISTS events_dedupe ON events (dedupe_key, received_at)
+DROP INDEX IF EXISTS events_dedupe;
+DROP INDEX IF EXISTS events_body;
+CREATE INDEX IF NOT EXISTS events_channel_dedupe ON events (channel, dedupe_key, received_at)
     WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_body ON events (body_hash, received_at);
+CREATE INDEX IF NOT EXISTS events_channel_body ON events (channel, body_hash, received_at);
 CREATE INDEX IF NOT EXISTS events_retry ON events (next_attempt_at) WHERE state = 'failed';
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS message_status (
@@ -225,6 +233,21 @@ CREATE TABLE IF NOT EXISTS message_status (
     PRIMARY KEY (provider, message_id, party)
 );
 """
+# (Journals written before the look-ups were scoped to the channel have the indexes
+# events_dedupe and events_body: dropped above.)
+
+_BY_KEY = (
+    "SELECT id, state, reply FROM events "
+    "WHERE channel = ? AND dedupe_key = ? AND received_at >= ? LIMIT 1"
+)
+"""The provider-key look-up: one query on ``events_channel_dedupe``."""
+
+_BY_BODY = (
+    "SELECT id, state, reply FROM events WHERE channel = ? AND body_hash = ? "
+    "AND received_at >= ? AND state != 'rejected' LIMIT 1"
+)
+"""The body-hash look-up: one query on ``events_channel_body`` (rejected bodies are not
+events)."""
 
 _COLUMNS = (
     "id, channel, provider, type, message_id, state, received_at, raw, meta, event, reply, "
@@ -426,15 +449,11 @@ class SQLiteJournal(Journal):
             original = None
             if dedupe_key is not None and self.duplicate_window > 0:
                 original = connection.execute(
-                    "SELECT id, state, reply FROM events "
-                    "WHERE dedupe_key = ? AND received_at >= ? LIMIT 1",
-                    (dedupe_key, received - self.duplicate_window),
+                    _BY_KEY, (event.channel, dedupe_key, received - self.duplicate_window)
                 ).fetchone()
             if original is None and self.body_window > 0:
                 original = connection.execute(
-                    "SELECT id, state, reply FROM events WHERE body_hash = ? "
-                    "AND received_at >= ? AND state != 'rejected' LIMIT 1",
-                    (body_hash, received - self.body_window),
+                    _BY_BODY, (event.channel, body_hash, received - self.body_window)
                 ).fetchone()
             if original is not None:
                 reply = _decode_reply(original[2]) if original[2] else None
