@@ -391,10 +391,12 @@ def test_dedupe_journal_from_before_migrates_and_keeps_working(tmp_path: Path) -
     assert len(seen.events) == 1
     with closing(sqlite3.connect(db)) as connection:
         indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
     assert {"events_dedupe", "events_body"}.isdisjoint(indexes)
     assert {"events_channel_dedupe", "events_channel_body"} <= indexes
+    assert "recovered_as" in columns  # added for `receiver replay --rejected`
     (old,) = app.state.journal.entries(state="rejected")
-    assert (old.id, old.raw) == ("old-1", b"{")
+    assert (old.id, old.raw, old.recovered_as) == ("old-1", b"{", None)
 
 
 def test_dedupe_lookups_are_one_indexed_query_each(tmp_path: Path) -> None:
