@@ -20,7 +20,8 @@ import structlog
 
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
-from receiver.journal import STATES, Journal
+from receiver.journal import STATES, Entry, Journal
+from receiver.types import Event
 
 __all__ = ["main"]
 
@@ -98,10 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("ids", nargs="*", metavar="ID")
     replay.add_argument("--dead", action="store_true", help="every dead letter")
     replay.add_argument("--failed", action="store_true", help="every failed entry")
-    replay.add_argument("--since", type=_age, help="every entry received since, e.g. 2h")
+    replay.add_argument(
+        "--rejected",
+        action="store_true",
+        help="every rejected body: parse it again with its channel's current parser; what "
+        "parses now is recorded as a new event and dispatched",
+    )
+    replay.add_argument(
+        "--since",
+        type=_age,
+        help="every entry received since, e.g. 2h (with --rejected: the rejected ones only)",
+    )
     replay.add_argument("--dry-run", action="store_true", help="list, dispatch nothing")
 
-    prune = commands.add_parser("prune", help="delete old done, rejected and dead entries")
+    prune = commands.add_parser(
+        "prune", help="delete old done, rejected, recovered and dead entries"
+    )
     with_config(prune)
     prune.add_argument("--older-than", type=_age, required=True, help="e.g. 30d")
     return parser
@@ -284,10 +297,19 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    """Dispatch entries again; re-parse rejected bodies (``--rejected`` or their ids).
+
+    A rejected entry whose body the current parser of its channel now reads is recorded
+    as a new event (the normal duplicate check included) and dispatched, and becomes
+    ``recovered``, naming that event, in the same transaction: a second run finds nothing
+    to do. One that still does not parse stays ``rejected``. Exit status 1 when an entry
+    failed (handlers raised, or a body still does not parse), also with ``--dry-run``.
+    """
     app, journal = _journal(args)
-    if not (args.ids or args.dead or args.failed or args.since):
-        raise ConfigError("replay what? give IDs, --dead, --failed or --since")
-    chosen: dict[str, Any] = {}
+    if not (args.ids or args.dead or args.failed or args.since or args.rejected):
+        raise ConfigError("replay what? give IDs, --dead, --failed, --rejected or --since")
+    since = time.time() - args.since if args.since else None
+    chosen: dict[str, Entry] = {}
     if args.ids:
         chosen.update((e.id, e) for e in journal.entries(ids=args.ids, limit=None))
         missing = set(args.ids) - chosen.keys()
@@ -297,24 +319,73 @@ def _replay(args: argparse.Namespace) -> int:
     for state, wanted in (("dead", args.dead), ("failed", args.failed)):
         if wanted:
             chosen.update((e.id, e) for e in journal.entries(state=state, limit=None))
-    if args.since:
-        since = time.time() - args.since
+    if since is not None and not args.rejected:
         chosen.update((e.id, e) for e in journal.entries(since=since, limit=None))
-    entries = sorted(
-        (e for e in chosen.values() if e.event is not None), key=lambda e: e.received_at
-    )
+    if args.rejected:
+        rejected = journal.entries(state="rejected", since=since, limit=None)
+        chosen.update((e.id, e) for e in rejected)
+    ordered = sorted(chosen.values(), key=lambda e: e.received_at)
+    entries = [e for e in ordered if e.event is not None]
+    rejects = [e for e in ordered if e.state == "rejected"]
+    for entry in ordered:
+        if entry.state == "recovered":  # asked for by id
+            print(f"{entry.id} was recovered already, as {entry.recovered_as}")
     if args.dry_run:
         for entry in entries:
             print(f"would replay {entry.id} {entry.channel} {entry.type} ({entry.state})")
+        still = 0
+        for entry in rejects:
+            try:
+                event, _ = _reparse(app, entry)
+            except Exception as exc:
+                still += 1
+                print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
+            else:
+                print(f"would recover {entry.id} {entry.channel} {event.type}")
         print(f"{len(entries)} entries")
-        return 0
-    return asyncio.run(_replay_all(app, journal, entries))
+        if rejects:
+            print(f"{len(rejects) - still} rejected entries would be recovered, {still} not")
+        return 1 if still else 0
+    return asyncio.run(_replay_all(app, journal, entries, rejects))
 
 
-async def _replay_all(app: Any, journal: Journal, entries: list[Any]) -> int:
+def _reparse(app: Any, entry: Entry) -> tuple[Event, str | None]:
+    """A rejected entry's event and provider key, by its channel's current parser.
+
+    The content type is the stored request's. A GET callback's fields were in the query:
+    its entry keeps that (redacted) query as the raw body, marked ``meta["raw"] =
+    "query"`` (entries stored before that have a blank body and the query in the meta).
+    """
+    route = app.state.endpoint.routes.get(entry.channel)
+    if route is None:
+        raise ConfigError(f"channel {entry.channel!r} is not configured")
+    from_query = entry.meta.get("raw") == "query"
+    event: Event = route.provider.parse(
+        b"" if from_query else entry.raw,
+        content_type=entry.meta.get("content-type"),
+        query=entry.raw.decode("latin-1") if from_query else entry.meta.get("query", ""),
+        channel=entry.channel,
+        received_at=datetime.fromtimestamp(entry.received_at, UTC),
+    )
+    return event, route.provider.dedupe_key(event)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a body still does not parse, without echoing it: a parser's own one-line
+    message (PayloadError, ConfigError), otherwise only the exception's type."""
+    from receiver.types import PayloadError
+
+    if isinstance(exc, PayloadError | ConfigError):
+        return str(exc)
+    return f"the parser raised {type(exc).__name__}"
+
+
+async def _replay_all(
+    app: Any, journal: Journal, entries: list[Entry], rejects: list[Entry]
+) -> int:
     endpoint = app.state.endpoint
     await journal.start()
-    failed = 0
+    failed = still = recovered = 0
     show_progress = sys.stderr.isatty()
     try:
         for done, entry in enumerate(entries, 1):
@@ -322,12 +393,42 @@ async def _replay_all(app: Any, journal: Journal, entries: list[Any]) -> int:
                 failed += 1
             if show_progress:
                 print(f"\rreplayed {done}/{len(entries)}", end="", file=sys.stderr, flush=True)
+        if show_progress and entries:
+            print(file=sys.stderr)
+        for entry in rejects:
+            try:
+                event, key = _reparse(app, entry)
+            except Exception as exc:
+                still += 1
+                print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
+                continue
+            recorded = await journal.recover(entry.id, event, entry.meta, key)
+            if recorded is None:
+                print(f"{entry.id} is not rejected any more: left alone")
+                continue
+            recovered += 1
+            if recorded.duplicate_of is not None:
+                print(
+                    f"recovered {entry.id}: a duplicate of {recorded.duplicate_of} "
+                    f"({recorded.state}), not dispatched"
+                )
+                continue
+            (stored,) = journal.entries(ids=[event.id], limit=1)
+            if await endpoint.retry(stored, all_plugins=True):
+                print(f"recovered {entry.id} as {event.id} ({entry.channel} {event.type})")
+            else:
+                failed += 1
+                print(
+                    f"recovered {entry.id} as {event.id} ({entry.channel} {event.type}); "
+                    "its handlers failed: it is retried like any failed event"
+                )
     finally:
         await journal.stop()
-    if show_progress:
-        print(file=sys.stderr)
-    print(f"replayed {len(entries)} entries, {failed} failed")
-    return 1 if failed else 0
+    if entries or not rejects:
+        print(f"replayed {len(entries)} entries, {failed} failed")
+    if rejects:
+        print(f"recovered {recovered} of {len(rejects)} rejected entries, {still} still rejected")
+    return 1 if failed or still else 0
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -16,7 +16,16 @@ handled once more (at least once, never lost).
 Lifecycle of an entry: ``received`` (committed, being handled) -> ``done`` (handled, the
 reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> ``dead``
 (out of attempts). A body that authenticated but could not be parsed is kept as
-``rejected``.
+``rejected`` (a blank body's redacted query string is kept as its raw, for the providers
+that call back with GET); once ``receiver replay --rejected`` has parsed it with a fixed
+parser, it is ``recovered``, and ``recovered_as`` names the event it became (a new one,
+or the original it turned out to duplicate).
+
+Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
+look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
+<receiver.providers.base.Provider.dedupe_key>`) within ``duplicate_window``, then the
+SHA-256 of the raw body within ``body_window``. Each is one query on one index
+(``events_channel_dedupe``, ``events_channel_body``).
 
 Out-of-order statuses: the journal keeps the latest status per message and recipient.
 The order is :data:`STATUS_RANK`: queued < submitted < sent < delivered | failed | other
@@ -81,7 +90,8 @@ STATUS_RANK: dict[str, int] = {
 }
 """Normalized status -> position in a message's lifecycle (see the module docstring)."""
 
-STATES = ("received", "done", "failed", "dead", "rejected")
+STATES = ("received", "done", "failed", "dead", "rejected", "recovered")
+"""Every entry state (see the module docstring)."""
 
 
 class Entry(msgspec.Struct, kw_only=True):
@@ -102,6 +112,8 @@ class Entry(msgspec.Struct, kw_only=True):
     reply: Reply | None
     failed_plugins: list[str] | None
     next_attempt_at: float | None
+    recovered_as: str | None = None
+    """A ``recovered`` entry: the id of the event it became."""
 
 
 class Recorded(msgspec.Struct, frozen=True):
@@ -132,6 +144,19 @@ class Journal(abc.ABC):
         self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
     ) -> str:
         """Store an authenticated body that could not be parsed; return its id."""
+
+    @abc.abstractmethod
+    async def recover(
+        self, entry_id: str, event: Event, meta: dict[str, str], dedupe_key: str | None
+    ) -> Recorded | None:
+        """Record ``event``, parsed anew from the rejected entry ``entry_id``, and mark
+        that entry ``recovered``, in one transaction.
+
+        ``event`` is recorded as :meth:`record` would (duplicate check included);
+        the entry's ``recovered_as`` is the new event's id, or the original's when it is
+        a duplicate. None, and nothing stored, when the entry is not ``rejected`` (any
+        more).
+        """
 
     @abc.abstractmethod
     async def complete(self, event_id: str, reply: Reply | None) -> None:
@@ -166,7 +191,7 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def prune(self, older_than: float) -> int:
-        """Delete done, rejected and dead entries received before ``older_than``."""
+        """Delete done, rejected, recovered and dead entries received before ``older_than``."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -208,11 +233,14 @@ CREATE TABLE IF NOT EXISTS events (
     failed_plugins BLOB,
     next_attempt_at REAL,
     dedupe_key TEXT,
-    body_hash BLOB
+    body_hash BLOB,
+    recovered_as TEXT
 );
-CREATE INDEX IF NOT EXISTS events_dedupe ON events (dedupe_key, received_at)
+DROP INDEX IF EXISTS events_dedupe;
+DROP INDEX IF EXISTS events_body;
+CREATE INDEX IF NOT EXISTS events_channel_dedupe ON events (channel, dedupe_key, received_at)
     WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_body ON events (body_hash, received_at);
+CREATE INDEX IF NOT EXISTS events_channel_body ON events (channel, body_hash, received_at);
 CREATE INDEX IF NOT EXISTS events_retry ON events (next_attempt_at) WHERE state = 'failed';
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS message_status (
@@ -225,11 +253,36 @@ CREATE TABLE IF NOT EXISTS message_status (
     PRIMARY KEY (provider, message_id, party)
 );
 """
+# (Journals written before the look-ups were scoped to the channel have the indexes
+# events_dedupe and events_body, dropped above, and no recovered_as column: _migrate.)
+
+_BY_KEY = (
+    "SELECT id, state, reply FROM events "
+    "WHERE channel = ? AND dedupe_key = ? AND received_at >= ? LIMIT 1"
+)
+"""The provider-key look-up: one query on ``events_channel_dedupe``."""
+
+_BY_BODY = (
+    "SELECT id, state, reply FROM events WHERE channel = ? AND body_hash = ? "
+    "AND received_at >= ? AND state NOT IN ('rejected', 'recovered') LIMIT 1"
+)
+"""The body-hash look-up: one query on ``events_channel_body`` (rejected bodies are not
+events, and a recovered one's event has a row of its own)."""
 
 _COLUMNS = (
     "id, channel, provider, type, message_id, state, received_at, raw, meta, event, reply, "
-    "error, attempts, failed_plugins, next_attempt_at"
+    "error, attempts, failed_plugins, next_attempt_at, recovered_as"
 )
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Create the schema; bring a journal written by an older version up to it."""
+    connection.executescript(_SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+    if "recovered_as" not in columns:
+        connection.execute("ALTER TABLE events ADD COLUMN recovered_as TEXT")
+
+
 _encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 _decode_reply = msgspec.msgpack.Decoder(Reply).decode
@@ -311,7 +364,7 @@ class SQLiteJournal(Journal):
             if self._thread is not None:
                 return
             connection = self._connect()
-            connection.executescript(_SCHEMA)
+            _migrate(connection)
             thread = threading.Thread(
                 target=self._write_loop, args=(connection,), name="receiver-journal", daemon=True
             )
@@ -418,49 +471,76 @@ class SQLiteJournal(Journal):
 
     async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
         body_hash = hashlib.sha256(event.raw).digest()
-        received = event.received_at.timestamp()
 
         def operation(connection: sqlite3.Connection) -> Recorded:
-            # Two single-index look-ups, the provider key's first (one query with OR
-            # needed a multi-index OR and a sort, at twice the cost). A window of 0 is off.
-            original = None
-            if dedupe_key is not None and self.duplicate_window > 0:
-                original = connection.execute(
-                    "SELECT id, state, reply FROM events "
-                    "WHERE dedupe_key = ? AND received_at >= ? LIMIT 1",
-                    (dedupe_key, received - self.duplicate_window),
-                ).fetchone()
-            if original is None and self.body_window > 0:
-                original = connection.execute(
-                    "SELECT id, state, reply FROM events WHERE body_hash = ? "
-                    "AND received_at >= ? AND state != 'rejected' LIMIT 1",
-                    (body_hash, received - self.body_window),
-                ).fetchone()
-            if original is not None:
-                reply = _decode_reply(original[2]) if original[2] else None
-                return Recorded(event, original[0], original[1], reply)
-            recorded = event
-            if _out_of_order(connection, event, received):
-                recorded = msgspec.structs.replace(event, out_of_order=True)
+            return self._record(connection, event, meta, dedupe_key, body_hash)
+
+        return await self._submit(operation)
+
+    def _record(
+        self,
+        connection: sqlite3.Connection,
+        event: Event,
+        meta: dict[str, str],
+        dedupe_key: str | None,
+        body_hash: bytes,
+    ) -> Recorded:
+        """Find the original of ``event`` on its channel, or store ``event`` (writer thread)."""
+        received = event.received_at.timestamp()
+        # Two single-index look-ups, the provider key's first (one query with OR needed a
+        # multi-index OR and a sort, at twice the cost). A window of 0 is off.
+        original = None
+        if dedupe_key is not None and self.duplicate_window > 0:
+            original = connection.execute(
+                _BY_KEY, (event.channel, dedupe_key, received - self.duplicate_window)
+            ).fetchone()
+        if original is None and self.body_window > 0:
+            original = connection.execute(
+                _BY_BODY, (event.channel, body_hash, received - self.body_window)
+            ).fetchone()
+        if original is not None:
+            reply = _decode_reply(original[2]) if original[2] else None
+            return Recorded(event, original[0], original[1], reply)
+        recorded = event
+        if _out_of_order(connection, event, received):
+            recorded = msgspec.structs.replace(event, out_of_order=True)
+        connection.execute(
+            "INSERT INTO events (id, channel, provider, type, message_id, state, "
+            "received_at, raw, meta, event, dedupe_key, body_hash) "
+            "VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.channel,
+                event.provider,
+                event.type.value,
+                event.message_id,
+                received,
+                event.raw,
+                _encode(meta),
+                _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
+                dedupe_key,
+                body_hash,
+            ),
+        )
+        return Recorded(recorded)
+
+    async def recover(
+        self, entry_id: str, event: Event, meta: dict[str, str], dedupe_key: str | None
+    ) -> Recorded | None:
+        body_hash = hashlib.sha256(event.raw).digest()
+
+        def operation(connection: sqlite3.Connection) -> Recorded | None:
+            found = connection.execute(
+                "SELECT state FROM events WHERE id = ?", (entry_id,)
+            ).fetchone()
+            if found is None or found[0] != "rejected":
+                return None
+            recorded = self._record(connection, event, meta, dedupe_key, body_hash)
             connection.execute(
-                "INSERT INTO events (id, channel, provider, type, message_id, state, "
-                "received_at, raw, meta, event, dedupe_key, body_hash) "
-                "VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.channel,
-                    event.provider,
-                    event.type.value,
-                    event.message_id,
-                    received,
-                    event.raw,
-                    _encode(meta),
-                    _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
-                    dedupe_key,
-                    body_hash,
-                ),
+                "UPDATE events SET state = 'recovered', recovered_as = ? WHERE id = ?",
+                (recorded.duplicate_of or event.id, entry_id),
             )
-            return Recorded(recorded)
+            return recorded
 
         return await self._submit(operation)
 
@@ -468,6 +548,7 @@ class SQLiteJournal(Journal):
         self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
     ) -> str:
         entry_id = new_event_id()
+        raw, meta = _kept_raw(raw, meta)
 
         def operation(connection: sqlite3.Connection) -> str:
             connection.execute(
@@ -577,7 +658,7 @@ class SQLiteJournal(Journal):
         with closing(self._read()) as connection:
             cursor = connection.execute(
                 "DELETE FROM events WHERE received_at < ? "
-                "AND state IN ('done', 'rejected', 'dead')",
+                "AND state IN ('done', 'rejected', 'recovered', 'dead')",
                 (older_than,),
             )
             connection.execute("DELETE FROM message_status WHERE updated_at < ?", (older_than,))
@@ -587,8 +668,23 @@ class SQLiteJournal(Journal):
         if not self.path.exists():
             raise ConfigError(f"journal: {self.path} does not exist")
         connection = self._connect()
-        connection.executescript(_SCHEMA)
+        _migrate(connection)
         return connection
+
+
+def _kept_raw(raw: bytes, meta: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """What a rejected request keeps as its raw body, and its meta.
+
+    A blank body with a query string was a GET callback (or a POST that put its fields in
+    the query): its fields are in the query, so the query is kept as the raw body, as
+    :attr:`Event.raw` keeps it for a GET callback, but as ``meta["query"]`` has it, with
+    the ``auth = "query"`` parameter's value ``REDACTED``. ``meta["raw"] = "query"`` says
+    so, for ``receiver replay --rejected`` to parse it as a query string again.
+    """
+    query = meta.get("query")
+    if query and (not raw or raw.isspace()):
+        return query.encode("latin-1"), {**meta, "raw": "query"}
+    return raw, meta
 
 
 def _out_of_order(connection: sqlite3.Connection, event: Event, received: float) -> bool:
@@ -632,6 +728,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         attempts,
         failed_plugins,
         next_attempt_at,
+        recovered_as,
     ) = row
     decoded = _decode_event(event) if event else None
     if decoded is not None:
@@ -652,4 +749,5 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         reply=_decode_reply(reply) if reply else None,
         failed_plugins=_decode_plugins(failed_plugins) if failed_plugins else None,
         next_attempt_at=next_attempt_at,
+        recovered_as=recovered_as,
     )

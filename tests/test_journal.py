@@ -255,18 +255,19 @@ def test_journal_duplicate_same_provider_key_different_body(tmp_path: Path) -> N
     counter = ReceiptCounter()
     app = make_app(tmp_path, plugins=[counter])
     original = ONEPOINT_DELIVERED
-    other_text = onepoint(Message="a different text, same receipt")
     reformatted = json.dumps(json.loads(original), indent=8).encode() + b"\n\n"
-    assert len({original, other_text, reformatted}) == 3
+    other_text = onepoint(Message="a different text, same receipt")  # another callback
     later = onepoint(Timestamp="2024-03-05T14:22:40.000000+00:00")  # a new key: not a dup
+    assert len({original, other_text, reformatted}) == 3
     with TestClient(app) as client:
-        for body in (original, other_text, reformatted):
+        for body in (original, reformatted):
             assert client.post("/sms", content=body, headers=JSON).status_code == 200
         assert len(counter.events) == 1
         assert len(rows(db_path(tmp_path))) == 1
-        assert client.post("/sms", content=later, headers=JSON).status_code == 200
-    assert len(counter.events) == 2
-    assert [row["raw"] for row in rows(db_path(tmp_path))] == [original, later]
+        for body in (other_text, later):
+            assert client.post("/sms", content=body, headers=JSON).status_code == 200
+    assert len(counter.events) == 3
+    assert [row["raw"] for row in rows(db_path(tmp_path))] == [original, other_text, later]
 
 
 def test_journal_duplicate_outside_window_dispatched_again(tmp_path: Path) -> None:
@@ -610,3 +611,52 @@ def test_journal_none_creates_nothing_and_errors_are_500(
             assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 500
     assert failing.calls == 4
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 14. one failing operation fails only its own callback ------------------------------
+
+
+def test_journal_operation_that_raises_fails_only_its_own_callback(tmp_path: Path) -> None:
+    from receiver.providers.onepoint import OnePointProvider
+
+    db = db_path(tmp_path)
+    parse = OnePointProvider().parse
+    good = [
+        parse(onepoint(MessageID=f"GOOD{i}"), content_type="application/json", channel="sms")
+        for i in range(3)
+    ]
+    # msgpack holds integers of at most 64 bits: storing this event raises OverflowError.
+    bad = msgspec.structs.replace(
+        parse(onepoint(MessageID="BAD"), content_type="application/json", channel="sms"),
+        metadata={"huge": 2**70},
+    )
+    first = parse(onepoint(MessageID="FIRST"), content_type="application/json", channel="sms")
+
+    async def scenario() -> tuple[list[Any], int]:
+        journal = SQLiteJournal(db)
+        await journal.start()
+        # Hold the write lock, so that everything sent meanwhile waits in one group.
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            ahead = asyncio.ensure_future(journal.record(first, {}, None))
+            await asyncio.sleep(0.1)  # the writer now waits for the lock with FIRST
+            group = [
+                asyncio.ensure_future(journal.record(event, {}, None))
+                for event in (good[0], bad, good[1], good[2])
+            ]
+            await asyncio.sleep(0.1)  # all four queued behind it
+            commits = journal.commits
+            blocker.execute("COMMIT")
+            await ahead
+            results = await asyncio.gather(*group, return_exceptions=True)
+        finally:
+            blocker.close()
+            await journal.stop()
+        return results, journal.commits - commits
+
+    results, commits = asyncio.run(scenario())
+    assert isinstance(results[1], OverflowError)
+    assert [r.event.id for r in (results[0], results[2], results[3])] == [e.id for e in good]
+    assert commits == 1 + 3  # FIRST alone; the group rolled back, each good one re-run alone
+    assert sorted(row["message_id"] for row in rows(db)) == ["FIRST", "GOOD0", "GOOD1", "GOOD2"]

@@ -137,7 +137,22 @@ class Provider(abc.ABC):
         return None
 
     def dedupe_key(self, event: Event) -> str | None:
-        """A key equal for re-sends of one callback (None: only the body hash is used)."""
+        """A key equal for re-sends of one callback, and only for them.
+
+        The journal treats a callback as a duplicate when an earlier one on the same
+        channel had the same key (within ``duplicate_window``) or the same raw body
+        (within ``duplicate_body_window``). So the key must hold every field that tells
+        two callbacks apart: identifier, type, status, timestamp, sender and recipient,
+        content, as sent. Encode absence distinctly (a field that is absent must never
+        equal one that is present but empty): the built-in providers encode the parts
+        as a JSON array, ``null`` for absent.
+
+        Return None ("mostly empty": only the body hash is used) unless the callback has
+        both an identifier of the message it is about and the time the provider says it
+        happened: without the time, two different callbacks (a person texting "yes"
+        twice in reply to one message, which keeps the message's id) can agree on every
+        other field. The default returns None.
+        """
         return None
 
     def has_callback_fields(self, query: str) -> bool:

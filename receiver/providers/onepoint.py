@@ -230,8 +230,16 @@ class OnePointProvider(Provider):
         return _encode_json(body)
 
     def dedupe_key(self, event: Event) -> str | None:
-        """MessageID + Type + Status + Timestamp (None without a MessageID)."""
-        if event.message_id is None:
+        """Every field the callback carries, as sent; None without MessageID or Timestamp.
+
+        MessageID, Type, Status, Timestamp, Source, Destination, Message, Inbound, Test,
+        Lookup, Reachable, Carrier, NumberType, Segments and MetaData, as a JSON array
+        (an absent field is ``null``, never ``""``). Replies keep the outbound
+        message's MessageID, so MessageID alone names no callback: without a Timestamp
+        too (when it happened), two replies could agree on everything else, and only the
+        body hash is used (see :meth:`Provider.dedupe_key`).
+        """
+        if event.message_id is None or not event.provider_timestamp:
             return None
         parts = (
             self.name,
@@ -239,8 +247,19 @@ class OnePointProvider(Provider):
             event.provider_type,
             event.provider_status,
             event.provider_timestamp,
+            event.source,
+            event.destination,
+            event.text,
+            event.inbound,
+            event.test,
+            event.lookup,
+            event.reachable,
+            event.carrier,
+            event.number_type,
+            event.segments,
+            event.metadata,
         )
-        return "\x1f".join(part or "" for part in parts)
+        return msgspec.json.encode(parts, order="sorted").decode()
 
     def has_callback_fields(self, query: str) -> bool:
         """A GET is a callback when its query string carries a callback field."""

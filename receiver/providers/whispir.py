@@ -276,21 +276,40 @@ class WhispirProvider(Provider):
         )
 
     def dedupe_key(self, event: Event) -> str | None:
-        """messageid + the acknowledged/undeliverable/status timestamp + content + sender."""
-        if event.message_id is None and event.report_id is None:
+        """Every field the callback carries; None without messageid/reportid or timestamp.
+
+        The kind and type, messageid, reportid, location, the acknowledged/undeliverable/
+        new-status timestamp (or the report's), the new and old status, the reply's
+        channel and content, the whole ``from`` block, the report's outputLocation and
+        the custom parameters, as a JSON array (an absent field is ``null``, never
+        ``""``). Whispir timestamps have minute resolution: a person's two replies with
+        the same text in the same minute to one message are indistinguishable from a
+        re-send (their bodies are identical too).
+        """
+        if (event.message_id is None and event.report_id is None) or not event.provider_timestamp:
             return None
         sender = event.sender
-        address = (sender.mobile or sender.email or sender.voice or sender.mri) if sender else None
         parts = (
             self.name,
+            event.provider_type,
             event.type.value,
-            event.message_id or event.report_id,
+            event.message_id,
+            event.report_id,
+            event.location,
             event.provider_timestamp,
             event.provider_status,
+            event.previous_status,
+            event.medium,
             event.text,
-            address,
+            event.source,
+            event.destination,
+            None
+            if sender is None
+            else (sender.name, sender.mri, sender.mobile, sender.email, sender.voice),
+            event.output_location,
+            event.custom,
         )
-        return "\x1f".join(part or "" for part in parts)
+        return msgspec.json.encode(parts, order="sorted").decode()
 
     def _time(self, stamp: str | None) -> datetime | None:
         """Parse a timestamp, remembering recent ones (they have minute resolution)."""
