@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import msgspec
 import structlog
@@ -78,6 +79,9 @@ class _Route:
     authenticator: Authenticator
     allowed: Networks | None
     """The networks ``allow_ips`` admits; None when the channel admits every address."""
+    secret_param: str | None = None
+    """The query parameter holding the key (``auth = "query"``), lowercase: redacted from
+    everything kept or dispatched."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (see :func:`_logger`)."""
 
@@ -152,6 +156,7 @@ class CallbackEndpoint:
                 provider,
                 build_authenticator(channel, name),
                 Networks(channel.allow_ips) if channel.allow_ips else None,
+                channel.param.lower() if channel.auth == "query" else None,
             )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -267,6 +272,8 @@ class CallbackEndpoint:
             coding = headers.get(b"content-encoding")
             if coding is not None:  # authenticated as sent, parsed as meant
                 body = decode_content(body, coding, self.max_body)
+            if route.secret_param is not None and query:  # the key is no callback field
+                query = _redacted(query.decode("latin-1"), route.secret_param).encode("latin-1")
             event = route.provider.parse(
                 body,
                 content_type=content_type.decode("latin-1") if content_type else None,
@@ -466,11 +473,7 @@ def _meta(scope: Scope, route: _Route) -> dict[str, str]:
     meta = {"method": scope["method"], "path": scope["path"]}
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
-        secret = route.channel.param.lower() if route.channel.auth == "query" else None
-        meta["query"] = "&".join(
-            f"{name}=REDACTED" if name.lower() == secret else f"{name}={value}"
-            for name, _, value in (pair.partition("=") for pair in query.split("&"))
-        )
+        meta["query"] = _redacted(query, route.secret_param) if route.secret_param else query
     client = scope.get("client")
     if client:
         meta["client"] = client[0]
@@ -478,6 +481,16 @@ def _meta(scope: Scope, route: _Route) -> dict[str, str]:
         if key in _KEPT_HEADERS:
             meta[key.decode()] = value.decode("latin-1")
     return meta
+
+
+def _redacted(query: str, secret: str) -> str:
+    """``query`` with the value of every ``secret`` parameter (its name percent-decoded and
+    matched ignoring case, as authentication reads it) replaced by ``REDACTED``."""
+    return "&".join(
+        f"{name}=REDACTED" if unquote_plus(name).lower() == secret else pair
+        for pair in query.split("&")
+        for name in (pair.partition("=")[0],)
+    )
 
 
 async def _read_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
