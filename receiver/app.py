@@ -268,10 +268,11 @@ class CallbackEndpoint:
         body = await _read_body(receive, headers.get(b"content-length"), self.max_body)
         route.authenticator.check(Request(scope, body, headers))
         content_type = headers.get(b"content-type")
+        coding = headers.get(b"content-encoding")
         try:
-            coding = headers.get(b"content-encoding")
             if coding is not None:  # authenticated as sent, parsed as meant
                 body = decode_content(body, coding, self.max_body)
+                coding = None  # what is kept from here on is the decoded body
             if route.secret_param is not None and query:  # the key is no callback field
                 query = _redacted(query.decode("latin-1"), route.secret_param).encode("latin-1")
             event = route.provider.parse(
@@ -283,9 +284,10 @@ class CallbackEndpoint:
             )
         except PayloadError as exc:
             if self.journal is not None:  # authenticated: keep it for an operator to inspect
-                await self.journal.reject(
-                    route.name, route.provider.name, body, _meta(scope, route), str(exc)
-                )
+                meta = _meta(scope, route)
+                if coding is not None:  # kept still encoded: say how, for a replay
+                    meta["content-encoding"] = coding.decode("latin-1")
+                await self.journal.reject(route.name, route.provider.name, body, meta, str(exc))
             raise
         trace.event = event
         if self.journal is None:

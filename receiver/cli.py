@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from receiver.codings import decode_content
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES, Entry, Journal
@@ -360,8 +361,12 @@ def _reparse(app: Any, entry: Entry) -> tuple[Event, str | None]:
     if route is None:
         raise ConfigError(f"channel {entry.channel!r} is not configured")
     from_query = entry.meta.get("raw") == "query"
+    body = entry.raw
+    coding = entry.meta.get("content-encoding")  # kept encoded: its coding was refused
+    if coding is not None and not from_query:
+        body = decode_content(body, coding.encode("latin-1"), app.state.config.max_body_bytes)
     event: Event = route.provider.parse(
-        b"" if from_query else entry.raw,
+        b"" if from_query else body,
         content_type=entry.meta.get("content-type"),
         query=entry.raw.decode("latin-1") if from_query else entry.meta.get("query", ""),
         channel=entry.channel,

@@ -305,3 +305,39 @@ def test_recover_then_prune_removes_recovered_entries(
     assert setup.cli("--rejected") == 0
     assert main(["prune", "--config", str(setup.config), "--older-than", "0s"]) == 0
     assert setup.rows() == []  # the recovered entry, and the event it became (done)
+
+
+def test_recover_gzip_body_is_kept_decoded_and_recovered(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+
+    body = poll("compressed yes")
+    with TestClient(create_app(load_config(setup.config))) as client:
+        response = client.post(
+            "/sms", content=gzip.compress(body), headers={**JSON, "content-encoding": "gzip"}
+        )
+    assert response.status_code == 400
+    (rejected,) = setup.rows()
+    assert rejected["raw"] == body  # decoded: readable, and parsed as such on replay
+    setup.fixed.touch()
+    assert setup.cli("--rejected") == 0
+    assert setup.dispatched_texts() == ["compressed yes"]
+
+
+def test_recover_body_with_refused_coding_keeps_its_coding_and_stays_rejected(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = poll("brotli?")
+    with TestClient(create_app(load_config(setup.config))) as client:
+        response = client.post("/sms", content=body, headers={**JSON, "content-encoding": "br"})
+    assert response.status_code == 415
+    (rejected,) = setup.rows()
+    assert rejected["raw"] == body
+    assert msgspec.msgpack.decode(rejected["meta"])["content-encoding"] == "br"
+    setup.fixed.touch()
+    assert setup.cli("--rejected") == 1
+    out = capsys.readouterr().out
+    assert "Content-Encoding br is not supported" in out
+    assert setup.dispatched_texts() == []
+    assert [row["state"] for row in setup.rows()] == ["rejected"]
