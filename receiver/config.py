@@ -40,9 +40,10 @@ class Channel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         credentials: ``auth = "hmac"``: AppId -> Secret.
         hmac_hash: ``sha1`` (OnePoint's documented default) or ``sha256``.
         hmac_key_encoding: The Secret as ``utf8`` text or ``base64``-decoded bytes.
-        hmac_body: Sign Base64 of the ``raw`` body or of its ``md5`` digest.
-        hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded
-            (``lower-urlencoded``).
+        hmac_body: Sign Base64 of the ``raw`` body or of its ``md5`` digest (an empty
+            body signs as nothing).
+        hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded as .NET's
+            ``HttpUtility.UrlEncode`` does (``lower-urlencoded``).
         public_url: The URL the provider calls, for HMAC checks behind a proxy.
         allow_ips: Client networks allowed to call (empty: any).
         timezone: Whispir only: zone of the payload's timestamps.
