@@ -72,8 +72,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         max_body_bytes: Largest body accepted (413 beyond), enforced while reading.
         reply_timeout: Seconds the handlers of a Message/Keyword may take (503 beyond).
         handler_timeout: Seconds the handlers of any other event may take (503 beyond).
-        trusted_proxies: Addresses or networks whose X-Forwarded-For/-Proto/-Host and
-            ``Forwarded`` headers are believed (client address, scheme, host). ``"*"``
+        trusted_proxies: Addresses or networks whose X-Forwarded-For/-Proto/-Host/-Port
+            and ``Forwarded`` headers are believed (client address, scheme, host). ``"*"``
             trusts every peer: only behind a proxy that always sets these headers.
         plugins: Dotted module names to load as plugins.
         plugins_dir: A folder whose ``*.py`` files are each loaded as a plugin.

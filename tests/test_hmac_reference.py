@@ -512,3 +512,126 @@ def test_hmac_signature_vector_issue_example() -> None:
     assert got == expected.encode()
     assert got != with_md5_of_nothing.encode()
 
+
+# --------------------------------------------------------------------------- forwarded ports
+
+INTERNAL = "http://127.0.0.1:8000"
+PROXY = ("127.0.0.1", 40000)  # a trusted proxy (the default trusted_proxies)
+WAYS = ["front door", "router"]
+PORT_TARGET = f"/diy?{Q}&s=~"
+
+
+def _through_proxy(way: str, headers: dict[str, Any], signed: str, peer: Any = PROXY) -> int:
+    """Status of a GET signed over ``signed``, sent by ``peer`` with proxy ``headers``."""
+    client = client_for(make_app(way=way), INTERNAL, client=peer)
+    signature = reference_signature(method="GET", absolute_uri=signed, content=None)
+    response = send(client, "GET", PORT_TARGET, signature, None, headers)
+    assert response.status_code in (200, 401), response.text
+    return int(response.status_code)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_forwarded_port_is_in_the_signed_url(way: str) -> None:
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "hooks.example.com",
+        "X-Forwarded-Port": "8443",
+    }
+    assert _through_proxy(way, headers, f"https://hooks.example.com:8443{PORT_TARGET}") == 200
+    assert _through_proxy(way, headers, f"https://hooks.example.com{PORT_TARGET}") == 401
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_forwarded_port_added_to_the_host_header(way: str) -> None:
+    """No forwarded host (the proxy sets Host itself, without a port): the port is added."""
+    headers = {"Host": "hooks.example.com", "X-Forwarded-Proto": "https"}
+    headers["X-Forwarded-Port"] = "8443"
+    assert _through_proxy(way, headers, f"https://hooks.example.com:8443{PORT_TARGET}") == 200
+    assert _through_proxy(way, headers, f"https://hooks.example.com{PORT_TARGET}") == 401
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize(("scheme", "port"), [("https", "443"), ("http", "80")])
+def test_hmac_forwarded_default_port_is_dropped(way: str, scheme: str, port: str) -> None:
+    """As Uri.AbsoluteUri does: the sender signed the URL without its default port."""
+    headers = {
+        "X-Forwarded-Proto": scheme,
+        "X-Forwarded-Host": "hooks.example.com",
+        "X-Forwarded-Port": port,
+    }
+    assert _through_proxy(way, headers, f"{scheme}://hooks.example.com{PORT_TARGET}") == 200
+    signed_with_port = f"{scheme}://hooks.example.com:{port}{PORT_TARGET}"
+    assert _through_proxy(way, headers, signed_with_port) == 401
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_x_forwarded_host_with_port(way: str) -> None:
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.com:8443"}
+    assert _through_proxy(way, headers, f"https://hooks.example.com:8443{PORT_TARGET}") == 200
+    assert _through_proxy(way, headers, f"https://hooks.example.com{PORT_TARGET}") == 401
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_forwarded_header_host_with_port(way: str) -> None:
+    headers = {"Forwarded": 'for=203.0.113.7;proto=https;host="hooks.example.com:8443"'}
+    assert _through_proxy(way, headers, f"https://hooks.example.com:8443{PORT_TARGET}") == 200
+    assert _through_proxy(way, headers, f"https://hooks.example.com{PORT_TARGET}") == 401
+    with_default = {"Forwarded": 'proto=https;host="hooks.example.com:443"'}
+    assert _through_proxy(way, with_default, f"https://hooks.example.com{PORT_TARGET}") == 200
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_port_in_forwarded_host_wins_over_forwarded_port(way: str) -> None:
+    """The host's port is the one the caller put in its URL (the port header is where
+    the proxy listened; behind a port mapping they differ)."""
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "hooks.example.com:9443",
+        "X-Forwarded-Port": "443",
+    }
+    assert _through_proxy(way, headers, f"https://hooks.example.com:9443{PORT_TARGET}") == 200
+    assert _through_proxy(way, headers, f"https://hooks.example.com{PORT_TARGET}") == 401
+    forwarded = {
+        "Forwarded": 'proto=https;host="hooks.example.com:9443"',
+        "X-Forwarded-Port": "8443",
+    }
+    assert _through_proxy(way, forwarded, f"https://hooks.example.com:9443{PORT_TARGET}") == 200
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_forwarded_port_of_the_nearest_proxy_is_used(way: str) -> None:
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "hooks.example.com",
+        "X-Forwarded-Port": "9000, 8443",
+    }
+    assert _through_proxy(way, headers, f"https://hooks.example.com:8443{PORT_TARGET}") == 200
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize(
+    "port",
+    [
+        *(pytest.param(p, id=p) for p in ("https", "0", "65536", "-8443", "+8443", "84_43")),
+        *(pytest.param(p, id=p) for p in ("8443x", "8443 8444", "", " ", "0x1F")),
+        pytest.param("9" * 5000, id="5000-digits"),
+        pytest.param("8²".encode("latin-1"), id="superscript-digit"),
+    ],
+)
+def test_hmac_forwarded_port_not_a_port_is_ignored(way: str, port: str | bytes) -> None:
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "hooks.example.com",
+        "X-Forwarded-Port": port,
+    }
+    assert _through_proxy(way, headers, f"https://hooks.example.com{PORT_TARGET}") == 200
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_hmac_forwarded_port_from_an_untrusted_peer_changes_nothing(way: str) -> None:
+    peer = ("203.0.113.50", 40000)
+    headers = {"X-Forwarded-Port": "8443"}
+    assert _through_proxy(way, headers, f"{INTERNAL}{PORT_TARGET}", peer) == 200
+    assert _through_proxy(way, headers, f"http://127.0.0.1:8443{PORT_TARGET}", peer) == 401
+    # The same header from the trusted proxy does count.
+    assert _through_proxy(way, headers, f"http://127.0.0.1:8000{PORT_TARGET}") == 200
