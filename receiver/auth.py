@@ -15,18 +15,47 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, quote_plus
+from urllib.parse import parse_qsl
 
 import structlog
 
 from receiver.config import Channel
 from receiver.errors import ConfigError, NotAuthenticated
 
-__all__ = ["Authenticator", "Request", "build_authenticator", "header_index", "request_url"]
+__all__ = [
+    "Authenticator",
+    "Request",
+    "build_authenticator",
+    "header_index",
+    "lower_url_encode",
+    "request_url",
+]
 
 log = structlog.get_logger()
 
 SIGNATURE_SCHEMES = (b"x-opg-signature", b"x-diy-signature")
+
+# HttpUtility.UrlEncode (.NET, System.Web): these bytes stay, a space becomes "+", every
+# other byte of the UTF-8 text becomes "%xx" with lowercase hex. Unlike Python's
+# quote_plus, "~" is escaped and "!*()" are not. Indexed by byte value, for str.translate.
+_URL_SAFE = frozenset(b"!()*-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+_URL_ENCODE = [
+    chr(byte) if byte in _URL_SAFE else "+" if byte == 0x20 else f"%{byte:02x}"
+    for byte in range(256)
+]
+_EMPTY_MD5 = binascii.b2a_base64(hashlib.md5(b"").digest(), newline=False)
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def lower_url_encode(text: str) -> str:
+    """``HttpUtility.UrlEncode(text.ToLower())`` as .NET computes it (UTF-8).
+
+    Lone surrogates from ``surrogateescape`` decoding go back to the bytes they stood for.
+    """
+    text = text.lower()
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("latin-1")
+    return text.translate(_URL_ENCODE)
 
 
 class Request:
@@ -69,11 +98,35 @@ def header_index(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return dict(reversed(headers))
 
 
+# Host header -> the host as the URL has it, per scheme: callers use few hosts.
+_HTTP_HOSTS: dict[bytes, str] = {}
+_HTTPS_HOSTS: dict[bytes, str] = {}
+
+
+def _host(host_header: bytes, scheme: str) -> str:
+    """A Host header's value in lower case, without ``scheme``'s default port."""
+    host = host_header.decode("latin-1").lower()
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is not None and host.endswith(default_port):
+        host = host[: -len(default_port)]
+    return host
+
+
 def _url(scope: dict[str, Any], host_header: bytes | None) -> str:
-    """:func:`request_url` with the Host header already looked up."""
+    """:func:`request_url` with the Host header already looked up.
+
+    As .NET's ``Uri.AbsoluteUri`` writes it (what OnePoint/DIY sign): the host in lower
+    case and without the scheme's default port.
+    """
     scheme = scope.get("scheme", "http")
     if host_header is not None:
-        host = host_header.decode("latin-1")
+        hosts = _HTTPS_HOSTS if scheme == "https" else _HTTP_HOSTS
+        host = hosts.get(host_header)
+        if host is None:
+            host = _host(host_header, scheme)
+            if len(hosts) >= 256:
+                hosts.clear()
+            hosts[host_header] = host
     else:
         server = scope.get("server") or ("localhost", None)
         default = 443 if scheme == "https" else 80
@@ -168,8 +221,11 @@ class HmacCheck(Authenticator):
 
     signature = Base64(HMAC-<hash>(key = Secret, message = AppId + METHOD + URI +
     Timestamp + Nonce + Base64(body or MD5(body)))), each part chosen by the channel's
-    ``hmac_*`` options. No replay window: OnePoint says its timestamp and nonce checks do
-    not apply to callbacks.
+    ``hmac_*`` options. With ``lower-urlencoded`` and ``md5`` this is the signer OnePoint's
+    scheme comes from (an ASP.NET Web API sample): URI =
+    ``HttpUtility.UrlEncode(Uri.AbsoluteUri.ToLower())`` and, for a request without
+    content, nothing at all for the body. No replay window: OnePoint says its timestamp
+    and nonce checks do not apply to callbacks.
     """
 
     def __init__(self, channel: Channel, channel_name: str) -> None:
@@ -190,6 +246,8 @@ class HmacCheck(Authenticator):
         self.lower_urlencoded = channel.hmac_uri == "lower-urlencoded"
         self.public_url = channel.public_url.rstrip("/") if channel.public_url else None
         self.channel_name = channel_name
+        # The encoded URL without its query, by URL: a channel is called at few URLs.
+        self._encoded: dict[str, str] = {}
 
     def url(self, request: Request) -> str:
         """The URL the signature covers: ``public_url`` (plus the query) when set."""
@@ -198,15 +256,49 @@ class HmacCheck(Authenticator):
         query = request.scope.get("query_string", b"")
         return f"{self.public_url}?{query.decode('latin-1')}" if query else self.public_url
 
+    def signed_uri(self, request: Request) -> str:
+        """The URI part of the signed message (``hmac_uri`` applied to :meth:`url`)."""
+        url = self.url(request)
+        if not url.isascii():
+            # Bytes beyond ASCII in the request (a .NET sender escapes them) are taken as
+            # UTF-8, the text the sender would have had; url() decoded them as Latin-1.
+            if self.public_url is None:
+                url = url.encode("latin-1").decode("utf-8", "surrogateescape")
+            else:
+                query = request.scope.get("query_string", b"")
+                url = self.public_url + ("?" + _utf8(query) if query else "")
+        if not self.lower_urlencoded:
+            return url
+        base, mark, query_text = url.partition("?")
+        encoded = self._encoded.get(base)
+        if encoded is None:
+            if len(self._encoded) >= 64:
+                self._encoded.clear()
+            encoded = self._encoded[base] = lower_url_encode(base)
+        return f"{encoded}%3f{lower_url_encode(query_text)}" if mark else encoded
+
     def signature(self, request: Request, app_id: str, nonce: str, timestamp: str) -> bytes:
         """The signature this request should carry (for tests and for providers' SDKs)."""
-        body = hashlib.md5(request.body).digest() if self.md5_body else request.body
-        uri = self.url(request)
-        if self.lower_urlencoded:
-            uri = quote_plus(uri.lower(), safe="").lower()
+        return self._sign(request, app_id, nonce, timestamp, self._body(request.body))
+
+    def _body(self, body: bytes) -> bytes:
+        """Base64 of the body or of its MD5; no content is signed as nothing (as the
+        reference checks it: ``content.Length != 0`` before hashing)."""
+        if self.md5_body and body:
+            body = hashlib.md5(body).digest()
+        return binascii.b2a_base64(body, newline=False)
+
+    def _sign(
+        self, request: Request, app_id: str, nonce: str, timestamp: str, body_part: bytes
+    ) -> bytes:
+        uri = self.signed_uri(request)
         mac = self.macs[app_id].copy()
-        mac.update(f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}".encode())
-        mac.update(binascii.b2a_base64(body, newline=False))
+        mac.update(
+            f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
+        mac.update(body_part)
         return binascii.b2a_base64(mac.digest(), newline=False)
 
     def check(self, request: Request) -> None:
@@ -224,8 +316,15 @@ class HmacCheck(Authenticator):
         app_id, presented, nonce, timestamp = parts
         if app_id not in self.macs:
             raise NotAuthenticated("wrong credentials: unknown AppId")
-        expected = self.signature(request, app_id, nonce, timestamp)
-        if not hmac.compare_digest(presented.encode("latin-1"), expected):
+        given = presented.encode("latin-1")
+        expected = self._sign(request, app_id, nonce, timestamp, self._body(request.body))
+        matched = hmac.compare_digest(given, expected)
+        if self.md5_body and not request.body:
+            # The reference client hashes empty content it was given (a POST of ""), where
+            # its server signs nothing: both forms of an empty body pass, both compared.
+            other = self._sign(request, app_id, nonce, timestamp, _EMPTY_MD5)
+            matched |= hmac.compare_digest(given, other)
+        if not matched:
             log.warning(
                 "hmac signature mismatch",
                 channel=self.channel_name,
@@ -236,6 +335,11 @@ class HmacCheck(Authenticator):
                 ),
             )
             raise NotAuthenticated("wrong credentials: signature does not match")
+
+
+def _utf8(data: bytes) -> str:
+    """Request bytes as the text a sender had: UTF-8, other bytes kept as surrogates."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 class _Open(Authenticator):

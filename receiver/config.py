@@ -40,9 +40,10 @@ class Channel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         credentials: ``auth = "hmac"``: AppId -> Secret.
         hmac_hash: ``sha1`` (OnePoint's documented default) or ``sha256``.
         hmac_key_encoding: The Secret as ``utf8`` text or ``base64``-decoded bytes.
-        hmac_body: Sign Base64 of the ``raw`` body or of its ``md5`` digest.
-        hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded
-            (``lower-urlencoded``).
+        hmac_body: Sign Base64 of the ``raw`` body or of its ``md5`` digest (an empty
+            body signs as nothing).
+        hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded as .NET's
+            ``HttpUtility.UrlEncode`` does (``lower-urlencoded``).
         public_url: The URL the provider calls, for HMAC checks behind a proxy.
         allow_ips: Client networks allowed to call (empty: any).
         timezone: Whispir only: zone of the payload's timestamps.
@@ -71,8 +72,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         max_body_bytes: Largest body accepted (413 beyond), enforced while reading.
         reply_timeout: Seconds the handlers of a Message/Keyword may take (503 beyond).
         handler_timeout: Seconds the handlers of any other event may take (503 beyond).
-        trusted_proxies: Addresses or networks whose X-Forwarded-For/-Proto/-Host and
-            ``Forwarded`` headers are believed (client address, scheme, host). ``"*"``
+        trusted_proxies: Addresses or networks whose X-Forwarded-For/-Proto/-Host/-Port
+            and ``Forwarded`` headers are believed (client address, scheme, host). ``"*"``
             trusts every peer: only behind a proxy that always sets these headers.
         plugins: Dotted module names to load as plugins.
         plugins_dir: A folder whose ``*.py`` files are each loaded as a plugin.

@@ -62,19 +62,31 @@ class Networks:
 
 
 FORWARDING_HEADERS = frozenset(
-    {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+    }
 )
 """The request headers :class:`ProxyHeaders` reads (lowercase, as in an ASGI scope)."""
 
 
 class ProxyHeaders:
-    """Believe ``X-Forwarded-For``/``-Proto``/``-Host`` and ``Forwarded`` from trusted peers.
+    """Believe ``X-Forwarded-For``/``-Proto``/``-Host``/``-Port`` and ``Forwarded`` from
+    trusted peers.
 
     Only when the direct peer is in ``trusted`` are the headers read; the client address
     is then the right-most address in the chain that is not itself a trusted proxy (a
     client cannot forge its way past the proxy that appended the real address). The
-    scheme and host come from the nearest proxy's values. From any other peer the
-    headers are ignored: a forged X-Forwarded-For changes nothing.
+    scheme, host and port come from the nearest proxy's values. A port written in the
+    host (``X-Forwarded-Host``, ``Forwarded: host=``, or the Host header when neither is
+    sent) wins over ``X-Forwarded-Port``: it is what the caller put in its URL, while the
+    port header is where the proxy listened (they differ behind a port mapping); the
+    port header only adds a port to a host without one, and is ignored unless it is a
+    number from 1 to 65535. From any other peer the headers are ignored: a forged
+    X-Forwarded-For changes nothing.
     """
 
     def __init__(self, trusted: Iterable[str] = ("127.0.0.1",)) -> None:
@@ -93,7 +105,7 @@ class ProxyHeaders:
 
     def rewrite(self, scope: dict[str, Any], client: tuple[str, int]) -> dict[str, Any]:
         chain: list[str] = []
-        proto = host = None
+        proto = host = port = None
         for name, value in scope["headers"]:
             if name == b"forwarded":
                 for element in value.decode("latin-1").split(","):
@@ -108,6 +120,10 @@ class ProxyHeaders:
                 proto = value.decode("latin-1").split(",")[-1].strip()
             elif name == b"x-forwarded-host":
                 host = value.decode("latin-1").split(",")[-1].strip()
+            elif name == b"x-forwarded-port":
+                port = _port(value)
+        if port is not None:
+            host = _with_port(host, port, scope["headers"])
         if not (chain or proto or host):
             return scope
         scope = dict(scope)
@@ -125,6 +141,27 @@ class ProxyHeaders:
             headers.append((b"host", host.encode("latin-1")))
             scope["headers"] = headers
         return scope
+
+
+def _port(value: bytes) -> str | None:
+    """The nearest proxy's ``X-Forwarded-Port`` (``"08443"`` -> ``"8443"``), or None
+    when it is not a port number."""
+    text = value.decode("latin-1").rpartition(",")[2].strip()
+    if len(text) <= 5 and text.isascii() and text.isdigit() and 0 < int(text) <= 65535:
+        return str(int(text))
+    return None
+
+
+def _with_port(forwarded: str | None, port: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The host to use: the forwarded host, else the Host header, with ``port`` added when
+    it has no port of its own (None: keep the Host header as it is)."""
+    host = forwarded
+    if not host:
+        host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
+        if not host:
+            return forwarded
+    has_port = "]:" in host if host.startswith("[") else ":" in host
+    return forwarded if has_port else f"{host}:{port}"
 
 
 def _strip_port(node: str) -> str:
