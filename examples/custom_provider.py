@@ -35,9 +35,9 @@ from typing import ClassVar
 import msgspec
 
 from receiver import Channel, Config, Event, EventType, PayloadError, Reply, create_app, hookimpl
+from receiver.events import new_event_id
 from receiver.formats import BodyFormat
 from receiver.providers import Provider
-from receiver.types import new_event_id
 
 
 class _AcmeMessage(msgspec.Struct):

@@ -2,10 +2,10 @@
 
 from receiver.app import create_app
 from receiver.config import Channel, Config, load_config
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
+from receiver.events import Contact, Event, EventType, Reply
 from receiver.hookspecs import hookimpl
 from receiver.plugins import blocking
-from receiver.types import Contact, Event, EventType, PayloadError, Reply, UnsupportedPayload
 
 __all__ = [
     "Channel",

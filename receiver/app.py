@@ -40,9 +40,12 @@ from receiver.errors import (
     HandlerTimeout,
     MethodNotAllowed,
     NotAuthenticated,
+    Outcome,
+    PayloadError,
     UnknownChannel,
     classify,
 )
+from receiver.events import Event, Reply
 from receiver.journal import Entry, Journal, Recorded, open_journal
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
 from receiver.middleware import (
@@ -55,7 +58,6 @@ from receiver.middleware import (
 )
 from receiver.plugins import Dispatcher, PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
-from receiver.types import Event, PayloadError, Reply
 
 __all__ = ["CallbackEndpoint", "create_app"]
 
@@ -109,7 +111,7 @@ class _Trace:
         self.route = route
         self.event: Event | None = None
         self.replied = False
-        self.outcome = "accepted"
+        self.outcome = Outcome.accepted
 
 
 class _ClientGone(Exception):
@@ -264,6 +266,7 @@ class CallbackEndpoint:
         if method == "HEAD" or (
             method == "GET" and not route.provider.has_callback_fields(query.decode("latin-1"))
         ):
+            trace.outcome = Outcome.url_check
             return 200, b"", []  # a URL check: Whispir wants exactly 200
         body = await _read_body(receive, headers.get(b"content-length"), self.max_body)
         route.authenticator.check(Request(scope, body, headers))
@@ -335,7 +338,7 @@ class CallbackEndpoint:
             raise
         except HandlerError as exc:
             await self._failed(event, str(exc), exc.plugins, attempt=1)
-            trace.outcome = "handler_error"
+            trace.outcome = Outcome.handler_error
             return None  # the event is safe in the journal: answer 200, retry later
         else:
             assert self.journal is not None
@@ -379,7 +382,7 @@ class CallbackEndpoint:
         self, route: _Route, event: Event, recorded: Recorded, trace: _Trace
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """Answer a re-sent callback as its original was answered; dispatch nothing."""
-        trace.outcome = "duplicate"
+        trace.outcome = Outcome.duplicate
         reply = recorded.reply
         original = recorded.duplicate_of or ""
         pending = self._pending.get(original)
@@ -576,6 +579,7 @@ def _log_failure(
         "method": scope["method"],
         "client": client[0] if client else None,
         "reason": reason,
+        "outcome": trace.outcome.value,
     }
     if event is not None:
         fields["type"] = event.type.value

@@ -21,8 +21,8 @@ import structlog
 from receiver.codings import decode_content
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
+from receiver.events import Event
 from receiver.journal import STATES, Entry, Journal
-from receiver.types import Event
 
 __all__ = ["main"]
 
@@ -378,7 +378,7 @@ def _reparse(app: Any, entry: Entry) -> tuple[Event, str | None]:
 def _reason(exc: Exception) -> str:
     """Why a body still does not parse, without echoing it: a parser's own one-line
     message (PayloadError, ConfigError), otherwise only the exception's type."""
-    from receiver.types import PayloadError
+    from receiver.errors import PayloadError
 
     if isinstance(exc, PayloadError | ConfigError):
         return str(exc)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from receiver.errors import BodyTooLarge
-from receiver.types import PayloadError, UnsupportedPayload
+from receiver.errors import BodyTooLarge, PayloadError, UnsupportedPayload
 
 __all__ = ["decode_content"]
 

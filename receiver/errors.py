@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from receiver.types import PayloadError, UnsupportedPayload
+import enum
 
 __all__ = [
+    "RESPONSES",
     "BodyTooLarge",
+    "CallbackError",
     "ConfigError",
     "HandlerError",
     "HandlerTimeout",
     "MethodNotAllowed",
     "NotAuthenticated",
+    "Outcome",
+    "PayloadError",
     "UnknownChannel",
+    "UnsupportedPayload",
     "classify",
 ]
+
+
+class PayloadError(ValueError):
+    """A body that cannot be read as a callback of its provider.
+
+    The message is one line naming the field or path at fault; it never contains the
+    body. The HTTP layer answers 400 with it.
+    """
+
+
+class UnsupportedPayload(PayloadError):
+    """A body in a format the provider does not send at all (answered 415)."""
 
 
 class ConfigError(ValueError):
@@ -59,23 +76,46 @@ class HandlerTimeout(CallbackError):
     """The plugins did not finish within the timeout; the provider may retry."""
 
 
-RESPONSES: dict[type[Exception], tuple[int, str]] = {
-    UnknownChannel: (404, "unknown_channel"),
-    MethodNotAllowed: (405, "method_not_allowed"),
-    NotAuthenticated: (401, "rejected_auth"),
-    BodyTooLarge: (413, "too_large"),
-    UnsupportedPayload: (415, "rejected_payload"),
-    PayloadError: (400, "rejected_payload"),
-    HandlerError: (500, "handler_error"),
-    HandlerTimeout: (503, "reply_timeout"),
+class Outcome(enum.StrEnum):
+    """What became of a callback: one word for the error table, log lines and metrics.
+
+    ``accepted`` (dispatched, or stored for a retry when a handler failed with the
+    journal on: see ``handler_error``), ``duplicate`` (a re-send, answered as its
+    original), ``url_check`` (a GET or HEAD without a callback), and one per refusal
+    or failure below. ``internal_error`` is a bug of receiver's own, never a plugin's.
+    """
+
+    accepted = "accepted"
+    duplicate = "duplicate"
+    url_check = "url_check"
+    unknown_channel = "unknown_channel"
+    method_not_allowed = "method_not_allowed"
+    rejected_auth = "rejected_auth"
+    too_large = "too_large"
+    rejected_payload = "rejected_payload"
+    handler_error = "handler_error"
+    reply_timeout = "reply_timeout"
+    internal_error = "internal_error"
+
+
+RESPONSES: dict[type[Exception], tuple[int, Outcome]] = {
+    UnknownChannel: (404, Outcome.unknown_channel),
+    MethodNotAllowed: (405, Outcome.method_not_allowed),
+    NotAuthenticated: (401, Outcome.rejected_auth),
+    BodyTooLarge: (413, Outcome.too_large),
+    UnsupportedPayload: (415, Outcome.rejected_payload),
+    PayloadError: (400, Outcome.rejected_payload),
+    HandlerError: (500, Outcome.handler_error),
+    HandlerTimeout: (503, Outcome.reply_timeout),
 }
-"""Error -> (HTTP status, metrics outcome): the only place that says what an error answers."""
+"""Error -> (HTTP status, outcome): the only place that says what an error answers."""
 
-_UNEXPECTED = (500, "handler_error")
+_UNEXPECTED = (500, Outcome.internal_error)
 
 
-def classify(error: Exception) -> tuple[int, str]:
-    """The HTTP status and outcome for ``error`` (its most specific class listed)."""
+def classify(error: Exception) -> tuple[int, Outcome]:
+    """The HTTP status and outcome for ``error`` (its most specific class listed); any
+    other exception is receiver's own bug: 500, ``internal_error``."""
     for cls in type(error).__mro__:
         found = RESPONSES.get(cls)
         if found is not None:

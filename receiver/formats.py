@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import structlog
 
-from receiver.types import PayloadError
+from receiver.errors import PayloadError
 
 __all__ = [
     "MARKS",

@@ -15,8 +15,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from receiver.config import Config
+    from receiver.events import Event, Reply
     from receiver.providers.base import Provider
-    from receiver.types import Event, Reply
 
 PROJECT = "receiver"
 

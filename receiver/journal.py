@@ -52,10 +52,9 @@ import msgspec
 import structlog
 
 from receiver.errors import ConfigError
-from receiver.types import Event, Reply, new_event_id
+from receiver.events import STATUS_RANK, Event, Reply, new_event_id
 
 __all__ = [
-    "STATUS_RANK",
     "Entry",
     "Journal",
     "Recorded",
@@ -67,28 +66,6 @@ log = structlog.get_logger()
 
 _T = TypeVar("_T")
 
-STATUS_RANK: dict[str, int] = {
-    "queued": 0,
-    "pending": 0,
-    "accepted": 0,
-    "buffered": 0,
-    "submitted": 1,
-    "sent": 2,
-    "delivered": 3,
-    "failed": 3,
-    "undelivered": 3,
-    "expired": 3,
-    "rejected": 3,
-    "timed_out": 3,
-    "killed": 3,
-    "not_killed": 3,
-    "no_route": 3,
-    "landline": 3,
-    "landline_unknown": 3,
-    "acknowledged": 4,
-    "read": 4,
-}
-"""Normalized status -> position in a message's lifecycle (see the module docstring)."""
 
 STATES = ("received", "done", "failed", "dead", "rejected", "recovered")
 """Every entry state (see the module docstring)."""

@@ -7,16 +7,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
-OUTCOMES = (
-    "accepted",
-    "rejected_auth",
-    "rejected_payload",
-    "too_large",
-    "handler_error",
-    "reply_timeout",
-)
-
-
 class Metrics:
     """Callbacks by channel, provider, type and outcome; latency; replies sent."""
 

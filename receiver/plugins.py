@@ -20,8 +20,8 @@ import structlog
 
 from receiver import builtin, hookspecs
 from receiver.errors import ConfigError, HandlerError
+from receiver.events import Event, EventType, Reply
 from receiver.providers.base import Provider
-from receiver.types import Event, EventType, Reply
 
 __all__ = ["Dispatcher", "PluginManager", "blocking", "make_plugin_manager"]
 

@@ -18,8 +18,7 @@ from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, EventType, create_app, hookimpl
 from receiver.codings import decode_content
-from receiver.errors import BodyTooLarge
-from receiver.types import PayloadError, UnsupportedPayload
+from receiver.errors import BodyTooLarge, PayloadError, UnsupportedPayload
 
 RECEIPT = (
     b'{"Type":"Receipt","MessageID":"MS7000000000001","Source":"60777",'

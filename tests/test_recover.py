@@ -31,7 +31,7 @@ from pathlib import Path
 
 from receiver import hookimpl
 from receiver.providers.onepoint import OnePointProvider
-from receiver.types import PayloadError
+from receiver.errors import PayloadError
 
 FIXED = Path({fixed!r})
 DISPATCHED = Path({dispatched!r})

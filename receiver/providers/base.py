@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
+from receiver.errors import PayloadError, UnsupportedPayload
+from receiver.events import Event, Reply
 from receiver.formats import (
     MARKS,
     BodyFormat,
@@ -16,7 +18,6 @@ from receiver.formats import (
     detect_format,
     repair_json,
 )
-from receiver.types import Event, PayloadError, Reply, UnsupportedPayload
 
 if TYPE_CHECKING:
     from receiver.config import Channel

@@ -23,10 +23,11 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 
+from receiver.errors import PayloadError
+from receiver.events import Event, EventType, Reply, new_event_id
 from receiver.formats import TOO_DEEP, BodyFormat, repair_json
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
-from receiver.types import Event, EventType, PayloadError, Reply, new_event_id
 
 __all__ = ["STATUSES", "TYPES", "DiyProvider", "OnePointProvider"]
 

@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from receiver.config import Channel
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, PayloadError
+from receiver.events import Contact, Event, EventType, new_event_id
 from receiver.formats import TOO_DEEP, BodyFormat, parse_xml
 from receiver.normalize import canonical, parse_dmy_timestamp
 from receiver.providers.base import Provider
-from receiver.types import Contact, Event, EventType, PayloadError, new_event_id
 
 __all__ = ["STATUSES", "WhispirProvider"]
 

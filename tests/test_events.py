@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from receiver.types import new_event_id
+from receiver.events import new_event_id
 
 
 def test_event_id_is_a_uuid7_string() -> None:
@@ -31,3 +31,13 @@ def test_event_id_later_millisecond_sorts_after() -> None:
     first = new_event_id()
     time.sleep(0.002)
     assert new_event_id() > first
+
+
+def test_events_old_module_name_is_an_alias() -> None:
+    import receiver.errors
+    import receiver.events
+    import receiver.types
+
+    assert receiver.types.Event is receiver.events.Event
+    assert receiver.types.PayloadError is receiver.errors.PayloadError
+    assert receiver.types.UnsupportedPayload is receiver.errors.UnsupportedPayload
