@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from receiver import blocking, hookimpl
-from receiver.plugins import Dispatcher, make_plugin_manager
+from receiver.dispatch import Dispatcher
+from receiver.plugins import make_plugin_manager
 from receiver.providers import WhispirProvider
 
 BODY = (

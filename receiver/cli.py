@@ -357,7 +357,7 @@ def _reparse(app: Any, entry: Entry) -> tuple[Event, str | None]:
     its entry keeps that (redacted) query as the raw body, marked ``meta["raw"] =
     "query"`` (entries stored before that have a blank body and the query in the meta).
     """
-    route = app.state.endpoint.routes.get(entry.channel)
+    route = app.state.endpoint.channels.get(entry.channel)
     if route is None:
         raise ConfigError(f"channel {entry.channel!r} is not configured")
     from_query = entry.meta.get("raw") == "query"
@@ -388,7 +388,7 @@ def _reason(exc: Exception) -> str:
 async def _replay_all(
     app: Any, journal: Journal, entries: list[Entry], rejects: list[Entry]
 ) -> int:
-    endpoint = app.state.endpoint
+    endpoint = app.state.redelivery
     await journal.start()
     failed = still = recovered = 0
     show_progress = sys.stderr.isatty()

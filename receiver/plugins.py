@@ -1,29 +1,28 @@
-"""Plugin managers (one per app) and the dispatcher that calls plugins for each event."""
+"""Plugin managers, one per app: loading plugins, naming them, and the providers they bring.
+
+Calling the plugins for an event is :mod:`receiver.dispatch`.
+"""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
 import os
 import sys
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-import anyio.to_thread
 import pluggy
 import structlog
 
 from receiver import builtin, hookspecs
-from receiver.errors import ConfigError, HandlerError
-from receiver.events import Event, EventType, Reply
+from receiver.errors import ConfigError
 from receiver.providers.base import Provider
 
-__all__ = ["Dispatcher", "PluginManager", "blocking", "make_plugin_manager"]
+__all__ = ["PluginManager", "blocking", "describe", "make_plugin_manager", "provider_classes"]
 
 log = structlog.get_logger()
 
@@ -150,215 +149,3 @@ def provider_classes(manager: pluggy.PluginManager) -> dict[str, type[Provider]]
                 raise ConfigError(f"two providers are named {cls.name!r}")
             found[cls.name] = cls
     return found
-
-
-class _Impl(NamedTuple):
-    plugin: str
-    function: Callable[..., Any]
-    argnames: tuple[str, ...]
-    blocking: bool
-    is_async: bool
-
-
-class _Plan(NamedTuple):
-    """What to call for one event type: its type hook's implementations, then on_event's."""
-
-    type_hook: str
-    type_impls: list[_Impl]
-    event_impls: list[_Impl]
-    may_wait: bool
-    """Whether any implementation is async or blocking (only those can be timed out)."""
-    respond: bool
-    """Whether the type hook may answer with a reply (Message, Keyword)."""
-    inline: tuple[Callable[[Event], Any], ...] | None
-    """When every implementation is a plain function taking only ``event``: the functions
-    of the type hook, then of on_event, to call in a row (the fast path)."""
-
-
-class Dispatcher:
-    """Calls the plugins for an event: ``on_<type>`` first, then ``on_event``.
-
-    Implementations are called in pluggy's order (last registered first, honouring
-    ``tryfirst``/``trylast``). For ``on_message`` and ``on_keyword`` the first non-None
-    result is the reply, also when it comes from an ``async def`` implementation (which
-    pluggy's own firstresult cannot see through). Wrappers are not called.
-
-    The lists are read from pluggy once and cached until a plugin is (un)registered.
-    Plain sync implementations are called directly, with no coroutine or thread per call.
-    """
-
-    def __init__(self, manager: PluginManager) -> None:
-        self.manager = manager
-        self._generation = -1
-        self._table: dict[str, list[_Impl]] = {}
-        self._plans: dict[EventType, _Plan] = {}
-
-    def _fresh(self) -> None:
-        if self._generation != self.manager.generation:
-            self._table = {}
-            self._plans = {}
-            self._generation = self.manager.generation
-
-    def implementations(self, hook: str) -> list[_Impl]:
-        """The implementations of ``hook`` in call order (cached until plugins change)."""
-        self._fresh()
-        impls = self._table.get(hook)
-        if impls is None:
-            caller: pluggy.HookCaller = getattr(self.manager.hook, hook)
-            impls = self._table[hook] = [
-                _Impl(
-                    impl.plugin_name,
-                    impl.function,
-                    tuple(impl.argnames),
-                    getattr(impl.function, "__receiver_blocking__", False),
-                    inspect.iscoroutinefunction(impl.function),
-                )
-                for impl in reversed(caller.get_hookimpls())
-                if not (impl.hookwrapper or impl.wrapper)
-            ]
-        return impls
-
-    def plan(self, event_type: EventType) -> _Plan:
-        """The implementations to call for events of ``event_type``."""
-        if self._generation == self.manager.generation:
-            plan = self._plans.get(event_type)
-            if plan is not None:
-                return plan
-        self._fresh()
-        hook = "on_" + event_type.value
-        type_impls = self.implementations(hook)
-        event_impls = self.implementations("on_event")
-        every = (*type_impls, *event_impls)
-        may_wait = any(i.blocking or i.is_async for i in every)
-        simple = not may_wait and all(i.argnames == ("event",) for i in every)
-        plan = self._plans[event_type] = _Plan(
-            hook,
-            type_impls,
-            event_impls,
-            may_wait,
-            event_type.is_response_type,
-            tuple(i.function for i in every) if simple else None,
-        )
-        return plan
-
-    async def dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
-        """Run every hook for ``event``; return the reply, if a response hook gave one.
-
-        ``only`` limits the call to the plugins of those names (a retry calls only the
-        plugins that failed).
-
-        Raises:
-            HandlerError: an implementation raised (logged with its traceback); the
-                others still ran.
-        """
-        plan = self.plan(event.type)
-        if plan.inline is None or only is not None:
-            return await self._dispatch_each(plan, event, only)
-        # The fast path: plain functions of ``event``, called in a row.
-        answering = len(plan.type_impls) if plan.respond else 0
-        reply: Reply | None = None
-        failed: list[str] | None = None
-        for position, function in enumerate(plan.inline):
-            if reply is not None and position < answering:
-                continue  # firstresult: the rest of the type hook is not called
-            try:
-                result = function(event)
-                if result is not None and type(result) is not str and inspect.isawaitable(result):
-                    result = await result
-            except Exception:
-                impl = (plan.type_impls + plan.event_impls)[position]
-                hook = plan.type_hook if position < len(plan.type_impls) else "on_event"
-                log.exception("handler failed", hook=hook, plugin=impl.plugin, event_id=event.id)
-                failed = [*(failed or ()), impl.plugin]
-                continue
-            if result is not None and position < answering:
-                reply = _as_reply(result, plan.type_impls[position])
-        if failed:
-            raise HandlerError(
-                f"{len(failed)} handler(s) failed; see the log for event {event.id}", failed
-            )
-        return reply
-
-    async def _dispatch_each(
-        self, plan: _Plan, event: Event, only: Collection[str] | None
-    ) -> Reply | None:
-        failed: list[str] = []
-        reply: Reply | None = None
-        respond = plan.respond
-        for hook, impls in ((plan.type_hook, plan.type_impls), ("on_event", plan.event_impls)):
-            for impl in impls:
-                if only is not None and impl.plugin not in only:
-                    continue
-                try:
-                    if impl.blocking or impl.is_async:
-                        result = await _call(impl, event)
-                    else:
-                        result = _call_sync(impl, event)
-                        if inspect.isawaitable(result):
-                            result = await result
-                except Exception:
-                    log.exception(
-                        "handler failed", hook=hook, plugin=impl.plugin, event_id=event.id
-                    )
-                    failed.append(impl.plugin)
-                    continue
-                if respond and result is not None and impls is plan.type_impls:
-                    reply = _as_reply(result, impl)
-                    if reply is not None:
-                        break  # firstresult: the rest of the type hook is not called
-        if failed:
-            raise HandlerError(
-                f"{len(failed)} handler(s) failed; see the log for event {event.id}", failed
-            )
-        return reply
-
-    async def send_reply(self, event: Event, reply: Reply) -> bool:
-        """Hand ``reply`` to the ``send_reply`` hook; False when no plugin took it."""
-        for impl in self.implementations("send_reply"):
-            try:
-                taken = await _call(impl, event, reply)
-            except Exception:
-                log.exception(
-                    "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
-                )
-                raise HandlerError(f"send_reply failed; see the log for event {event.id}") from None
-            if taken is not None:
-                return True
-        return False
-
-
-def _arguments(impl: _Impl, event: Event, reply: Reply | None) -> list[Any]:
-    if impl.argnames == ("event",):
-        return [event]
-    given = {"event": event, "reply": reply}
-    return [given[name] for name in impl.argnames]
-
-
-def _call_sync(impl: _Impl, event: Event, reply: Reply | None = None) -> Any:
-    return impl.function(*_arguments(impl, event, reply))
-
-
-async def _call(impl: _Impl, event: Event, reply: Reply | None = None) -> Any:
-    args = _arguments(impl, event, reply)
-    if impl.blocking:
-        return await anyio.to_thread.run_sync(
-            functools.partial(impl.function, *args), abandon_on_cancel=True
-        )
-    result = impl.function(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-def _as_reply(result: object, impl: _Impl) -> Reply | None:
-    if isinstance(result, Reply):
-        return result
-    if isinstance(result, str):
-        return Reply(text=result)
-    log.error(
-        "reply of the wrong type ignored",
-        plugin=impl.plugin,
-        got=type(result).__name__,
-        expected="Reply | str | None",
-    )
-    return None

@@ -145,7 +145,7 @@ class CountingReplier:
 
 async def _shutdown(app: Any) -> None:
     """What the lifespan would do at shutdown (ASGITransport runs no lifespan)."""
-    await app.state.endpoint.stop_worker()
+    await app.state.redelivery.stop()
     await app.state.journal.stop()
 
 
@@ -366,7 +366,7 @@ def test_journal_retry_calls_only_failed_plugins_until_done(tmp_path: Path) -> N
     flaky = FailingReceipts(failures=2)
     steady = Counter()
     app = make_app(tmp_path, plugins=[flaky, steady], retry_delays=[0.05, 0.05])
-    app.state.endpoint.poll_interval = 0.05
+    app.state.redelivery.poll_interval = 0.05
     db = db_path(tmp_path)
     with TestClient(app) as client:
         assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
@@ -384,7 +384,7 @@ def test_journal_retry_calls_only_failed_plugins_until_done(tmp_path: Path) -> N
 def test_journal_dead_letter_after_last_retry(tmp_path: Path) -> None:
     always = FailingReceipts()
     app = make_app(tmp_path, plugins=[always], retry_delays=[0.01, 0.01])
-    app.state.endpoint.poll_interval = 0.05
+    app.state.redelivery.poll_interval = 0.05
     db = db_path(tmp_path)
     with TestClient(app) as client:
         assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
@@ -421,7 +421,7 @@ def test_journal_resumes_received_entries_after_restart(tmp_path: Path) -> None:
 
     counter = ReceiptCounter()
     app = make_app(tmp_path, plugins=[counter])
-    app.state.endpoint.poll_interval = 0.05
+    app.state.redelivery.poll_interval = 0.05
     with TestClient(app):
         assert wait_until(lambda: state_of(db, event.id) == "done")
         time.sleep(0.2)  # and only once

@@ -1,0 +1,406 @@
+"""One callback, top to bottom.
+
+:meth:`CallbackEndpoint.handle` takes a request for a channel and returns an
+:class:`Answer`: method -> channel -> client address -> (a HEAD, or a GET with no
+callback, is a URL check: 200) -> body, read once and bounded -> authenticate on the raw
+bytes -> undo any Content-Encoding -> parse and normalize -> journal -> dispatch to the
+plugins -> answer. Every failure is an exception whose HTTP status and outcome come from
+:data:`receiver.errors.RESPONSES`; nothing else decides a status. The edge (proxy
+headers, request id, sending the answer) is :mod:`receiver.app`; what happens to a stored
+event after its answer is :mod:`receiver.redelivery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+from urllib.parse import unquote_plus
+
+import msgspec
+import structlog
+
+from receiver.asgi import ClientGone, Receive, Scope, read_body
+from receiver.auth import Authenticator, Request, build_authenticator
+from receiver.codings import decode_content
+from receiver.config import Channel, Config
+from receiver.dispatch import Dispatcher
+from receiver.errors import (
+    CallbackError,
+    ConfigError,
+    HandlerError,
+    HandlerTimeout,
+    MethodNotAllowed,
+    NotAuthenticated,
+    Outcome,
+    PayloadError,
+    UnknownChannel,
+    classify,
+)
+from receiver.events import Event, Reply
+from receiver.journal import Journal, Recorded
+from receiver.middleware import Networks
+from receiver.plugins import PluginManager, provider_classes
+from receiver.providers.base import Provider
+from receiver.redelivery import Redelivery
+
+__all__ = ["Answer", "BoundChannel", "CallbackEndpoint"]
+
+log = structlog.get_logger()
+
+_METHODS = frozenset({"GET", "HEAD", "POST"})
+_ALLOW = (b"allow", b"GET, HEAD, POST")
+_JSON_TYPE = (b"content-type", b"application/json")
+_encode = msgspec.json.Encoder().encode
+_KEPT_HEADERS = (b"content-type", b"user-agent", b"x-request-id", b"x-forwarded-for")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class BoundChannel:
+    """One configured channel, ready to serve: its provider, authenticator and networks."""
+
+    name: str
+    channel: Channel
+    provider: Provider
+    authenticator: Authenticator
+    allowed: Networks | None
+    """The networks ``allow_ips`` admits; None when the channel admits every address."""
+    secret_param: str | None = None
+    """The query parameter holding the key (``auth = "query"``), lowercase: redacted from
+    everything kept or dispatched."""
+    logger: Any = None
+    """The callback lines' logger, with channel and provider bound (see :func:`_logger`)."""
+
+
+class Answer(NamedTuple):
+    """What became of one request: the HTTP answer, and what its log line and metrics say.
+
+    Attributes:
+        status: The HTTP status.
+        body: The response body (a rendered reply, an error, or empty).
+        headers: Response headers besides Content-Length and X-Request-ID.
+        outcome: The callback's fate (:class:`Outcome`).
+        event: The event, once parsed (None before, or for a URL check).
+        replied: A reply went back (in the body, or through ``send_reply``).
+        reason: The one-line public reason of a failure; None when answered normally.
+    """
+
+    status: int
+    body: bytes
+    headers: Headers
+    outcome: Outcome
+    event: Event | None = None
+    replied: bool = False
+    reason: str | None = None
+
+
+class _Pending:
+    """An event being handled, for duplicates that arrive meanwhile to wait on."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.reply: Reply | None = None
+
+
+class CallbackEndpoint:
+    """Every configured channel, and the path one callback takes through it.
+
+    Args:
+        config: The validated configuration.
+        manager: The app's plugin manager (its providers and hooks).
+        journal: Where callbacks are kept before they are answered (None: off).
+
+    Raises:
+        ConfigError: a channel names an unknown provider, its options are invalid, or a
+            plugin implements a callback hook as a wrapper.
+    """
+
+    def __init__(
+        self, config: Config, manager: PluginManager, journal: Journal | None = None
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.max_body = config.max_body_bytes
+        self.dispatcher = Dispatcher(
+            manager, reply_timeout=config.reply_timeout, handler_timeout=config.handler_timeout
+        )
+        self.dispatcher.check()
+        self.redelivery = (
+            Redelivery(journal, self.dispatcher, config.retry_delays) if journal else None
+        )
+        self._pending: dict[str, _Pending] = {}
+        providers = provider_classes(manager)
+        self.channels: dict[str, BoundChannel] = {}
+        for name, channel in config.channels.items():
+            cls = providers.get(channel.provider)
+            if cls is None:
+                known = ", ".join(sorted(providers))
+                raise ConfigError(
+                    f"channels.{name}.provider: unknown provider {channel.provider!r} "
+                    f"(known: {known})"
+                )
+            try:
+                provider = cls.from_channel(channel)
+            except ConfigError as exc:
+                raise ConfigError(f"channels.{name}: {exc}") from None
+            if channel.auth == "none":
+                log.warning("channel accepts callbacks without authentication", channel=name)
+            self.channels[name] = BoundChannel(
+                name,
+                channel,
+                provider,
+                build_authenticator(channel, name),
+                Networks(channel.allow_ips) if channel.allow_ips else None,
+                channel.param.lower() if channel.auth == "query" else None,
+            )
+
+    async def handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        bound: BoundChannel | None,
+        name: str,
+        headers: dict[bytes, bytes],
+    ) -> Answer:
+        """Take one request for channel ``name`` (``bound`` None: no such channel) from
+        method check to answer. ``headers`` are the request's, first value of each name.
+
+        Raises:
+            ClientGone: the client disconnected before its body arrived (nothing to
+                answer). Every other failure is an :class:`Answer` with its ``reason``.
+        """
+        event: Event | None = None
+        try:
+            received_at = datetime.now(UTC)
+            method = scope["method"]
+            if method not in _METHODS:
+                raise MethodNotAllowed("method not allowed: use POST (or GET)")
+            if bound is None:
+                raise UnknownChannel("no such channel")
+            if bound.allowed is not None:
+                client = scope.get("client")
+                if not (client and client[0] in bound.allowed):
+                    raise NotAuthenticated("client address not allowed")
+            query: bytes = scope.get("query_string", b"")
+            if method == "HEAD" or (
+                method == "GET" and not bound.provider.has_callback_fields(query.decode("latin-1"))
+            ):
+                return Answer(200, b"", [], Outcome.url_check)  # Whispir wants exactly 200
+            body = await read_body(receive, headers.get(b"content-length"), self.max_body)
+            bound.authenticator.check(Request(scope, body, headers))
+            event = await self._parse(scope, bound, body, query, headers, received_at)
+            if self.journal is None:
+                reply = await self.dispatcher.dispatch(event)
+                return await self._answer(bound, event, reply, Outcome.accepted)
+            return await self._journaled(scope, bound, event)
+        except ClientGone:
+            raise
+        except Exception as exc:
+            return _failure(exc, name, event)
+
+    async def _parse(
+        self,
+        scope: Scope,
+        bound: BoundChannel,
+        body: bytes,
+        query: bytes,
+        headers: dict[bytes, bytes],
+        received_at: datetime,
+    ) -> Event:
+        """The request's event; an authenticated body that cannot be read is kept as
+        ``rejected`` (journal on) before its :class:`PayloadError` goes on."""
+        content_type = headers.get(b"content-type")
+        coding = headers.get(b"content-encoding")
+        try:
+            if coding is not None:  # authenticated as sent, parsed as meant
+                body = decode_content(body, coding, self.max_body)
+                coding = None  # what is kept from here on is the decoded body
+            if bound.secret_param is not None and query:  # the key is no callback field
+                query = _redacted(query.decode("latin-1"), bound.secret_param).encode("latin-1")
+            return bound.provider.parse(
+                body,
+                content_type=content_type.decode("latin-1") if content_type else None,
+                query=query,
+                channel=bound.name,
+                received_at=received_at,
+            )
+        except PayloadError as exc:
+            if self.journal is not None:  # authenticated: keep it for an operator to inspect
+                meta = _meta(scope, bound)
+                if coding is not None:  # kept still encoded: say how, for a replay
+                    meta["content-encoding"] = coding.decode("latin-1")
+                await self.journal.reject(bound.name, bound.provider.name, body, meta, str(exc))
+            raise
+
+    async def _journaled(self, scope: Scope, bound: BoundChannel, event: Event) -> Answer:
+        """Store ``event`` durably, then dispatch it: a handler failure is recorded for a
+        retry and answered 200 (the event is safe); a re-send is answered as its original."""
+        journal, redelivery = self.journal, self.redelivery
+        assert journal is not None and redelivery is not None
+        key = bound.provider.dedupe_key(event)
+        recorded = await journal.record(event, _meta(scope, bound), key)
+        if recorded.duplicate_of is not None:
+            return await self._duplicate(bound, event, recorded)
+        event = recorded.event
+        redelivery.start()
+        pending = self._pending[event.id] = _Pending()
+        try:
+            reply = await self.dispatcher.dispatch(event)
+        except HandlerTimeout as exc:
+            await redelivery.failed(event, str(exc), None, attempt=1)
+            raise
+        except HandlerError as exc:
+            await redelivery.failed(event, str(exc), exc.plugins, attempt=1)
+            return Answer(200, b"", [], Outcome.handler_error, event)
+        else:
+            await journal.complete(event.id, reply)
+            pending.reply = reply  # before done is set: a waiting duplicate answers with it
+        finally:
+            pending.done.set()
+            del self._pending[event.id]
+        return await self._answer(bound, event, reply, Outcome.accepted)
+
+    async def _answer(
+        self, bound: BoundChannel, event: Event, reply: Reply | None, outcome: Outcome
+    ) -> Answer:
+        """200, with ``reply`` in the body when the provider takes it there, else handed to
+        ``send_reply``."""
+        if reply is None:
+            return Answer(200, b"", [], outcome, event)
+        rendered = bound.provider.render_reply(event, reply)
+        if rendered is not None:
+            return Answer(200, rendered, [_JSON_TYPE], outcome, event, True)
+        replied = await self.dispatcher.send_reply(event, reply)
+        if not replied:
+            log.warning(
+                "reply dropped: no send_reply plugin took it",
+                channel=bound.name,
+                provider=bound.provider.name,
+                event_id=event.id,
+            )
+        return Answer(200, b"", [], outcome, event, replied)
+
+    async def _duplicate(self, bound: BoundChannel, event: Event, recorded: Recorded) -> Answer:
+        """Answer a re-sent callback as its original was answered; dispatch nothing."""
+        reply = recorded.reply
+        original = recorded.duplicate_of or ""
+        pending = self._pending.get(original)
+        if pending is not None:  # the original is still being handled: wait for its reply
+            try:
+                async with asyncio.timeout(self.config.reply_timeout):
+                    await pending.done.wait()
+            except TimeoutError:
+                raise HandlerTimeout(
+                    "the original of this duplicate is still being handled"
+                ) from None
+            reply = pending.reply
+        log.info("duplicate", event_id=event.id, original=original, channel=bound.name)
+        if reply is None or not event.type.is_response_type:
+            return Answer(200, b"", [], Outcome.duplicate, event)
+        rendered = bound.provider.render_reply(event, reply)
+        if rendered is None:
+            return Answer(200, b"", [], Outcome.duplicate, event)
+        return Answer(200, rendered, [_JSON_TYPE], Outcome.duplicate, event, True)
+
+
+def _failure(exc: Exception, name: str, event: Event | None) -> Answer:
+    """The answer to a failed request: the error table's status, a one-line reason."""
+    status, outcome = classify(exc)
+    if isinstance(exc, CallbackError | PayloadError):
+        reason = str(exc)
+    else:
+        log.exception("unexpected error", channel=name)
+        reason = "internal error"
+    headers = [_JSON_TYPE, _ALLOW] if isinstance(exc, MethodNotAllowed) else [_JSON_TYPE]
+    return Answer(status, _encode({"error": reason}), headers, outcome, event, False, reason)
+
+
+def _meta(scope: Scope, bound: BoundChannel) -> dict[str, str]:
+    """What the journal keeps of a request besides the body: never a credential."""
+    meta = {"method": scope["method"], "path": scope["path"]}
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query:
+        meta["query"] = _redacted(query, bound.secret_param) if bound.secret_param else query
+    client = scope.get("client")
+    if client:
+        meta["client"] = client[0]
+    for key, value in scope["headers"]:
+        if key in _KEPT_HEADERS:
+            meta[key.decode()] = value.decode("latin-1")
+    return meta
+
+
+def _redacted(query: str, secret: str) -> str:
+    """``query`` with the value of every ``secret`` parameter (its name percent-decoded and
+    matched ignoring case, as authentication reads it) replaced by ``REDACTED``."""
+    return "&".join(
+        f"{name}=REDACTED" if unquote_plus(name).lower() == secret else pair
+        for pair in query.split("&")
+        for name in (pair.partition("=")[0],)
+    )
+
+
+def _logger(bound: BoundChannel) -> Any:
+    """``bound``'s logger for callback lines, made at its first callback.
+
+    structlog's lazy proxy re-reads the configuration on every call unless
+    ``cache_logger_on_first_use`` is set; when it is (``receiver serve`` sets it), the
+    proxy is resolved here once, as structlog itself would at first use, which takes a
+    fifth off each line's cost.
+    """
+    proxy = structlog.get_logger(channel=bound.name, provider=bound.provider.name)
+    logger = proxy.bind() if structlog.get_config()["cache_logger_on_first_use"] else proxy
+    bound.logger = logger
+    return logger
+
+
+def log_answer(
+    scope: Scope, name: str, bound: BoundChannel | None, answer: Answer, duration_ms: float
+) -> None:
+    """The one log line per request. Never a key, signature, query or header."""
+    client = scope.get("client")
+    event = answer.event
+    if answer.reason is None:
+        assert bound is not None  # answered: the channel exists
+        logger = bound.logger or _logger(bound)
+        if event is None:  # a URL check
+            logger.info(
+                "callback",
+                client=client[0] if client else None,
+                status=answer.status,
+                duration_ms=duration_ms,
+            )
+            return
+        logger.info(
+            "callback",
+            client=client[0] if client else None,
+            type=event.type,
+            message_id=event.message_id,
+            event_id=event.id,
+            status=answer.status,
+            duration_ms=duration_ms,
+        )
+        return
+    fields: dict[str, Any] = {
+        "channel": name,
+        "provider": bound.provider.name if bound is not None else None,
+        "status": answer.status,
+        "duration_ms": duration_ms,
+        "method": scope["method"],
+        "client": client[0] if client else None,
+        "reason": answer.reason,
+        "outcome": answer.outcome.value,
+    }
+    if event is not None:
+        fields["type"] = event.type.value
+        fields["message_id"] = event.message_id
+        fields["event_id"] = event.id
+    if answer.status >= 500:
+        log.error("callback", **fields)
+    else:
+        log.warning("callback", **fields)
