@@ -22,6 +22,8 @@ _ZLIB = zlib.MAX_WBITS
 _RAW = -zlib.MAX_WBITS
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9.+-]{0,31}")
 _MAX_CODINGS = 4
+_MAX_MEMBERS = 64
+"""Most gzip members in a row: each costs a copy of what follows it."""
 
 
 def decode_content(body: bytes, header: bytes, limit: int) -> bytes:
@@ -63,7 +65,7 @@ def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
     """Decompress ``data`` (gzip members may follow one another), at most ``limit`` bytes."""
     out: list[bytes] = []
     size = 0
-    while True:
+    for _ in range(_MAX_MEMBERS):
         inflater = zlib.decompressobj(wbits)
         try:
             chunk = inflater.decompress(data, limit + 1 - size)
@@ -83,3 +85,4 @@ def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
         data = inflater.unused_data
         if wbits != _GZIP or not data.strip(b"\0"):
             return b"".join(out)
+    raise PayloadError(f"body is not valid {name} data: more than {_MAX_MEMBERS} members")

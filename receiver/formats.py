@@ -134,13 +134,29 @@ def charset_of(content_type: str | None) -> str | None:
 
 @lru_cache(maxsize=64)
 def _codec(charset: str) -> str | None:
-    """Python's name for ``charset``, None for UTF-8 (nothing to do) or an unknown one."""
+    """Python's name for text encoding ``charset``; None for UTF-8 (nothing to do) and for
+    a name that is no text encoding Python can decode (unknown, or a bytes-to-bytes codec
+    such as ``base64`` or ``zlib``): those bodies are read as UTF-8."""
     try:
         name = codecs.lookup(charset).name
-    except LookupError:
+        b"text".decode(name, "replace")  # refuses bytes-to-bytes and 'undefined' codecs
+    except (LookupError, UnicodeError, ValueError, TypeError):
         log.warning("unknown charset: read as UTF-8", charset=charset[:40])
         return None
     return None if name == "utf-8" else name
+
+
+def _text(body: bytes, encoding: str) -> str:
+    """``body`` decoded, invalid bytes and lone surrogates (UTF-7 and UTF-16 can yield
+    them) as U+FFFD: a string that always encodes to UTF-8."""
+    return _scrub(body.decode(encoding, "replace"))
+
+
+def _scrub(text: str) -> str:
+    """``text`` with lone surrogates as U+FFFD."""
+    if text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def as_utf8(body: bytes, charset: str | None, fmt: BodyFormat) -> bytes:
@@ -166,25 +182,26 @@ def as_utf8(body: bytes, charset: str | None, fmt: BodyFormat) -> bytes:
             body = body[9:]
         if encoding is not None and encoding != "utf-8":
             pairs = parse_qsl(
-                body.decode(encoding, "replace"),
-                keep_blank_values=True,
-                encoding=encoding,
-                errors="replace",
+                _text(body, encoding), keep_blank_values=True, encoding=encoding, errors="replace"
             )
-            return urlencode(pairs).encode()
+            return urlencode([(_scrub(name), _scrub(value)) for name, value in pairs]).encode()
         return body
     if encoding is not None and encoding != "utf-8":
-        return body.decode(encoding, "replace").encode()
+        return _text(body, encoding).encode()
     return body
 
 
-# A \uD800-\uDFFF escape that is not half of a high-low pair, preceded by an even
-# number of backslashes (so the backslash before the u is an escape, not a literal).
-_LONE_SURROGATE = re.compile(
-    r"(?<!\\)((?:\\\\)*)"
-    r"(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    r"|(?<![uU][dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+# Every escape, left to right (so an escaped backslash is never read as the start of
+# one): a high-low surrogate pair, a lone surrogate (group 1), or any other escape.
+_ESCAPES = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"
+    r"|\\."
 )
+
+
+def _lone_to_replacement(match: re.Match[str]) -> str:
+    return "\\ufffd" if match[1] is not None else match[0]
 
 
 def repair_json(body: bytes) -> bytes | None:
@@ -195,7 +212,7 @@ def repair_json(body: bytes) -> bytes | None:
     in any other way is left for the JSON decoder to refuse.
     """
     text = body.decode("utf-8", "replace")
-    repaired = _LONE_SURROGATE.sub(r"\1\\ufffd", text)
+    repaired = _ESCAPES.sub(_lone_to_replacement, text) if "\\u" in text else text
     fixed = repaired.encode()
     return fixed if fixed != body else None
 
@@ -234,19 +251,42 @@ def _parser(encoding: str | None) -> Any:
     return parser
 
 
-def _transcoded(body: bytes) -> bytes:
-    """``body`` as UTF-8, decoded by Python by its declared (multi-byte) encoding.
+_EXPAT_NATIVE = frozenset({"utf-8", "utf-16", "iso8859-1", "ascii"})
+_CANNOT_READ = "XML declares an encoding receiver cannot read"
 
-    expat reads UTF-8, UTF-16 and single-byte encodings itself and refuses multi-byte
-    ones (Shift_JIS, GB2312, Big5, EUC-JP...), which Python's codecs read.
+
+@lru_cache(maxsize=64)
+def _xml_codec(declared: str) -> str | None:
+    """Python's codec for an XML encoding declaration; None when expat reads it itself.
+
+    Raises:
+        PayloadError: no text encoding Python knows has that name.
     """
-    declared = _DECLARED_ENCODING.match(body)
     try:
-        if declared is None:
-            raise LookupError
-        return body.decode(declared[1].decode("ascii"), "replace").encode()
-    except LookupError:
-        raise PayloadError("XML declares an encoding receiver cannot read") from None
+        name = codecs.lookup(declared).name
+        b"<".decode(name, "replace")  # refuses bytes-to-bytes and 'undefined' codecs
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        raise PayloadError(_CANNOT_READ) from None
+    return None if name in _EXPAT_NATIVE else name
+
+
+def _foreign_encoding(body: bytes) -> str | None:
+    """The Python codec to decode ``body`` with before expat sees it, or None.
+
+    expat itself reads UTF-8, UTF-16 and Latin-1 (and US-ASCII); every other encoding,
+    by a UTF-32 byte order mark or the encoding declaration, is decoded by Python's
+    codecs (expat's own fallback takes only some single-byte ones).
+    """
+    first = body[:1]
+    if first == b"<":
+        if body[1:5] != b"?xml":
+            return None
+    elif first in _BOM_STARTS:
+        if body.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+            return "utf-32"
+        return None
+    declared = _DECLARED_ENCODING.match(body)
+    return None if declared is None else _xml_codec(declared[1].decode("ascii").lower())
 
 
 def parse_xml(body: bytes) -> tuple[str, Any]:
@@ -263,21 +303,23 @@ def parse_xml(body: bytes) -> tuple[str, Any]:
     Nesting deeper than :data:`MAX_XML_DEPTH` is refused.
 
     Encodings: a byte order mark or the document's encoding declaration decides, as the
-    XML specification says; expat reads UTF-8, UTF-16 and single-byte encodings, and
-    multi-byte ones (Shift_JIS, GB2312, Big5...) are decoded by Python's codecs.
+    XML specification says; expat reads UTF-8, UTF-16 and Latin-1, and every other
+    encoding Python knows (UTF-32, Shift_JIS, ISO-2022-JP, GB2312, Big5, windows-1252...)
+    is decoded by Python's codecs first. Bytes not valid in it become U+FFFD.
 
     Raises:
         PayloadError: malformed XML, a DTD, too deep a nesting, or an encoding
             declaration that names no encoding Python knows.
     """
+    codec = _foreign_encoding(body)
+    if codec is not None:  # told UTF-8, expat ignores the declaration
+        return _parse_xml(_text(body, codec).encode(), "UTF-8")
     try:
         return _parse_xml(body, None)
-    except ValueError as exc:  # expat: "multi-byte encodings are not supported"
+    except (LookupError, ValueError) as exc:  # no declaration matched, yet expat refused
         if isinstance(exc, PayloadError):
             raise
-        return _parse_xml(_transcoded(body), "UTF-8")
-    except LookupError:  # an encoding name neither expat nor Python knows
-        raise PayloadError("XML declares an encoding receiver cannot read") from None
+        raise PayloadError(_CANNOT_READ) from None
 
 
 def _parse_xml(body: bytes, encoding: str | None) -> tuple[str, Any]:

@@ -173,3 +173,14 @@ def test_codings_decode_content_errors_are_payload_errors() -> None:
         decode_content(b"x", b"deflate", 100)
     with pytest.raises(UnsupportedPayload):
         decode_content(b"x", b"gzip, gzip, gzip, gzip, gzip", 100)
+
+
+def test_codings_many_gzip_members_are_refused_fast() -> None:
+    """Each member costs a copy of what follows it: their number is bounded (64)."""
+    empty = gzip.compress(b"")
+    inner = empty * 52_000
+    started = time.perf_counter()
+    with pytest.raises(PayloadError):
+        decode_content(gzip.compress(inner), b"gzip, gzip", 2_000_000)
+    assert time.perf_counter() - started < 1
+    assert decode_content(empty * 60 + gzip.compress(RECEIPT), b"gzip", 10_000) == RECEIPT

@@ -60,6 +60,11 @@ CONTENT_TYPES = [
     "application/json; charset=utf-16",
     "application/json; charset=iso-8859-1",
     "application/json; charset=no-such",
+    "application/json; charset=utf-7",
+    "application/json; charset=rot13",
+    "application/json; charset=undefined",
+    "application/x-www-form-urlencoded; charset=utf-7",
+    "application/x-www-form-urlencoded; charset=base64",
     "application/x-www-form-urlencoded",
     "application/x-www-form-urlencoded; charset=windows-1252",
     "text/xml",
@@ -67,7 +72,10 @@ CONTENT_TYPES = [
     "text/plain",
     "multipart/form-data; boundary=x",
 ]
-ENCODINGS = ["UTF-8", "UTF-16", "ISO-8859-1", "Shift_JIS", "GB2312", "bogus", "ascii", "UTF-32"]
+ENCODINGS = [
+    "UTF-8", "UTF-16", "ISO-8859-1", "Shift_JIS", "GB2312", "bogus", "ascii", "UTF-32",
+    "UTF-7", "rot13", "ISO-2022-JP", "undefined", "KOI8-R",
+]  # fmt: skip
 
 numbers = st.one_of(
     st.integers(),
@@ -115,11 +123,13 @@ def _xml_bodies(draw: st.DrawFn) -> bytes:
 
     encoding = draw(st.sampled_from(ENCODINGS))
     document = f'<?xml version="1.0" encoding="{encoding}"?>{element(0)}'
-    codec = {"bogus": "utf-8", "UTF-16": "utf-16", "UTF-32": "utf-8"}.get(encoding, encoding)
+    codec = {"UTF-16": "utf-16", "UTF-32": "utf-32"}.get(encoding, encoding)
+    if encoding in ("bogus", "rot13", "undefined"):
+        codec = "utf-8"
     try:
         return document.encode(codec)
-    except UnicodeEncodeError:
-        return document.encode("utf-8")
+    except UnicodeError:
+        return document.encode("utf-8", "surrogatepass")
 
 
 @st.composite

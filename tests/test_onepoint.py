@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from receiver import Event, EventType, PayloadError, UnsupportedPayload
 from receiver.providers import DiyProvider, OnePointProvider
@@ -1454,18 +1455,21 @@ def test_onepoint_inbound_not_boolean_names_field() -> None:
     assert_one_line_without_body(info.value, body)
 
 
-def test_diy_form_inbound_not_boolean_names_field() -> None:
+def test_diy_form_inbound_not_boolean_is_dropped_and_logged_by_name() -> None:
+    """A flag with no sane reading does not cost the callback: it is kept without it."""
     body = b"Type=Message&MessageID=MS1312312313001&Inbound=maybe"
-    with pytest.raises(PayloadError) as info:
-        DIY.parse(body, content_type=FORM)
-    assert "Inbound" in str(info.value)
-    assert_one_line_without_body(info.value, body)
+    with capture_logs() as logs:
+        event = DIY.parse(body, content_type=FORM)
+    assert event.message_id == "MS1312312313001"
+    assert event.inbound is None
+    assert {"event": "unreadable field dropped", "field": "Inbound", "log_level": "warning"} in logs
 
 
-def test_diy_query_inbound_not_boolean_names_field() -> None:
-    with pytest.raises(PayloadError) as info:
-        DIY.parse(b"", query="Type=Message&MessageID=MS1312312313001&Inbound=maybe")
-    assert "Inbound" in str(info.value)
+def test_diy_query_inbound_not_boolean_is_dropped_and_logged_by_name() -> None:
+    with capture_logs() as logs:
+        event = DIY.parse(b"", query="Type=Message&MessageID=MS1312312313001&Inbound=maybe")
+    assert event.inbound is None
+    assert [entry["field"] for entry in logs if "field" in entry] == ["Inbound"]
 
 
 def test_onepoint_metadata_list_with_non_object_is_payload_error() -> None:

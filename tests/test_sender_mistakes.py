@@ -148,3 +148,39 @@ def test_sender_mistakes_get_with_fields_is_still_dispatched() -> None:
     response = client.get("/diy?Type=Stop&MessageID=MS7&Source=447700900501&Message=STOP")
     assert response.status_code == 200
     assert len(seen.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ("2026-11-30%2010:00:00%2B01:00", "2026-11-30 10:00:00+01:00"),  # encoded: as sent
+        ("2026-11-30T10:00:00+01:00", "2026-11-30T10:00:00+01:00"),
+        ("2026-11-30 10:00:00.123+0100", "2026-11-30 10:00:00.123+0100"),
+        ("2026-11-30T10:00:00", "2026-11-30T10:00:00"),
+    ],
+)
+def test_sender_mistakes_timestamp_space_between_date_and_time_is_kept(
+    sent: str, expected: str
+) -> None:
+    event = DiyProvider().parse(b"", query=f"Type=Receipt&MessageID=MS8&Timestamp={sent}")
+    assert event.provider_timestamp == expected
+    assert event.occurred_at is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "sent", "attribute", "expected"),
+    [
+        ("Segments", "%2B2", "segments", 2),
+        ("Inbound", "yes", "inbound", True),
+        ("Inbound", "No", "inbound", False),
+        ("Reachable", "on", "reachable", True),
+        ("Inbound", "maybe", "inbound", None),  # no sane reading: dropped, callback kept
+        ("Segments", "two", "segments", None),
+    ],
+)
+def test_sender_mistakes_flags_and_counts_never_refuse_the_callback(
+    field: str, sent: str, attribute: str, expected: object
+) -> None:
+    event = DiyProvider().parse(b"", query=f"Type=Stop&MessageID=MS9&Message=STOP&{field}={sent}")
+    assert event.type.value == "stop"
+    assert getattr(event, attribute) == expected

@@ -355,3 +355,70 @@ def test_text_form_metadata_json_lone_surrogate_escape_is_replaced() -> None:
 def test_text_form_metadata_json_still_malformed_is_refused() -> None:
     with pytest.raises(PayloadError):
         DiyProvider().parse(b"", query="Type=Message&MessageID=MS14&MetaData=%7B%22a")
+
+
+# -- found by attacking the fixes: the rest of the kind ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "charset", ["rot13", "hex", "base64", "zlib", "uu", "undefined", "idna", "bz2"]
+)
+def test_text_json_charset_naming_no_text_encoding_is_read_as_utf8(charset: str) -> None:
+    body = (WHISPIR_REPLY % "Oui très").encode()
+    response, events = _post("/w", body, f"application/json; charset={charset}")
+    assert response.status_code == 200
+    assert events[0].text == "Oui très"
+
+
+@pytest.mark.parametrize("charset", ["undefined", "utf-7", "rot13"])
+def test_text_form_odd_charset_never_500(charset: str) -> None:
+    body = b"Type=Message&MessageID=MS20&Message=%2B2AA-+hi"
+    response, events = _post("/diy", body, f"{FORM}; charset={charset}")
+    assert response.status_code == 200
+    assert events[0].message_id == "MS20"
+    events[0].text.encode()  # always valid text: no lone surrogate
+
+
+def test_text_utf7_lone_surrogate_becomes_replacement_in_json_and_xml() -> None:
+    body = b'{"Type":"Message","MessageID":"MS21","Message":"a+2AA-b"}'
+    response, events = _post("/op", body, "application/json; charset=utf-7")
+    assert response.status_code == 200
+    assert events[0].text == "a\ufffdb"
+    document = WHISPIR_XML.format(enc="UTF-7", text="a+2AA-b").encode()
+    response, events = _post("/w", document, "text/xml")
+    assert response.status_code == 200
+    assert events[0].text == "a\ufffdb"
+
+
+def test_text_json_escaped_backslash_before_lone_surrogate_is_repaired() -> None:
+    body = b'{"Type":"Message","MessageID":"MS22","Message":"\\\\uD800\\uDC00x"}'
+    response, events = _post("/op", body, "application/json")
+    assert response.status_code == 200
+    assert events[0].text == "\\uD800\ufffdx"
+
+
+@pytest.mark.parametrize(
+    ("declared", "codec", "bom"),
+    [
+        ("UTF-32", "utf-32-le", codecs.BOM_UTF32_LE),
+        ("UTF-32", "utf-32-be", codecs.BOM_UTF32_BE),
+        ("ISO-2022-JP", "iso2022_jp", b""),
+        ("KOI8-R", "koi8_r", b""),
+    ],
+)
+def test_text_xml_encodings_expat_does_not_read_are_decoded(
+    declared: str, codec: str, bom: bytes
+) -> None:
+    text = "はい" if "2022" in declared or "32" in declared else "да"
+    body = bom + WHISPIR_XML.format(enc=declared, text=text).encode(codec)
+    response, events = _post("/w", body, "text/xml")
+    assert response.status_code == 200
+    assert events[0].text == text
+
+
+@pytest.mark.parametrize("declared", ["rot13", "base64", "undefined"])
+def test_text_xml_declaring_no_text_encoding_is_a_400(declared: str) -> None:
+    response, events = _post("/w", WHISPIR_XML.format(enc=declared, text="x").encode(), None)
+    assert response.status_code == 400
+    assert events == []
+    assert declared not in response.text

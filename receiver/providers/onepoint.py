@@ -351,14 +351,15 @@ def _read_form(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         spaced = found.get(field)
         if spaced is not None and " " in spaced:
             found[field] = _unspaced(field, spaced)
+    _typed_form_values(found)
     text = found.get("MetaData")
     if isinstance(text, str):
         found["MetaData"] = _decode_metadata(text)
     return found, metadata
 
 
-_UNSPACED = ("Source", "Destination", "MessageID", "Timestamp", *_TYPED)
-"""Fields in which a space cannot be valid: addresses, ids, timestamps, numbers, flags."""
+_UNSPACED = ("Source", "Destination", "MessageID", "Timestamp")
+"""Fields in which a space can stand for a '+': addresses, ids, timestamps."""
 _PHONE = re.compile(r" +[0-9][0-9 ]*")
 
 
@@ -366,17 +367,49 @@ def _unspaced(name: str, value: str) -> str:
     """``value`` with the spaces an unencoded ``+`` became read back as ``+``.
 
     Addresses: a number with leading spaces (``" 447700900501"``) was ``+447700900501``;
-    other spaces in an address (an alphanumeric sender) are kept. Ids and timestamps:
-    every space was a ``+`` (``...T10:00:00 01:00`` -> ``+01:00``). Numbers and flags:
-    a space is dropped (``" 2"`` -> ``2``). Free text is never changed.
+    other spaces in an address (an alphanumeric sender) are kept. Ids: every space was a
+    ``+``. Timestamps: a space where an offset's sign belongs (``...T10:00:00 01:00`` ->
+    ``+01:00``; a space between date and time is kept). Numbers and flags: a space is
+    dropped (``" 2"`` -> ``2``). Free text is never changed.
     """
     if name in ("Source", "Destination"):
         if _PHONE.fullmatch(value):
             return "+" + value.lstrip(" ")
         return value
-    if name in ("MessageID", "Timestamp"):
+    if name == "MessageID":
         return value.strip(" ").replace(" ", "+") if value.strip(" ") else value
+    if name == "Timestamp":
+        return _OFFSET_SPACE.sub(r"\1+\2", value)
     return value.strip()
+
+
+_OFFSET_SPACE = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+_TRUE = frozenset({"true", "1", "yes", "y", "on", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "off", "f"})
+
+
+def _typed_form_values(found: dict[str, Any]) -> None:
+    """Form and query text of flags and counts as booleans and integers, in place.
+
+    A value with no sane reading (``Inbound=maybe``) is dropped and logged: the callback
+    is kept without it rather than refused.
+    """
+    for field in _TYPED:
+        text = found.get(field)
+        if not isinstance(text, str):
+            continue
+        lowered = text.strip().lower()
+        if field == "Segments":
+            try:
+                found[field] = int(lowered)
+                continue
+            except ValueError:
+                pass
+        elif lowered in _TRUE or lowered in _FALSE:
+            found[field] = lowered in _TRUE
+            continue
+        del found[field]
+        log.warning("unreadable field dropped", field=field)
 
 
 def _decode_metadata(text: str) -> Any:
