@@ -14,22 +14,15 @@ import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
+from samples import payload
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, create_app
-
-PAYLOADS = Path(__file__).parent / "payloads"
-
-
-def payload(provider: str, name: str) -> bytes:
-    return (PAYLOADS / provider / name).read_bytes()
-
 
 BASE_URL = "https://hooks.example.com"
 WHISPIR_BODY = payload("whispir", "reply_sms.json")
