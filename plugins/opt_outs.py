@@ -15,7 +15,8 @@ Other plugins ask :func:`is_opted_out` (a plugin file is loaded as module
 ``receiver_plugins.opt_outs``): ``sys.modules["receiver_plugins.opt_outs"].is_opted_out(n)``,
 from a ``@blocking`` hook (it reads the file).
 ``/readyz`` answers 503 while the database cannot be opened and queried; a STOP that
-cannot be stored is answered 500 so that the provider retries.
+cannot be stored makes the hook raise: answered 500 so that the provider retries, or,
+with a ``journal``, answered 200 and retried by receiver.
 """
 
 from __future__ import annotations

@@ -62,8 +62,12 @@ def on_event(event: Event) -> None:
 
     :param event: The normalized callback.
 
-    An exception is logged with the event id; the other plugins still run and the
-    provider is answered 500 so that it may retry.
+    An exception is logged with the event id and the other plugins still run. What the
+    provider is answered depends on the journal: without one (the default when mounted),
+    500, so that a provider that retries will; with one (the default for ``receiver
+    serve``), the event is already stored, so 200, and receiver retries it in the
+    background after each of ``retry_delays``, calling only the plugins that raised,
+    until it is ``dead``.
     """
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from samples import PAYLOADS
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
@@ -32,7 +33,6 @@ from receiver import (
     hookimpl,
 )
 
-PAYLOADS = Path(__file__).parent / "payloads"
 WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
 ONEPOINT_MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
 ONEPOINT_RECEIPT = (PAYLOADS / "onepoint" / "receipt_delivered.json").read_bytes()

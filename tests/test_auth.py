@@ -10,28 +10,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import inspect
 import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
+from samples import payload
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
-import receiver.auth
 from receiver import Channel, Config, create_app
-
-PAYLOADS = Path(__file__).parent / "payloads"
-
-
-def payload(provider: str, name: str) -> bytes:
-    return (PAYLOADS / provider / name).read_bytes()
-
 
 BASE_URL = "https://hooks.example.com"
 WHISPIR_BODY = payload("whispir", "reply_sms.json")
@@ -299,16 +290,53 @@ def test_auth_key_prefix_rejected(mode: Mode) -> None:
         assert_401(mode.post(client, presented), _secrets_only(mode))
 
 
-def test_auth_keys_compared_in_constant_time() -> None:
-    """Key and signature comparisons go through hmac.compare_digest, not ``==``."""
-    source = inspect.getsource(receiver.auth)
-    assert "compare_digest" in source
-    for name, obj in vars(receiver.auth).items():
-        if not callable(obj) or getattr(obj, "__module__", None) != receiver.auth.__name__:
-            continue
-        text = inspect.getsource(obj)
-        for needle in ("presented ==", "== presented", "presented !=", "!= presented"):
-            assert needle not in text, f"{name} compares a presented credential with {needle!r}"
+def _spy_compare_digest(monkeypatch: pytest.MonkeyPatch) -> list[set[bytes]]:
+    """Record the operands of every ``hmac.compare_digest`` call from now on."""
+    calls: list[set[bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append({x.encode() if isinstance(x, str) else bytes(x) for x in (a, b)})
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mode", KEY_MODES, ids=lambda mode: mode.id)
+def test_auth_keys_compared_in_constant_time(mode: Mode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A presented key goes through hmac.compare_digest against every key, with no early
+    exit: a match on the first key still compares the second, a miss compares both.
+    (A plain ``==`` would leave the keys out of the recorded comparisons.)"""
+    client = mode.client(mode.keys)
+    compared = _spy_compare_digest(monkeypatch)
+    every_key = {key.encode() for key in mode.keys}
+    for presented, status in ((mode.keys[0], 200), (mode.keys[1], 200), (WRONG_KEY, 401)):
+        compared.clear()
+        assert mode.post(client, presented).status_code == status
+        assert every_key <= set().union(*compared), presented
+
+
+def test_auth_signature_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A presented signature, right or wrong, goes through hmac.compare_digest."""
+    client = client_for({"hook": _hmac_channel([SECRETS[0]])})
+    compared = _spy_compare_digest(monkeypatch)
+    for secret, status in ((SECRETS[0], 200), (WRONG_SECRET, 401)):
+        presented = sign(
+            app_id=APP_IDS[0],
+            secret=secret,
+            method="POST",
+            uri=f"{BASE_URL}/hook",
+            body=ONEPOINT_BODY,
+        )
+        compared.clear()
+        response = client.post(
+            "/hook",
+            content=ONEPOINT_BODY,
+            headers={"Content-Type": JSON_TYPE, **signature_header(APP_IDS[0], presented)},
+        )
+        assert response.status_code == status
+        assert any(presented.encode() in operands for operands in compared)
 
 
 def test_auth_signature_prefix_rejected() -> None:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from samples import PAYLOADS
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, create_app, hookimpl
 from receiver.journal import _BY_BODY, _BY_KEY
 
-PAYLOADS = Path(__file__).parent / "payloads"
 JSON = {"content-type": "application/json"}
 CONTENT_TYPES = {
     ".json": "application/json",

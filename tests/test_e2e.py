@@ -14,15 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx2
 import pytest
 import uvicorn
+from samples import payload
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
-
-PAYLOADS = Path(__file__).parent / "payloads"
 
 WHISPIR_KEY = "e2e-whispir-7d1c0b9a"
 QUERY_KEY = "e2e-query-5a4f3e2d"
@@ -32,10 +30,6 @@ SECRET = "e2e-s3cr3t-8e7d6c5b"
 MAX_BODY = 64 * 1024
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
-
-
-def payload(provider: str, name: str) -> bytes:
-    return (PAYLOADS / provider / name).read_bytes()
 
 
 def sign(app_id: str, secret: str, method: str, uri: str, body: bytes, nonce: str, ts: str) -> str:

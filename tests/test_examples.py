@@ -18,12 +18,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from samples import PAYLOADS
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, EventType, Reply, create_app, hookimpl
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
-PAYLOADS = Path(__file__).parent / "payloads"
 WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
 DIY_MESSAGE_FORM = (PAYLOADS / "diy" / "message_inbound.form").read_bytes().strip()
 DIY_STOP_QUERY = (PAYLOADS / "diy" / "stop.query").read_text().strip()

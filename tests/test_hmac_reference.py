@@ -22,11 +22,11 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
+from samples import PAYLOADS
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
@@ -35,7 +35,6 @@ from structlog.testing import capture_logs
 from receiver import Channel, Config, create_app
 from receiver.auth import HmacCheck, Request, lower_url_encode
 
-PAYLOADS = Path(__file__).parent / "payloads"
 BODY = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
 DIY_QUERY = (PAYLOADS / "diy" / "message_inbound.query").read_text().strip()
 

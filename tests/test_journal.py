@@ -22,12 +22,12 @@ from typing import Any
 import httpx2
 import msgspec
 import pytest
+from samples import PAYLOADS
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
 from receiver.journal import SQLiteJournal
 
-PAYLOADS = Path(__file__).parent / "payloads"
 WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
 ONEPOINT_MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
 ONEPOINT_DELIVERED = (PAYLOADS / "onepoint" / "receipt_delivered.json").read_bytes()

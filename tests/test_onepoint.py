@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
+from samples import PAYLOADS, payload
 from structlog.testing import capture_logs
 
 from receiver import Event, EventType, PayloadError, UnsupportedPayload
 from receiver.providers import DiyProvider, OnePointProvider
 
-PAYLOADS = Path(__file__).parent / "payloads"
 ONEPOINT = OnePointProvider()
 DIY = DiyProvider()
 PROVIDERS = {"onepoint": ONEPOINT, "diy": DIY}
@@ -27,11 +26,6 @@ PROVIDERS = {"onepoint": ONEPOINT, "diy": DIY}
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 CHANNEL = "sms-callbacks"
-
-
-def payload(provider_name: str, name: str) -> bytes:
-    """The bytes of one stored sample, exactly as stored."""
-    return (PAYLOADS / provider_name / name).read_bytes()
 
 
 BST = timezone(timedelta(hours=1))

@@ -17,18 +17,18 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from samples import payload
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, ConfigError, create_app
 
 PACKAGE = Path(__file__).parent.parent / "examples" / "plugin_package"
-PAYLOADS = Path(__file__).parent / "payloads" / "onepoint"
 AUTOLOAD = "RECEIVER_DISABLE_PLUGIN_AUTOLOAD"
 CONFIG = Config(channels={"sms": Channel(provider="onepoint", auth="none")})
 
 
 def body(name: str, **changes: Any) -> bytes:
-    data = json.loads((PAYLOADS / name).read_bytes())
+    data = json.loads(payload("onepoint", name))
     data.update(changes)
     return json.dumps(data).encode()
 

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from samples import payload
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
@@ -29,7 +30,6 @@ from receiver import Channel, Config, ConfigError, create_app
 
 ROOT = Path(__file__).parent.parent
 PLUGINS = ROOT / "plugins"
-PAYLOADS = Path(__file__).parent / "payloads" / "onepoint"
 PERSON = "447700900654"  # Source of keyword.json, stop.json and help.json
 SHORTCODE = "60777"
 
@@ -41,7 +41,7 @@ def _no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def body(name: str, **changes: Any) -> bytes:
     """A stored OnePoint sample with some fields changed (e.g. ``Message``, ``Type``)."""
-    data = json.loads((PAYLOADS / name).read_bytes())
+    data = json.loads(payload("onepoint", name))
     data.update(changes)
     return json.dumps(data).encode()
 
