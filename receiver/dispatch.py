@@ -125,7 +125,7 @@ class Dispatcher:
 
     def plan(self, event_type: EventType) -> _Plan:
         """The implementations to call for events of ``event_type`` (cached)."""
-        if self._fresh():
+        if self._generation == self.manager.generation or self._fresh():
             plan = self._plans.get(event_type)
             if plan is not None:
                 return plan
@@ -146,11 +146,13 @@ class Dispatcher:
             self.plan(event_type)
         self.implementations("send_reply")
 
-    async def dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
+    async def dispatch(
+        self, event: Event, only: Collection[str] | None = None, *, timed: bool = False
+    ) -> Reply | None:
         """Run every hook for ``event`` within its timeout; return the reply, if any.
 
         ``only`` limits the call to the plugins of those names (a retry calls only the
-        plugins that failed).
+        plugins that failed). ``timed`` (internal) says the timeout is already running.
 
         Raises:
             HandlerError: an implementation raised (logged with its traceback); the
@@ -159,16 +161,15 @@ class Dispatcher:
                 event type's timeout.
         """
         plan = self.plan(event.type)
-        if not plan.may_wait:
-            return await self._run(plan, event, only)
-        timeout = self.reply_timeout if event.type.is_response_type else self.handler_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._run(plan, event, only)
-        except TimeoutError:
-            raise HandlerTimeout(f"handlers took longer than {timeout:g} s") from None
-
-    async def _run(self, plan: _Plan, event: Event, only: Collection[str] | None) -> Reply | None:
+        if plan.may_wait and not timed:
+            timeout = self.reply_timeout if event.type.is_response_type else self.handler_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self.dispatch(event, only, timed=True)
+            except TimeoutError:
+                raise HandlerTimeout(f"handlers took longer than {timeout:g} s") from None
+        # The one loop (no timer when every implementation is a plain function: there
+        # would be nothing it could interrupt).
         reply: Reply | None = None
         failed: list[str] | None = None
         for impl in plan.impls:

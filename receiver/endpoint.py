@@ -193,49 +193,42 @@ class CallbackEndpoint:
                 return Answer(200, b"", [], Outcome.url_check)  # Whispir wants exactly 200
             body = await read_body(receive, headers.get(b"content-length"), self.max_body)
             bound.authenticator.check(Request(scope, body, headers))
-            event = await self._parse(scope, bound, body, query, headers, received_at)
-            if self.journal is None:
-                reply = await self.dispatcher.dispatch(event)
-                return await self._answer(bound, event, reply, Outcome.accepted)
-            return await self._journaled(scope, bound, event)
+            coding = headers.get(b"content-encoding")
+            try:
+                if coding is not None:  # authenticated as sent, parsed as meant
+                    body = decode_content(body, coding, self.max_body)
+                    coding = None  # what is kept from here on is the decoded body
+                event = _parse(bound, body, query, headers, received_at)
+            except PayloadError as exc:
+                await self._reject(scope, bound, body, coding, exc)
+                raise
+            if self.journal is not None:
+                return await self._journaled(scope, bound, event)
+            reply = await self.dispatcher.dispatch(event)
+            if reply is None:
+                return Answer(200, b"", [], Outcome.accepted, event)
+            return await self._answer(bound, event, reply, Outcome.accepted)
         except ClientGone:
             raise
         except Exception as exc:
             return _failure(exc, name, event)
 
-    async def _parse(
+    async def _reject(
         self,
         scope: Scope,
         bound: BoundChannel,
         body: bytes,
-        query: bytes,
-        headers: dict[bytes, bytes],
-        received_at: datetime,
-    ) -> Event:
-        """The request's event; an authenticated body that cannot be read is kept as
-        ``rejected`` (journal on) before its :class:`PayloadError` goes on."""
-        content_type = headers.get(b"content-type")
-        coding = headers.get(b"content-encoding")
-        try:
-            if coding is not None:  # authenticated as sent, parsed as meant
-                body = decode_content(body, coding, self.max_body)
-                coding = None  # what is kept from here on is the decoded body
-            if bound.secret_param is not None and query:  # the key is no callback field
-                query = _redacted(query.decode("latin-1"), bound.secret_param).encode("latin-1")
-            return bound.provider.parse(
-                body,
-                content_type=content_type.decode("latin-1") if content_type else None,
-                query=query,
-                channel=bound.name,
-                received_at=received_at,
-            )
-        except PayloadError as exc:
-            if self.journal is not None:  # authenticated: keep it for an operator to inspect
-                meta = _meta(scope, bound)
-                if coding is not None:  # kept still encoded: say how, for a replay
-                    meta["content-encoding"] = coding.decode("latin-1")
-                await self.journal.reject(bound.name, bound.provider.name, body, meta, str(exc))
-            raise
+        coding: bytes | None,
+        error: PayloadError,
+    ) -> None:
+        """Keep an authenticated body that cannot be read as ``rejected`` (journal on), for
+        an operator to inspect and ``receiver replay --rejected`` to recover."""
+        if self.journal is None:
+            return
+        meta = _meta(scope, bound)
+        if coding is not None:  # kept still encoded: say how, for a replay
+            meta["content-encoding"] = coding.decode("latin-1")
+        await self.journal.reject(bound.name, bound.provider.name, body, meta, str(error))
 
     async def _journaled(self, scope: Scope, bound: BoundChannel, event: Event) -> Answer:
         """Store ``event`` durably, then dispatch it: a handler failure is recorded for a
@@ -306,6 +299,26 @@ class CallbackEndpoint:
         if rendered is None:
             return Answer(200, b"", [], Outcome.duplicate, event)
         return Answer(200, rendered, [_JSON_TYPE], Outcome.duplicate, event, True)
+
+
+def _parse(
+    bound: BoundChannel,
+    body: bytes,
+    query: bytes,
+    headers: dict[bytes, bytes],
+    received_at: datetime,
+) -> Event:
+    """The request's event, by the channel's provider (a query key redacted first)."""
+    if bound.secret_param is not None and query:  # the key is no callback field
+        query = _redacted(query.decode("latin-1"), bound.secret_param).encode("latin-1")
+    content_type = headers.get(b"content-type")
+    return bound.provider.parse(
+        body,
+        content_type=content_type.decode("latin-1") if content_type else None,
+        query=query,
+        channel=bound.name,
+        received_at=received_at,
+    )
 
 
 def _failure(exc: Exception, name: str, event: Event | None) -> Answer:

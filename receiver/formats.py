@@ -281,11 +281,19 @@ def _foreign_encoding(body: bytes) -> str | None:
     if first == b"<":
         if body[1:5] != b"?xml":
             return None
-    elif first in _BOM_STARTS:
+        end = body.find(b"?>", 5, 512)
+        return _prolog_codec(body[:end] if end > 0 else body[:512])
+    if first in _BOM_STARTS:
         if body.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
             return "utf-32"
         return None
-    declared = _DECLARED_ENCODING.match(body)
+    return _prolog_codec(body[:512])
+
+
+@lru_cache(maxsize=64)
+def _prolog_codec(prolog: bytes) -> str | None:
+    """:func:`_foreign_encoding` by the document's first bytes (senders repeat theirs)."""
+    declared = _DECLARED_ENCODING.match(prolog)
     return None if declared is None else _xml_codec(declared[1].decode("ascii").lower())
 
 
