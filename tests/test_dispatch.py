@@ -1,0 +1,141 @@
+"""The dispatcher (issue 12): one loop for every kind of implementation, wrappers refused
+at start-up, and redelivery usable without an ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver import Channel, Config, ConfigError, Event, EventType, blocking, create_app, hookimpl
+from receiver.dispatch import Dispatcher
+from receiver.events import new_event_id
+from receiver.journal import SQLiteJournal
+from receiver.plugins import make_plugin_manager
+from receiver.redelivery import Redelivery
+
+
+def _event(kind: EventType = EventType.message) -> Event:
+    return Event(
+        id=new_event_id(),
+        received_at=datetime.now(UTC),
+        channel="c",
+        provider="onepoint",
+        type=kind,
+        raw=b"{}",
+        text="hi",
+    )
+
+
+class _Wrapper:
+    @hookimpl(wrapper=True)
+    def on_message(self, event: Event) -> Generator[None, Any, Any]:
+        return (yield)
+
+
+def test_dispatch_hook_wrapper_is_refused_at_app_build() -> None:
+    config = Config(channels={"op": Channel(provider="onepoint", auth="none")})
+    with pytest.raises(ConfigError, match="wrapper"):
+        create_app(config, plugins=[_Wrapper()])
+
+
+def test_dispatch_one_loop_mixes_kinds_in_pluggy_order_with_first_reply() -> None:
+    calls: list[str] = []
+
+    class Sync:
+        @hookimpl
+        def on_message(self, event: Event) -> None:
+            calls.append("sync")
+
+    class Async:
+        @hookimpl
+        async def on_message(self, event: Event) -> str:
+            calls.append("async")
+            return "from async"
+
+    class Blocking:
+        @hookimpl
+        @blocking
+        def on_message(self, event: Event) -> str:
+            calls.append("blocking")
+            return "from blocking"
+
+    class Every:
+        @hookimpl
+        def on_event(self, event: Event) -> None:
+            calls.append("event")
+
+    # pluggy calls the last registered first: Blocking, Async (stops the type hook), ...
+    dispatcher = Dispatcher(make_plugin_manager([Every(), Sync(), Async(), Blocking()]))
+    reply = asyncio.run(dispatcher.dispatch(_event()))
+    assert reply is not None and reply.text == "from blocking"
+    assert calls == ["blocking", "event"]
+
+
+def test_dispatch_only_named_plugins_are_retried() -> None:
+    calls: list[str] = []
+
+    class One:
+        @hookimpl
+        def on_receipt(self, event: Event) -> None:
+            calls.append("one")
+
+    class Two:
+        @hookimpl
+        def on_receipt(self, event: Event) -> None:
+            calls.append("two")
+
+    manager = make_plugin_manager([])
+    manager.register(One(), name="one")
+    manager.register(Two(), name="two")
+    asyncio.run(Dispatcher(manager).dispatch(_event(EventType.receipt), only={"two"}))
+    assert calls == ["two"]
+
+
+def test_dispatch_redelivery_retries_without_an_asgi_app(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.fail = True
+
+        @hookimpl
+        def on_receipt(self, event: Event) -> None:
+            if self.fail:
+                raise RuntimeError("down")
+            seen.append(event.id)
+
+    flaky = Flaky()
+    manager = make_plugin_manager([])
+    manager.register(flaky, name="flaky")
+
+    async def scenario() -> tuple[str, list[str]]:
+        journal = SQLiteJournal(tmp_path / "j.db")
+        await journal.start()
+        redelivery = Redelivery(journal, Dispatcher(manager), [0.0])
+        event = _event(EventType.receipt)
+        await journal.record(event, {}, None)
+        (entry,) = await _entries(journal)
+        assert not await redelivery.retry(entry)  # fails: scheduled again
+        flaky.fail = False
+        (entry,) = await _entries(journal)
+        assert entry.state == "failed" and entry.failed_plugins == ["flaky"]
+        assert await redelivery.retry(entry)
+        (entry,) = await _entries(journal)
+        await journal.stop()
+        return entry.state, seen
+
+    state, dispatched = asyncio.run(scenario())
+    assert state == "done"
+    assert len(dispatched) == 1
+
+
+async def _entries(journal: SQLiteJournal) -> list[Any]:
+    found = journal.entries(limit=None)
+    if asyncio.iscoroutine(found):  # the journal interface is becoming async
+        found = await found
+    return list(found)
