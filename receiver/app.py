@@ -138,7 +138,7 @@ async def _readyz(request: StarletteRequest) -> Response:
     manager: PluginManager = request.app.state.plugin_manager
     problems = [problem for problem in manager.hook.check_ready() if problem]
     journal: Journal | None = request.app.state.journal
-    if journal is not None and (problem := journal.check()) is not None:
+    if journal is not None and (problem := await journal.check()) is not None:
         problems.append(problem)
     plugins = [name for name, _ in manager.list_name_plugin()]
     if problems:

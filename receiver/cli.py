@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -255,12 +255,34 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _operate(journal: Journal, work: Callable[[], Awaitable[int]]) -> int:
+    """Run an operator command's ``work`` in an event loop of its own; stop the journal after.
+
+    The journal is not started first: starting it creates a missing journal file, and an
+    operator command reads or prunes only a journal that is there (a mistyped path is a
+    configuration error). A write starts the journal's writer on demand, and
+    :func:`_replay_all` starts it itself.
+    """
+
+    async def run() -> int:
+        try:
+            return await work()
+        finally:
+            await journal.stop()
+
+    return asyncio.run(run())
+
+
 def _events(args: argparse.Namespace) -> int:
     _, journal = _journal(args)
+    return _operate(journal, lambda: _list_events(args, journal))
+
+
+async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
     if args.show:
         if args.show[0] != "show" or len(args.show) != 2:
             raise ConfigError("usage: receiver events show ID")
-        found = journal.entries(ids=[args.show[1]], limit=1)
+        found = await journal.entries(ids=[args.show[1]], limit=1)
         if not found:
             print(f"no journal entry {args.show[1]}", file=sys.stderr)
             return 1
@@ -275,7 +297,7 @@ def _events(args: argparse.Namespace) -> int:
         print(entry.raw.decode("utf-8", "replace"))
         return 0
     since = time.time() - args.since if args.since else None
-    entries = journal.entries(
+    entries = await journal.entries(
         channel=args.channel, type=args.type, state=args.status, since=since, limit=args.limit
     )
     rows = [("id", "received (UTC)", "channel", "type", "state", "tries", "message_id")]
@@ -309,21 +331,26 @@ def _replay(args: argparse.Namespace) -> int:
     app, journal = _journal(args)
     if not (args.ids or args.dead or args.failed or args.since or args.rejected):
         raise ConfigError("replay what? give IDs, --dead, --failed, --rejected or --since")
+    return _operate(journal, lambda: _replay_chosen(args, app, journal))
+
+
+async def _replay_chosen(args: argparse.Namespace, app: Any, journal: Journal) -> int:
+    """Choose the entries ``args`` names, then replay them (or say what would be done)."""
     since = time.time() - args.since if args.since else None
     chosen: dict[str, Entry] = {}
     if args.ids:
-        chosen.update((e.id, e) for e in journal.entries(ids=args.ids, limit=None))
+        chosen.update((e.id, e) for e in await journal.entries(ids=args.ids, limit=None))
         missing = set(args.ids) - chosen.keys()
         if missing:
             print(f"no journal entries: {', '.join(sorted(missing))}", file=sys.stderr)
             return 1
     for state, wanted in (("dead", args.dead), ("failed", args.failed)):
         if wanted:
-            chosen.update((e.id, e) for e in journal.entries(state=state, limit=None))
+            chosen.update((e.id, e) for e in await journal.entries(state=state, limit=None))
     if since is not None and not args.rejected:
-        chosen.update((e.id, e) for e in journal.entries(since=since, limit=None))
+        chosen.update((e.id, e) for e in await journal.entries(since=since, limit=None))
     if args.rejected:
-        rejected = journal.entries(state="rejected", since=since, limit=None)
+        rejected = await journal.entries(state="rejected", since=since, limit=None)
         chosen.update((e.id, e) for e in rejected)
     ordered = sorted(chosen.values(), key=lambda e: e.received_at)
     entries = [e for e in ordered if e.event is not None]
@@ -347,7 +374,7 @@ def _replay(args: argparse.Namespace) -> int:
         if rejects:
             print(f"{len(rejects) - still} rejected entries would be recovered, {still} not")
         return 1 if still else 0
-    return asyncio.run(_replay_all(app, journal, entries, rejects))
+    return await _replay_all(app, journal, entries, rejects)
 
 
 def _reparse(app: Any, entry: Entry) -> tuple[Event, str | None]:
@@ -418,7 +445,7 @@ async def _replay_all(
                     f"({recorded.state}), not dispatched"
                 )
                 continue
-            (stored,) = journal.entries(ids=[event.id], limit=1)
+            (stored,) = await journal.entries(ids=[event.id], limit=1)
             if await endpoint.retry(stored, all_plugins=True):
                 print(f"recovered {entry.id} as {event.id} ({entry.channel} {event.type})")
             else:
@@ -438,9 +465,13 @@ async def _replay_all(
 
 def _prune(args: argparse.Namespace) -> int:
     _, journal = _journal(args)
-    removed = journal.prune(time.time() - args.older_than)
-    print(f"pruned {removed} entries")
-    return 0
+
+    async def prune() -> int:
+        removed = await journal.prune(time.time() - args.older_than)
+        print(f"pruned {removed} entries")
+        return 0
+
+    return _operate(journal, prune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

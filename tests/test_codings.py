@@ -7,6 +7,7 @@ bounded memory), and any other coding is a 415 that names it.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 import tracemalloc
@@ -145,7 +146,7 @@ def test_codings_corrupt_body_is_a_400_kept_as_rejected(body: bytes, tmp_path: P
         response = client.post("/op", content=body, headers={"content-encoding": "gzip"})
         assert response.status_code == 400
         journal = client.app.state.journal  # type: ignore[attr-defined]
-        rejected = journal.entries(state="rejected", limit=None)
+        rejected = asyncio.run(journal.entries(state="rejected", limit=None))
     assert len(rejected) == 1
     assert seen.events == []
 

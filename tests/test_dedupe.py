@@ -8,6 +8,7 @@ never retries, that is a person's message lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from contextlib import closing
@@ -19,7 +20,7 @@ from samples import PAYLOADS
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, create_app, hookimpl
-from receiver.journal import _BY_BODY, _BY_KEY
+from receiver.journal.sqlite import _BY_BODY, _BY_KEY
 
 JSON = {"content-type": "application/json"}
 CONTENT_TYPES = {
@@ -395,7 +396,7 @@ def test_dedupe_journal_from_before_migrates_and_keeps_working(tmp_path: Path) -
     assert {"events_dedupe", "events_body"}.isdisjoint(indexes)
     assert {"events_channel_dedupe", "events_channel_body"} <= indexes
     assert "recovered_as" in columns  # added for `receiver replay --rejected`
-    (old,) = app.state.journal.entries(state="rejected")
+    (old,) = asyncio.run(app.state.journal.entries(state="rejected"))
     assert (old.id, old.raw, old.recovered_as) == ("old-1", b"{", None)
 
 

@@ -135,7 +135,4 @@ def test_dispatch_redelivery_retries_without_an_asgi_app(tmp_path: Path) -> None
 
 
 async def _entries(journal: SQLiteJournal) -> list[Any]:
-    found = journal.entries(limit=None)
-    if asyncio.iscoroutine(found):  # the journal interface is becoming async
-        found = await found
-    return list(found)
+    return await journal.entries(limit=None)

@@ -14,6 +14,7 @@ Plus the examples the fuzz found, each with its right value.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import zlib
@@ -275,7 +276,7 @@ def test_fuzz_endpoint_never_answers_5xx(
         assert MARK not in reason
     elif len(seen.events) > before:
         event = seen.events[-1]
-        stored = client.app.state.journal.entries(ids=[event.id], limit=1)
+        stored = asyncio.run(client.app.state.journal.entries(ids=[event.id], limit=1))
         assert stored and stored[0].state in ("received", "done")
 
 
@@ -323,7 +324,7 @@ def test_fuzz_found_onepoint_metadata_big_integer_is_kept_as_text(
     with TestClient(create_app(config, plugins=[seen])) as client:
         response = client.post("/op", content=body, headers={"content-type": "application/json"})
         assert response.status_code == 200
-        stored = client.app.state.journal.entries(limit=None)  # type: ignore[attr-defined]
+        stored = asyncio.run(client.app.state.journal.entries(limit=None))  # type: ignore[attr-defined]
     assert seen.events[0].metadata == expected
     assert [entry.state for entry in stored] == ["done"]
     assert stored[0].event is not None

@@ -463,7 +463,7 @@ def test_journal_out_of_order_receipts(tmp_path: Path) -> None:
             assert client.post("/sms", content=body, headers=JSON).status_code == 200
         stored = {
             (e.message_id, e.event.status if e.event else None): e.event.out_of_order
-            for e in app.state.journal.entries(limit=None)
+            for e in asyncio.run(app.state.journal.entries(limit=None))
             if e.event is not None
         }
     assert watcher.seen == [
@@ -660,3 +660,108 @@ def test_journal_operation_that_raises_fails_only_its_own_callback(tmp_path: Pat
     assert [r.event.id for r in (results[0], results[2], results[3])] == [e.id for e in good]
     assert commits == 1 + 3  # FIRST alone; the group rolled back, each good one re-run alone
     assert sorted(row["message_id"] for row in rows(db)) == ["FIRST", "GOOD0", "GOOD1", "GOOD2"]
+
+
+# -- 15. one async interface: the operator commands' methods too -----------------------
+
+
+def test_journal_interface_is_async_throughout() -> None:
+    """Every public method of the interface (and of the SQLite journal) is a coroutine
+    function: one driver serves the request path and the operator commands."""
+    import inspect
+
+    from receiver.journal import Journal
+
+    public = sorted(
+        name for name, _ in inspect.getmembers(Journal, inspect.isfunction) if name[0] != "_"
+    )
+    assert {"record", "complete", "fail", "entries", "prune", "check", "start", "stop"} <= set(
+        public
+    )
+    for cls in (Journal, SQLiteJournal):
+        assert [n for n in public if not inspect.iscoroutinefunction(getattr(cls, n))] == []
+
+
+def test_journal_reads_do_not_wait_for_a_record_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """entries() and check() read beside the writer, off the event loop: while a record
+    waits for the write lock, they answer (without it), and the loop keeps running."""
+    import threading
+
+    import receiver.journal.sqlite_io
+    from receiver.providers.onepoint import OnePointProvider
+
+    db = db_path(tmp_path)
+    parse = OnePointProvider().parse
+    first, second = (
+        parse(onepoint(MessageID=name), content_type="application/json", channel="sms")
+        for name in ("FIRST", "SECOND")
+    )
+    opened_in: list[int] = []
+    connect = receiver.journal.sqlite_io.connect
+
+    def spy(path: Path) -> sqlite3.Connection:
+        opened_in.append(threading.get_ident())
+        return connect(path)
+
+    async def scenario() -> tuple[list[str], str | None, bool, int]:
+        journal = SQLiteJournal(db)
+        await journal.start()
+        monkeypatch.setattr(receiver.journal.sqlite_io, "connect", spy)  # reads from here on
+        await journal.record(first, {}, None)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # hold the write lock: SECOND waits in the writer
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            in_flight = asyncio.ensure_future(journal.record(second, {}, None))
+            await asyncio.sleep(0.1)
+            listed = await asyncio.wait_for(journal.entries(limit=None), 2)
+            problem = await asyncio.wait_for(journal.check(), 2)
+            still_waiting = not in_flight.done()
+            blocker.execute("COMMIT")
+            await in_flight
+        finally:
+            ticker.cancel()
+            blocker.close()
+            await journal.stop()
+        return [e.message_id or "" for e in listed], problem, still_waiting, ticks
+
+    listed, problem, still_waiting, ticks = asyncio.run(scenario())
+    assert listed == ["FIRST"]  # committed; SECOND is not, yet
+    assert problem is None
+    assert still_waiting
+    assert ticks > 1
+    assert opened_in and threading.get_ident() not in opened_in  # read in a worker thread
+    assert sorted(row["message_id"] for row in rows(db)) == ["FIRST", "SECOND"]
+
+
+def test_journal_operator_commands_on_a_missing_journal_create_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under asyncio.run as before: a mistyped journal path is a configuration error
+    (exit 2), and the file is not created by the reading."""
+    import receiver.logs
+    from receiver.cli import main
+
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    for name in ("RECEIVER_CONFIG", "RECEIVER_JOURNAL", "RECEIVER_PLUGINS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    db = tmp_path / "missing" / "j.db"
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        f'journal = "sqlite:///{db}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    for argv in (["events"], ["replay", "--dead"], ["prune", "--older-than", "1d"]):
+        assert main([*argv, "--config", str(toml)]) == 2
+        assert f"journal: {db} does not exist" in capsys.readouterr().err
+    assert not db.exists()

@@ -1,0 +1,190 @@
+"""The journal: every authenticated callback, durably on disk before it is answered.
+
+:class:`Journal` is the interface the request path and the operator commands use. Every
+method is a coroutine: the server awaits them on its event loop, and the operator commands
+(``receiver events``, ``replay``, ``prune``) run them under ``asyncio.run``, so that one
+implementation, with one driver, serves both. :class:`~receiver.journal.sqlite.SQLiteJournal`
+(``receiver/journal/sqlite.py``) is the embedded implementation: one file, one process. A
+journal shared by several replicas (PostgreSQL) is planned, not yet available; it would be
+one more module here implementing the same interface, without touching the request path.
+
+Lifecycle of an entry: ``received`` (committed, being handled) -> ``done`` (handled, the
+reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> ``dead``
+(out of attempts). A body that authenticated but could not be parsed is kept as
+``rejected`` (a blank body's redacted query string is kept as its raw, for the providers
+that call back with GET); once ``receiver replay --rejected`` has parsed it with a fixed
+parser, it is ``recovered``, and ``recovered_as`` names the event it became (a new one,
+or the original it turned out to duplicate).
+
+Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
+look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
+<receiver.providers.base.Provider.dedupe_key>`) within ``duplicate_window``, then the
+SHA-256 of the raw body within ``body_window``.
+
+Out-of-order statuses: the journal keeps the latest status per message and recipient.
+The order is :data:`receiver.events.STATUS_RANK`: queued < submitted < sent < delivered |
+failed | other final states < acknowledged | read. An event whose status ranks below the
+one already seen is dispatched with ``out_of_order=True``; statuses not in the table are
+never out of order.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from receiver.errors import ConfigError
+from receiver.events import STATUS_RANK as STATUS_RANK  # importable here before it moved
+from receiver.events import Event, Reply
+
+__all__ = [
+    "STATES",
+    "Entry",
+    "Journal",
+    "Recorded",
+    "SQLiteJournal",
+    "open_journal",
+]
+
+STATES = ("received", "done", "failed", "dead", "rejected", "recovered")
+"""Every entry state (see the module docstring)."""
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """One journal entry, as the operator commands see it."""
+
+    id: str
+    channel: str
+    provider: str
+    type: str | None
+    message_id: str | None
+    state: str
+    received_at: float
+    attempts: int
+    error: str | None
+    raw: bytes
+    meta: dict[str, str]
+    event: Event | None
+    reply: Reply | None
+    failed_plugins: list[str] | None
+    next_attempt_at: float | None
+    recovered_as: str | None = None
+    """A ``recovered`` entry: the id of the event it became."""
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """What :meth:`Journal.record` found.
+
+    Attributes:
+        event: The event as stored (``out_of_order`` set when its status went backwards).
+        duplicate_of: The id of the original when this callback is a duplicate.
+        state: The original's state (duplicates only).
+        reply: The original's stored reply (duplicates only).
+    """
+
+    event: Event
+    duplicate_of: str | None = None
+    state: str | None = None
+    reply: Reply | None = None
+
+
+class Journal(abc.ABC):
+    """Where accepted callbacks are kept; see the module docstring.
+
+    Every method is a coroutine, the operator commands' included: an implementation must
+    not block the event loop in any of them (run blocking I/O in a thread, or use an
+    async driver).
+    """
+
+    @abc.abstractmethod
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        """Store a new event durably, or recognize it as a duplicate (stored nothing)."""
+
+    @abc.abstractmethod
+    async def reject(
+        self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
+    ) -> str:
+        """Store an authenticated body that could not be parsed; return its id."""
+
+    @abc.abstractmethod
+    async def recover(
+        self, entry_id: str, event: Event, meta: dict[str, str], dedupe_key: str | None
+    ) -> Recorded | None:
+        """Record ``event``, parsed anew from the rejected entry ``entry_id``, and mark
+        that entry ``recovered``, in one transaction.
+
+        ``event`` is recorded as :meth:`record` would (duplicate check included);
+        the entry's ``recovered_as`` is the new event's id, or the original's when it is
+        a duplicate. None, and nothing stored, when the entry is not ``rejected`` (any
+        more).
+        """
+
+    @abc.abstractmethod
+    async def complete(self, event_id: str, reply: Reply | None) -> None:
+        """Mark an event handled, with the reply it got (durably)."""
+
+    @abc.abstractmethod
+    async def fail(
+        self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
+    ) -> None:
+        """Mark an event failed (``retry_at`` None: out of attempts, a dead letter)."""
+
+    @abc.abstractmethod
+    async def due(self, now: float, limit: int = 100) -> list[Entry]:
+        """Failed entries whose next attempt is due."""
+
+    @abc.abstractmethod
+    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
+        """Entries received before ``before`` but not handled: a dead process's work."""
+
+    @abc.abstractmethod
+    async def entries(
+        self,
+        *,
+        channel: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[Entry]:
+        """Entries for the operator commands, newest first.
+
+        Raises:
+            ConfigError: The journal does not exist (an operator command reads only a
+                journal that is there; it does not create one).
+        """
+
+    @abc.abstractmethod
+    async def prune(self, older_than: float) -> int:
+        """Delete done, rejected, recovered and dead entries received before ``older_than``;
+        return how many (raises :class:`ConfigError` as :meth:`entries` does)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open what the journal needs (called before the first callback)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Flush and close (also after an operator command; safe to call more than once)."""
+
+    async def check(self) -> str | None:
+        """None when the store is reachable, else a short reason (``/readyz``)."""
+        return None
+
+
+def open_journal(url: str | None, **options: Any) -> Journal | None:
+    """The journal a ``journal = "..."`` setting names: ``"none"`` or ``"sqlite:///path"``."""
+    if url is None or url == "none":
+        return None
+    if url.startswith("sqlite:///"):
+        return SQLiteJournal(url.removeprefix("sqlite:///"), **options)
+    raise ConfigError(f"journal: {url!r} is not 'none' or 'sqlite:///path/to/file.db'")
+
+
+# Last: the implementation imports the interface above (and is re-exported from here, so
+# that ``from receiver.journal import SQLiteJournal`` works as it did).
+from receiver.journal.sqlite import SQLiteJournal  # noqa: E402

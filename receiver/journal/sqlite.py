@@ -1,0 +1,429 @@
+"""The embedded journal: one SQLite file, written by one thread with group commit.
+
+This module is what is stored and how it is looked up (the schema, the duplicate
+look-ups, the status order); see :mod:`receiver.journal` for the lifecycle of an entry, and
+:mod:`receiver.journal.sqlite_io` for how the file is written (one writer thread, group
+commit, which commits are fsynced) and read (off the event loop, beside the writer). Every
+write, the operator's ``prune`` included, goes through the writer.
+
+Duplicates: both look-ups are one query on one index each (``events_channel_dedupe``,
+``events_channel_body``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from receiver.events import STATUS_RANK, Event, Reply, new_event_id
+from receiver.journal import Entry, Journal, Recorded
+from receiver.journal.sqlite_io import Reader, Writer
+
+__all__ = ["SQLiteJournal"]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    type TEXT,
+    message_id TEXT,
+    state TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    raw BLOB NOT NULL,
+    meta BLOB,
+    event BLOB,
+    reply BLOB,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failed_plugins BLOB,
+    next_attempt_at REAL,
+    dedupe_key TEXT,
+    body_hash BLOB,
+    recovered_as TEXT
+);
+DROP INDEX IF EXISTS events_dedupe;
+DROP INDEX IF EXISTS events_body;
+CREATE INDEX IF NOT EXISTS events_channel_dedupe ON events (channel, dedupe_key, received_at)
+    WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_channel_body ON events (channel, body_hash, received_at);
+CREATE INDEX IF NOT EXISTS events_retry ON events (next_attempt_at) WHERE state = 'failed';
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS message_status (
+    provider TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    party TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (provider, message_id, party)
+);
+"""
+# (Journals written before the look-ups were scoped to the channel have the indexes
+# events_dedupe and events_body, dropped above, and no recovered_as column: _migrate.)
+
+_BY_KEY = (
+    "SELECT id, state, reply FROM events "
+    "WHERE channel = ? AND dedupe_key = ? AND received_at >= ? LIMIT 1"
+)
+"""The provider-key look-up: one query on ``events_channel_dedupe``."""
+
+_BY_BODY = (
+    "SELECT id, state, reply FROM events WHERE channel = ? AND body_hash = ? "
+    "AND received_at >= ? AND state NOT IN ('rejected', 'recovered') LIMIT 1"
+)
+"""The body-hash look-up: one query on ``events_channel_body`` (rejected bodies are not
+events, and a recovered one's event has a row of its own)."""
+
+_COLUMNS = (
+    "id, channel, provider, type, message_id, state, received_at, raw, meta, event, reply, "
+    "error, attempts, failed_plugins, next_attempt_at, recovered_as"
+)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Create the schema; bring a journal written by an older version up to it."""
+    connection.executescript(_SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+    if "recovered_as" not in columns:
+        connection.execute("ALTER TABLE events ADD COLUMN recovered_as TEXT")
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_event = msgspec.msgpack.Decoder(Event).decode
+_decode_reply = msgspec.msgpack.Decoder(Reply).decode
+_decode_meta = msgspec.msgpack.Decoder(dict[str, str]).decode
+_decode_plugins = msgspec.msgpack.Decoder(list[str]).decode
+
+
+class SQLiteJournal(Journal):
+    """The embedded journal: one SQLite file, written by one thread with group commit.
+
+    Args:
+        path: The database file (its folder is created).
+        duplicate_window: Seconds within which the same provider key is a duplicate.
+        body_window: Seconds within which the same raw body (SHA-256) is a duplicate.
+        max_batch: Most operations in one transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        duplicate_window: float = 48 * 3600,
+        body_window: float = 600,
+        max_batch: int = 512,
+    ) -> None:
+        self.path = Path(path)
+        self.duplicate_window = duplicate_window
+        self.body_window = body_window
+        self._writer = Writer(self.path, _migrate, max_batch)
+        self._submit = self._writer.submit  # bound once: the request path calls it per operation
+        self._reader = Reader(self.path, _migrate)
+
+    @property
+    def max_batch(self) -> int:
+        """Most operations in one transaction."""
+        return self._writer.max_batch
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed: with group commit, fewer than operations."""
+        return self._writer.commits
+
+    async def start(self) -> None:
+        self._writer.ensure_started()
+
+    async def stop(self) -> None:
+        await self._writer.stop()
+
+    async def check(self) -> str | None:
+        return await self._reader.check()
+
+    # -- the request path ---------------------------------------------------------
+
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        body_hash = hashlib.sha256(event.raw).digest()
+        windows = self.duplicate_window, self.body_window
+
+        def operation(connection: sqlite3.Connection) -> Recorded:
+            return _record(connection, event, meta, dedupe_key, body_hash, windows)
+
+        return await self._submit(operation)
+
+    async def recover(
+        self, entry_id: str, event: Event, meta: dict[str, str], dedupe_key: str | None
+    ) -> Recorded | None:
+        body_hash = hashlib.sha256(event.raw).digest()
+        windows = self.duplicate_window, self.body_window
+
+        def operation(connection: sqlite3.Connection) -> Recorded | None:
+            found = connection.execute(
+                "SELECT state FROM events WHERE id = ?", (entry_id,)
+            ).fetchone()
+            if found is None or found[0] != "rejected":
+                return None
+            recorded = _record(connection, event, meta, dedupe_key, body_hash, windows)
+            connection.execute(
+                "UPDATE events SET state = 'recovered', recovered_as = ? WHERE id = ?",
+                (recorded.duplicate_of or event.id, entry_id),
+            )
+            return recorded
+
+        return await self._submit(operation)
+
+    async def reject(
+        self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
+    ) -> str:
+        entry_id = new_event_id()
+        raw, meta = _kept_raw(raw, meta)
+
+        def operation(connection: sqlite3.Connection) -> str:
+            connection.execute(
+                "INSERT INTO events (id, channel, provider, state, received_at, raw, meta, "
+                "error, body_hash) VALUES (?, ?, ?, 'rejected', ?, ?, ?, ?, ?)",
+                (
+                    entry_id,
+                    channel,
+                    provider,
+                    time.time(),
+                    raw,
+                    _encode(meta),
+                    reason,
+                    hashlib.sha256(raw).digest(),
+                ),
+            )
+            return entry_id
+
+        return await self._submit(operation)
+
+    async def complete(self, event_id: str, reply: Reply | None) -> None:
+        encoded = _encode(reply) if reply is not None else None
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE events SET state = 'done', reply = COALESCE(?, reply), error = NULL, "
+                "next_attempt_at = NULL, failed_plugins = NULL, attempts = attempts + 1 "
+                "WHERE id = ?",
+                (encoded, event_id),
+            )
+
+        await self._submit(operation, durable=False)
+
+    async def fail(
+        self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
+    ) -> None:
+        state = "failed" if retry_at is not None else "dead"
+        encoded = _encode(list(plugins)) if plugins else None
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE events SET state = ?, error = ?, failed_plugins = ?, "
+                "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                (state, error, encoded, retry_at, event_id),
+            )
+
+        await self._submit(operation, durable=False)
+
+    async def due(self, now: float, limit: int = 100) -> list[Entry]:
+        where = "state = 'failed' AND next_attempt_at <= ? ORDER BY next_attempt_at"
+        return await self._written(where, (now, limit))
+
+    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
+        where = "state = 'received' AND received_at < ? ORDER BY received_at"
+        return await self._written(where, (before, limit))
+
+    async def _written(self, where: str, params: tuple[float, int]) -> list[Entry]:
+        """The entries ``where`` finds (``LIMIT`` the last parameter), read by the writer:
+        the retry worker's reads see every write queued before them."""
+        query = f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT ?"
+
+        def operation(connection: sqlite3.Connection) -> list[Entry]:
+            return [_entry(row) for row in connection.execute(query, params).fetchall()]
+
+        return await self._submit(operation, durable=False)
+
+    # -- the operator commands --------------------------------------------------
+
+    async def entries(
+        self,
+        *,
+        channel: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[Entry]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("channel", channel), ("type", type), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("received_at >= ?")
+            params.append(since)
+        if ids:
+            clauses.append(f"id IN ({', '.join('?' for _ in ids)})")
+            params.extend(ids)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        bounded = "LIMIT ?" if limit is not None else ""
+        if limit is not None:
+            params.append(limit)
+        query = f"SELECT {_COLUMNS} FROM events {where} ORDER BY received_at DESC {bounded}"
+        return await self._reader.select(query, params, _entry)
+
+    async def prune(self, older_than: float) -> int:
+        self._reader.require()
+
+        def operation(connection: sqlite3.Connection) -> int:
+            cursor = connection.execute(
+                "DELETE FROM events WHERE received_at < ? "
+                "AND state IN ('done', 'rejected', 'recovered', 'dead')",
+                (older_than,),
+            )
+            connection.execute("DELETE FROM message_status WHERE updated_at < ?", (older_than,))
+            return cursor.rowcount
+
+        return await self._submit(operation)
+
+
+def _record(
+    connection: sqlite3.Connection,
+    event: Event,
+    meta: dict[str, str],
+    dedupe_key: str | None,
+    body_hash: bytes,
+    windows: tuple[float, float],
+) -> Recorded:
+    """Find the original of ``event`` on its channel, or store ``event`` (writer thread).
+
+    ``windows``: the journal's ``duplicate_window`` and ``body_window``.
+    """
+    duplicate_window, body_window = windows
+    received = event.received_at.timestamp()
+    # Two single-index look-ups, the provider key's first (one query with OR needed a
+    # multi-index OR and a sort, at twice the cost). A window of 0 is off.
+    original = None
+    if dedupe_key is not None and duplicate_window > 0:
+        original = connection.execute(
+            _BY_KEY, (event.channel, dedupe_key, received - duplicate_window)
+        ).fetchone()
+    if original is None and body_window > 0:
+        original = connection.execute(
+            _BY_BODY, (event.channel, body_hash, received - body_window)
+        ).fetchone()
+    if original is not None:
+        reply = _decode_reply(original[2]) if original[2] else None
+        return Recorded(event, original[0], original[1], reply)
+    recorded = event
+    if _out_of_order(connection, event, received):
+        recorded = msgspec.structs.replace(event, out_of_order=True)
+    connection.execute(
+        "INSERT INTO events (id, channel, provider, type, message_id, state, "
+        "received_at, raw, meta, event, dedupe_key, body_hash) "
+        "VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.channel,
+            event.provider,
+            event.type.value,
+            event.message_id,
+            received,
+            event.raw,
+            _encode(meta),
+            _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
+            dedupe_key,
+            body_hash,
+        ),
+    )
+    return Recorded(recorded)
+
+
+def _kept_raw(raw: bytes, meta: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """What a rejected request keeps as its raw body, and its meta.
+
+    A blank body with a query string was a GET callback (or a POST that put its fields in
+    the query): its fields are in the query, so the query is kept as the raw body, as
+    :attr:`Event.raw` keeps it for a GET callback, but as ``meta["query"]`` has it, with
+    the ``auth = "query"`` parameter's value ``REDACTED``. ``meta["raw"] = "query"`` says
+    so, for ``receiver replay --rejected`` to parse it as a query string again.
+    """
+    query = meta.get("query")
+    if query and (not raw or raw.isspace()):
+        return query.encode("latin-1"), {**meta, "raw": "query"}
+    return raw, meta
+
+
+def _out_of_order(connection: sqlite3.Connection, event: Event, received: float) -> bool:
+    """Track the latest status per message and recipient; True when this one is older."""
+    if event.status is None or event.message_id is None:
+        return False
+    rank = STATUS_RANK.get(event.status)
+    if rank is None:
+        return False
+    party = event.destination or event.source or ""
+    key = (event.provider, event.message_id, party)
+    row = connection.execute(
+        "SELECT rank FROM message_status WHERE provider = ? AND message_id = ? AND party = ?",
+        key,
+    ).fetchone()
+    if row is not None and rank < row[0]:
+        return True
+    connection.execute(
+        "INSERT INTO message_status (provider, message_id, party, status, rank, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, message_id, party) DO UPDATE "
+        "SET status = excluded.status, rank = excluded.rank, updated_at = excluded.updated_at",
+        (*key, event.status, rank, received),
+    )
+    return False
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    (
+        entry_id,
+        channel,
+        provider,
+        type_,
+        message_id,
+        state,
+        received_at,
+        raw,
+        meta,
+        event,
+        reply,
+        error,
+        attempts,
+        failed_plugins,
+        next_attempt_at,
+        recovered_as,
+    ) = row
+    decoded = _decode_event(event) if event else None
+    if decoded is not None:
+        decoded = msgspec.structs.replace(decoded, raw=raw)
+    return Entry(
+        id=entry_id,
+        channel=channel,
+        provider=provider,
+        type=type_,
+        message_id=message_id,
+        state=state,
+        received_at=received_at,
+        attempts=attempts,
+        error=error,
+        raw=raw,
+        meta=_decode_meta(meta) if meta else {},
+        event=decoded,
+        reply=_decode_reply(reply) if reply else None,
+        failed_plugins=_decode_plugins(failed_plugins) if failed_plugins else None,
+        next_attempt_at=next_attempt_at,
+        recovered_as=recovered_as,
+    )
