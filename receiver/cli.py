@@ -1,4 +1,5 @@
-"""The ``receiver`` command: serve, check a configuration, list plugins.
+"""The ``receiver`` command: serve, check a configuration, list plugins; the operator
+commands (events, replay, prune) are :mod:`receiver.operations`.
 
 Every option also comes from a ``RECEIVER_*`` environment variable (the flag wins).
 """
@@ -6,23 +7,18 @@ Every option also comes from a ``RECEIVER_*`` environment variable (the flag win
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import structlog
 
-from receiver.codings import decode_content
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
-from receiver.events import Event
-from receiver.journal import STATES, Entry, Journal
+from receiver.journal import STATES
 
 __all__ = ["main"]
 
@@ -241,237 +237,17 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _journal(args: argparse.Namespace) -> tuple[Any, Journal]:
-    from receiver.app import create_app
+def _operator(name: str) -> Callable[[argparse.Namespace], int]:
+    """Operator command ``name`` (:mod:`receiver.operations`, imported when run) on the
+    standalone configuration: the journal ``receiver serve`` would write."""
 
-    app = create_app(_load(args, standalone=True))
-    journal: Journal | None = app.state.journal
-    if journal is None:
-        raise ConfigError("journal = 'none': there is no journal to read")
-    return app, journal
+    def run(args: argparse.Namespace) -> int:
+        from receiver import operations
 
+        command: Callable[[argparse.Namespace, Config], int] = getattr(operations, name)
+        return command(args, _load(args, standalone=True))
 
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _operate(journal: Journal, work: Callable[[], Awaitable[int]]) -> int:
-    """Run an operator command's ``work`` in an event loop of its own; stop the journal after.
-
-    The journal is not started first: starting it creates a missing journal file, and an
-    operator command reads or prunes only a journal that is there (a mistyped path is a
-    configuration error). A write starts the journal's writer on demand, and
-    :func:`_replay_all` starts it itself.
-    """
-
-    async def run() -> int:
-        try:
-            return await work()
-        finally:
-            await journal.stop()
-
-    return asyncio.run(run())
-
-
-def _events(args: argparse.Namespace) -> int:
-    _, journal = _journal(args)
-    return _operate(journal, lambda: _list_events(args, journal))
-
-
-async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
-    if args.show:
-        if args.show[0] != "show" or len(args.show) != 2:
-            raise ConfigError("usage: receiver events show ID")
-        found = await journal.entries(ids=[args.show[1]], limit=1)
-        if not found:
-            print(f"no journal entry {args.show[1]}", file=sys.stderr)
-            return 1
-        entry = found[0]
-        shown = msgspec.to_builtins(msgspec.structs.replace(entry, raw=b"", event=None))
-        shown.pop("raw")
-        shown["event"] = msgspec.to_builtins(entry.event) if entry.event else None
-        if shown["event"]:
-            shown["event"].pop("raw", None)
-        print(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode())
-        print("--- raw body ---")
-        print(entry.raw.decode("utf-8", "replace"))
-        return 0
-    since = time.time() - args.since if args.since else None
-    entries = await journal.entries(
-        channel=args.channel, type=args.type, state=args.status, since=since, limit=args.limit
-    )
-    rows = [("id", "received (UTC)", "channel", "type", "state", "tries", "message_id")]
-    rows += [
-        (
-            e.id,
-            _when(e.received_at),
-            e.channel,
-            e.type or "-",
-            e.state,
-            str(e.attempts),
-            e.message_id or "-",
-        )
-        for e in entries
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0
-
-
-def _replay(args: argparse.Namespace) -> int:
-    """Dispatch entries again; re-parse rejected bodies (``--rejected`` or their ids).
-
-    A rejected entry whose body the current parser of its channel now reads is recorded
-    as a new event (the normal duplicate check included) and dispatched, and becomes
-    ``recovered``, naming that event, in the same transaction: a second run finds nothing
-    to do. One that still does not parse stays ``rejected``. Exit status 1 when an entry
-    failed (handlers raised, or a body still does not parse), also with ``--dry-run``.
-    """
-    app, journal = _journal(args)
-    if not (args.ids or args.dead or args.failed or args.since or args.rejected):
-        raise ConfigError("replay what? give IDs, --dead, --failed, --rejected or --since")
-    return _operate(journal, lambda: _replay_chosen(args, app, journal))
-
-
-async def _replay_chosen(args: argparse.Namespace, app: Any, journal: Journal) -> int:
-    """Choose the entries ``args`` names, then replay them (or say what would be done)."""
-    since = time.time() - args.since if args.since else None
-    chosen: dict[str, Entry] = {}
-    if args.ids:
-        chosen.update((e.id, e) for e in await journal.entries(ids=args.ids, limit=None))
-        missing = set(args.ids) - chosen.keys()
-        if missing:
-            print(f"no journal entries: {', '.join(sorted(missing))}", file=sys.stderr)
-            return 1
-    for state, wanted in (("dead", args.dead), ("failed", args.failed)):
-        if wanted:
-            chosen.update((e.id, e) for e in await journal.entries(state=state, limit=None))
-    if since is not None and not args.rejected:
-        chosen.update((e.id, e) for e in await journal.entries(since=since, limit=None))
-    if args.rejected:
-        rejected = await journal.entries(state="rejected", since=since, limit=None)
-        chosen.update((e.id, e) for e in rejected)
-    ordered = sorted(chosen.values(), key=lambda e: e.received_at)
-    entries = [e for e in ordered if e.event is not None]
-    rejects = [e for e in ordered if e.state == "rejected"]
-    for entry in ordered:
-        if entry.state == "recovered":  # asked for by id
-            print(f"{entry.id} was recovered already, as {entry.recovered_as}")
-    if args.dry_run:
-        for entry in entries:
-            print(f"would replay {entry.id} {entry.channel} {entry.type} ({entry.state})")
-        still = 0
-        for entry in rejects:
-            try:
-                event, _ = _reparse(app, entry)
-            except Exception as exc:
-                still += 1
-                print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
-            else:
-                print(f"would recover {entry.id} {entry.channel} {event.type}")
-        print(f"{len(entries)} entries")
-        if rejects:
-            print(f"{len(rejects) - still} rejected entries would be recovered, {still} not")
-        return 1 if still else 0
-    return await _replay_all(app, journal, entries, rejects)
-
-
-def _reparse(app: Any, entry: Entry) -> tuple[Event, str | None]:
-    """A rejected entry's event and provider key, by its channel's current parser.
-
-    The content type is the stored request's. A GET callback's fields were in the query:
-    its entry keeps that (redacted) query as the raw body, marked ``meta["raw"] =
-    "query"`` (entries stored before that have a blank body and the query in the meta).
-    """
-    route = app.state.endpoint.channels.get(entry.channel)
-    if route is None:
-        raise ConfigError(f"channel {entry.channel!r} is not configured")
-    from_query = entry.meta.get("raw") == "query"
-    body = entry.raw
-    coding = entry.meta.get("content-encoding")  # kept encoded: its coding was refused
-    if coding is not None and not from_query:
-        body = decode_content(body, coding.encode("latin-1"), app.state.config.max_body_bytes)
-    event: Event = route.provider.parse(
-        b"" if from_query else body,
-        content_type=entry.meta.get("content-type"),
-        query=entry.raw.decode("latin-1") if from_query else entry.meta.get("query", ""),
-        channel=entry.channel,
-        received_at=datetime.fromtimestamp(entry.received_at, UTC),
-    )
-    return event, route.provider.dedupe_key(event)
-
-
-def _reason(exc: Exception) -> str:
-    """Why a body still does not parse, without echoing it: a parser's own one-line
-    message (PayloadError, ConfigError), otherwise only the exception's type."""
-    from receiver.errors import PayloadError
-
-    if isinstance(exc, PayloadError | ConfigError):
-        return str(exc)
-    return f"the parser raised {type(exc).__name__}"
-
-
-async def _replay_all(
-    app: Any, journal: Journal, entries: list[Entry], rejects: list[Entry]
-) -> int:
-    endpoint = app.state.redelivery
-    await journal.start()
-    failed = still = recovered = 0
-    show_progress = sys.stderr.isatty()
-    try:
-        for done, entry in enumerate(entries, 1):
-            if not await endpoint.retry(entry, all_plugins=True):
-                failed += 1
-            if show_progress:
-                print(f"\rreplayed {done}/{len(entries)}", end="", file=sys.stderr, flush=True)
-        if show_progress and entries:
-            print(file=sys.stderr)
-        for entry in rejects:
-            try:
-                event, key = _reparse(app, entry)
-            except Exception as exc:
-                still += 1
-                print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
-                continue
-            recorded = await journal.recover(entry.id, event, entry.meta, key)
-            if recorded is None:
-                print(f"{entry.id} is not rejected any more: left alone")
-                continue
-            recovered += 1
-            if recorded.duplicate_of is not None:
-                print(
-                    f"recovered {entry.id}: a duplicate of {recorded.duplicate_of} "
-                    f"({recorded.state}), not dispatched"
-                )
-                continue
-            (stored,) = await journal.entries(ids=[event.id], limit=1)
-            if await endpoint.retry(stored, all_plugins=True):
-                print(f"recovered {entry.id} as {event.id} ({entry.channel} {event.type})")
-            else:
-                failed += 1
-                print(
-                    f"recovered {entry.id} as {event.id} ({entry.channel} {event.type}); "
-                    "its handlers failed: it is retried like any failed event"
-                )
-    finally:
-        await journal.stop()
-    if entries or not rejects:
-        print(f"replayed {len(entries)} entries, {failed} failed")
-    if rejects:
-        print(f"recovered {recovered} of {len(rejects)} rejected entries, {still} still rejected")
-    return 1 if failed or still else 0
-
-
-def _prune(args: argparse.Namespace) -> int:
-    _, journal = _journal(args)
-
-    async def prune() -> int:
-        removed = await journal.prune(time.time() - args.older_than)
-        print(f"pruned {removed} entries")
-        return 0
-
-    return _operate(journal, prune)
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "check-config": _check_config,
         "plugins": _plugins,
-        "events": _events,
-        "replay": _replay,
-        "prune": _prune,
+        "events": _operator("events"),
+        "replay": _operator("replay"),
+        "prune": _operator("prune"),
     }[args.command]
     if args.command != "serve":  # serve sets up its own logging; here: warnings, to stderr
         from receiver.logs import configure_logging

@@ -13,6 +13,7 @@ event after its answer is :mod:`receiver.redelivery`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -39,13 +40,13 @@ from receiver.errors import (
     classify,
 )
 from receiver.events import Event, Reply
-from receiver.journal import Journal, Recorded
+from receiver.journal import Journal, Recorded, open_journal
 from receiver.middleware import Networks
-from receiver.plugins import PluginManager, provider_classes
+from receiver.plugins import PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
 from receiver.redelivery import Redelivery
 
-__all__ = ["Answer", "BoundChannel", "CallbackEndpoint"]
+__all__ = ["Answer", "BoundChannel", "CallbackEndpoint", "bind_channels"]
 
 log = structlog.get_logger()
 
@@ -72,7 +73,8 @@ class BoundChannel:
     """The query parameter holding the key (``auth = "query"``), lowercase: redacted from
     everything kept or dispatched."""
     logger: Any = None
-    """The callback lines' logger, with channel and provider bound (see :func:`_logger`)."""
+    """The callback lines' logger, with channel and provider bound (made by the edge,
+    :func:`receiver.app.log_answer`, at the channel's first callback)."""
 
 
 class Answer(NamedTuple):
@@ -124,6 +126,7 @@ class CallbackEndpoint:
         self, config: Config, manager: PluginManager, journal: Journal | None = None
     ) -> None:
         self.config = config
+        self.manager = manager
         self.journal = journal
         self.max_body = config.max_body_bytes
         self.dispatcher = Dispatcher(
@@ -134,30 +137,29 @@ class CallbackEndpoint:
             Redelivery(journal, self.dispatcher, config.retry_delays) if journal else None
         )
         self._pending: dict[str, _Pending] = {}
-        providers = provider_classes(manager)
-        self.channels: dict[str, BoundChannel] = {}
-        for name, channel in config.channels.items():
-            cls = providers.get(channel.provider)
-            if cls is None:
-                known = ", ".join(sorted(providers))
-                raise ConfigError(
-                    f"channels.{name}.provider: unknown provider {channel.provider!r} "
-                    f"(known: {known})"
-                )
-            try:
-                provider = cls.from_channel(channel)
-            except ConfigError as exc:
-                raise ConfigError(f"channels.{name}: {exc}") from None
-            if channel.auth == "none":
-                log.warning("channel accepts callbacks without authentication", channel=name)
-            self.channels[name] = BoundChannel(
-                name,
-                channel,
-                provider,
-                build_authenticator(channel, name),
-                Networks(channel.allow_ips) if channel.allow_ips else None,
-                channel.param.lower() if channel.auth == "query" else None,
-            )
+        self.channels = bind_channels(config, manager)
+
+    @classmethod
+    def from_config(cls, config: Config, plugins: Iterable[object] = ()) -> CallbackEndpoint:
+        """The endpoint of ``config``, with its own plugin manager and journal (not started).
+
+        What :func:`receiver.create_app` serves, and what the operator commands use
+        without an ASGI app. The plugin manager is :attr:`manager`.
+
+        Raises:
+            ConfigError: the configuration is invalid or a plugin failed to load.
+        """
+        config.validate()
+        manager = make_plugin_manager(
+            plugins, modules=config.plugins, plugins_dir=config.plugins_dir
+        )
+        manager.hook.configure(config=config)
+        journal = open_journal(
+            config.journal,
+            duplicate_window=config.duplicate_window,
+            body_window=config.duplicate_body_window,
+        )
+        return cls(config, manager, journal)
 
     async def handle(
         self,
@@ -301,6 +303,41 @@ class CallbackEndpoint:
         return Answer(200, rendered, [_JSON_TYPE], Outcome.duplicate, event, True)
 
 
+def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChannel]:
+    """Every configured channel bound to its provider (with its options), authenticator
+    and allowed networks, by name.
+
+    Raises:
+        ConfigError: a channel names an unknown provider or its options are invalid (the
+            message names the channel).
+    """
+    providers = provider_classes(manager)
+    channels: dict[str, BoundChannel] = {}
+    for name, channel in config.channels.items():
+        cls = providers.get(channel.provider)
+        if cls is None:
+            known = ", ".join(sorted(providers))
+            raise ConfigError(
+                f"channels.{name}.provider: unknown provider {channel.provider!r} "
+                f"(known: {known})"
+            )
+        try:
+            provider = cls.from_channel(channel)
+        except ConfigError as exc:
+            raise ConfigError(f"channels.{name}: {exc}") from None
+        if channel.auth == "none":
+            log.warning("channel accepts callbacks without authentication", channel=name)
+        channels[name] = BoundChannel(
+            name,
+            channel,
+            provider,
+            build_authenticator(channel, name),
+            Networks(channel.allow_ips) if channel.allow_ips else None,
+            channel.param.lower() if channel.auth == "query" else None,
+        )
+    return channels
+
+
 def _parse(
     bound: BoundChannel,
     body: bytes,
@@ -356,64 +393,3 @@ def _redacted(query: str, secret: str) -> str:
         for pair in query.split("&")
         for name in (pair.partition("=")[0],)
     )
-
-
-def _logger(bound: BoundChannel) -> Any:
-    """``bound``'s logger for callback lines, made at its first callback.
-
-    structlog's lazy proxy re-reads the configuration on every call unless
-    ``cache_logger_on_first_use`` is set; when it is (``receiver serve`` sets it), the
-    proxy is resolved here once, as structlog itself would at first use, which takes a
-    fifth off each line's cost.
-    """
-    proxy = structlog.get_logger(channel=bound.name, provider=bound.provider.name)
-    logger = proxy.bind() if structlog.get_config()["cache_logger_on_first_use"] else proxy
-    bound.logger = logger
-    return logger
-
-
-def log_answer(
-    scope: Scope, name: str, bound: BoundChannel | None, answer: Answer, duration_ms: float
-) -> None:
-    """The one log line per request. Never a key, signature, query or header."""
-    client = scope.get("client")
-    event = answer.event
-    if answer.reason is None:
-        assert bound is not None  # answered: the channel exists
-        logger = bound.logger or _logger(bound)
-        if event is None:  # a URL check
-            logger.info(
-                "callback",
-                client=client[0] if client else None,
-                status=answer.status,
-                duration_ms=duration_ms,
-            )
-            return
-        logger.info(
-            "callback",
-            client=client[0] if client else None,
-            type=event.type,
-            message_id=event.message_id,
-            event_id=event.id,
-            status=answer.status,
-            duration_ms=duration_ms,
-        )
-        return
-    fields: dict[str, Any] = {
-        "channel": name,
-        "provider": bound.provider.name if bound is not None else None,
-        "status": answer.status,
-        "duration_ms": duration_ms,
-        "method": scope["method"],
-        "client": client[0] if client else None,
-        "reason": answer.reason,
-        "outcome": answer.outcome.value,
-    }
-    if event is not None:
-        fields["type"] = event.type.value
-        fields["message_id"] = event.message_id
-        fields["event_id"] = event.id
-    if answer.status >= 500:
-        log.error("callback", **fields)
-    else:
-        log.warning("callback", **fields)
