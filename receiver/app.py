@@ -146,8 +146,9 @@ class CallbackEndpoint:
                     f"channels.{name}.provider: unknown provider {channel.provider!r} "
                     f"(known: {known})"
                 )
+            options = cls.read_options(channel, name)
             try:
-                provider = cls.from_channel(channel)
+                provider = cls.from_channel(channel, options)
             except ConfigError as exc:
                 raise ConfigError(f"channels.{name}: {exc}") from None
             if channel.auth == "none":
@@ -156,7 +157,7 @@ class CallbackEndpoint:
                 name,
                 channel,
                 provider,
-                build_authenticator(channel, name),
+                build_authenticator(channel, name, cls, options),
                 Networks(channel.allow_ips) if channel.allow_ips else None,
                 channel.param.lower() if channel.auth == "query" else None,
             )

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -25,6 +26,7 @@ from structlog.testing import capture_logs
 
 import receiver.auth
 from receiver import Channel, Config, create_app
+from receiver.providers import onepoint_signature
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -173,7 +175,9 @@ def _present_authorization(
 
 def _hmac_channel(secrets: list[str]) -> Channel:
     return Channel(
-        provider="onepoint", auth="hmac", credentials=dict(zip(APP_IDS, secrets, strict=False))
+        provider="onepoint",
+        auth="hmac",
+        options={"credentials": dict(zip(APP_IDS, secrets, strict=False))},
     )
 
 
@@ -299,12 +303,13 @@ def test_auth_key_prefix_rejected(mode: Mode) -> None:
         assert_401(mode.post(client, presented), _secrets_only(mode))
 
 
-def test_auth_keys_compared_in_constant_time() -> None:
+@pytest.mark.parametrize("module", [receiver.auth, onepoint_signature], ids=lambda m: m.__name__)
+def test_auth_keys_compared_in_constant_time(module: ModuleType) -> None:
     """Key and signature comparisons go through hmac.compare_digest, not ``==``."""
-    source = inspect.getsource(receiver.auth)
+    source = inspect.getsource(module)
     assert "compare_digest" in source
-    for name, obj in vars(receiver.auth).items():
-        if not callable(obj) or getattr(obj, "__module__", None) != receiver.auth.__name__:
+    for name, obj in vars(module).items():
+        if not callable(obj) or getattr(obj, "__module__", None) != module.__name__:
             continue
         text = inspect.getsource(obj)
         for needle in ("presented ==", "== presented", "presented !=", "!= presented"):
@@ -388,11 +393,13 @@ def _hmac_combo_client(options: tuple[str, str, str, str]) -> tuple[TestClient, 
     channel = Channel(
         provider="onepoint",
         auth="hmac",
-        credentials={APP_IDS[0]: secret},
-        hmac_hash=hmac_hash,  # type: ignore[arg-type]
-        hmac_key_encoding=key_encoding,  # type: ignore[arg-type]
-        hmac_body=hmac_body,  # type: ignore[arg-type]
-        hmac_uri=hmac_uri,  # type: ignore[arg-type]
+        options={
+            "credentials": {APP_IDS[0]: secret},
+            "hmac_hash": hmac_hash,
+            "hmac_key_encoding": key_encoding,
+            "hmac_body": hmac_body,
+            "hmac_uri": hmac_uri,
+        },
     )
     return client_for({"Sms": channel}), secret
 
@@ -462,7 +469,9 @@ def _hmac_client(**options: Any) -> TestClient:
     return client_for(
         {
             "sms": Channel(
-                provider="onepoint", auth="hmac", credentials={APP_IDS[0]: SECRETS[0]}, **options
+                provider="onepoint",
+                auth="hmac",
+                options={"credentials": {APP_IDS[0]: SECRETS[0]}, **options},
             )
         }
     )
@@ -514,7 +523,7 @@ def test_auth_hmac_app_id_of_other_secret_rejected() -> None:
             "sms": Channel(
                 provider="onepoint",
                 auth="hmac",
-                credentials=dict(zip(APP_IDS, SECRETS, strict=True)),
+                options={"credentials": dict(zip(APP_IDS, SECRETS, strict=True))},
             )
         }
     )
@@ -574,7 +583,11 @@ def test_auth_hmac_query_string_is_signed() -> None:
 
 def test_auth_hmac_get_callback_signed_with_empty_body() -> None:
     client = client_for(
-        {"diy": Channel(provider="diy", auth="hmac", credentials={APP_IDS[0]: SECRETS[0]})}
+        {
+            "diy": Channel(
+                provider="diy", auth="hmac", options={"credentials": {APP_IDS[0]: SECRETS[0]}}
+            )
+        }
     )
     path = f"/diy?{DIY_QUERY}"
     signature = _default_signature(uri=f"{BASE_URL}{path}", method="GET", body=b"")
@@ -599,8 +612,7 @@ def test_auth_hmac_public_url_used_behind_proxy() -> None:
             "sms": Channel(
                 provider="onepoint",
                 auth="hmac",
-                credentials={APP_IDS[0]: SECRETS[0]},
-                public_url=PUBLIC_URL,
+                options={"credentials": {APP_IDS[0]: SECRETS[0]}, "public_url": PUBLIC_URL},
             )
         },
         base_url=INTERNAL_BASE,
@@ -615,7 +627,11 @@ def test_auth_hmac_public_url_used_behind_proxy() -> None:
 
 def test_auth_hmac_without_public_url_rejects_and_logs_url_used() -> None:
     client = client_for(
-        {"sms": Channel(provider="onepoint", auth="hmac", credentials={APP_IDS[0]: SECRETS[0]})},
+        {
+            "sms": Channel(
+                provider="onepoint", auth="hmac", options={"credentials": {APP_IDS[0]: SECRETS[0]}}
+            )
+        },
         base_url=INTERNAL_BASE,
     )
     signature = _default_signature(uri=PUBLIC_URL)
