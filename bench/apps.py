@@ -176,5 +176,5 @@ def onepoint_hmac() -> Starlette:
     """receiver, OnePoint channel with HMAC signatures; the bench posts a receipt."""
     from receiver import Channel
 
-    channel = Channel(provider="onepoint", auth="hmac", credentials={APP_ID: SECRET})
+    channel = Channel(provider="onepoint", auth="hmac", options={"credentials": {APP_ID: SECRET}})
     return _receiver(channel, _plugin(None))

@@ -41,6 +41,7 @@ class Inbox:
         return None  # a Whispir reply would need a send_reply plugin
 
 
+DIY_APP_ID = os.environ.get("DIY_APP_ID", "diy-app")
 config = Config(
     channels={
         "whispir": Channel(
@@ -51,9 +52,7 @@ config = Config(
         "diy": Channel(
             provider="diy",
             auth="hmac",
-            credentials={
-                os.environ.get("DIY_APP_ID", "diy-app"): os.environ.get("DIY_SECRET", "change-me")
-            },
+            options={"credentials": {DIY_APP_ID: os.environ.get("DIY_SECRET", "change-me")}},
         ),
     }
 )

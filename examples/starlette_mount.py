@@ -12,8 +12,8 @@ Run it::
 
     WHISPIR_KEY=... DIY_APP_ID=... DIY_SECRET=... uvicorn examples.starlette_mount:app
 
-Behind a proxy, set the DIY channel's ``public_url`` to the URL DIY calls: the signature
-covers it.
+Behind a proxy, set the DIY channel's ``options.public_url`` to the URL DIY calls: the
+signature covers it.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Inbox:
         return None  # a Whispir reply would need a send_reply plugin
 
 
+DIY_APP_ID = os.environ.get("DIY_APP_ID", "diy-app")
 config = Config(
     channels={
         "whispir": Channel(
@@ -55,9 +56,7 @@ config = Config(
         "diy": Channel(
             provider="diy",
             auth="hmac",
-            credentials={
-                os.environ.get("DIY_APP_ID", "diy-app"): os.environ.get("DIY_SECRET", "change-me")
-            },
+            options={"credentials": {DIY_APP_ID: os.environ.get("DIY_SECRET", "change-me")}},
         ),
     }
 )

@@ -2,7 +2,9 @@
 
 A TOML file decodes into :class:`Config`; unknown keys and wrong types are reported with
 their path, and a channel that asks for authentication but has no keys is an error, never
-a silently open endpoint.
+a silently open endpoint. A channel holds generic fields only; what one provider needs
+(Whispir's time zone, OnePoint's signature options) is the channel's ``options`` table,
+converted to that provider's options struct when the app is built.
 """
 
 from __future__ import annotations
@@ -12,20 +14,35 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+import structlog
 
 from receiver.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "Channel", "Config", "load_config"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "KEY_MODES", "Channel", "Config", "convert", "load_config"]
+
+log = structlog.get_logger()
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics"})
 
 _T = TypeVar("_T")
 
-AuthMode = Literal["header", "query", "basic", "bearer", "hmac", "none"]
+KEY_MODES = ("header", "query", "basic", "bearer")
+"""The generic auth modes that compare a shared key: they need ``keys``."""
+
+MOVED_TO_OPTIONS = (
+    "credentials",
+    "hmac_hash",
+    "hmac_key_encoding",
+    "hmac_body",
+    "hmac_uri",
+    "public_url",
+    "timezone",
+)
+"""Keys that older files set on the channel itself and that are now provider options."""
 
 
 class Channel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,35 +50,29 @@ class Channel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     Attributes:
         provider: ``"whispir"``, ``"onepoint"``, ``"diy"`` or a plugin provider's name.
-        auth: ``header`` | ``query`` | ``basic`` | ``bearer`` | ``hmac`` | ``none``.
+        auth: ``header`` | ``query`` | ``basic`` | ``bearer`` | ``none`` (any provider)
+            or a mode of the provider's own (``hmac``: OnePoint/DIY's signature);
+            checked against the provider's modes when the app is built.
         keys: Accepted keys for header/query/basic/bearer; any of them passes (rotation).
-        header: The header ``auth = "header"`` reads.
+        header: The header ``auth = "header"`` reads; unset: the provider's
+            :attr:`~receiver.providers.Provider.key_header` (Whispir's
+            ``X-Whispir-Callback-Key``).
         param: The query parameter ``auth = "query"`` reads (name matched ignoring case).
-        credentials: ``auth = "hmac"``: AppId -> Secret.
-        hmac_hash: ``sha1`` (OnePoint's documented default) or ``sha256``.
-        hmac_key_encoding: The Secret as ``utf8`` text or ``base64``-decoded bytes.
-        hmac_body: Sign Base64 of the ``raw`` body or of its ``md5`` digest (an empty
-            body signs as nothing).
-        hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded as .NET's
-            ``HttpUtility.UrlEncode`` does (``lower-urlencoded``).
-        public_url: The URL the provider calls, for HMAC checks behind a proxy.
         allow_ips: Client networks allowed to call (empty: any).
-        timezone: Whispir only: zone of the payload's timestamps.
+        options: The provider's options, ``[channels.NAME.options]``: converted to the
+            provider's :attr:`~receiver.providers.Provider.options` struct when the app
+            is built (unknown keys and wrong types are errors naming the key path).
+            Whispir: ``timezone``; OnePoint/DIY: ``credentials``, ``hmac_hash``,
+            ``hmac_key_encoding``, ``hmac_body``, ``hmac_uri``, ``public_url``.
     """
 
     provider: str
-    auth: AuthMode
+    auth: str
     keys: list[str] = []
-    header: str = "X-Whispir-Callback-Key"
+    header: str | None = None
     param: str = "auth"
-    credentials: dict[str, str] = {}
-    hmac_hash: Literal["sha1", "sha256"] = "sha1"
-    hmac_key_encoding: Literal["utf8", "base64"] = "utf8"
-    hmac_body: Literal["raw", "md5"] = "raw"
-    hmac_uri: Literal["as-sent", "lower-urlencoded"] = "as-sent"
-    public_url: str | None = None
     allow_ips: list[str] = []
-    timezone: str = "UTC"
+    options: dict[str, Any] = {}
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -123,9 +134,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             where = f"{source}: channels.{name}"
             if not name or "/" in name or name in RESERVED_NAMES:
                 raise ConfigError(f"{where}: not a usable channel name")
-            if channel.auth == "hmac" and not channel.credentials:
-                raise ConfigError(f"{where}: auth = 'hmac' needs credentials (AppId = Secret)")
-            if channel.auth not in ("hmac", "none") and not [k for k in channel.keys if k]:
+            if channel.auth in KEY_MODES and not [k for k in channel.keys if k]:
                 raise ConfigError(f"{where}: auth = '{channel.auth}' needs at least one key")
             _check_networks(channel.allow_ips, f"{where}.allow_ips")
         _check_networks([p for p in self.trusted_proxies if p != "*"], f"{source}: trusted_proxies")
@@ -220,9 +229,23 @@ def apply_environment(data: dict[str, Any]) -> None:
 
 
 def config_from_dict(data: dict[str, object], source: str = "config") -> Config:
-    """Build and validate a :class:`Config` from plain data (a decoded TOML file)."""
+    """Build and validate a :class:`Config` from plain data (a decoded TOML file).
+
+    Provider options written on a channel itself, as older files do (``credentials``,
+    ``hmac_*``, ``public_url``, ``timezone``), are moved into its ``options`` with one
+    warning per channel that says where to write them.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or invalid values (naming the key path),
+            or an old-style key also set in the channel's options.
+    """
     channels = data.get("channels", {})
     if isinstance(channels, dict):  # one by one, so that errors name the channel
+        channels = {
+            name: _move_old_options(channel, str(name), source)
+            for name, channel in channels.items()
+        }
+        data = {**data, "channels": channels}
         for name, channel in channels.items():
             _convert(channel, Channel, source, f"channels.{name}")
     config = _convert(data, Config, source, "")
@@ -230,10 +253,49 @@ def config_from_dict(data: dict[str, object], source: str = "config") -> Config:
     return config
 
 
-def _convert(data: object, kind: type[_T], source: str, prefix: str) -> _T:
+def _move_old_options(channel: object, name: str, source: str) -> object:
+    """``channel`` (plain data) with its old-style provider options moved into ``options``."""
+    if not isinstance(channel, dict):
+        return channel
+    moved = [key for key in MOVED_TO_OPTIONS if key in channel]
+    options = channel.get("options", {})
+    if not moved or not isinstance(options, dict):
+        return channel
+    for key in moved:
+        if key in options:
+            raise ConfigError(
+                f"{source}: channels.{name}.{key}: also set in [channels.{name}.options]; "
+                f"keep only the one under [channels.{name}.options] and delete {key} from "
+                f"[channels.{name}]"
+            )
+    log.warning(
+        "provider options set on the channel: move them to its options table",
+        channel=name,
+        source=source,
+        keys=moved,
+        write=f"[channels.{name}.options] with {', '.join(moved)} (same values)",
+    )
+    kept = {key: value for key, value in channel.items() if key not in moved}
+    return {**kept, "options": {**options, **{key: channel[key] for key in moved}}}
+
+
+def convert(data: object, kind: type[_T], where: str = "") -> _T:
+    """``msgspec.convert`` as configuration reads values: strings convert to numbers and
+    booleans (environment variables are strings).
+
+    Raises:
+        ConfigError: ``"<where>.<path>: <reason>"``, the path of the value at fault.
+    """
     try:
         return msgspec.convert(data, kind, strict=False)
     except msgspec.ValidationError as exc:
         reason, _, path = str(exc).partition(" - at `$")
-        where = ".".join(part for part in (prefix, path.rstrip("`").lstrip(".")) if part)
-        raise ConfigError(f"{source}: {where + ': ' if where else ''}{reason}") from None
+        at = ".".join(part for part in (where, path.rstrip("`").lstrip(".")) if part)
+        raise ConfigError(f"{at + ': ' if at else ''}{reason}") from None
+
+
+def _convert(data: object, kind: type[_T], source: str, prefix: str) -> _T:
+    try:
+        return convert(data, kind, prefix)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -321,8 +321,9 @@ def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChan
                 f"channels.{name}.provider: unknown provider {channel.provider!r} "
                 f"(known: {known})"
             )
+        options = cls.read_options(channel, name)
         try:
-            provider = cls.from_channel(channel)
+            provider = cls.from_channel(channel, options)
         except ConfigError as exc:
             raise ConfigError(f"channels.{name}: {exc}") from None
         if channel.auth == "none":
@@ -331,7 +332,7 @@ def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChan
             name,
             channel,
             provider,
-            build_authenticator(channel, name),
+            build_authenticator(channel, name, cls, options),
             Networks(channel.allow_ips) if channel.allow_ips else None,
             channel.param.lower() if channel.auth == "query" else None,
         )

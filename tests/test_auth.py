@@ -164,7 +164,9 @@ def _present_authorization(
 
 def _hmac_channel(secrets: list[str]) -> Channel:
     return Channel(
-        provider="onepoint", auth="hmac", credentials=dict(zip(APP_IDS, secrets, strict=False))
+        provider="onepoint",
+        auth="hmac",
+        options={"credentials": dict(zip(APP_IDS, secrets, strict=False))},
     )
 
 
@@ -416,11 +418,13 @@ def _hmac_combo_client(options: tuple[str, str, str, str]) -> tuple[TestClient, 
     channel = Channel(
         provider="onepoint",
         auth="hmac",
-        credentials={APP_IDS[0]: secret},
-        hmac_hash=hmac_hash,  # type: ignore[arg-type]
-        hmac_key_encoding=key_encoding,  # type: ignore[arg-type]
-        hmac_body=hmac_body,  # type: ignore[arg-type]
-        hmac_uri=hmac_uri,  # type: ignore[arg-type]
+        options={
+            "credentials": {APP_IDS[0]: secret},
+            "hmac_hash": hmac_hash,
+            "hmac_key_encoding": key_encoding,
+            "hmac_body": hmac_body,
+            "hmac_uri": hmac_uri,
+        },
     )
     return client_for({"Sms": channel}), secret
 
@@ -490,7 +494,9 @@ def _hmac_client(**options: Any) -> TestClient:
     return client_for(
         {
             "sms": Channel(
-                provider="onepoint", auth="hmac", credentials={APP_IDS[0]: SECRETS[0]}, **options
+                provider="onepoint",
+                auth="hmac",
+                options={"credentials": {APP_IDS[0]: SECRETS[0]}, **options},
             )
         }
     )
@@ -542,7 +548,7 @@ def test_auth_hmac_app_id_of_other_secret_rejected() -> None:
             "sms": Channel(
                 provider="onepoint",
                 auth="hmac",
-                credentials=dict(zip(APP_IDS, SECRETS, strict=True)),
+                options={"credentials": dict(zip(APP_IDS, SECRETS, strict=True))},
             )
         }
     )
@@ -602,7 +608,11 @@ def test_auth_hmac_query_string_is_signed() -> None:
 
 def test_auth_hmac_get_callback_signed_with_empty_body() -> None:
     client = client_for(
-        {"diy": Channel(provider="diy", auth="hmac", credentials={APP_IDS[0]: SECRETS[0]})}
+        {
+            "diy": Channel(
+                provider="diy", auth="hmac", options={"credentials": {APP_IDS[0]: SECRETS[0]}}
+            )
+        }
     )
     path = f"/diy?{DIY_QUERY}"
     signature = _default_signature(uri=f"{BASE_URL}{path}", method="GET", body=b"")
@@ -627,8 +637,7 @@ def test_auth_hmac_public_url_used_behind_proxy() -> None:
             "sms": Channel(
                 provider="onepoint",
                 auth="hmac",
-                credentials={APP_IDS[0]: SECRETS[0]},
-                public_url=PUBLIC_URL,
+                options={"credentials": {APP_IDS[0]: SECRETS[0]}, "public_url": PUBLIC_URL},
             )
         },
         base_url=INTERNAL_BASE,
@@ -643,7 +652,11 @@ def test_auth_hmac_public_url_used_behind_proxy() -> None:
 
 def test_auth_hmac_without_public_url_rejects_and_logs_url_used() -> None:
     client = client_for(
-        {"sms": Channel(provider="onepoint", auth="hmac", credentials={APP_IDS[0]: SECRETS[0]})},
+        {
+            "sms": Channel(
+                provider="onepoint", auth="hmac", options={"credentials": {APP_IDS[0]: SECRETS[0]}}
+            )
+        },
         base_url=INTERNAL_BASE,
     )
     signature = _default_signature(uri=PUBLIC_URL)

@@ -84,7 +84,9 @@ def server() -> Iterator[Server]:
         channels={
             "whispir": Channel(provider="whispir", auth="header", keys=[WHISPIR_KEY]),
             "whispir-query": Channel(provider="whispir", auth="query", keys=[QUERY_KEY]),
-            "sms": Channel(provider="onepoint", auth="hmac", credentials={APP_ID: SECRET}),
+            "sms": Channel(
+                provider="onepoint", auth="hmac", options={"credentials": {APP_ID: SECRET}}
+            ),
             "diy": Channel(provider="diy", auth="header", header="X-DIY-Key", keys=[DIY_KEY]),
         },
     )

@@ -22,6 +22,7 @@ from samples import PAYLOADS
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, EventType, Reply, create_app, hookimpl
+from receiver.errors import ConfigError
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
@@ -236,3 +237,85 @@ def test_examples_custom_provider_module_app(monkeypatch: pytest.MonkeyPatch) ->
     assert ok.status_code == 200
     refused = client.post("/acme", content=body, headers={"X-Acme-Key": "change-me"})
     assert refused.status_code == 401
+
+
+# --- the custom provider's own signature scheme and options --------------------------------
+
+ACME_SECRET = "acme-signing-s3cret"
+ACME_BODY = b'{"id": "m-77", "from": "+61400000077", "text": "signed"}'
+
+
+def acme_signature(body: bytes, secret: str = ACME_SECRET) -> str:
+    """Acme's signature as its documentation states it, computed here (not by the example)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def acme_signed_client(module: ModuleType, recorder: Any, **options: Any) -> TestClient:
+    channel = Channel(
+        provider="acme",
+        auth="signature",
+        options={"signing_secret": ACME_SECRET, **options},
+    )
+    return TestClient(create_app(Config(channels={"acme": channel}), plugins=[module, recorder]))
+
+
+def test_examples_custom_provider_own_signature_right_is_200_wrong_is_401(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = load_example("custom_provider", monkeypatch)
+    recorder = Recorder()
+    client = acme_signed_client(module, recorder, medium="whatsapp")
+    signed = {"X-Acme-Signature": acme_signature(ACME_BODY)}
+    right = client.post("/acme", content=ACME_BODY, headers=signed)
+    assert right.status_code == 200, right.text
+    assert [event.message_id for event in recorder.events] == ["m-77"]
+    assert recorder.events[0].medium == "whatsapp"  # the option reached from_channel
+    for headers in (
+        {"X-Acme-Signature": acme_signature(ACME_BODY, secret="not-the-secret")},
+        {"X-Acme-Signature": acme_signature(ACME_BODY + b" ")},
+        {"X-Acme-Key": ACME_SECRET},
+        {},
+    ):
+        wrong = client.post("/acme", content=ACME_BODY, headers=headers)
+        assert wrong.status_code == 401, headers
+        assert ACME_SECRET not in wrong.text
+    assert len(recorder.events) == 1
+
+
+def test_examples_custom_provider_signature_from_toml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    module = load_example("custom_provider", monkeypatch)
+    monkeypatch.setenv("ACME_SECRET", ACME_SECRET)
+    path = tmp_path / "receiver.toml"
+    path.write_text(
+        '[channels.acme]\nprovider = "acme"\nauth = "signature"\n'
+        '[channels.acme.options]\nsigning_secret = "${ACME_SECRET}"\n'
+    )
+    client = TestClient(create_app(path, plugins=[module, Recorder()]))
+    signed = {"X-Acme-Signature": acme_signature(ACME_BODY)}
+    assert client.post("/acme", content=ACME_BODY, headers=signed).status_code == 200
+    unsigned = {"X-Acme-Signature": acme_signature(b"{}")}
+    assert client.post("/acme", content=ACME_BODY, headers=unsigned).status_code == 401
+
+
+def test_examples_custom_provider_unknown_option_is_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = load_example("custom_provider", monkeypatch)
+    with pytest.raises(ConfigError, match=r"^channels\.acme\.options\.signing_secrets: ") as info:
+        acme_signed_client(module, Recorder(), signing_secrets=[ACME_SECRET])
+    assert "medium, signing_secret" in str(info.value)  # what the provider does take
+    assert ACME_SECRET not in str(info.value)
+
+
+def test_examples_custom_provider_own_mode_needs_its_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = load_example("custom_provider", monkeypatch)
+    with pytest.raises(ConfigError, match=r"channels\.acme\.options\.signing_secret: "):
+        acme_signed_client(module, Recorder(), signing_secret="")
+    # Another provider does not get acme's mode: the error lists the modes it has.
+    config = Config(channels={"w": Channel(provider="whispir", auth="signature", keys=["k"])})
+    with pytest.raises(ConfigError, match=r"channels\.w\.auth: 'signature' .*basic, bearer"):
+        create_app(config, plugins=[module])

@@ -33,7 +33,9 @@ from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, create_app
-from receiver.auth import HmacCheck, Request, lower_url_encode
+from receiver.auth import Request
+from receiver.providers import DiyProvider
+from receiver.providers.onepoint_signature import HmacCheck, lower_url_encode
 
 BODY = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
 DIY_QUERY = (PAYLOADS / "diy" / "message_inbound.query").read_text().strip()
@@ -118,8 +120,8 @@ def authorization(
 
 def hmac_channel(**options: Any) -> Channel:
     options = {**REFERENCE, "hmac_uri": "lower-urlencoded", **options}
-    credentials = options.pop("credentials", {APP_ID: SECRET})
-    return Channel(provider="diy", auth="hmac", credentials=credentials, **options)
+    options.setdefault("credentials", {APP_ID: SECRET})
+    return Channel(provider="diy", auth="hmac", options=options)
 
 
 def make_app(mount: str = "", way: str = "front door", **options: Any) -> Any:
@@ -468,7 +470,8 @@ def _request(
 
 
 def _check(**options: Any) -> HmacCheck:
-    return HmacCheck(hmac_channel(**options), "diy")
+    channel = hmac_channel(**options)
+    return HmacCheck(DiyProvider.read_options(channel, "diy"), "diy")
 
 
 @pytest.mark.parametrize(

@@ -92,4 +92,4 @@ def test_example_config_is_valid_with_its_keys_in_the_environment(
     app = create_app(config)
     assert set(app.state.endpoint.channels) == {"whispir", "whispir-query", "sms", "diy"}
     assert config.channels["whispir"].keys == ["test-whispir_key"]
-    assert config.channels["sms"].credentials == {"demo-app": "test-onepoint_secret"}
+    assert config.channels["sms"].options["credentials"] == {"demo-app": "test-onepoint_secret"}

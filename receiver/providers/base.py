@@ -1,14 +1,17 @@
-"""What a provider is: a name, the body formats it sends, and a parser to :class:`Event`."""
+"""What a provider is: a name, the body formats it sends, a parser to :class:`Event`, and
+its options and authentication modes."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from receiver.errors import PayloadError, UnsupportedPayload
+from receiver.config import convert
+from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
 from receiver.events import Event, Reply
 from receiver.formats import (
     MARKS,
@@ -20,17 +23,24 @@ from receiver.formats import (
 )
 
 if TYPE_CHECKING:
+    from receiver.auth import AuthenticatorFactory
     from receiver.config import Channel
 
-__all__ = ["Provider"]
+__all__ = ["NoOptions", "Provider"]
 
 _FORM, _JSON, _XML = BodyFormat.form, BodyFormat.json, BodyFormat.xml
+
+
+class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The options of a provider that takes none."""
 
 
 class Provider(abc.ABC):
     """A callback dialect: turns one request's body into one :class:`Event`.
 
-    Subclasses set :attr:`name` and :attr:`formats` and implement :meth:`parse_as`.
+    Subclasses set :attr:`name` and :attr:`formats` and implement :meth:`parse_as`; they
+    may declare :attr:`options` (a channel's ``[channels.NAME.options]`` table) and
+    :attr:`authenticators` (auth modes of their own, such as a signature scheme).
     Instances are built once per app and must be safe to share between requests.
     """
 
@@ -39,6 +49,47 @@ class Provider(abc.ABC):
 
     formats: ClassVar[frozenset[BodyFormat]]
     """The body formats this provider sends."""
+
+    options: ClassVar[type[msgspec.Struct]] = NoOptions
+    """The struct a channel's ``options`` table converts to (default: no options).
+
+    Give defaults to every field a channel may leave out. Secrets in it are written as
+    ``"${VAR}"`` or ``"file:/path"`` like any configuration value.
+    """
+
+    authenticators: ClassVar[Mapping[str, AuthenticatorFactory]] = {}
+    """Auth mode name -> factory, for the modes of this provider's own.
+
+    A factory is called once per channel at start-up as ``factory(channel, options,
+    name)`` (the :class:`~receiver.config.Channel`, its options as an :attr:`options`
+    instance, the channel's name) and returns a :class:`receiver.auth.Authenticator`;
+    it raises :class:`~receiver.errors.ConfigError` naming the key path when the options
+    do not allow a check. The generic modes (``header``, ``query``, ``basic``,
+    ``bearer``, ``none``) need no entry; an entry of the same name replaces one.
+    """
+
+    key_header: ClassVar[str | None] = None
+    """The header ``auth = "header"`` reads when the channel names none (None: the
+    channel must name it)."""
+
+    @classmethod
+    def read_options(cls, channel: Channel, name: str) -> Any:
+        """Channel ``name``'s ``options`` table as an instance of :attr:`options`.
+
+        Raises:
+            ConfigError: a key the struct does not have (the message lists those it
+                has) or a value of the wrong type, named ``channels.NAME.options.KEY``.
+        """
+        where = f"channels.{name}.options"
+        known = [field.encode_name for field in msgspec.structs.fields(cls.options)]
+        for key in channel.options:
+            if key not in known:
+                takes = f"its options: {', '.join(sorted(known))}" if known else "it has none"
+                raise ConfigError(
+                    f"{where}.{key}: provider {cls.name!r} has no such option ({takes}); "
+                    "remove it"
+                )
+        return convert(channel.options, cls.options, where)
 
     def parse(
         self,
@@ -125,8 +176,18 @@ class Provider(abc.ABC):
         """Parse ``raw`` known to be in format ``fmt`` (see :meth:`parse` for the rest)."""
 
     @classmethod
-    def from_channel(cls, channel: Channel) -> Provider:
-        """The provider for one configured channel (override to read channel options)."""
+    def from_channel(cls, channel: Channel, options: Any) -> Provider:
+        """The provider for one configured channel; override to use its options.
+
+        Args:
+            channel: The channel's configuration.
+            options: Its options, an instance of :attr:`options` (from
+                :meth:`read_options`).
+
+        Raises:
+            ConfigError: an option's value is unusable (the app prefixes the message
+                with ``channels.NAME: ``).
+        """
         return cls()
 
     def render_reply(self, event: Event, reply: Reply) -> bytes | None:

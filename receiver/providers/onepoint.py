@@ -9,12 +9,15 @@ type (``"true"``/``"True"``/``"1"`` -> True, ``"2"`` -> 2).
 ``Type`` and ``Status`` are matched ignoring case, spaces, underscores and hyphens
 (``Not Killed``, ``NotKilled`` and ``Notkilled`` are one type). An unknown ``Type`` is
 kept as :attr:`EventType.unknown`, never rejected.
+
+Their signature scheme (``auth = "hmac"``) and its options are in
+:mod:`receiver.providers.onepoint_signature`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -23,11 +26,13 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 
+from receiver.auth import AuthenticatorFactory
 from receiver.errors import PayloadError
 from receiver.events import Event, EventType, Reply, new_event_id
 from receiver.formats import TOO_DEEP, BodyFormat, repair_json
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
+from receiver.providers.onepoint_signature import OnePointOptions, signature_check
 
 __all__ = ["STATUSES", "TYPES", "DiyProvider", "OnePointProvider"]
 
@@ -109,6 +114,8 @@ class OnePointProvider(Provider):
 
     name: ClassVar[str] = "onepoint"
     formats: ClassVar[frozenset[BodyFormat]] = frozenset({BodyFormat.json, BodyFormat.form})
+    options: ClassVar[type[msgspec.Struct]] = OnePointOptions
+    authenticators: ClassVar[Mapping[str, AuthenticatorFactory]] = {"hmac": signature_check}
 
     def parse_as(
         self,

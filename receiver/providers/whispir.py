@@ -5,8 +5,8 @@ own documents (``messageid``/``messageId``, ``messagelocation``/``messageLocatio
 ``location``, ``customParameters``/``customParamters``). Keys are matched
 case-insensitively and XML namespaces are ignored, so every variant reads the same.
 
-Timestamps (``dd/mm/yy HH:MM``, day first) carry no zone: the provider's ``timezone``
-option says which one Whispir's account uses (default UTC).
+Timestamps (``dd/mm/yy HH:MM``, day first) carry no zone: the channel's ``timezone``
+option (:class:`WhispirOptions`) says which one Whispir's account uses (default UTC).
 """
 
 from __future__ import annotations
@@ -23,8 +23,18 @@ from receiver.events import Contact, Event, EventType, new_event_id
 from receiver.formats import TOO_DEEP, BodyFormat, parse_xml
 from receiver.normalize import canonical, parse_dmy_timestamp
 from receiver.providers.base import Provider
+from receiver.providers.whispir_payload import (
+    FAST,
+    Body,
+    Sender,
+    decode_json,
+    kind_of,
+    lower_keys,
+    read_tree,
+    scalar_text,
+)
 
-__all__ = ["STATUSES", "WhispirProvider"]
+__all__ = ["STATUSES", "WhispirOptions", "WhispirProvider"]
 
 STATUSES: dict[str, str] = {
     "pend": "pending",
@@ -49,86 +59,19 @@ STATUSES: dict[str, str] = {
 }
 """Whispir status spellings (squashed) -> normalized status; others pass through in snake_case."""
 
-_ROOTS = frozenset({"deliveryresponse", "statuscallback", "reportcompletion"})
 _MEDIA = {"SMS": "sms", "sms": "sms", "EMAIL": "email", "VOICE": "voice", "N/A": None, "": None}
 _encode_json = msgspec.json.Encoder().encode
 
 
-class _View(msgspec.Struct, forbid_unknown_fields=True):
-    """Base of the structs below: only the documented keys, so anything else is noticed."""
+class WhispirOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A ``whispir`` channel's options (``[channels.NAME.options]``).
 
-
-class _From(_View):
-    name: str | None = None
-    mri: str | None = None
-    mobile: str | None = None
-    email: str | None = None
-    voice: str | None = None
-
-
-class _Reply(_View):
-    channel: str | None = None
-    acknowledged: str | None = None
-    undeliverable: str | None = None
-    content: str | None = None
-
-
-class _Status(_View):
-    status: str | None = None
-    timestamp: str | None = None
-
-
-_Custom = dict[str, Any] | list[Any] | None
-
-
-class _Body(_View):
-    """Every documented spelling of every field of every Whispir callback.
-
-    JSON in these spellings decodes straight into this struct. Any other key (another
-    casing, a root wrapper, a new field) makes that fail, and the body is then read the
-    slow way: keys lowercased, unknown keys dropped, and converted into this struct.
+    Attributes:
+        timezone: IANA zone of the payload's timestamps (Whispir sends local times
+            without a zone): your Whispir account's zone. Default UTC.
     """
 
-    messageid: str | None = None
-    messageId: str | None = None
-    messagelocation: str | None = None
-    messageLocation: str | None = None
-    location: str | None = None
-    sender: _From | None = msgspec.field(default=None, name="from")
-    responsemessage: _Reply | None = None
-    responseMessage: _Reply | None = None
-    oldstatus: _Status | None = None
-    oldStatus: _Status | None = None
-    newstatus: _Status | None = None
-    newStatus: _Status | None = None
-    reportid: str | None = None
-    reportId: str | None = None
-    outputlocation: str | None = None
-    outputLocation: str | None = None
-    timestamp: str | None = None
-    customparameters: _Custom = None
-    customParameters: _Custom = None
-    customparamters: _Custom = None
-    customParamters: _Custom = None
-    callbackparameters: _Custom = None
-    callbackParameters: _Custom = None
-
-
-_SECTIONS: dict[str, frozenset[str]] = {
-    "from": frozenset(_From.__struct_fields__),
-    "responsemessage": frozenset(_Reply.__struct_fields__),
-    "oldstatus": frozenset(_Status.__struct_fields__),
-    "newstatus": frozenset(_Status.__struct_fields__),
-}
-_CUSTOM_KEYS = frozenset({"customparameters", "customparamters", "callbackparameters"})
-_TEXT_KEYS = (
-    frozenset(
-        name for name in _Body.__struct_fields__ if name.islower() and name not in _CUSTOM_KEYS
-    )
-    - _SECTIONS.keys()
-    - {"sender"}
-)
-_FAST = msgspec.json.Decoder(_Body)
+    timezone: str = "UTC"
 
 
 class WhispirProvider(Provider):
@@ -141,18 +84,27 @@ class WhispirProvider(Provider):
 
     name: ClassVar[str] = "whispir"
     formats: ClassVar[frozenset[BodyFormat]] = frozenset({BodyFormat.json, BodyFormat.xml})
+    options: ClassVar[type[msgspec.Struct]] = WhispirOptions
+    key_header: ClassVar[str | None] = "X-Whispir-Callback-Key"
+    """Whispir's ``httpheader`` auth type sends the key in this header."""
 
     def __init__(self, *, timezone: str | tzinfo = UTC) -> None:
         self.timezone: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
         self._times: dict[str, datetime | None] = {}
 
     @classmethod
-    def from_channel(cls, channel: Channel) -> WhispirProvider:
-        """Reads the channel's ``timezone``."""
+    def from_channel(cls, channel: Channel, options: WhispirOptions) -> WhispirProvider:
+        """Reads the channel's ``timezone`` option.
+
+        Raises:
+            ConfigError: the zone is not known.
+        """
         try:
-            return cls(timezone=channel.timezone)
+            return cls(timezone=options.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"timezone {channel.timezone!r} is not a known zone") from None
+            raise ConfigError(
+                f"options.timezone: {options.timezone!r} is not a known zone"
+            ) from None
 
     def parse_as(
         self,
@@ -168,12 +120,12 @@ class WhispirProvider(Provider):
             root, tree = parse_xml(raw)
             if not isinstance(tree, dict):
                 raise PayloadError("the XML root element holds no callback fields")
-            body, kind = _read_tree(tree, root.lower())
+            body, kind = read_tree(tree, root.lower())
         else:
             try:
-                body = _FAST.decode(raw)
+                body = FAST.decode(raw)
             except msgspec.ValidationError:
-                body, kind = _read_tree(_decode_json(raw), None)
+                body, kind = read_tree(decode_json(raw), None)
             except msgspec.DecodeError as exc:
                 raise PayloadError(str(exc)) from None
             except RecursionError:
@@ -182,7 +134,7 @@ class WhispirProvider(Provider):
 
     def _normalize(
         self,
-        body: _Body,
+        body: Body,
         kind: str | None,
         raw: bytes,
         channel: str,
@@ -324,69 +276,6 @@ class WhispirProvider(Provider):
             return parsed
 
 
-def _decode_json(raw: bytes) -> Any:
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(str(exc)) from None
-    except RecursionError:
-        raise PayloadError(TOO_DEEP) from None
-
-
-def _read_tree(tree: Any, kind: str | None) -> tuple[_Body, str | None]:
-    """The slow path: any key casing, an optional root wrapper, numbers as text."""
-    if not isinstance(tree, dict):
-        raise PayloadError(f"expected a JSON object, got {_kind(tree)}")
-    top = _lower(tree)
-    if len(top) == 1:  # a body wrapped in its root name, e.g. {"deliveryResponse": {...}}
-        ((only, inner),) = top.items()
-        if only in _ROOTS and isinstance(inner, dict):
-            kind, top = only, _lower(inner)
-    clean: dict[str, Any] = {}
-    for key, value in top.items():
-        if value is None or value == "":
-            continue
-        fields = _SECTIONS.get(key)
-        if fields is not None:
-            if isinstance(value, dict):
-                value = {
-                    low: item if isinstance(item, str) else _scalar_text(item)
-                    for name, item in value.items()
-                    if (low := name.lower()) in fields and item is not None
-                }
-        elif key in _TEXT_KEYS:
-            if not isinstance(value, str):
-                value = _scalar_text(value)
-        elif key not in _CUSTOM_KEYS:
-            continue
-        clean[key] = value
-    try:
-        return msgspec.convert(clean, _Body), kind
-    except msgspec.ValidationError as exc:
-        raise PayloadError(str(exc)) from None
-
-
-def _scalar_text(value: Any) -> Any:
-    """Numbers and booleans as text; anything else unchanged (for the struct to judge)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return value
-
-
-def _lower(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {key.lower(): value for key, value in mapping.items()}
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "a scalar"
-
-
 def _medium(value: str | None) -> str | None:
     if value is None:
         return None
@@ -397,7 +286,7 @@ def _medium(value: str | None) -> str | None:
         return None if lowered in ("n/a", "") else lowered
 
 
-def _contact(value: _From | None) -> Contact | None:
+def _contact(value: Sender | None) -> Contact | None:
     """The ``from`` block as a Contact, blanks as None; None when it says nothing."""
     if value is None:
         return None
@@ -426,7 +315,7 @@ def _address(sender: Contact | None, medium: str | None) -> str | None:
     return sender.mobile or sender.email or sender.voice
 
 
-def _custom(body: _Body) -> dict[str, str]:
+def _custom(body: Body) -> dict[str, str]:
     """Custom parameters from any of their spellings and shapes, all values as strings."""
     value = (
         body.customParameters
@@ -448,7 +337,7 @@ def _collect_custom(value: Any, into: dict[str, str]) -> None:
         for item in value:
             _collect_custom(item, into)
     elif isinstance(value, dict):
-        lowered = _lower(value)
+        lowered = lower_keys(value)
         if lowered.keys() == {"key", "value"}:  # one XML <entry><key/><value/></entry>
             into[_as_string(lowered["key"])] = _as_string(lowered["value"])
         elif lowered.keys() == {"entry"}:  # XML <customParameters><entry>...
@@ -457,12 +346,12 @@ def _collect_custom(value: Any, into: dict[str, str]) -> None:
             for name, item in value.items():
                 into[name] = _as_string(item)
     elif value not in ("", None):
-        raise PayloadError(f"customParameters: expected an object, got {_kind(value)}")
+        raise PayloadError(f"customParameters: expected an object, got {kind_of(value)}")
 
 
 def _as_string(value: Any) -> str:
     """A custom parameter's value as text: scalars as written, objects as JSON."""
     if value is None:
         return ""
-    text = _scalar_text(value)
+    text = scalar_text(value)
     return text if isinstance(text, str) else _encode_json(value).decode()
