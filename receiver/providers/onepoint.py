@@ -29,9 +29,10 @@ import structlog
 from receiver.auth import AuthenticatorFactory
 from receiver.errors import PayloadError
 from receiver.events import Event, EventType, Reply, new_event_id
-from receiver.formats import TOO_DEEP, BodyFormat, repair_json
+from receiver.formats import TOO_DEEP, BodyFormat
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
+from receiver.providers.onepoint_metadata import INT_MAX, INT_MIN, decode_metadata, flatten_metadata
 from receiver.providers.onepoint_signature import OnePointOptions, signature_check
 
 __all__ = ["STATUSES", "TYPES", "DiyProvider", "OnePointProvider"]
@@ -174,13 +175,13 @@ class OnePointProvider(Provider):
         if event_type is None:
             event_type = EventType.unknown
             log.warning("unknown callback type", provider=self.name, provider_type=provider_type)
-        metadata = _flatten_metadata(fields.MetaData)
+        metadata = flatten_metadata(fields.MetaData)
         if extra_metadata:
             metadata.update(extra_metadata)
         status = fields.Status
         stamp = fields.Timestamp
         segments = fields.Segments
-        if segments is not None and not _INT_MIN <= segments <= _UINT_MAX:
+        if segments is not None and not INT_MIN <= segments <= INT_MAX:
             log.warning("Segments out of range: not kept", provider=self.name)
             segments = None
         # Positional, in field order: msgspec matches each keyword argument by name, which
@@ -361,7 +362,7 @@ def _read_form(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     _typed_form_values(found)
     text = found.get("MetaData")
     if isinstance(text, str):
-        found["MetaData"] = _decode_metadata(text)
+        found["MetaData"] = decode_metadata(text)
     return found, metadata
 
 
@@ -417,66 +418,3 @@ def _typed_form_values(found: dict[str, Any]) -> None:
             continue
         del found[field]
         log.warning("unreadable field dropped", field=field)
-
-
-def _decode_metadata(text: str) -> Any:
-    """A form's ``MetaData`` value: JSON when it looks like JSON, else the text itself.
-
-    A JSON escape of half a surrogate pair becomes U+FFFD, as in a JSON body.
-    """
-    if text.lstrip()[:1] in ("[", "{"):
-        encoded = text.encode("utf-8", "replace")
-        try:
-            return _JSON.decode(encoded)
-        except msgspec.DecodeError:
-            repaired = repair_json(encoded)
-            try:
-                if repaired is not None:
-                    return _JSON.decode(repaired)
-            except msgspec.DecodeError:
-                pass
-            raise PayloadError("MetaData: not valid JSON") from None
-        except RecursionError:
-            raise PayloadError(f"MetaData: {TOO_DEEP}") from None
-    return text
-
-
-def _flatten_metadata(value: list[Any] | dict[str, Any] | str | None) -> dict[str, Any]:
-    """MetaData as one mapping: a list of one-key objects is merged, the last key winning.
-
-    Integers beyond 64 bits (which no store or JSON consumer can be relied on to keep)
-    are kept exactly, as their decimal text.
-    """
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        return {"MetaData": value}
-    if isinstance(value, dict):
-        merged = dict(value)
-    else:
-        merged = {}
-        for index, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise PayloadError(f"MetaData[{index}]: expected an object")
-            merged.update(item)
-    for key, item in merged.items():  # one cheap look per value: most are text
-        kind = type(item)
-        if kind is str or (kind is int and _INT_MIN <= item <= _UINT_MAX):
-            continue
-        merged[key] = _bounded(item)
-    return merged
-
-
-_INT_MIN = -(2**63)
-_UINT_MAX = 2**64 - 1
-
-
-def _bounded(value: Any) -> Any:
-    """``value`` (copied) with integers beyond 64 bits as their decimal text."""
-    if isinstance(value, dict):
-        return {key: _bounded(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_bounded(item) for item in value]
-    if type(value) is int and not _INT_MIN <= value <= _UINT_MAX:
-        return str(value)
-    return value
