@@ -50,7 +50,7 @@ from typing import ClassVar
 import msgspec
 
 from receiver import Channel, Config, Event, EventType, PayloadError, Reply, create_app, hookimpl
-from receiver.auth import Authenticator, AuthenticatorFactory, Request
+from receiver.auth import Authenticator, AuthenticatorFactory, CallbackRequest
 from receiver.errors import ConfigError, NotAuthenticated
 from receiver.events import new_event_id
 from receiver.formats import BodyFormat
@@ -85,7 +85,7 @@ class AcmeSignature(Authenticator):
     def __init__(self, secret: str) -> None:
         self.key = secret.encode()
 
-    def check(self, request: Request) -> None:
+    def check(self, request: CallbackRequest) -> None:
         presented = request.header(b"x-acme-signature")
         if presented is None:
             raise NotAuthenticated("missing credentials: X-Acme-Signature header")

@@ -21,8 +21,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.asgi import ClientGone, Receive, Scope, Send
-from receiver.auth import header_index
+from receiver.asgi import ClientGone, Receive, Scope, Send, header_index
 from receiver.config import Config, load_config
 from receiver.endpoint import Answer, BoundChannel, CallbackEndpoint
 from receiver.journal import Journal

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 
 import structlog
 
+from receiver.asgi import header_index
 from receiver.config import KEY_MODES, Channel
 from receiver.errors import ConfigError, NotAuthenticated
 
@@ -33,20 +34,16 @@ __all__ = [
     "GENERIC_MODES",
     "Authenticator",
     "AuthenticatorFactory",
-    "Request",
+    "CallbackRequest",
     "auth_modes",
     "build_authenticator",
-    "header_index",
-    "request_url",
 ]
 
 log = structlog.get_logger()
 
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
-class Request:
-    """What authentication looks at: the ASGI scope (headers, query, URL) and the body."""
+class CallbackRequest:
+    """What authentication looks at: the ASGI scope (headers, query, URL) and the body as
+    received (before any Content-Encoding is undone: a signer signs what it sends)."""
 
     __slots__ = ("body", "headers", "scope")
 
@@ -70,77 +67,24 @@ class Request:
         return query.decode("latin-1")
 
 
-def request_url(scope: dict[str, Any]) -> str:
-    """The full URL the client called, as this process sees it.
-
-    The path is the request target as sent (``raw_path``; a mounted app's ``path``
-    already holds its mount prefix), the host is the Host header (after trusted proxy
-    headers are applied) or the server address.
-    """
-    return _url(scope, header_index(scope["headers"]).get(b"host"))
-
-
-def header_index(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """ASGI request headers by name, the first value of each (one C-level pass)."""
-    return dict(reversed(headers))
-
-
-# Host header -> the host as the URL has it, per scheme: callers use few hosts.
-_HTTP_HOSTS: dict[bytes, str] = {}
-_HTTPS_HOSTS: dict[bytes, str] = {}
-
-
-def _host(host_header: bytes, scheme: str) -> str:
-    """A Host header's value in lower case, without ``scheme``'s default port."""
-    host = host_header.decode("latin-1").lower()
-    default_port = _DEFAULT_PORTS.get(scheme)
-    if default_port is not None and host.endswith(default_port):
-        host = host[: -len(default_port)]
-    return host
-
-
-def _url(scope: dict[str, Any], host_header: bytes | None) -> str:
-    """:func:`request_url` with the Host header already looked up.
-
-    As .NET's ``Uri.AbsoluteUri`` writes it (what OnePoint/DIY sign): the host in lower
-    case and without the scheme's default port.
-    """
-    scheme = scope.get("scheme", "http")
-    if host_header is not None:
-        hosts = _HTTPS_HOSTS if scheme == "https" else _HTTP_HOSTS
-        host = hosts.get(host_header)
-        if host is None:
-            host = _host(host_header, scheme)
-            if len(hosts) >= 256:
-                hosts.clear()
-            hosts[host_header] = host
-    else:
-        server = scope.get("server") or ("localhost", None)
-        default = 443 if scheme == "https" else 80
-        host = server[0] if server[1] in (None, default) else f"{server[0]}:{server[1]}"
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
-    query = scope.get("query_string", b"")
-    url = f"{scheme}://{host}{path}"
-    return f"{url}?{query.decode('latin-1')}" if query else url
-
-
 class Authenticator:
     """Checks one channel's callbacks; see :func:`build_authenticator`."""
 
-    def check(self, request: Request) -> None:
+    def check(self, request: CallbackRequest) -> None:
         """Return when ``request`` is authentic; raise :class:`NotAuthenticated` if not."""
 
 
 class _KeyCheck(Authenticator):
     """A shared key taken from somewhere in the request, compared with every key."""
 
-    def __init__(self, keys: Iterable[str], find: Callable[[Request], bytes | None], where: str):
+    def __init__(
+        self, keys: Iterable[str], find: Callable[[CallbackRequest], bytes | None], where: str
+    ) -> None:
         self.keys = [key.encode() for key in keys if key]
         self.find = find
         self.where = where
 
-    def check(self, request: Request) -> None:
+    def check(self, request: CallbackRequest) -> None:
         presented = self.find(request)
         if presented is None:
             raise NotAuthenticated(f"missing credentials: {self.where}")
@@ -156,15 +100,15 @@ def _matches_any(presented: bytes, keys: list[bytes]) -> bool:
     return matched
 
 
-def _header_value(name: str) -> Callable[[Request], bytes | None]:
+def _header_value(name: str) -> Callable[[CallbackRequest], bytes | None]:
     wanted = name.lower().encode("latin-1")
     return lambda request: request.header(wanted)
 
 
-def _query_value(param: str) -> Callable[[Request], bytes | None]:
+def _query_value(param: str) -> Callable[[CallbackRequest], bytes | None]:
     wanted = param.lower()
 
-    def find(request: Request) -> bytes | None:
+    def find(request: CallbackRequest) -> bytes | None:
         for name, value in parse_qsl(request.query, keep_blank_values=True):
             if name.lower() == wanted:
                 return value.encode()
@@ -173,10 +117,10 @@ def _query_value(param: str) -> Callable[[Request], bytes | None]:
     return find
 
 
-def _authorization(scheme: str) -> Callable[[Request], bytes | None]:
+def _authorization(scheme: str) -> Callable[[CallbackRequest], bytes | None]:
     prefix = scheme.lower().encode() + b" "
 
-    def find(request: Request) -> bytes | None:
+    def find(request: CallbackRequest) -> bytes | None:
         value = request.header(b"authorization")
         if value is None or value[: len(prefix)].lower() != prefix:
             return None
@@ -188,7 +132,7 @@ def _authorization(scheme: str) -> Callable[[Request], bytes | None]:
 class _BasicCheck(_KeyCheck):
     """``Authorization: Basic <key>``: the token as sent, or its decoded ``user:password``."""
 
-    def check(self, request: Request) -> None:
+    def check(self, request: CallbackRequest) -> None:
         presented = self.find(request)
         if presented is None:
             raise NotAuthenticated(f"missing credentials: {self.where}")
@@ -204,7 +148,7 @@ class _BasicCheck(_KeyCheck):
 
 
 class _Open(Authenticator):
-    def check(self, request: Request) -> None:
+    def check(self, request: CallbackRequest) -> None:
         return None
 
 

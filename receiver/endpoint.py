@@ -23,7 +23,7 @@ import msgspec
 import structlog
 
 from receiver.asgi import ClientGone, Receive, Scope, read_body
-from receiver.auth import Authenticator, Request, build_authenticator
+from receiver.auth import Authenticator, CallbackRequest, build_authenticator
 from receiver.codings import decode_content
 from receiver.config import Channel, Config
 from receiver.dispatch import Dispatcher
@@ -194,7 +194,7 @@ class CallbackEndpoint:
             ):
                 return Answer(200, b"", [], Outcome.url_check)  # Whispir wants exactly 200
             body = await read_body(receive, headers.get(b"content-length"), self.max_body)
-            bound.authenticator.check(Request(scope, body, headers))
+            bound.authenticator.check(CallbackRequest(scope, body, headers))
             coding = headers.get(b"content-encoding")
             try:
                 if coding is not None:  # authenticated as sent, parsed as meant

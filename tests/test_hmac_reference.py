@@ -33,7 +33,7 @@ from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, create_app
-from receiver.auth import Request
+from receiver.auth import CallbackRequest
 from receiver.providers import DiyProvider
 from receiver.providers.onepoint_signature import HmacCheck, lower_url_encode
 
@@ -454,7 +454,7 @@ def test_hmac_url_encoder_matches_http_utility(text: str) -> None:
 
 def _request(
     target: bytes, *, method: str = "GET", host: bytes = b"hooks.example.com", body: bytes = b""
-) -> Request:
+) -> CallbackRequest:
     path, _, query = target.partition(b"?")
     scope = {
         "type": "http",
@@ -466,7 +466,7 @@ def _request(
         "query_string": query,
         "headers": [(b"host", host)],
     }
-    return Request(scope, body)
+    return CallbackRequest(scope, body)
 
 
 def _check(**options: Any) -> HmacCheck:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 import structlog
 
-from receiver.auth import Authenticator, Request, _url
+from receiver.asgi import url_of
+from receiver.auth import Authenticator, CallbackRequest
 from receiver.errors import ConfigError, NotAuthenticated
 
 if TYPE_CHECKING:
@@ -134,14 +135,14 @@ class HmacCheck(Authenticator):
         # The encoded URL without its query, by URL: a channel is called at few URLs.
         self._encoded: dict[str, str] = {}
 
-    def url(self, request: Request) -> str:
+    def url(self, request: CallbackRequest) -> str:
         """The URL the signature covers: ``public_url`` (plus the query) when set."""
         if self.public_url is None:
-            return _url(request.scope, request.header(b"host"))
+            return url_of(request.scope, request.header(b"host"))
         query = request.scope.get("query_string", b"")
         return f"{self.public_url}?{query.decode('latin-1')}" if query else self.public_url
 
-    def signed_uri(self, request: Request) -> str:
+    def signed_uri(self, request: CallbackRequest) -> str:
         """The URI part of the signed message (``hmac_uri`` applied to :meth:`url`)."""
         url = self.url(request)
         if not url.isascii():
@@ -162,7 +163,7 @@ class HmacCheck(Authenticator):
             encoded = self._encoded[base] = lower_url_encode(base)
         return f"{encoded}%3f{lower_url_encode(query_text)}" if mark else encoded
 
-    def signature(self, request: Request, app_id: str, nonce: str, timestamp: str) -> bytes:
+    def signature(self, request: CallbackRequest, app_id: str, nonce: str, timestamp: str) -> bytes:
         """The signature this request should carry (for tests and for providers' SDKs)."""
         return self._sign(request, app_id, nonce, timestamp, self._body(request.body))
 
@@ -174,7 +175,7 @@ class HmacCheck(Authenticator):
         return binascii.b2a_base64(body, newline=False)
 
     def _sign(
-        self, request: Request, app_id: str, nonce: str, timestamp: str, body_part: bytes
+        self, request: CallbackRequest, app_id: str, nonce: str, timestamp: str, body_part: bytes
     ) -> bytes:
         uri = self.signed_uri(request)
         mac = self.macs[app_id].copy()
@@ -186,7 +187,7 @@ class HmacCheck(Authenticator):
         mac.update(body_part)
         return binascii.b2a_base64(mac.digest(), newline=False)
 
-    def check(self, request: Request) -> None:
+    def check(self, request: CallbackRequest) -> None:
         value = request.header(b"authorization")
         if value is None:
             raise NotAuthenticated("missing credentials: Authorization signature header")
@@ -223,5 +224,5 @@ class HmacCheck(Authenticator):
 
 
 def _utf8(data: bytes) -> str:
-    """Request bytes as the text a sender had: UTF-8, other bytes kept as surrogates."""
+    """CallbackRequest bytes as the text a sender had: UTF-8, other bytes kept as surrogates."""
     return data.decode("utf-8", "surrogateescape")
