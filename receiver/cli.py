@@ -85,7 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("show", nargs="*", metavar="show ID", help="'show ID': one entry in full")
     events.add_argument("--channel")
     events.add_argument("--type")
-    events.add_argument("--status", choices=STATES)
+    events.add_argument(
+        "--state",
+        "--status",  # its first name; a journal entry has a state, an event a status
+        dest="state",
+        choices=STATES,
+        help="entries in this state",
+    )
     events.add_argument("--since", type=_age, help="e.g. 2h, 7d, 30m, 90s")
     events.add_argument("--limit", type=int, default=50)
 

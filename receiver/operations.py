@@ -82,7 +82,7 @@ async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
         return 0
     since = time.time() - args.since if args.since else None
     entries = await journal.entries(
-        channel=args.channel, type=args.type, state=args.status, since=since, limit=args.limit
+        channel=args.channel, type=args.type, state=args.state, since=since, limit=args.limit
     )
     rows = [("id", "received (UTC)", "channel", "type", "state", "tries", "message_id")]
     rows += [

@@ -527,10 +527,14 @@ def test_journal_cli_events_replay_prune(
     assert (dead_state, failed_state) == ("dead", "failed")
     capsys.readouterr()
 
-    assert main(["events", "--config", str(toml), "--status", "dead"]) == 0
+    assert main(["events", "--config", str(toml), "--state", "dead"]) == 0
     out = capsys.readouterr().out
     assert dead_id in out
     assert failed_id not in out
+    assert main(["events", "--config", str(toml), "--status", "failed"]) == 0  # its old name
+    out = capsys.readouterr().out
+    assert failed_id in out
+    assert dead_id not in out
 
     assert main(["events", "--config", str(toml), "show", dead_id]) == 0
     out = capsys.readouterr().out
