@@ -149,13 +149,11 @@ async def _replay_chosen(
             print(f"would replay {entry.id} {entry.channel} {entry.type} ({entry.state})")
         still = 0
         for entry in rejects:
-            try:
-                event, _ = _reparse(endpoint, entry)
-            except Exception as exc:
+            parsed = _reparse_or_say(endpoint, entry)
+            if parsed is None:
                 still += 1
-                print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
             else:
-                print(f"would recover {entry.id} {entry.channel} {event.type}")
+                print(f"would recover {entry.id} {entry.channel} {parsed[0].type}")
         print(f"{len(entries)} entries")
         if rejects:
             print(f"{len(rejects) - still} rejected entries would be recovered, {still} not")
@@ -188,6 +186,15 @@ def _reparse(endpoint: CallbackEndpoint, entry: Entry) -> tuple[Event, str | Non
     return event, route.provider.dedupe_key(event)
 
 
+def _reparse_or_say(endpoint: CallbackEndpoint, entry: Entry) -> tuple[Event, str | None] | None:
+    """:func:`_reparse`, or None after saying why the entry is still rejected."""
+    try:
+        return _reparse(endpoint, entry)
+    except Exception as exc:
+        print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
+        return None
+
+
 def _reason(exc: Exception) -> str:
     """Why a body still does not parse, without echoing it: a parser's own one-line
     message (PayloadError, ConfigError), otherwise only the exception's type."""
@@ -214,12 +221,11 @@ async def _replay_all(
         if show_progress and entries:
             print(file=sys.stderr)
         for entry in rejects:
-            try:
-                event, key = _reparse(endpoint, entry)
-            except Exception as exc:
+            parsed = _reparse_or_say(endpoint, entry)
+            if parsed is None:
                 still += 1
-                print(f"still rejected {entry.id} {entry.channel}: {_reason(exc)}")
                 continue
+            event, key = parsed
             recorded = await journal.recover(entry.id, event, entry.meta, key)
             if recorded is None:
                 print(f"{entry.id} is not rejected any more: left alone")

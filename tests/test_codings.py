@@ -15,9 +15,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+from recorder import EventRecorder
 from starlette.testclient import TestClient
 
-from receiver import Channel, Config, Event, EventType, create_app, hookimpl
+from receiver import Channel, Config, EventType, create_app
 from receiver.codings import decode_content
 from receiver.errors import BodyTooLarge, PayloadError, UnsupportedPayload
 
@@ -28,17 +29,8 @@ RECEIPT = (
 KEY = "a-shared-key-for-tests"
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def on_event(self, event: Event) -> None:
-        self.events.append(event)
-
-
-def _client(**options: object) -> tuple[TestClient, _Events]:
-    seen = _Events()
+def _client(**options: object) -> tuple[TestClient, EventRecorder]:
+    seen = EventRecorder()
     channels = {
         "op": Channel(provider="onepoint", auth="none"),
         "w": Channel(provider="whispir", auth="header", keys=[KEY]),

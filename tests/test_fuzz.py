@@ -26,9 +26,10 @@ from urllib.parse import quote, urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from recorder import EventRecorder
 from starlette.testclient import TestClient
 
-from receiver import Channel, Config, Event, EventType, PayloadError, create_app, hookimpl
+from receiver import Channel, Config, Event, EventType, PayloadError, create_app
 from receiver.normalize import parse_dmy_timestamp, parse_iso_timestamp
 from receiver.providers.onepoint import DiyProvider, OnePointProvider
 from receiver.providers.whispir import WhispirProvider
@@ -204,19 +205,10 @@ def test_fuzz_timestamps_never_raise(stamp: str) -> None:
 # -- the endpoint, journal on -----------------------------------------------------------
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def on_event(self, event: Event) -> None:
-        self.events.append(event)
-
-
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
     journal = tmp_path_factory.mktemp("fuzz") / "journal.db"
-    seen = _Events()
+    seen = EventRecorder()
     channels = {
         "w": Channel(provider="whispir", auth="none"),
         "op": Channel(provider="onepoint", auth="none"),
@@ -316,7 +308,7 @@ def test_fuzz_found_onepoint_metadata_big_integer_is_kept_as_text(
     metadata: str, expected: dict[str, Any], tmp_path: Path
 ) -> None:
     body = f'{{"Type":"Message","MessageID":"MS1","Message":"hi","MetaData":{metadata}}}'
-    seen = _Events()
+    seen = EventRecorder()
     config = Config(
         channels={"op": Channel(provider="onepoint", auth="none")},
         journal=f"sqlite:///{tmp_path / 'j.db'}",

@@ -12,26 +12,18 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from recorder import EventRecorder
 from starlette.testclient import TestClient
 
-from receiver import Channel, Config, Event, create_app, hookimpl
+from receiver import Channel, Config, create_app
 
 KEY = "s3cret-query-k3y-value"
-
-
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def on_event(self, event: Event) -> None:
-        self.events.append(event)
 
 
 @pytest.mark.parametrize("name", ["key", "KEY", "k%65y", "Key"])
 def test_secrets_query_key_is_redacted_from_event_and_journal(name: str, tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
-    seen = _Events()
+    seen = EventRecorder()
     channel = Channel(provider="diy", auth="query", param="key", keys=[KEY])
     config = Config(channels={"diy": channel}, journal=f"sqlite:///{db}")
     with TestClient(create_app(config, plugins=[seen])) as client:
@@ -55,7 +47,7 @@ def test_secrets_query_key_is_redacted_from_event_and_journal(name: str, tmp_pat
 
 
 def test_secrets_query_key_wrong_still_refused_and_other_params_kept() -> None:
-    seen = _Events()
+    seen = EventRecorder()
     channel = Channel(provider="diy", auth="query", param="key", keys=[KEY])
     client = TestClient(create_app(Config(channels={"diy": channel}), plugins=[seen]))
     assert client.get("/diy?Type=Stop&MessageID=MS1&key=wrong").status_code == 401

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from recorder import EventRecorder
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
@@ -19,14 +20,7 @@ from receiver.providers.onepoint import DiyProvider, OnePointProvider
 FORM = "application/x-www-form-urlencoded"
 
 
-class _Replier:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def on_event(self, event: Event) -> None:
-        self.events.append(event)
-
+class _Replier(EventRecorder):
     @hookimpl
     def on_message(self, event: Event) -> Reply:
         return Reply(text="Yes, reply SLOT to pick one")

@@ -14,9 +14,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from recorder import EventRecorder
 from starlette.testclient import TestClient
 
-from receiver import Channel, Config, Event, EventType, PayloadError, create_app, hookimpl
+from receiver import Channel, Config, Event, EventType, PayloadError, create_app
 from receiver.providers.onepoint import DiyProvider, OnePointProvider
 from receiver.providers.whispir import WhispirProvider
 
@@ -39,17 +40,8 @@ WHISPIR_XML = (
 )
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def on_event(self, event: Event) -> None:
-        self.events.append(event)
-
-
-def _client() -> tuple[TestClient, _Events]:
-    seen = _Events()
+def _client() -> tuple[TestClient, EventRecorder]:
+    seen = EventRecorder()
     channels = {
         "w": Channel(provider="whispir", auth="none"),
         "op": Channel(provider="onepoint", auth="none"),
@@ -251,7 +243,7 @@ def test_text_mounted_raw_utf8_query_reads_as_utf8() -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    seen = _Events()
+    seen = EventRecorder()
     inner = create_app(
         Config(channels={"diy": Channel(provider="diy", auth="none")}), plugins=[seen]
     )
