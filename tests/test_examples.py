@@ -11,14 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from samples import PAYLOADS
+from samples import PAYLOADS, import_example
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, EventType, Reply, create_app, hookimpl
@@ -41,13 +39,7 @@ def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("DIY_APP_ID", DIY_APP_ID)
     monkeypatch.setenv("DIY_SECRET", DIY_SECRET)
     monkeypatch.setenv("ACME_KEY", "acme-test-key")
-    module_name = f"receiver_example_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, module_name, module)
-    spec.loader.exec_module(module)
-    return module
+    return import_example(name, monkeypatch, "receiver_example")
 
 
 def diy_signature(method: str, url: str, body: bytes, *, nonce: str = "n0nce-1") -> str:

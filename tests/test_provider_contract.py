@@ -15,8 +15,6 @@ authentication rows; every channel is built by :func:`channel`.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from samples import payload
+from samples import import_example, payload
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, EventType, create_app, hookimpl
@@ -93,13 +91,7 @@ class Dialect:
 
 def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """Import examples/<name>.py afresh as a plugin module (as tests/test_examples.py does)."""
-    module_name = f"receiver_contract_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, module_name, module)
-    spec.loader.exec_module(module)
-    return module
+    return import_example(name, monkeypatch, "receiver_contract")
 
 
 def _post(provider: str, name: str, content_type: str | None) -> Call:
