@@ -687,3 +687,24 @@ def test_auth_failures_never_log_keys() -> None:
     assert logs
     assert PLAIN_KEYS[0] not in repr(logs)
     assert WRONG_KEY not in repr(logs)
+
+
+def test_auth_signature_mismatch_log_line_holds_no_query() -> None:
+    """The mismatch line names the URL signed, for a proxy set-up, but not its query: a GET
+    callback's query holds phone numbers and message text."""
+    client = client_for({"hook": _hmac_channel([SECRETS[0]])})
+    query = "Type=Message&Source=447700900123&Message=private+words"
+    presented = sign(
+        app_id=APP_IDS[0],
+        secret=WRONG_SECRET,
+        method="GET",
+        uri=f"{BASE_URL}/hook?{query}",
+        body=b"",
+    )
+    with capture_logs() as logs:
+        response = client.get(f"/hook?{query}", headers=signature_header(APP_IDS[0], presented))
+    assert response.status_code == 401
+    (line,) = [entry for entry in logs if entry["event"] == "hmac signature mismatch"]
+    assert line["signed_url"] == f"{BASE_URL}/hook"
+    assert "447700900123" not in repr(logs)
+    assert "private" not in repr(logs)

@@ -214,15 +214,16 @@ class HmacCheck(Authenticator):
             log.warning(
                 "hmac signature mismatch",
                 channel=self.channel_name,
-                signed_url=self.url(request),
+                signed_url=self.url(request).partition("?")[0],  # a query holds people's data
                 hint=(
-                    "the signature was checked against signed_url; if the provider calls a "
-                    "different URL (a proxy in front), set options.public_url on this channel"
+                    "the signature was checked against signed_url (and the query); if the "
+                    "provider calls a different URL (a proxy in front), set "
+                    "options.public_url on this channel"
                 ),
             )
             raise NotAuthenticated("wrong credentials: signature does not match")
 
 
 def _utf8(data: bytes) -> str:
-    """CallbackRequest bytes as the text a sender had: UTF-8, other bytes kept as surrogates."""
+    """Request bytes as the text a sender had: UTF-8, other bytes kept as surrogates."""
     return data.decode("utf-8", "surrogateescape")
