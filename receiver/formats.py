@@ -149,7 +149,10 @@ def _codec(charset: str) -> str | None:
 def _text(body: bytes, encoding: str) -> str:
     """``body`` decoded, invalid bytes and lone surrogates (UTF-7 and UTF-16 can yield
     them) as U+FFFD: a string that always encodes to UTF-8."""
-    return _scrub(body.decode(encoding, "replace"))
+    try:
+        return _scrub(body.decode(encoding, "replace"))
+    except UnicodeError:  # a codec that ignores "replace" (punycode): read as UTF-8
+        return body.decode("utf-8", "replace")
 
 
 def _scrub(text: str) -> str:

@@ -414,3 +414,14 @@ def test_text_xml_declaring_no_text_encoding_is_a_400(declared: str) -> None:
     assert response.status_code == 400
     assert events == []
     assert declared not in response.text
+
+
+def test_text_codec_that_ignores_replace_never_500() -> None:
+    """punycode ignores errors='replace': its bodies are read as UTF-8, never a 500."""
+    body = '{"Type":"Message","MessageID":"MS30","Message":"très"}'.encode()
+    response, events = _post("/op", body, "application/json; charset=punycode")
+    assert response.status_code == 200
+    assert events[0].message_id == "MS30"
+    document = WHISPIR_XML.format(enc="punycode", text="très").encode()
+    response, _ = _post("/w", document, "text/xml")
+    assert response.status_code in (200, 400)
