@@ -124,9 +124,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, metavar="N")
     parser.add_argument("--only", action="append", default=[], metavar="NAME")
-    parser.add_argument("--journal", action="store_true",
-                        help=f"add Whispir JSON rows with {IN_FLIGHT} requests in flight, "
-                        "journal off and on (SQLite, group commit)")
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help=f"add Whispir JSON rows with {IN_FLIGHT} requests in flight, "
+        "journal off and on (SQLite, group commit)",
+    )
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     parser.add_argument("--in-flight", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -73,11 +73,16 @@ from bench.apps import (  # noqa: E402
 PAYLOADS = ROOT / "tests" / "payloads"
 HOST = "127.0.0.1"
 CONNECTIONS = 64
-NONCE = "bench-nonce-0001"
-TIMESTAMP = "1709650967"
+NONCE = "be0c4be0c4be0c4be0c4be0c4be0c400"  # a GUID
 UVICORN_OPTIONS = [
-    "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers",
-    "--log-level", "warning",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--no-proxy-headers",
+    "--log-level",
+    "warning",
 ]
 MEMORY_TOTAL, MEMORY_FIRST, MEMORY_CAP_S, MEMORY_GROWTH_MB = 200_000, 10_000, 60, 10.0
 QUICK_MEMORY_TOTAL, QUICK_MEMORY_CAP_S = 20_000, 5
@@ -124,7 +129,7 @@ class Scenario:
         if self.signed:
             url = f"http://{HOST}:{port}/{CHANNEL}"
             headers["Authorization"] = opg_authorization(
-                APP_ID, SECRET, "POST", url, self.body, NONCE, TIMESTAMP
+                APP_ID, SECRET, "POST", url, self.body, NONCE, str(int(time.time()))
             )
         return headers
 
@@ -160,8 +165,12 @@ def scenarios() -> list[Scenario]:
         Scenario("whispir_json", whispir_json, json_type, whispir_key),
         Scenario("whispir_xml", whispir_xml, xml_type, whispir_key),
         Scenario(
-            "onepoint_reply", message, json_type, {KEY_HEADER: ONEPOINT_KEY},
-            expect_in_body="thanks", expect_json=thanks,
+            "onepoint_reply",
+            message,
+            json_type,
+            {KEY_HEADER: ONEPOINT_KEY},
+            expect_in_body="thanks",
+            expect_json=thanks,
         ),
         Scenario("onepoint_hmac", receipt, json_type, {}, signed=True),
     ]
@@ -258,16 +267,26 @@ class WrkResult:
 
 
 def run_wrk(pin: list[str], script: Path, url: str, seconds: int) -> WrkResult:
-    command = [*pin, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
-               "-s", str(script), url]
+    command = [
+        *pin,
+        "wrk",
+        "-t1",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     result = WrkResult()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     except subprocess.TimeoutExpired:
         result.problems.append("wrk did not finish")
         return result
-    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith('{"requests"')),
-                None)
+    line = next(
+        (x for x in reversed(done.stdout.splitlines()) if x.startswith('{"requests"')), None
+    )
     if done.returncode != 0 or line is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         result.problems.append(f"wrk failed (exit {done.returncode}): {tail[0]}")
@@ -298,8 +317,19 @@ def free_port() -> int:
 
 
 def uvicorn_command(pin: list[str], factory: str, port: int | str) -> list[str]:
-    return [*pin, sys.executable, "-m", "uvicorn", "--factory", f"bench.apps:{factory}",
-            "--host", HOST, "--port", str(port), *UVICORN_OPTIONS]
+    return [
+        *pin,
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        f"bench.apps:{factory}",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        *UVICORN_OPTIONS,
+    ]
 
 
 class Server:
@@ -365,7 +395,11 @@ def serve(scenario: Scenario, pin: list[str], workdir: Path) -> Iterator[Server]
     with log.open("wb") as sink:
         process = subprocess.Popen(
             uvicorn_command(pin, scenario.name, port),
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
     server = Server(process, port, log)
     try:
@@ -581,8 +615,9 @@ def memory_check(
         f"{'within' if growth <= MEMORY_GROWTH_MB else 'NOT within'} {MEMORY_GROWTH_MB:g} MB"
     )
     if served < total:
-        lines.append(f"only {served:,} of the {total:,} requests within the {cap} s cap: "
-                     "not judged")
+        lines.append(
+            f"only {served:,} of the {total:,} requests within the {cap} s cap: not judged"
+        )
     return MemoryCheck(lines, problems, growth, short=served < total)
 
 
@@ -606,8 +641,11 @@ def pins() -> Pins:
         why = "no taskset" if taskset is None else "fewer than 2 CPUs available"
         return Pins([], [], f"not pinned ({why}): figures are noisier")
     server, load = str(cpus[0]), str(cpus[1])
-    return Pins(["taskset", "-c", server], ["taskset", "-c", load],
-                f"server on CPU {server}, wrk on CPU {load}")
+    return Pins(
+        ["taskset", "-c", server],
+        ["taskset", "-c", load],
+        f"server on CPU {server}, wrk on CPU {load}",
+    )
 
 
 def filesystem(path: Path) -> str:
@@ -651,8 +689,10 @@ def fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[Row]) -> None:
     naive = next((r for r in rows if r.scenario.name == "naive" and r.ok), None)
-    header = (f"{'scenario':<15}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'x base':>8}{'x naive':>8}{'CPU us':>8}{'x base':>8}{'RSS MB':>8}  check")
+    header = (
+        f"{'scenario':<15}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'x base':>8}{'x naive':>8}{'CPU us':>8}{'x base':>8}{'RSS MB':>8}  check"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -664,11 +704,13 @@ def print_table(rows: list[Row]) -> None:
         p50, p99 = (result.p50_ms, result.p99_ms) if result else (None, None)
         check = "ok" if row.ok else "; ".join(row.problems)
         cpu_base = ref.cpu_us / row.cpu_us if ref and ref.cpu_us and row.cpu_us else None
-        print(f"{row.scenario.name:<15}{row.scenario.journal_label:<8}"
-              f"{fmt(rate, ',.0f'):>9}{fmt(p50, '.2f'):>9}{fmt(p99, '.2f'):>9}"
-              f"{fmt(x_base, '.2f'):>8}"
-              f"{fmt(x_naive, '.2f'):>8}{fmt(row.cpu_us, '.1f'):>8}{fmt(cpu_base, '.2f'):>8}"
-              f"{fmt(row.peak_mb, '.1f'):>8}  {check}")
+        print(
+            f"{row.scenario.name:<15}{row.scenario.journal_label:<8}"
+            f"{fmt(rate, ',.0f'):>9}{fmt(p50, '.2f'):>9}{fmt(p99, '.2f'):>9}"
+            f"{fmt(x_base, '.2f'):>8}"
+            f"{fmt(x_naive, '.2f'):>8}{fmt(row.cpu_us, '.1f'):>8}{fmt(cpu_base, '.2f'):>8}"
+            f"{fmt(row.peak_mb, '.1f'):>8}  {check}"
+        )
     print("x base: against the mean of the baseline runs just before and after the row")
     print(f"(baseline runs again after every {BASELINE_EVERY} scenarios; a baseline row's")
     print("x base is against the mean of all its runs, which shows the host's drift).")
@@ -679,9 +721,12 @@ def print_table(rows: list[Row]) -> None:
 
 def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str, str, str]]:
     """(target, figure, "pass" | "MISS" | "n/a") for each target."""
+
     def find(name: str, journal: bool) -> Row | None:
-        return next((r for r in rows if r.scenario.name == name
-                     and r.scenario.journal == journal and r.ok), None)
+        return next(
+            (r for r in rows if r.scenario.name == name and r.scenario.journal == journal and r.ok),
+            None,
+        )
 
     out: list[tuple[str, str, str]] = []
     naive = find("naive", False)
@@ -710,8 +755,9 @@ def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str
     if not off or any(r.reference() is None for r in off):  # judged on every row, or not
         out.append((label, "-", "n/a"))
     else:
-        ratios = [(r.result.p99_ms / ref.p99_ms, r) for r in off
-                  if r.result and (ref := r.reference())]
+        ratios = [
+            (r.result.p99_ms / ref.p99_ms, r) for r in off if r.result and (ref := r.reference())
+        ]
         worst, row = max(ratios, key=lambda pair: pair[0])
         figure = f"highest {worst:.2f}x ({row.scenario.name})"
         out.append((label, figure, "pass" if worst <= P99_FACTOR else "MISS"))
@@ -731,16 +777,31 @@ def main() -> int:
         description=(__doc__ or "").splitlines()[0],
         epilog="Exit status: 0 ok, 1 a wrong answer or error, 2 no wrk, 3 a target missed.",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="every scenario for 1 s and a small memory check; targets "
-                        "are printed, not judged")
-    parser.add_argument("--duration", type=int, default=5, metavar="N",
-                        help="seconds of load per scenario (default 5)")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help="run only these scenarios (repeat or comma-separate; ratios "
-                        "need baseline/naive in the run); no memory check unless --memory")
-    parser.add_argument("--memory", action="store_true",
-                        help="run the memory check (alone, or with --only's scenarios)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every scenario for 1 s and a small memory check; targets are printed, not judged",
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        default=5,
+        metavar="N",
+        help="seconds of load per scenario (default 5)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only these scenarios (repeat or comma-separate; ratios "
+        "need baseline/naive in the run); no memory check unless --memory",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="run the memory check (alone, or with --only's scenarios)",
+    )
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -790,21 +851,28 @@ def main() -> int:
     elapsed = time.monotonic() - started
 
     print("receiver load benchmark")
-    print(f"machine:  {os.cpu_count()} CPUs, {platform.platform()}, "
-          f"Python {platform.python_version()}")
-    print(f"versions: wrk {wrk_version()}, uvicorn {version('uvicorn')}, starlette "
-          f"{version('starlette')}, fastapi {version('fastapi')}, pydantic {version('pydantic')}")
+    print(
+        f"machine:  {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"Python {platform.python_version()}"
+    )
+    print(
+        f"versions: wrk {wrk_version()}, uvicorn {version('uvicorn')}, starlette "
+        f"{version('starlette')}, fastapi {version('fastapi')}, pydantic {version('pydantic')}"
+    )
     print(f"pinning:  {pin.note}")
     server_cmd = " ".join(uvicorn_command(pin.server, "<scenario>", "<free port>"))
     print(f"server:   {server_cmd} (one worker)")
-    print(f"load:     {' '.join([*pin.wrk, 'wrk', '-t1', f'-c{CONNECTIONS}', f'-d{seconds}s'])}"
-          f" --latency -s <scenario>.lua http://{HOST}:<port>/{CHANNEL}")
-    print("          (the Lua response() checks every answer in every scenario, baseline "
-          "included)")
+    print(
+        f"load:     {' '.join([*pin.wrk, 'wrk', '-t1', f'-c{CONNECTIONS}', f'-d{seconds}s'])}"
+        f" --latency -s <scenario>.lua http://{HOST}:<port>/{CHANNEL}"
+    )
+    print("          (the Lua response() checks every answer in every scenario, baseline included)")
     level = os.environ.get("BENCH_LOG_LEVEL") or "info"
-    print(f"receiver: JSON logs at level {level} to a file; journal rows: SQLite on "
-          f"{journal_fs} in a temp dir, with duplicate_window=0 and duplicate_body_window=0 "
-          "so wrk's identical bodies are stored, not answered as duplicates")
+    print(
+        f"receiver: JSON logs at level {level} to a file; journal rows: SQLite on "
+        f"{journal_fs} in a temp dir, with duplicate_window=0 and duplicate_body_window=0 "
+        "so wrk's identical bodies are stored, not answered as duplicates"
+    )
     print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
     print()
     if rows:

@@ -97,8 +97,14 @@ def main() -> None:
     cases = [
         ("Whispir JSON reply", whispir, WHISPIR_JSON, "application/json", decoder.decode, 4.0),
         ("Whispir XML reply", whispir, WHISPIR_XML, "application/xml", ET.fromstring, 2.0),
-        ("OnePoint JSON receipt", onepoint, ONEPOINT_RECEIPT, "application/json",
-         decoder.decode, 4.0),
+        (
+            "OnePoint JSON receipt",
+            onepoint,
+            ONEPOINT_RECEIPT,
+            "application/json",
+            decoder.decode,
+            4.0,
+        ),
     ]
     print(f"{'callback':<24}{'parse us':>10}{'raw us':>9}{'ratio':>8}{'target':>8}")
     for label, provider, body, ctype, raw_decode, target in cases:

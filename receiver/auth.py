@@ -41,6 +41,7 @@ __all__ = [
 
 log = structlog.get_logger()
 
+
 class CallbackRequest:
     """What authentication looks at: the ASGI scope (headers, query, URL) and the body as
     received (before any Content-Encoding is undone: a signer signs what it sends)."""
@@ -194,8 +195,8 @@ def build_authenticator(
         if not header:
             raise ConfigError(
                 f"channels.{name}.header: auth = 'header' needs the header's name and "
-                f"provider {provider.name!r} has no default: write header = \"<the header "
-                "your provider sends>\" on the channel (header = \"X-Whispir-Callback-Key\" "
+                f'provider {provider.name!r} has no default: write header = "<the header '
+                'your provider sends>" on the channel (header = "X-Whispir-Callback-Key" '
                 "reads the header such a channel used to read)"
             )
         return _KeyCheck(channel.keys, _header_value(header), f"{header} header")

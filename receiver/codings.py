@@ -55,9 +55,7 @@ def decode_content(body: bytes, header: bytes, limit: int) -> bytes:
                 body = _inflate(body, _RAW, limit, "deflate")
         else:
             named = f"Content-Encoding {coding}" if _TOKEN.fullmatch(coding) else "this coding"
-            raise UnsupportedPayload(
-                f"{named} is not supported: send gzip, deflate or identity"
-            )
+            raise UnsupportedPayload(f"{named} is not supported: send gzip, deflate or identity")
     return body
 
 

@@ -318,8 +318,7 @@ def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChan
         if cls is None:
             known = ", ".join(sorted(providers))
             raise ConfigError(
-                f"channels.{name}.provider: unknown provider {channel.provider!r} "
-                f"(known: {known})"
+                f"channels.{name}.provider: unknown provider {channel.provider!r} (known: {known})"
             )
         options = cls.read_options(channel, name)
         try:

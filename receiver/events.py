@@ -173,6 +173,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     metadata: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
 
+
 STATUS_RANK: dict[str, int] = {
     "queued": 0,
     "pending": 0,

@@ -7,6 +7,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
+
 class Metrics:
     """Callbacks by channel, provider, type and outcome; latency; replies sent."""
 

@@ -56,9 +56,23 @@ def serve(tmp_path: Path, config: str, *extra: str) -> Iterator[Server]:
     env = {**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"}
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config_path),
-             "--port", str(port), "--log-format", "json", *extra],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "receiver.cli",
+                "serve",
+                "--config",
+                str(config_path),
+                "--port",
+                str(port),
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
         )
     server = Server(process, port, log)
     try:

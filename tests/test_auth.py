@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,8 @@ APP_IDS = ("APP-OLD-1010", "APP-NEW-2020")
 SECRETS = ("s3cr3t-0ld-é-9f2d41c7", "s3cr3t-n3w-ü-0c7e55ab")
 WRONG_KEY = "wk-wrong-0000000000000"
 WRONG_SECRET = "s3cr3t-wrong-00000000"
-NONCE = "f1e2d3c4b5a6"
-TIMESTAMP = "1709650967"
+NONCE = "f1e2d3c4b5a6478c9d0e1f2a3b4c5d6e"  # a GUID, as the reference client makes it
+TIMESTAMP = str(int(time.time()))  # now: the check refuses a Timestamp out of its window
 
 
 # --------------------------------------------------------------------------- signer
@@ -583,9 +584,11 @@ def test_auth_hmac_nonce_and_timestamp_are_signed() -> None:
     client = _hmac_client()
     signature = _default_signature()
     assert _post_signed(client, signature_header(APP_IDS[0], signature)).status_code == 200
-    changed_nonce = signature_header(APP_IDS[0], signature, nonce="000000000000")
+    changed_nonce = signature_header(
+        APP_IDS[0], signature, nonce="00000000000000000000000000000000"
+    )
     assert_401(_post_signed(client, changed_nonce), [SECRETS[0]])
-    changed_time = signature_header(APP_IDS[0], signature, timestamp="1709650968")
+    changed_time = signature_header(APP_IDS[0], signature, timestamp=str(int(TIMESTAMP) + 1))
     assert_401(_post_signed(client, changed_time), [SECRETS[0]])
 
 

@@ -42,11 +42,16 @@ def table(stdout: str) -> list[list[str]]:
 
 def test_bench_quick_runs_every_scenario() -> None:
     if shutil.which("wrk") is None:
-        pytest.fail("wrk is not installed: `apt-get install wrk` (or `make wrk`); "
-                    "the load benchmark's smoke test needs it")
+        pytest.fail(
+            "wrk is not installed: `apt-get install wrk` (or `make wrk`); "
+            "the load benchmark's smoke test needs it"
+        )
     done = subprocess.run(
         [sys.executable, "bench/load.py", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0, output

@@ -69,8 +69,10 @@ async def burst(base: str, kill: object) -> set[str]:
                     response = await client.post(
                         "/sms",
                         content=receipt(n),
-                        headers={"X-Test-Key": "crash-test-key",
-                                 "Content-Type": "application/json"},
+                        headers={
+                            "X-Test-Key": "crash-test-key",
+                            "Content-Type": "application/json",
+                        },
                     )
                 except httpx2.HTTPError:
                     continue  # the server is gone: this one was not accepted

@@ -192,7 +192,7 @@ def test_e2e_whispir_url_check(server: Server) -> None:
 
 def test_e2e_onepoint_message_reply(server: Server) -> None:
     body = payload("onepoint", "message_inbound.json")
-    nonce, ts = "n0nce-e2e-1", str(int(time.time()))
+    nonce, ts = "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0", str(int(time.time()))
     # The URL exactly as the app sees it: scheme, Host header as sent, path.
     signature = sign(APP_ID, SECRET, "POST", f"{server.base_url}/sms", body, nonce, ts)
     response = server.client.post(
@@ -227,16 +227,18 @@ def test_e2e_onepoint_message_reply(server: Server) -> None:
 
 def test_e2e_onepoint_bad_signature_rejected(server: Server) -> None:
     body = payload("onepoint", "message_inbound.json")
-    signature = sign(APP_ID, SECRET, "POST", f"{server.base_url}/sms", b"{}", "n", "1")
+    nonce, ts = "e2e1e2e1e2e1e2e1e2e1e2e1e2e1e2e1", str(int(time.time()))
+    signature = sign(APP_ID, SECRET, "POST", f"{server.base_url}/sms", b"{}", nonce, ts)
     response = server.client.post(
         "/sms",
         content=body,
         headers={
             "Content-Type": JSON_TYPE,
-            "Authorization": f"X-OPG-Signature {APP_ID}:{signature}:n:1",
+            "Authorization": f"X-OPG-Signature {APP_ID}:{signature}:{nonce}:{ts}",
         },
     )
     assert response.status_code == 401
+    assert response.json() == {"error": "wrong credentials: signature does not match"}
     assert set(response.json()) == {"error"}
     assert SECRET not in response.text and signature not in response.text
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,8 +43,10 @@ def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return import_example(name, monkeypatch, "receiver_example")
 
 
-def diy_signature(method: str, url: str, body: bytes, *, nonce: str = "n0nce-1") -> str:
-    timestamp = "1716278400"
+def diy_signature(
+    method: str, url: str, body: bytes, *, nonce: str = "9a8b7c6d5e4f30211203f4e5d6c7b8a9"
+) -> str:
+    timestamp = str(int(time.time()))
     message = f"{DIY_APP_ID}{method}{url}{timestamp}{nonce}{base64.b64encode(body).decode()}"
     digest = hmac.new(DIY_SECRET.encode(), message.encode(), hashlib.sha1).digest()
     return f"X-DIY-Signature {DIY_APP_ID}:{base64.b64encode(digest).decode()}:{nonce}:{timestamp}"

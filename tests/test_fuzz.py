@@ -325,8 +325,7 @@ def test_fuzz_found_onepoint_metadata_big_integer_is_kept_as_text(
 
 def test_fuzz_found_onepoint_segments_beyond_64_bits_keeps_the_callback() -> None:
     body = (
-        b'{"Type":"Receipt","MessageID":"MS1","Status":"Delivered",'
-        b'"Segments":99999999999999999999}'
+        b'{"Type":"Receipt","MessageID":"MS1","Status":"Delivered","Segments":99999999999999999999}'
     )
     event = OnePointProvider().parse(body)
     assert event.type is EventType.receipt

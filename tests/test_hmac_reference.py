@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
@@ -47,7 +48,7 @@ SECRET = base64.b64encode(hashlib.sha256(b"receiver test key 1").digest()).decod
 OTHER_SECRET = base64.b64encode(hashlib.sha256(b"receiver test key 2").digest()).decode()
 TEXT_SECRET = "s3cr3t-téxt-9f2d41c7"
 NONCE = "6b9f0e3c2d7a4e1f8c5b0a9d3e7f1c2b"
-TIMESTAMP = "1764547200"
+TIMESTAMP = str(int(time.time()))  # the check refuses a Timestamp out of its window
 # A DIY GET is a callback (not a URL check) when its query has callback fields.
 Q = "Type=Receipt&MessageID=MS1&Status=Delivered"
 

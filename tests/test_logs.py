@@ -158,5 +158,7 @@ def test_logs_batched_writer_keeps_a_str_line_and_keeps_running() -> None:
     while b"later" not in sink.getvalue() and time.monotonic() < deadline:
         time.sleep(0.005)  # the writer thread flushes by itself: it is still running
     assert sink.getvalue().splitlines() == [
-        b"a str line, from a chain that renders str", b"bytes", b"later"
+        b"a str line, from a chain that renders str",
+        b"bytes",
+        b"later",
     ]

@@ -31,7 +31,10 @@ credentials = {{ nginx-app = "{SECRET}" }}
 """
 
 
-def sign(url: str, body: bytes, nonce: str = "n0nce", timestamp: str = "1700000000") -> str:
+def sign(
+    url: str, body: bytes, nonce: str = "1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f", timestamp: str = ""
+) -> str:
+    timestamp = timestamp or str(int(time.time()))
     message = f"nginx-appPOST{url}{timestamp}{nonce}{base64.b64encode(body).decode()}"
     digest = hmac.new(SECRET.encode(), message.encode(), hashlib.sha1).digest()
     return f"X-OPG-Signature nginx-app:{base64.b64encode(digest).decode()}:{nonce}:{timestamp}"
@@ -39,10 +42,24 @@ def sign(url: str, body: bytes, nonce: str = "n0nce", timestamp: str = "17000000
 
 def nginx_config(tmp_path: Path, http_port: int, https_port: int, upstream: int) -> Path:
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=hooks.example.com", "-keyout", str(tmp_path / "key.pem"),
-         "-out", str(tmp_path / "cert.pem")],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hooks.example.com",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
     )
     text = EXAMPLE.read_text()
     text = re.sub(r"listen \[::\]:\d+[^;]*;", "", text)  # loopback IPv4 is enough here
@@ -50,11 +67,14 @@ def nginx_config(tmp_path: Path, http_port: int, https_port: int, upstream: int)
     text = text.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;")
     text = text.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};")
     text = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {tmp_path / 'cert.pem'};", text)
-    text = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {tmp_path / 'key.pem'};",
-                  text)
+    text = re.sub(
+        r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {tmp_path / 'key.pem'};", text
+    )
     text = text.replace("/var/log/nginx/receiver.access.log", str(tmp_path / "access.log"))
-    text = text.replace("events {}", f"pid {tmp_path / 'nginx.pid'};\n"
-                        f"error_log {tmp_path / 'error.log'};\nevents {{}}")
+    text = text.replace(
+        "events {}",
+        f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'};\nevents {{}}",
+    )
     temp = (
         f"\n    client_body_temp_path {tmp_path / 'body'};"
         f"\n    proxy_temp_path {tmp_path / 'proxy'};"
@@ -68,9 +88,15 @@ def nginx_config(tmp_path: Path, http_port: int, https_port: int, upstream: int)
 def test_nginx_example_passes_the_headers_receiver_trusts(tmp_path: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     assert Path(nginx).exists(), "nginx is not installed: `make test` installs it"
-    body = json.dumps({"Type": "Receipt", "Status": "Delivered", "MessageID": "MS-NGINX-1",
-                       "Destination": "447700900123",
-                       "Timestamp": "2026-11-22T10:00:00+00:00"}).encode()
+    body = json.dumps(
+        {
+            "Type": "Receipt",
+            "Status": "Delivered",
+            "MessageID": "MS-NGINX-1",
+            "Destination": "447700900123",
+            "Timestamp": "2026-11-22T10:00:00+00:00",
+        }
+    ).encode()
     with serve(tmp_path, CONFIG) as server:
         upstream = int(server.base.rsplit(":", 1)[1])
         http_port, https_port = free_port(), free_port()
@@ -88,14 +114,25 @@ def test_nginx_example_passes_the_headers_receiver_trusts(tmp_path: Path) -> Non
                         break
                     except httpx2.TransportError:
                         time.sleep(0.05)
-                signed_public = client.post(url, content=body, headers={
-                    **host, "Authorization": sign("https://hooks.example.com/sms", body)})
-                signed_internal = client.post(url, content=body, headers={
-                    **host, "Authorization": sign(f"http://127.0.0.1:{upstream}/sms", body)})
-                client.get(f"https://127.0.0.1:{https_port}/healthz?auth=key-in-query",
-                           headers=host)
-                redirect = httpx2.post(f"http://127.0.0.1:{http_port}/sms", content=body,
-                                       headers=host)
+                signed_public = client.post(
+                    url,
+                    content=body,
+                    headers={**host, "Authorization": sign("https://hooks.example.com/sms", body)},
+                )
+                signed_internal = client.post(
+                    url,
+                    content=body,
+                    headers={
+                        **host,
+                        "Authorization": sign(f"http://127.0.0.1:{upstream}/sms", body),
+                    },
+                )
+                client.get(
+                    f"https://127.0.0.1:{https_port}/healthz?auth=key-in-query", headers=host
+                )
+                redirect = httpx2.post(
+                    f"http://127.0.0.1:{http_port}/sms", content=body, headers=host
+                )
         finally:
             proxy.terminate()
             proxy.wait(timeout=10)

@@ -71,9 +71,22 @@ def test_serve_refuses_to_start_with_a_broken_plugin(tmp_path: Path) -> None:
     config = tmp_path / "receiver.toml"
     config.write_text('[channels.sms]\nprovider = "onepoint"\nauth = "none"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config),
-         "--plugins-dir", str(folder), "--port", "0"],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "receiver.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--plugins-dir",
+            str(folder),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from receiver import Channel, Config, ConfigError, Event, create_app, hookimpl, 
 APP_ID = "opt-app"
 SECRET = "opt-s3cret-41c7"
 WHISPIR_KEY = "opt-whispir-key"
-NONCE, TIMESTAMP = "n-1", "1709650967"
+NONCE, TIMESTAMP = "0f1e2d3c4b5a69788796a5b4c3d2e1f0", str(int(time.time()))
 BODY = b'{"Type": "Inbound", "MessageID": "m-1", "Source": "+61400000001", "Message": "hi"}'
 
 
@@ -179,7 +180,10 @@ def test_options_old_key_the_provider_does_not_take_names_its_options(tmp_path: 
         create_app(path)
     message = str(info.value)
     assert message.startswith("channels.sms.options.timezone: provider 'onepoint' has no such")
-    assert "credentials, hmac_body, hmac_hash, hmac_key_encoding, hmac_uri, public_url" in message
+    assert (
+        "credentials, hmac_body, hmac_hash, hmac_key_encoding, hmac_uri, hmac_window, public_url"
+        in message
+    )
     assert message.endswith("remove it")
 
 

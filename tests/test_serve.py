@@ -121,13 +121,19 @@ def test_serve_sigterm_lets_in_flight_callbacks_finish(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ('[channels.w]\nprovider = "whispir"\nauth = "header"\nkeyz = ["a"]\n',
-         "channels.w: Object contains unknown field `keyz`"),
-        ('[channels.w]\nprovider = "whispir"\nauth = "header"\n',
-         "channels.w: auth = 'header' needs at least one key"),
-        ('[channels.w]\nprovider = "whispir"\nauth = "header"\nkeys = ["${NOT_SET_ANYWHERE}"]\n',
-         "channels.w.keys[0]: environment variable NOT_SET_ANYWHERE is not set"),
-        ("max_body_bytes = \"big\"\n", "max_body_bytes: Expected `int`, got `str`"),
+        (
+            '[channels.w]\nprovider = "whispir"\nauth = "header"\nkeyz = ["a"]\n',
+            "channels.w: Object contains unknown field `keyz`",
+        ),
+        (
+            '[channels.w]\nprovider = "whispir"\nauth = "header"\n',
+            "channels.w: auth = 'header' needs at least one key",
+        ),
+        (
+            '[channels.w]\nprovider = "whispir"\nauth = "header"\nkeys = ["${NOT_SET_ANYWHERE}"]\n',
+            "channels.w.keys[0]: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        ('max_body_bytes = "big"\n', "max_body_bytes: Expected `int`, got `str`"),
     ],
 )
 def test_serve_refuses_a_bad_configuration_in_one_line(
@@ -136,9 +142,19 @@ def test_serve_refuses_a_bad_configuration_in_one_line(
     path = tmp_path / "bad.toml"
     path.write_text(config)
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "serve", "--config", str(path),
-         "--port", str(free_port())],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "receiver.cli",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -150,7 +166,9 @@ def test_check_config_prints_the_channel_table_without_keys(tmp_path: Path) -> N
     path.write_text(WHISPIR_QUERY)
     result = subprocess.run(
         [sys.executable, "-m", "receiver.cli", "check-config", "--config", str(path)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -165,9 +183,19 @@ def test_plugins_command_lists_plugins_and_their_hooks(tmp_path: Path) -> None:
     path = tmp_path / "receiver.toml"
     path.write_text(WHISPIR_QUERY)
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "plugins", "--config", str(path),
-         "--plugins-dir", str(plugins)],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "receiver.cli",
+            "plugins",
+            "--config",
+            str(path),
+            "--plugins-dir",
+            str(plugins),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     assert result.returncode == 0, result.stderr

@@ -86,8 +86,7 @@ class Provider(abc.ABC):
             if key not in known:
                 takes = f"its options: {', '.join(sorted(known))}" if known else "it has none"
                 raise ConfigError(
-                    f"{where}.{key}: provider {cls.name!r} has no such option ({takes}); "
-                    "remove it"
+                    f"{where}.{key}: provider {cls.name!r} has no such option ({takes}); remove it"
                 )
         return convert(channel.options, cls.options, where)
 

@@ -71,7 +71,6 @@ def flatten_metadata(value: list[Any] | dict[str, Any] | str | None) -> dict[str
     return merged
 
 
-
 def _bounded(value: Any) -> Any:
     """``value`` (copied) with integers beyond 64 bits as their decimal text."""
     if isinstance(value, dict):

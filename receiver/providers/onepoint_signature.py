@@ -13,6 +13,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
+import time
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -47,6 +49,15 @@ _URL_ENCODE = [
 ]
 _EMPTY_MD5 = binascii.b2a_base64(hashlib.md5(b"").digest(), newline=False)
 
+# The forms of the Authorization value's parts, checked before the signature: the signed
+# string joins them without separators, so only fixed forms keep a character from moving
+# across a boundary unnoticed. Unix seconds without a leading zero or sign (a leading zero
+# could come from the end of a query and leave the value unchanged); a GUID, as the
+# reference client's Guid.NewGuid().ToString("N") makes it (the hyphenated "D" form too).
+_TIMESTAMP = re.compile(r"[1-9][0-9]{0,11}")
+_NONCE = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{27}=|[A-Za-z0-9+/]{43}=")  # SHA-1 | SHA-256
+
 
 class OnePointOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A ``onepoint`` or ``diy`` channel's options (``[channels.NAME.options]``).
@@ -62,6 +73,11 @@ class OnePointOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded as .NET's
             ``HttpUtility.UrlEncode`` does (``lower-urlencoded``).
         public_url: The URL the provider calls, for signature checks behind a proxy.
+        hmac_window: Seconds (default 600) the signature's Timestamp may be from the
+            time the callback arrives, either way: older or newer is a 401. The default
+            equals ``duplicate_body_window``, so a replayed signed request is answered as a
+            duplicate for as long as it would pass, and leaves room for a retry of the
+            same signed request and for clocks minutes apart.
     """
 
     credentials: dict[str, str] = {}
@@ -70,19 +86,22 @@ class OnePointOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hmac_body: Literal["raw", "md5"] = "raw"
     hmac_uri: Literal["as-sent", "lower-urlencoded"] = "as-sent"
     public_url: str | None = None
+    hmac_window: float = 600.0
 
 
 def signature_check(channel: Channel, options: OnePointOptions, name: str) -> HmacCheck:
     """The ``"hmac"`` authenticator of channel ``name`` (an ``AuthenticatorFactory``).
 
     Raises:
-        ConfigError: no credentials, or a Secret that is not Base64 when
-            ``hmac_key_encoding = "base64"`` (the message names the key path).
+        ConfigError: no credentials, a ``hmac_window`` that is not positive, or a Secret
+            that is not Base64 when ``hmac_key_encoding = "base64"`` (the message names
+            the key path).
     """
+    if not options.hmac_window > 0:
+        raise ConfigError(f"channels.{name}.options.hmac_window: must be a positive number")
     if not options.credentials:
         raise ConfigError(
-            f"channels.{name}.options.credentials: auth = 'hmac' needs credentials "
-            "(AppId = Secret)"
+            f"channels.{name}.options.credentials: auth = 'hmac' needs credentials (AppId = Secret)"
         )
     return HmacCheck(options, name)
 
@@ -106,8 +125,14 @@ class HmacCheck(Authenticator):
     ``hmac_*`` options. With ``lower-urlencoded`` and ``md5`` this is the signer OnePoint's
     scheme comes from (an ASP.NET Web API sample): URI =
     ``HttpUtility.UrlEncode(Uri.AbsoluteUri.ToLower())`` and, for a request without
-    content, nothing at all for the body. No replay window: OnePoint says its timestamp
-    and nonce checks do not apply to callbacks.
+    content, nothing at all for the body.
+
+    Before the signature, each part of the value is checked for its form (the signed
+    string joins them without separators): the AppId is a configured one, the Signature
+    Base64 of a SHA-1 or SHA-256 digest, the Nonce a GUID (32 hex digits, or the
+    hyphenated form), the Timestamp Unix seconds (digits, no leading zero) within
+    ``hmac_window`` seconds of now. A replay within the window is the same callback
+    again: the journal answers it as a duplicate.
 
     Raises:
         ConfigError: (at construction) a Secret is not valid Base64 with
@@ -131,6 +156,7 @@ class HmacCheck(Authenticator):
         self.md5_body = options.hmac_body == "md5"
         self.lower_urlencoded = options.hmac_uri == "lower-urlencoded"
         self.public_url = options.public_url.rstrip("/") if options.public_url else None
+        self.window = options.hmac_window
         self.channel_name = channel_name
         # The encoded URL without its query, by URL: a channel is called at few URLs.
         self._encoded: dict[str, str] = {}
@@ -202,6 +228,16 @@ class HmacCheck(Authenticator):
         app_id, presented, nonce, timestamp = parts
         if app_id not in self.macs:
             raise NotAuthenticated("wrong credentials: unknown AppId")
+        if _SIGNATURE.fullmatch(presented) is None:
+            raise NotAuthenticated("malformed signature: Signature is not a Base64 digest")
+        if _NONCE.fullmatch(nonce) is None:
+            raise NotAuthenticated("malformed signature: Nonce is not a GUID")
+        if _TIMESTAMP.fullmatch(timestamp) is None:
+            raise NotAuthenticated("malformed signature: Timestamp is not Unix seconds")
+        if abs(now() - int(timestamp)) > self.window:
+            raise NotAuthenticated(
+                f"expired signature: Timestamp is more than {self.window:g} s from now"
+            )
         given = presented.encode("latin-1")
         expected = self._sign(request, app_id, nonce, timestamp, self._body(request.body))
         matched = hmac.compare_digest(given, expected)
@@ -222,6 +258,11 @@ class HmacCheck(Authenticator):
                 ),
             )
             raise NotAuthenticated("wrong credentials: signature does not match")
+
+
+def now() -> float:
+    """Seconds since the epoch (``time.time``), read once per signature check."""
+    return time.time()
 
 
 def _utf8(data: bytes) -> str:
