@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         help="every entry received since, e.g. 2h (with --rejected: the rejected ones only)",
     )
     replay.add_argument("--dry-run", action="store_true", help="list, dispatch nothing")
+    replay.add_argument(
+        "--only-loaded",
+        action="store_true",
+        help="replay entries even when a plugin they failed in is not loaded (by default "
+        "replay refuses, exit 2, and names the missing plugins)",
+    )
 
     prune = commands.add_parser(
         "prune", help="delete old done, rejected, recovered and dead entries"

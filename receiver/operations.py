@@ -141,6 +141,19 @@ async def _replay_chosen(
     ordered = sorted(chosen.values(), key=lambda e: e.received_at)
     entries = [e for e in ordered if e.event is not None]
     rejects = [e for e in ordered if e.state == "rejected"]
+    unloaded = _unloaded_plugins(endpoint, entries)
+    if unloaded and not args.only_loaded:
+        for entry_id, names in unloaded.items():
+            print(
+                f"replay refused: {entry_id} failed in {', '.join(names)}, not loaded here",
+                file=sys.stderr,
+            )
+        print(
+            "load the plugins serve loads (plugins_dir or plugins in the configuration, or "
+            "--plugins-dir), or replay with the loaded ones only: --only-loaded",
+            file=sys.stderr,
+        )
+        return 2
     for entry in ordered:
         if entry.state == "recovered":  # asked for by id
             print(f"{entry.id} was recovered already, as {entry.recovered_as}")
@@ -159,6 +172,18 @@ async def _replay_chosen(
             print(f"{len(rejects) - still} rejected entries would be recovered, {still} not")
         return 1 if still else 0
     return await _replay_all(endpoint, journal, entries, rejects)
+
+
+def _unloaded_plugins(endpoint: CallbackEndpoint, entries: list[Entry]) -> dict[str, list[str]]:
+    """Entry id -> the plugins it failed in (``failed_plugins``) that are not loaded now:
+    replaying without them would mark the entry done with its failed work never redone."""
+    loaded = {name for name, _ in endpoint.manager.list_name_plugin()}
+    unloaded = {}
+    for entry in entries:
+        missing = sorted(set(entry.failed_plugins or ()) - loaded)
+        if missing:
+            unloaded[entry.id] = missing
+    return unloaded
 
 
 def _reparse(endpoint: CallbackEndpoint, entry: Entry) -> tuple[Event, str | None]:

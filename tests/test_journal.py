@@ -541,14 +541,15 @@ def test_journal_cli_events_replay_prune(
     assert dead_id in out
     assert ONEPOINT_DELIVERED.decode() in out
 
-    assert main(["replay", "--config", str(toml), "--dead", "--dry-run"]) == 0
+    assert main(["replay", "--config", str(toml), "--dead", "--dry-run", "--only-loaded"]) == 0
     out = capsys.readouterr().out
     assert f"would replay {dead_id}" in out
     assert failed_id not in out
     assert not count_file.exists()
     assert state_of(db, dead_id) == "dead"
 
-    assert main(["replay", "--config", str(toml), "--dead"]) == 0
+    # The entry failed in a plugin object this configuration does not load: --only-loaded.
+    assert main(["replay", "--config", str(toml), "--dead", "--only-loaded"]) == 0
     assert count_file.read_text().split() == [dead_id]
     assert state_of(db, dead_id) == "done"
     assert state_of(db, failed_id) == "failed"
@@ -769,3 +770,85 @@ def test_journal_operator_commands_on_a_missing_journal_create_nothing(
         assert main([*argv, "--config", str(toml)]) == 2
         assert f"journal: {db} does not exist" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_journal_replay_refuses_when_a_failed_plugin_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 part 2: ``replay --dead`` without the plugins serve loaded used to mark the
+    entry done with the failed plugin never run. It refuses (exit 2, entry unchanged, the
+    missing plugin named), replays with ``--only-loaded``, and runs the plugin when the
+    configuration loads it."""
+    import receiver.logs
+    from receiver.cli import main
+
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    for name in ("RECEIVER_CONFIG", "RECEIVER_JOURNAL", "RECEIVER_PLUGINS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+
+    db = db_path(tmp_path)
+    ran = tmp_path / "ran.txt"
+    flag = tmp_path / "fail.flag"
+    flag.touch()
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "flaky_crm.py").write_text(
+        "import os\n"
+        "from receiver import hookimpl\n\n"
+        "@hookimpl\n"
+        "def on_receipt(event):\n"
+        f"    if os.path.exists({str(flag)!r}):\n"
+        "        raise RuntimeError('crm down')\n"
+        f"    with open({str(ran)!r}, 'a') as f:\n"
+        "        f.write(event.id + '\\n')\n"
+    )
+    base = f'journal = "sqlite:///{db}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    with_plugins, without = tmp_path / "serve.toml", tmp_path / "bare.toml"
+    with_plugins.write_text(f"plugins_dir = {str(plugins)!r}\n" + base)
+    without.write_text(base)
+
+    app = make_app(tmp_path, plugins_dir=str(plugins), retry_delays=[])
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+    ((dead_id, state),) = [(r["id"], r["state"]) for r in rows(db)]
+    assert state == "dead"
+    capsys.readouterr()
+
+    assert main(["replay", "--config", str(without), "--dead"]) == 2
+    err = capsys.readouterr().err
+    assert f"replay refused: {dead_id} failed in flaky_crm, not loaded here" in err
+    assert "--only-loaded" in err
+    assert state_of(db, dead_id) == "dead"
+    assert main(["replay", "--config", str(without), "--dead", "--dry-run"]) == 2
+    assert state_of(db, dead_id) == "dead"
+
+    flag.unlink()  # the CRM is back
+    assert main(["replay", "--config", str(with_plugins), "--dead"]) == 0
+    assert ran.read_text().split() == [dead_id]
+    assert state_of(db, dead_id) == "done"
+
+
+def test_journal_replay_only_loaded_replays_without_the_missing_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import receiver.logs
+    from receiver.cli import main
+
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("RECEIVER_CONFIG", raising=False)
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    db = db_path(tmp_path)
+    app = make_app(tmp_path, plugins=[FailingReceipts()], retry_delays=[])
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+    ((dead_id, state),) = [(r["id"], r["state"]) for r in rows(db)]
+    assert state == "dead"
+    toml = tmp_path / "bare.toml"
+    toml.write_text(
+        f'journal = "sqlite:///{db}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    assert main(["replay", "--config", str(toml), "--dead"]) == 2
+    assert state_of(db, dead_id) == "dead"
+    assert main(["replay", "--config", str(toml), "--dead", "--only-loaded"]) == 0
+    assert state_of(db, dead_id) == "done"
