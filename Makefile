@@ -19,7 +19,7 @@ $(BIN)/receiver: pyproject.toml
 	touch $@
 
 run: $(BIN)/receiver
-	$(BIN)/receiver serve --config examples/receiver.toml --plugins-dir plugins
+	$(BIN)/receiver serve --config examples/receiver.toml
 
 test: $(BIN)/receiver tools
 	$(BIN)/pytest

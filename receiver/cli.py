@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_config(prune)
     prune.add_argument("--older-than", type=_age, required=True, help="e.g. 30d")
+    prune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     return parser
 
 
@@ -141,13 +142,16 @@ def _age(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30d, 12h or 90s") from None
 
 
-def _load(args: argparse.Namespace, *, standalone: bool = False) -> Config:
+def _load(
+    args: argparse.Namespace, *, standalone: bool = False, channel_secrets: bool = True
+) -> Config:
     """The configuration, with the command line's overrides.
 
     ``standalone``: as ``receiver serve`` runs it: metrics on, and the SQLite journal
-    under ``state_dir`` unless the configuration says otherwise.
+    under ``state_dir`` unless the configuration says otherwise. ``channel_secrets``
+    False: for commands that never serve (the channels' keys need not be set).
     """
-    config = load_config(args.config)
+    config = load_config(args.config, channel_secrets=channel_secrets)
     if args.plugins_dir:
         config = msgspec.structs.replace(config, plugins_dir=args.plugins_dir)
     if standalone:
@@ -232,7 +236,7 @@ def worker_app() -> Any:
 def _check_config(args: argparse.Namespace) -> int:
     from receiver.app import create_app
 
-    config = _load(args)
+    config = _load(args, channel_secrets=False)  # an unset channel secret is a warning
     create_app(config)  # providers, plugins and channel options are checked too
     print(f"{args.config or os.environ.get('RECEIVER_CONFIG') or 'receiver.toml'}: ok")
     print(_channel_table(config))
@@ -243,7 +247,7 @@ def _plugins(args: argparse.Namespace) -> int:
     from receiver.app import create_app
     from receiver.plugins import describe
 
-    app = create_app(_load(args))
+    app = create_app(_load(args, channel_secrets=False))
     for name, hooks in describe(app.state.plugin_manager):
         print(f"{name}: {', '.join(hooks) if hooks else '(no hooks)'}")
     return 0
@@ -257,7 +261,7 @@ def _operator(name: str) -> Callable[[argparse.Namespace], int]:
         from receiver import operations
 
         command: Callable[[argparse.Namespace, Config], int] = getattr(operations, name)
-        return command(args, _load(args, standalone=True))
+        return command(args, _load(args, standalone=True, channel_secrets=False))
 
     return run
 

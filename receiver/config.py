@@ -9,9 +9,11 @@ converted to that provider's options struct when the app is built.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,10 +150,15 @@ def _check_networks(networks: list[str], where: str) -> None:
             raise ConfigError(f"{where}: {network!r} is not an address or network") from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, channel_secrets: bool = True
+) -> Config:
     """Read and validate a TOML configuration.
 
-    With no ``path``: ``$RECEIVER_CONFIG``, then ``./receiver.toml``.
+    With no ``path``: ``$RECEIVER_CONFIG``, then ``./receiver.toml``. Relative paths in
+    the file are relative to its folder (:func:`resolve_paths`). ``channel_secrets``
+    False: a channel secret whose variable is unset or file unreadable does not stop the
+    load (see :func:`expand_secrets`); the operator commands read the journal so.
 
     Raises:
         ConfigError: no file, unreadable TOML, unknown keys or wrong types (with path).
@@ -169,11 +176,37 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    data = expand_secrets(data, str(path))
+    unset: list[str] | None = None if channel_secrets else []
+    data = expand_secrets(data, str(path), unset=unset)
+    if unset:
+        log.warning(
+            "channel secrets not set here: fine for reading the journal, serve needs them",
+            source=str(path),
+            keys=unset,
+        )
+    resolve_paths(data, Path(path).resolve().parent)
     apply_environment(data)
     return config_from_dict(data, str(path))
 
 
+def resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make the file's relative paths (``state_dir``, ``plugins_dir``, a ``sqlite:///``
+    journal) relative to ``folder``, the configuration file's, not the current directory:
+    ``serve`` and the operator commands then find the same journal from anywhere.
+    ``state_dir`` unset is ``folder/state``."""
+    data.setdefault("state_dir", "state")
+    for key in ("state_dir", "plugins_dir"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            data[key] = str(folder / value)
+    journal = data.get("journal")
+    if isinstance(journal, str) and journal.startswith(_SQLITE):
+        file = journal[len(_SQLITE) :]
+        if file and not os.path.isabs(file) and not file.startswith(":"):
+            data["journal"] = _SQLITE + str(folder / file)
+
+
+_SQLITE = "sqlite:///"
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ENV_PREFIX = "RECEIVER_"
 _ENV_OPTIONS = (
@@ -186,35 +219,54 @@ _ENV_OPTIONS = (
 )
 
 
-def expand_secrets(data: Any, source: str, path: str = "") -> Any:
+def expand_secrets(
+    data: Any, source: str, path: str = "", *, unset: list[str] | None = None
+) -> Any:
     """Replace ``${VAR}`` with the environment variable and ``file:/path`` with the file.
 
     So a configuration can be committed while its keys live in the environment or in
     mounted secret files. A variable that is not set, or a file that cannot be read, is
-    a :class:`ConfigError` naming the key (never the value).
+    a :class:`ConfigError` naming the key (never the value); with ``unset`` a list, one
+    under ``channels.`` (a channel's keys or credentials, which only serving needs) is
+    instead replaced by a random value that no request will present, and its key path is
+    appended to ``unset``.
     """
     if isinstance(data, dict):
         return {
-            key: expand_secrets(value, source, f"{path}.{key}" if path else key)
+            key: expand_secrets(value, source, f"{path}.{key}" if path else key, unset=unset)
             for key, value in data.items()
         }
     if isinstance(data, list):
-        return [expand_secrets(item, source, f"{path}[{i}]") for i, item in enumerate(data)]
+        return [
+            expand_secrets(item, source, f"{path}[{i}]", unset=unset) for i, item in enumerate(data)
+        ]
     if not isinstance(data, str):
         return data
+    lenient = unset is not None and path.startswith("channels.")
     if data.startswith("file:"):
         try:
             return Path(data[5:]).read_text(encoding="utf-8").strip()
         except OSError as exc:
+            if lenient and unset is not None:
+                unset.append(path)
+                return _stand_in()
             raise ConfigError(f"{source}: {path}: cannot read {data[5:]}: {exc.strerror}") from None
 
     def lookup(match: re.Match[str]) -> str:
         value = os.environ.get(match[1])
         if value is None:
+            if lenient and unset is not None:
+                unset.append(path)
+                return _stand_in()
             raise ConfigError(f"{source}: {path}: environment variable {match[1]} is not set")
         return value
 
     return _REFERENCE.sub(lookup, data)
+
+
+def _stand_in() -> str:
+    """A secret for a command that never serves: random, valid as text and as Base64."""
+    return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 def apply_environment(data: dict[str, Any]) -> None:

@@ -280,11 +280,23 @@ async def _replay_all(
     return 1 if failed or still else 0
 
 
+_PRUNED = ("done", "rejected", "recovered", "dead")
+"""The states ``prune`` deletes (as :meth:`Journal.prune` says): never one still to handle."""
+
+
 def prune(args: argparse.Namespace, config: Config) -> int:
     _, journal = _journal(config)
 
     async def prune() -> int:
-        removed = await journal.prune(time.time() - args.older_than)
+        cutoff = time.time() - args.older_than
+        if args.dry_run:
+            entries = await journal.entries(limit=None)
+            old = [e for e in entries if e.received_at < cutoff and e.state in _PRUNED]
+            for entry in old:
+                print(f"would prune {entry.id} {entry.channel} {entry.type or '-'} ({entry.state})")
+            print(f"would prune {len(old)} entries")
+            return 0
+        removed = await journal.prune(cutoff)
         print(f"pruned {removed} entries")
         return 0
 
