@@ -24,6 +24,7 @@ from starlette.routing import Route
 from receiver.asgi import ClientGone, Receive, Scope, Send, header_index
 from receiver.config import Config, load_config
 from receiver.endpoint import Answer, BoundChannel, CallbackEndpoint
+from receiver.errors import Outcome
 from receiver.journal import Journal
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
 from receiver.middleware import (
@@ -152,6 +153,19 @@ def log_answer(
                 duration_ms=duration_ms,
             )
             return
+        if answer.outcome is Outcome.accepted:
+            logger.info(
+                "callback",
+                client=client[0] if client else None,
+                type=event.type,
+                message_id=event.message_id,
+                event_id=event.id,
+                status=answer.status,
+                duration_ms=duration_ms,
+            )
+            return
+        # Answered 200 but not plainly accepted (a duplicate; handlers failed, to be
+        # retried): the line says which.
         logger.info(
             "callback",
             client=client[0] if client else None,
@@ -160,6 +174,7 @@ def log_answer(
             event_id=event.id,
             status=answer.status,
             duration_ms=duration_ms,
+            outcome=answer.outcome.value,
         )
         return
     fields: dict[str, Any] = {

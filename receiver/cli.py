@@ -178,15 +178,16 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app
     from receiver.logs import configure_logging
 
-    configure_logging(args.log_format, args.log_level)
+    log_format = configure_logging(args.log_format, args.log_level)
     config = _load(args, standalone=True)
     if args.workers > 1 and config.journal != "none":
         raise ConfigError(
             "the SQLite journal serves one process: use --workers 1, or journal = 'none'"
         )
     app = create_app(config)  # fail here, in the parent, on any configuration error
-    print(f"receiver listening on http://{args.host}:{args.port}", file=sys.stderr)
-    print(_channel_table(config), file=sys.stderr, flush=True)
+    if log_format == "console":  # in JSON, every line is JSON: the "serving" line says it
+        print(f"receiver listening on http://{args.host}:{args.port}", file=sys.stderr)
+        print(_channel_table(config), file=sys.stderr, flush=True)
     log.info(
         "serving",
         url=f"http://{args.host}:{args.port}",

@@ -174,8 +174,9 @@ class _BatchedLogger:
         self.error = self.critical = self.exception = self.fatal = writer.write
 
 
-def configure_logging(log_format: LogFormat | None = None, level: str = "info") -> None:
-    """Send structlog and standard-library logs (uvicorn's) to stderr, one line each.
+def configure_logging(log_format: LogFormat | None = None, level: str = "info") -> LogFormat:
+    """Send structlog and standard-library logs (uvicorn's) to stderr, one line each;
+    return the format chosen.
 
     ``log_format`` None picks console output on a terminal and JSON lines otherwise.
     Console lines are written at once; JSON lines in batches (see :class:`BatchedWriter`).
@@ -187,7 +188,8 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
         structlog.processors.add_log_level,
         _timestamp,
     ]
-    console = structlog.dev.ConsoleRenderer()
+    # Colour only on a terminal: escape codes in a file or a pipe are noise.
+    console = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         # A copy: structlog.testing.capture_logs() edits the configured list in place.
@@ -224,6 +226,7 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    return log_format
 
 
 _writer: BatchedWriter | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Collection, Sequence
 
@@ -92,7 +93,11 @@ class Redelivery:
     def start(self) -> None:
         """Start the worker once (at start-up, or at the first callback when mounted)."""
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+            # A context of its own: started by a callback (a mounted app), the worker
+            # would otherwise carry that request's id into every retry's log lines.
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), context=contextvars.Context()
+            )
 
     async def stop(self) -> None:
         """Stop the worker (what it was dispatching is retried at the next start)."""

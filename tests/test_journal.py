@@ -22,11 +22,16 @@ from typing import Any
 import httpx2
 import msgspec
 import pytest
+import structlog
 from samples import PAYLOADS
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
+from structlog.testing import capture_logs
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
 from receiver.journal import SQLiteJournal
+from receiver.redelivery import Redelivery
 
 WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
 ONEPOINT_MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
@@ -852,3 +857,39 @@ def test_journal_replay_only_loaded_replays_without_the_missing_plugin(
     assert state_of(db, dead_id) == "dead"
     assert main(["replay", "--config", str(toml), "--dead", "--only-loaded"]) == 0
     assert state_of(db, dead_id) == "done"
+
+
+class ContextWatcher:
+    """on_receipt fails once, then succeeds; records structlog's context at each call."""
+
+    def __init__(self) -> None:
+        self.contexts: list[dict[str, Any]] = []
+
+    @hookimpl
+    def on_receipt(self, event: Event) -> None:
+        self.contexts.append(structlog.contextvars.get_contextvars())
+        if len(self.contexts) == 1:
+            raise RuntimeError("first try fails")
+
+
+def test_journal_retry_runs_without_the_first_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 part 6: the retry worker, started by a callback of a mounted app, used to
+    carry that request's id into every retry's log lines. The failed callback's own line
+    says its outcome."""
+    monkeypatch.setattr(Redelivery, "poll_interval", 0.02)
+    watcher = ContextWatcher()
+    receiver_app = make_app(tmp_path, plugins=[watcher], retry_delays=[0.01])
+    host = Starlette(routes=[Mount("/hooks", app=receiver_app)])  # no receiver lifespan
+    with TestClient(host) as client, capture_logs() as logs:
+        response = client.post("/hooks/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+        assert response.status_code == 200
+        deadline = time.monotonic() + 5
+        while len(watcher.contexts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    first, retried = watcher.contexts
+    assert first.get("request_id")
+    assert "request_id" not in retried
+    (line,) = [entry for entry in logs if entry["event"] == "callback"]
+    assert line["outcome"] == "handler_error"

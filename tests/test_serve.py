@@ -201,3 +201,36 @@ def test_plugins_command_lists_plugins_and_their_hooks(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "slow: on_stop" in result.stdout
     assert "receiver.builtin: register_providers" in result.stdout
+
+
+def test_serve_json_mode_writes_only_json_lines(tmp_path: Path) -> None:
+    """Issue 14 part 6: in JSON mode the start-up banner and channel table are JSON too
+    (the "serving" line), so a log shipper never meets a plain line."""
+    with serve(tmp_path, WHISPIR_QUERY) as server:
+        json_type = {"Content-Type": "application/json"}
+        assert server.request(f"/w?auth={SECRET}", WHISPIR_REPLY, json_type)[0] == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0
+    lines = [line for line in server.log_text().splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), lines[:3]
+    serving = next(e for e in server.log_events() if e["event"] == "serving")
+    assert serving["url"] == server.base
+
+
+def test_serve_operator_command_output_has_no_colour_codes_off_a_terminal(
+    tmp_path: Path,
+) -> None:
+    """A warning of an operator command, written to a pipe, carries no escape codes."""
+    (tmp_path / "receiver.toml").write_text(WHISPIR_QUERY)  # WHISPIR_KEY unset: a warning
+    env = {k: v for k, v in os.environ.items() if k != "WHISPIR_KEY"}
+    env["RECEIVER_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "check-config", "--config", "receiver.toml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"channel secrets not set here" in done.stderr
+    assert b"\x1b[" not in done.stderr + done.stdout
