@@ -41,6 +41,9 @@ def test_serve_logs_json_lines_without_the_key_and_counts_metrics(tmp_path: Path
         'type="message"} 1.0' in text
     )
     assert 'outcome="rejected_auth"' in text
+    # The standard collectors (issue 14 part 6): the process's memory, descriptors, Python.
+    for series in ("process_resident_memory_bytes ", "process_open_fds ", "python_info{"):
+        assert series in text
     log = server.log_text()
     assert SECRET not in log
     assert "not-the-key" not in log
