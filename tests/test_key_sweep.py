@@ -36,16 +36,22 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from recorder import EventRecorder
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, create_app
+from receiver.auth import CallbackRequest, build_authenticator, without_key_param
 from receiver.cli import main
+from receiver.errors import NotAuthenticated
+from receiver.providers import DiyProvider
 
 KEY = "k3y-SWEEP-7a1f"
 USER = "hooks"
@@ -471,3 +477,57 @@ def test_key_sweep_query_key_parameter_is_removed_not_redacted(
         ("rejected", BROKEN_FIELDS.encode()),
     ]
     assert [meta.get("query") for meta in metas] == [GET_FIELDS, BROKEN_FIELDS, "batch=7", None]
+
+
+_PIECES = st.sampled_from(
+    [
+        "auth",
+        "AUTH",
+        "a",
+        "u",
+        "t",
+        "h",
+        "%61",
+        "%75",
+        "%41",
+        "=",
+        "&",
+        ";",
+        "+",
+        "%3D",
+        "%26",
+        "%2",
+        "%",
+        "%C3%A4",
+        "%E2%84%AA",
+        "\xe4",
+        "x",
+        KEY,
+        "%6B3y-SWEEP-7a1f",
+    ]
+)
+
+
+def _refusal(query: str) -> str | None:
+    """Why a query-auth channel refuses ``query`` (None: it accepts it)."""
+    authenticator = build_authenticator(
+        Channel(provider="diy", auth="query", keys=[KEY]), "q", DiyProvider, None
+    )
+    scope = {"headers": [], "query_string": query.encode("latin-1")}
+    try:
+        authenticator.check(CallbackRequest(scope, b""))
+    except NotAuthenticated as exc:
+        return str(exc)
+    return None
+
+
+@given(st.lists(_PIECES, max_size=14).map("".join))
+def test_key_sweep_check_and_removal_never_disagree(query: str) -> None:
+    """Whatever the query, the check finds no key parameter at all in what removal
+    leaves, and it accepts exactly what it accepted when it read the query with
+    ``parse_qsl`` (authentication itself is unchanged)."""
+    left = _refusal(without_key_param(query, "auth"))
+    assert left is not None and left.startswith("missing credentials")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    first = next((value for name, value in pairs if name.lower() == "auth"), None)
+    assert (_refusal(query) is None) == (first == KEY)
