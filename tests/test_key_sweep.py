@@ -531,3 +531,21 @@ def test_key_sweep_check_and_removal_never_disagree(query: str) -> None:
     pairs = parse_qsl(query, keep_blank_values=True)
     first = next((value for name, value in pairs if name.lower() == "auth"), None)
     assert (_refusal(query) is None) == (first == KEY)
+
+
+def test_key_sweep_key_header_is_never_kept_even_under_a_kept_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel whose key travels in a header the journal otherwise keeps (User-Agent)
+    keeps that header out of the entry's meta."""
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    db = tmp_path / "journal.db"
+    channel = Channel(provider="diy", auth="header", header="User-Agent", keys=[KEY])
+    config = Config(channels={"ua": channel}, journal=f"sqlite:///{db}")
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/ua", content=POST_BODY, headers={"User-Agent": KEY, **JSON})
+    assert answer.status_code == 200
+    with sqlite3.connect(db) as connection:
+        (meta,) = connection.execute("SELECT meta FROM events").fetchone()
+    kept = msgspec.msgpack.decode(meta)
+    assert "user-agent" not in kept and kept["content-type"] == "application/json"
