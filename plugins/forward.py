@@ -8,7 +8,8 @@ Off unless the configuration has its table::
     headers = { Authorization = "Bearer ${FORWARD_TOKEN}" }   # optional
 
 Each event is POSTed as ``msgspec.json.encode(event)`` (the field names of
-:class:`receiver.Event`; ``raw`` is base64, datetimes ISO 8601) with
+:class:`receiver.Event`; ``raw`` is base64, for a GET callback the query without the
+``auth = "query"`` key parameter; datetimes ISO 8601) with
 ``Content-Type: application/json``. A connection failure, a timeout or any answer other
 than 2xx (redirects are not followed) makes the hook raise: the provider is answered 500
 and may retry (with a ``journal``, it gets 200 and receiver retries the forward), so the

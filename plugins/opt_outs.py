@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 
 from receiver import Config, ConfigError, Event, blocking, hookimpl
+from receiver.logs import bounded
 
 log = structlog.get_logger()
 
@@ -51,8 +52,9 @@ def _normalize(number: str) -> str:
 
 
 def mask(number: str) -> str:
-    """``number`` as it may be logged: only its last 4 characters."""
-    return "*" * max(len(number) - 4, 0) + number[-4:]
+    """``number`` as it may be logged: only its last 4 characters (escaped), after at
+    most 15 stars (a number is never longer; a sender's 1 MB Source is not logged whole)."""
+    return "*" * min(max(len(number) - 4, 0), 15) + bounded(number[-4:])
 
 
 def _connect() -> sqlite3.Connection:

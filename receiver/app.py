@@ -26,6 +26,7 @@ from receiver.config import Config, load_config
 from receiver.endpoint import Answer, BoundChannel, CallbackEndpoint
 from receiver.errors import Outcome
 from receiver.journal import Journal
+from receiver.logs import bounded
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
 from receiver.middleware import (
     FORWARDING_HEADERS,
@@ -92,7 +93,7 @@ class Edge:
             try:
                 answer = await self.endpoint.handle(scope, receive, bound, name, headers)
             except ClientGone:
-                log.info("client disconnected", channel=name)
+                log.info("client disconnected", channel=bounded(name))
                 return
             log_answer(scope, name, bound, answer, _elapsed_ms(started))
             body = answer.body
@@ -139,8 +140,11 @@ def _logger(bound: BoundChannel) -> Any:
 def log_answer(
     scope: Scope, name: str, bound: BoundChannel | None, answer: Answer, duration_ms: float
 ) -> None:
-    """The one log line per request. Never a key, signature, query or header."""
+    """The one log line per request. Never a key, signature, query or header; what the
+    request chose (an unknown channel's name, the method, a message id, a forwarded client
+    address) cut and escaped by :func:`bounded`."""
     client = scope.get("client")
+    address = bounded(client[0], 64) if client else None
     event = answer.event
     if answer.reason is None:
         assert bound is not None  # answered: the channel exists
@@ -148,7 +152,7 @@ def log_answer(
         if event is None:  # a URL check
             logger.info(
                 "callback",
-                client=client[0] if client else None,
+                client=address,
                 status=answer.status,
                 duration_ms=duration_ms,
             )
@@ -156,9 +160,9 @@ def log_answer(
         if answer.outcome is Outcome.accepted:
             logger.info(
                 "callback",
-                client=client[0] if client else None,
+                client=address,
                 type=event.type,
-                message_id=event.message_id,
+                message_id=bounded(event.message_id, 64),
                 event_id=event.id,
                 status=answer.status,
                 duration_ms=duration_ms,
@@ -168,9 +172,9 @@ def log_answer(
         # retried): the line says which.
         logger.info(
             "callback",
-            client=client[0] if client else None,
+            client=address,
             type=event.type,
-            message_id=event.message_id,
+            message_id=bounded(event.message_id, 64),
             event_id=event.id,
             status=answer.status,
             duration_ms=duration_ms,
@@ -178,18 +182,18 @@ def log_answer(
         )
         return
     fields: dict[str, Any] = {
-        "channel": name,
+        "channel": name if bound is not None else bounded(name),
         "provider": bound.provider.name if bound is not None else None,
         "status": answer.status,
         "duration_ms": duration_ms,
-        "method": scope["method"],
-        "client": client[0] if client else None,
+        "method": bounded(scope["method"]),
+        "client": address,
         "reason": answer.reason,
         "outcome": answer.outcome.value,
     }
     if event is not None:
         fields["type"] = event.type.value
-        fields["message_id"] = event.message_id
+        fields["message_id"] = bounded(event.message_id, 64)
         fields["event_id"] = event.id
     if answer.status >= 500:
         log.error("callback", **fields)

@@ -19,7 +19,7 @@ import binascii
 import hmac
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import structlog
 
@@ -37,6 +37,8 @@ __all__ = [
     "CallbackRequest",
     "auth_modes",
     "build_authenticator",
+    "is_key_param",
+    "without_key_param",
 ]
 
 log = structlog.get_logger()
@@ -106,13 +108,37 @@ def _header_value(name: str) -> Callable[[CallbackRequest], bytes | None]:
     return lambda request: request.header(wanted)
 
 
+def is_key_param(name: str, param: str) -> bool:
+    """Whether a query parameter written ``name`` (as sent: percent-escapes, ``+``) is
+    the key parameter ``param`` (lowercase) of ``auth = "query"``.
+
+    The one decision both sides use: :func:`_query_value` takes the key from the first
+    such parameter, and :func:`without_key_param` removes every one of them from what is
+    kept, so the two can never disagree on a spelling. The name is percent-decoded as
+    UTF-8 (``+`` as a space, as a form decoder reads it) and matched ignoring case:
+    ``auth``, ``AUTH``, ``%61uth`` and ``a%75th`` are one parameter; ``au+th`` and
+    ``auth%3D...`` are not, and only ``&`` separates parameters (never ``;``).
+    """
+    return unquote_plus(name).lower() == param
+
+
+def without_key_param(query: str, param: str) -> str:
+    """``query`` without every parameter :func:`is_key_param` names (with or without a
+    value); every other pair kept exactly as sent, in order. ``""`` when nothing is left.
+    """
+    return "&".join(
+        pair for pair in query.split("&") if not is_key_param(pair.partition("=")[0], param)
+    )
+
+
 def _query_value(param: str) -> Callable[[CallbackRequest], bytes | None]:
     wanted = param.lower()
 
     def find(request: CallbackRequest) -> bytes | None:
-        for name, value in parse_qsl(request.query, keep_blank_values=True):
-            if name.lower() == wanted:
-                return value.encode()
+        for pair in request.query.split("&"):
+            name, _, value = pair.partition("=")
+            if pair and is_key_param(name, wanted):
+                return unquote_plus(value).encode()
         return None
 
     return find

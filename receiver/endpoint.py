@@ -17,13 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from urllib.parse import unquote_plus
 
 import msgspec
 import structlog
 
 from receiver.asgi import ClientGone, Receive, Scope, read_body
-from receiver.auth import Authenticator, CallbackRequest, build_authenticator
+from receiver.auth import Authenticator, CallbackRequest, build_authenticator, without_key_param
 from receiver.codings import decode_content
 from receiver.config import Channel, Config
 from receiver.dispatch import Dispatcher
@@ -41,6 +40,7 @@ from receiver.errors import (
 )
 from receiver.events import Event, Reply
 from receiver.journal import Journal, Recorded, open_journal
+from receiver.logs import bounded
 from receiver.middleware import Networks
 from receiver.plugins import PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
@@ -70,8 +70,12 @@ class BoundChannel:
     allowed: Networks | None
     """The networks ``allow_ips`` admits; None when the channel admits every address."""
     secret_param: str | None = None
-    """The query parameter holding the key (``auth = "query"``), lowercase: redacted from
-    everything kept or dispatched."""
+    """The query parameter holding the key (``auth = "query"``), lowercase: removed from
+    the query before anything keeps, parses or dispatches it
+    (:func:`receiver.auth.without_key_param`)."""
+    secret_header: bytes | None = None
+    """The header holding the key (``auth = "header"``), lowercase: never kept in the
+    journal's meta, whatever its name."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (made by the edge,
     :func:`receiver.app.log_answer`, at the channel's first callback)."""
@@ -195,6 +199,10 @@ class CallbackEndpoint:
                 return Answer(200, b"", [], Outcome.url_check)  # Whispir wants exactly 200
             body = await read_body(receive, headers.get(b"content-length"), self.max_body)
             bound.authenticator.check(CallbackRequest(scope, body, headers))
+            if bound.secret_param is not None and query:  # the key is no callback field
+                query = without_key_param(
+                    query.decode("latin-1"), bound.secret_param
+                ).encode("latin-1")
             coding = headers.get(b"content-encoding")
             try:
                 if coding is not None:  # authenticated as sent, parsed as meant
@@ -202,10 +210,10 @@ class CallbackEndpoint:
                     coding = None  # what is kept from here on is the decoded body
                 event = _parse(bound, body, query, headers, received_at)
             except PayloadError as exc:
-                await self._reject(scope, bound, body, coding, exc)
+                await self._reject(scope, bound, query, body, coding, exc)
                 raise
             if self.journal is not None:
-                return await self._journaled(scope, bound, event)
+                return await self._journaled(scope, bound, query, event)
             reply = await self.dispatcher.dispatch(event)
             if reply is None:
                 return Answer(200, b"", [], Outcome.accepted, event)
@@ -219,26 +227,31 @@ class CallbackEndpoint:
         self,
         scope: Scope,
         bound: BoundChannel,
+        query: bytes,
         body: bytes,
         coding: bytes | None,
         error: PayloadError,
     ) -> None:
         """Keep an authenticated body that cannot be read as ``rejected`` (journal on), for
-        an operator to inspect and ``receiver replay --rejected`` to recover."""
+        an operator to inspect and ``receiver replay --rejected`` to recover. ``query`` is
+        the query string without the key parameter."""
         if self.journal is None:
             return
-        meta = _meta(scope, bound)
+        meta = _meta(scope, bound, query)
         if coding is not None:  # kept still encoded: say how, for a replay
             meta["content-encoding"] = coding.decode("latin-1")
         await self.journal.reject(bound.name, bound.provider.name, body, meta, str(error))
 
-    async def _journaled(self, scope: Scope, bound: BoundChannel, event: Event) -> Answer:
+    async def _journaled(
+        self, scope: Scope, bound: BoundChannel, query: bytes, event: Event
+    ) -> Answer:
         """Store ``event`` durably, then dispatch it: a handler failure is recorded for a
-        retry and answered 200 (the event is safe); a re-send is answered as its original."""
+        retry and answered 200 (the event is safe); a re-send is answered as its original.
+        ``query`` is the query string without the key parameter."""
         journal, redelivery = self.journal, self.redelivery
         assert journal is not None and redelivery is not None
         key = bound.provider.dedupe_key(event)
-        recorded = await journal.record(event, _meta(scope, bound), key)
+        recorded = await journal.record(event, _meta(scope, bound, query), key)
         if recorded.duplicate_of is not None:
             return await self._duplicate(bound, event, recorded)
         event = recorded.event
@@ -327,6 +340,7 @@ def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChan
             raise ConfigError(f"channels.{name}: {exc}") from None
         if channel.auth == "none":
             log.warning("channel accepts callbacks without authentication", channel=name)
+        header = (channel.header or cls.key_header) if channel.auth == "header" else None
         channels[name] = BoundChannel(
             name,
             channel,
@@ -334,6 +348,7 @@ def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChan
             build_authenticator(channel, name, cls, options),
             Networks(channel.allow_ips) if channel.allow_ips else None,
             channel.param.lower() if channel.auth == "query" else None,
+            header.lower().encode("latin-1") if header else None,
         )
     return channels
 
@@ -345,9 +360,8 @@ def _parse(
     headers: dict[bytes, bytes],
     received_at: datetime,
 ) -> Event:
-    """The request's event, by the channel's provider (a query key redacted first)."""
-    if bound.secret_param is not None and query:  # the key is no callback field
-        query = _redacted(query.decode("latin-1"), bound.secret_param).encode("latin-1")
+    """The request's event, by the channel's provider (``query`` without the key
+    parameter: a GET callback's ``raw`` is this query)."""
     content_type = headers.get(b"content-type")
     return bound.provider.parse(
         body,
@@ -364,32 +378,26 @@ def _failure(exc: Exception, name: str, event: Event | None) -> Answer:
     if isinstance(exc, CallbackError | PayloadError):
         reason = str(exc)
     else:
-        log.exception("unexpected error", channel=name)
+        log.exception("unexpected error", channel=bounded(name))
         reason = "internal error"
     headers = [_JSON_TYPE, _ALLOW] if isinstance(exc, MethodNotAllowed) else [_JSON_TYPE]
     return Answer(status, _encode({"error": reason}), headers, outcome, event, False, reason)
 
 
-def _meta(scope: Scope, bound: BoundChannel) -> dict[str, str]:
-    """What the journal keeps of a request besides the body: never a credential."""
+def _meta(scope: Scope, bound: BoundChannel, query: bytes) -> dict[str, str]:
+    """What the journal keeps of a request besides the body: never a credential.
+
+    ``query`` is the query string without the key parameter (kept as ``query`` unless
+    nothing else was in it); the key's header, Authorization and every header not in
+    :data:`_KEPT_HEADERS` are left out.
+    """
     meta = {"method": scope["method"], "path": scope["path"]}
-    query = scope.get("query_string", b"").decode("latin-1")
     if query:
-        meta["query"] = _redacted(query, bound.secret_param) if bound.secret_param else query
+        meta["query"] = query.decode("latin-1")
     client = scope.get("client")
     if client:
         meta["client"] = client[0]
     for key, value in scope["headers"]:
-        if key in _KEPT_HEADERS:
+        if key in _KEPT_HEADERS and key != bound.secret_header:
             meta[key.decode()] = value.decode("latin-1")
     return meta
-
-
-def _redacted(query: str, secret: str) -> str:
-    """``query`` with the value of every ``secret`` parameter (its name percent-decoded and
-    matched ignoring case, as authentication reads it) replaced by ``REDACTED``."""
-    return "&".join(
-        f"{name}=REDACTED" if unquote_plus(name).lower() == secret else pair
-        for pair in query.split("&")
-        for name in (pair.partition("=")[0],)
-    )

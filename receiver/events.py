@@ -112,7 +112,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
         report_id: Whispir report completion: the report id.
         output_location: Whispir report completion: where the report is.
         out_of_order: Set by the journal when a status would move a message backwards.
-        raw: The body exactly as received (for a GET callback, the query string).
+        raw: The body exactly as received (for a GET callback, the query string, without
+            the key parameter of an ``auth = "query"`` channel: removed, every spelling).
     """
 
     id: str

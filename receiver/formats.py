@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode
 import structlog
 
 from receiver.errors import PayloadError
+from receiver.logs import bounded
 
 __all__ = [
     "MARKS",
@@ -141,7 +142,7 @@ def _codec(charset: str) -> str | None:
         name = codecs.lookup(charset).name
         b"text".decode(name, "replace")  # refuses bytes-to-bytes and 'undefined' codecs
     except (LookupError, UnicodeError, ValueError, TypeError):
-        log.warning("unknown charset: read as UTF-8", charset=charset[:40])
+        log.warning("unknown charset: read as UTF-8", charset=bounded(charset))
         return None
     return None if name == "utf-8" else name
 

@@ -1,4 +1,5 @@
-"""Logging set-up for the command line (library code never configures logging)."""
+"""Logging set-up for the command line (library code never configures logging), and
+:func:`bounded`, which every log line uses for a value taken from a request."""
 
 from __future__ import annotations
 
@@ -10,14 +11,40 @@ import sys
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, overload
 
 import msgspec
 import structlog
 
-__all__ = ["BatchedWriter", "configure_logging", "flush_logs"]
+__all__ = ["BatchedWriter", "bounded", "configure_logging", "flush_logs"]
 
 LogFormat = Literal["json", "console"]
+
+SHOWN = 40
+"""How many characters of a value taken from a request a log line shows (:func:`bounded`)."""
+
+
+@overload
+def bounded(value: None, limit: int = SHOWN) -> None: ...
+@overload
+def bounded(value: str | bytes, limit: int = SHOWN) -> str: ...
+def bounded(value: str | bytes | None, limit: int = SHOWN) -> str | None:
+    """``value``, taken from a request, as a log line may show it.
+
+    At most ``limit`` characters of it (``...(+N)`` says how many more there were), and
+    every character that is not printable ASCII, and the backslash, escaped as Python
+    writes them (``\\n``, ``\\x00``, ``\\u202e``, ``\\\\``): a sender cannot
+    make a log line long, break it in two, or hide text in it. Bytes are read as Latin-1.
+    None stays None. Every log line that shows a field value, a header, a charset, a
+    content type or coding, a path or a channel name a request chose goes through here.
+    """
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    shown = text[:limit].encode("unicode_escape").decode("ascii")
+    return shown if len(text) <= limit else f"{shown}...(+{len(text) - limit})"
 
 
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
@@ -188,8 +215,12 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
         structlog.processors.add_log_level,
         _timestamp,
     ]
-    # Colour only on a terminal: escape codes in a file or a pipe are noise.
-    console = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    # Colour only on a terminal: escape codes in a file or a pipe are noise. Plain
+    # tracebacks: with rich installed, structlog's default shows every frame's locals (a
+    # request's scope, its query string with a key, its Authorization header).
+    console = structlog.dev.ConsoleRenderer(
+        colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+    )
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         # A copy: structlog.testing.capture_logs() edits the configured list in place.

@@ -190,8 +190,9 @@ def _reparse(endpoint: CallbackEndpoint, entry: Entry) -> tuple[Event, str | Non
     """A rejected entry's event and provider key, by its channel's current parser.
 
     The content type is the stored request's. A GET callback's fields were in the query:
-    its entry keeps that (redacted) query as the raw body, marked ``meta["raw"] =
-    "query"`` (entries stored before that have a blank body and the query in the meta).
+    its entry keeps that query (without the key parameter) as the raw body, marked
+    ``meta["raw"] = "query"`` (entries stored before that have a blank body and the query
+    in the meta; older ones hold ``auth=REDACTED``, which the parsers ignore).
     """
     route = endpoint.channels.get(entry.channel)
     if route is None:

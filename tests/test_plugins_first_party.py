@@ -340,6 +340,7 @@ def test_opt_outs_mask_keeps_last_four() -> None:
     module = load_module("opt_outs")
     assert module.mask("447700900654") == "********0654"
     assert module.mask("123") == "123"
+    assert module.mask("4" * 100_000 + "\n123") == "*" * 15 + "\\n123"  # bounded, escaped
 
 
 # forward ---------------------------------------------------------------------------------

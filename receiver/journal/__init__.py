@@ -11,10 +11,10 @@ one more module here implementing the same interface, without touching the reque
 Lifecycle of an entry: ``received`` (committed, being handled) -> ``done`` (handled, the
 reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> ``dead``
 (out of attempts). A body that authenticated but could not be parsed is kept as
-``rejected`` (a blank body's redacted query string is kept as its raw, for the providers
-that call back with GET); once ``receiver replay --rejected`` has parsed it with a fixed
-parser, it is ``recovered``, and ``recovered_as`` names the event it became (a new one,
-or the original it turned out to duplicate).
+``rejected`` (a blank body's query string, its key parameter removed, is kept as its raw,
+for the providers that call back with GET); once ``receiver replay --rejected`` has
+parsed it with a fixed parser, it is ``recovered``, and ``recovered_as`` names the event
+it became (a new one, or the original it turned out to duplicate).
 
 Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
 look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key

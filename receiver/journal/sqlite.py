@@ -353,9 +353,10 @@ def _kept_raw(raw: bytes, meta: dict[str, str]) -> tuple[bytes, dict[str, str]]:
 
     A blank body with a query string was a GET callback (or a POST that put its fields in
     the query): its fields are in the query, so the query is kept as the raw body, as
-    :attr:`Event.raw` keeps it for a GET callback, but as ``meta["query"]`` has it, with
-    the ``auth = "query"`` parameter's value ``REDACTED``. ``meta["raw"] = "query"`` says
-    so, for ``receiver replay --rejected`` to parse it as a query string again.
+    :attr:`Event.raw` keeps it for a GET callback: as ``meta["query"]`` has it, without
+    the ``auth = "query"`` key parameter (the endpoint removed it). ``meta["raw"] =
+    "query"`` says so, for ``receiver replay --rejected`` to parse it as a query string
+    again.
     """
     query = meta.get("query")
     if query and (not raw or raw.isspace()):

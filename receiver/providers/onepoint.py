@@ -30,6 +30,7 @@ from receiver.auth import AuthenticatorFactory
 from receiver.errors import PayloadError
 from receiver.events import Event, EventType, Reply, new_event_id
 from receiver.formats import TOO_DEEP, BodyFormat
+from receiver.logs import bounded
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
 from receiver.providers.onepoint_metadata import INT_MAX, INT_MIN, decode_metadata, flatten_metadata
@@ -174,7 +175,9 @@ class OnePointProvider(Provider):
         event_type = _type(provider_type) if provider_type else None
         if event_type is None:
             event_type = EventType.unknown
-            log.warning("unknown callback type", provider=self.name, provider_type=provider_type)
+            log.warning(
+                "unknown callback type", provider=self.name, provider_type=bounded(provider_type)
+            )
         metadata = flatten_metadata(fields.MetaData)
         if extra_metadata:
             metadata.update(extra_metadata)

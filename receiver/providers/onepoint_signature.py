@@ -23,6 +23,7 @@ import structlog
 from receiver.asgi import url_of
 from receiver.auth import Authenticator, CallbackRequest
 from receiver.errors import ConfigError, NotAuthenticated
+from receiver.logs import bounded
 
 if TYPE_CHECKING:
     from receiver.config import Channel
@@ -250,7 +251,8 @@ class HmacCheck(Authenticator):
             log.warning(
                 "hmac signature mismatch",
                 channel=self.channel_name,
-                signed_url=self.url(request).partition("?")[0],  # a query holds people's data
+                # Without its query (it holds people's data); the host is the request's.
+                signed_url=bounded(self.url(request).partition("?")[0], 120),
                 hint=(
                     "the signature was checked against signed_url (and the query); if the "
                     "provider calls a different URL (a proxy in front), set "
