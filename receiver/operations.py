@@ -35,6 +35,20 @@ def _journal(config: Config) -> tuple[CallbackEndpoint, Journal]:
     return endpoint, endpoint.journal
 
 
+# C0 controls but newline and tab, DEL and C1 controls: a sender's text reaches the
+# operator's terminal, where ESC or CSI sequences would move the cursor, recolour or hide.
+_CONTROLS = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0))
+    if code not in (0x09, 0x0A)
+}
+
+
+def _safe(text: str) -> str:
+    """``text`` with terminal control characters written as ``\\xNN``."""
+    return text.translate(_CONTROLS)
+
+
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -76,9 +90,9 @@ async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
         shown["event"] = msgspec.to_builtins(entry.event) if entry.event else None
         if shown["event"]:
             shown["event"].pop("raw", None)
-        print(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode())
+        print(_safe(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode()))
         print("--- raw body ---")
-        print(entry.raw.decode("utf-8", "replace"))
+        print(_safe(entry.raw.decode("utf-8", "replace")))
         return 0
     since = time.time() - args.since if args.since else None
     entries = await journal.entries(
@@ -99,7 +113,7 @@ async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print(_safe("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()))
     return 0
 
 

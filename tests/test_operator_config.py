@@ -121,3 +121,32 @@ def test_operator_config_prune_dry_run_deletes_nothing(
     assert "pruned 1 entries" in capsys.readouterr().out
     with closing(sqlite3.connect(db)) as connection:
         assert connection.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_operator_events_never_write_terminal_controls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sender's ESC/CSI sequences (in a message id, in the text) reach ``receiver
+    events`` and ``events show`` as ``\\xNN``, never as controls for the terminal."""
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    db = tmp_path / "j.db"
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        f'journal = "sqlite:///{db}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    body = (
+        b'{"Type":"Message","MessageID":"MS\\u001b[2J1","Source":"447700900123",'
+        b'"Message":"hi \\u001b]0;pwned\\u0007 \\u009b31m","Timestamp":"2024-05-21T08:59:01Z"}'
+    )
+    with TestClient(create_app(load_config(toml))) as client:
+        assert client.post("/sms", content=body, headers=JSON).status_code == 200
+    assert main(["events", "--config", str(toml)]) == 0
+    listing = capsys.readouterr().out
+    assert "MS\\x1b[2J1" in listing
+    event_id = next(line for line in listing.splitlines() if "MS\\x1b" in line).split()[0]
+    assert main(["events", "--config", str(toml), "show", event_id]) == 0
+    shown = capsys.readouterr().out
+    for out in (listing, shown):
+        assert not any(ord(ch) < 0x20 and ch not in "\n\t" for ch in out)
+        assert not any(0x7F <= ord(ch) < 0xA0 for ch in out)
