@@ -245,11 +245,11 @@ class Redelivery:
         """Stop the worker (what it was dispatching is retried at the next start); give
         handlers running past their timeout ``grace`` seconds to finish and be recorded,
         then cancel them (their events are handled again at the next start)."""
-        if self._worker is not None:
-            self._worker.cancel()
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():  # a dead one said why (problem)
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await worker
         late = list(self._late)
         if late:
             log.info("waiting for handlers past their timeout", count=len(late), grace=grace)
