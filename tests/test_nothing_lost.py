@@ -99,9 +99,7 @@ def test_undelivered_reply_is_kept_retried_with_backoff_then_done(tmp_path: Path
     assert row["error"] is None and row["failed_plugins"] is None
     assert decode(row["reply"])["text"] == "reply 1"
     assert replier.calls == 1  # the handlers ran exactly once; only the reply was re-sent
-    assert [(event_id, text) for event_id, text, _ in sender.calls] == [
-        (row["id"], "reply 1")
-    ] * 3
+    assert [(event_id, text) for event_id, text, _ in sender.calls] == [(row["id"], "reply 1")] * 3
     assert sender.calls[1][2] - sender.calls[0][2] >= 0.35  # after the first delay
 
 
