@@ -275,7 +275,8 @@ class Dispatcher:
                 resume = clock.resume
 
                 def started() -> Any:
-                    loop.call_soon_threadsafe(resume)
+                    with contextlib.suppress(RuntimeError):  # the loop is closing
+                        loop.call_soon_threadsafe(resume)
                     return impl.function(*args)
 
                 function = started
