@@ -219,6 +219,9 @@ async def _readyz(request: StarletteRequest) -> Response:
     journal: Journal | None = request.app.state.journal
     if journal is not None and (problem := await journal.check()) is not None:
         problems.append(problem)
+    redelivery: Redelivery | None = request.app.state.redelivery
+    if redelivery is not None and (stopped := redelivery.problem()) is not None:
+        problems.append(stopped)
     plugins = [name for name, _ in manager.list_name_plugin()]
     if problems:
         return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
@@ -321,7 +324,8 @@ class _FrontDoor:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Open the journal and resume unfinished work at start-up; close it at shutdown.
+    """Open the journal and resume unfinished work at start-up; close it at shutdown,
+    after handlers still running past their timeout have had one more timeout to finish.
 
     (A mounted app gets no lifespan events: it starts these at its first callback.)
     """
@@ -334,5 +338,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         if journal is not None and redelivery is not None:
-            await redelivery.stop()
+            config: Config = app.state.config
+            await redelivery.stop(grace=max(config.reply_timeout, config.handler_timeout))
             await journal.stop()

@@ -85,6 +85,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         max_body_bytes: Largest body accepted (413 beyond), enforced while reading.
         reply_timeout: Seconds the handlers of a Message/Keyword may take (503 beyond).
         handler_timeout: Seconds the handlers of any other event may take (503 beyond).
+            With a journal, a timeout answers 200 and lets the handlers finish (README).
+        blocking_threads: Threads for ``@blocking`` handlers; waiting for a free one does
+            not count towards the timeouts.
         trusted_proxies: Addresses or networks whose X-Forwarded-For/-Proto/-Host/-Port
             and ``Forwarded`` headers are believed (client address, scheme, host). ``"*"``
             trusts every peer: only behind a proxy that always sets these headers.
@@ -108,6 +111,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     reply_timeout: float = 10.0
     handler_timeout: float = 25.0
+    blocking_threads: int = 40
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
     plugins: list[str] = []
     plugins_dir: str | None = None
@@ -129,7 +133,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(f"{source}: journal: use 'none' or 'sqlite:///path/to/file.db'")
         if any(delay < 0 for delay in self.retry_delays):
             raise ConfigError(f"{source}: retry_delays must not be negative")
-        for key in ("reply_timeout", "handler_timeout"):
+        for key in ("reply_timeout", "handler_timeout", "blocking_threads"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
         for name, channel in self.channels.items():

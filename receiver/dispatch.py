@@ -1,5 +1,11 @@
 """Calling the plugins for an event: one loop, timeouts, ``@blocking``, the first reply.
 
+Timeouts: a handler's clock stops while a ``@blocking`` implementation waits for a free
+thread (``blocking_threads`` of them), and restarts when its thread starts.
+:meth:`Dispatcher.dispatch` interrupts the handlers when the time is up (without a
+journal: 503); :meth:`Dispatcher.start` does not: the caller stops waiting, and the
+handlers go on in their task to finish and have their outcome recorded (with a journal).
+
 pluggy has no async calling, so receiver calls the implementations pluggy lists itself,
 honouring what the hookspecs declare (``firstresult`` for ``on_message``, ``on_keyword``
 and ``send_reply``) and refusing what it does not support: a hook wrapper on a callback
@@ -9,11 +15,13 @@ hook is a :class:`ConfigError` (it would be silently skipped otherwise).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Collection
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
+import anyio
 import anyio.to_thread
 import pluggy
 import structlog
@@ -22,7 +30,7 @@ from receiver.errors import ConfigError, HandlerError, HandlerTimeout
 from receiver.events import Event, EventType, Reply
 from receiver.plugins import PluginManager
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Running"]
 
 log = structlog.get_logger()
 
@@ -63,6 +71,8 @@ class Dispatcher:
             until a plugin is (un)registered.
         reply_timeout: Seconds the plugins get for a response type (Message, Keyword).
         handler_timeout: Seconds they get for any other type.
+        blocking_threads: Most ``@blocking`` implementations running at once (threads);
+            time spent waiting for one does not count towards the timeouts.
 
     Plain sync implementations run on the event loop with no coroutine or thread per call
     (and, when every implementation is one, no timer is set: there would be nothing to
@@ -75,10 +85,13 @@ class Dispatcher:
         *,
         reply_timeout: float = 10.0,
         handler_timeout: float = 25.0,
+        blocking_threads: int = 40,
     ) -> None:
         self.manager = manager
         self.reply_timeout = reply_timeout
         self.handler_timeout = handler_timeout
+        self.blocking_threads = blocking_threads
+        self._limiters: dict[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = {}
         self._generation = -1
         self._plans: dict[EventType, _Plan] = {}
         self._senders: list[_Impl] | None = None
@@ -146,30 +159,55 @@ class Dispatcher:
             self.plan(event_type)
         self.implementations("send_reply")
 
-    async def dispatch(
-        self, event: Event, only: Collection[str] | None = None, *, timed: bool = False
-    ) -> Reply | None:
+    def timeout(self, event: Event) -> float:
+        """Seconds the handlers of ``event`` get."""
+        return self.reply_timeout if event.type.is_response_type else self.handler_timeout
+
+    def limiter(self) -> anyio.CapacityLimiter:
+        """The ``@blocking`` threads of the running event loop (``blocking_threads``)."""
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            for old in [old for old in self._limiters if old.is_closed()]:
+                del self._limiters[old]
+            limiter = self._limiters[loop] = anyio.CapacityLimiter(self.blocking_threads)
+        return limiter
+
+    async def dispatch(self, event: Event, only: Collection[str] | None = None) -> Reply | None:
         """Run every hook for ``event`` within its timeout; return the reply, if any.
 
         ``only`` limits the call to the plugins of those names (a retry calls only the
-        plugins that failed). ``timed`` (internal) says the timeout is already running.
+        plugins that failed). When the time is up the handlers are interrupted (a
+        ``@blocking`` one cannot be: its thread runs on, unobserved); :meth:`start` lets
+        them finish instead.
 
         Raises:
             HandlerError: an implementation raised (logged with its traceback); the
                 others still ran.
             HandlerTimeout: async or ``@blocking`` implementations took longer than the
-                event type's timeout.
+                event type's timeout (not counting waits for a thread).
         """
         plan = self.plan(event.type)
-        if plan.may_wait and not timed:
-            timeout = self.reply_timeout if event.type.is_response_type else self.handler_timeout
-            try:
-                async with asyncio.timeout(timeout):
-                    return await self.dispatch(event, only, timed=True)
-            except TimeoutError:
-                raise HandlerTimeout(f"handlers took longer than {timeout:g} s") from None
-        # The one loop (no timer when every implementation is a plain function: there
-        # would be nothing it could interrupt).
+        if not plan.may_wait:
+            # No timer when every implementation is a plain function: there would be
+            # nothing it could interrupt.
+            return await self._run(plan, event, only, None)
+        timeout = self.timeout(event)
+        try:
+            async with asyncio.timeout(timeout) as timer:
+                return await self._run(plan, event, only, _Timer(timer))
+        except TimeoutError:
+            raise HandlerTimeout(f"handlers took longer than {timeout:g} s") from None
+
+    def start(self, event: Event, only: Collection[str] | None = None) -> Running:
+        """Run every hook for ``event`` in a task of its own, which no timeout interrupts:
+        :meth:`Running.wait` waits for it, up to the timeout."""
+        return Running(self, event, only)
+
+    async def _run(
+        self, plan: _Plan, event: Event, only: Collection[str] | None, clock: _Clock | None
+    ) -> Reply | None:
+        """The one loop (``clock``: the timeout, stopped while waiting for a thread)."""
         reply: Reply | None = None
         failed: list[str] | None = None
         for impl in plan.impls:
@@ -187,7 +225,7 @@ class Dispatcher:
                     ):
                         result = await result
                 else:
-                    result = await _call(impl, event)
+                    result = await self._call(impl, event, None, clock)
             except Exception:
                 log.exception(
                     "handler failed", hook=impl.hook, plugin=impl.plugin, event_id=event.id
@@ -212,7 +250,7 @@ class Dispatcher:
             self._senders = self.implementations("send_reply")
         for impl in self._senders:
             try:
-                taken = await _call(impl, event, reply)
+                taken = await self._call(impl, event, reply)
             except Exception:
                 log.exception(
                     "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
@@ -222,19 +260,119 @@ class Dispatcher:
                 return True
         return False
 
+    async def _call(
+        self, impl: _Impl, event: Event, reply: Reply | None = None, clock: _Clock | None = None
+    ) -> Any:
+        """Call ``impl`` with the arguments it names: in a thread when ``@blocking`` (the
+        ``clock`` stopped until the thread starts)."""
+        given = {"event": event, "reply": reply}
+        args = [given[name] for name in impl.argnames]
+        if impl.blocking:
+            function: Callable[[], Any] = functools.partial(impl.function, *args)
+            if clock is not None:
+                clock.pause()
+                loop = asyncio.get_running_loop()
+                resume = clock.resume
 
-async def _call(impl: _Impl, event: Event, reply: Reply | None = None) -> Any:
-    """Call ``impl`` with the arguments it names: in a thread when ``@blocking``."""
-    given = {"event": event, "reply": reply}
-    args = [given[name] for name in impl.argnames]
-    if impl.blocking:
-        return await anyio.to_thread.run_sync(
-            functools.partial(impl.function, *args), abandon_on_cancel=True
+                def started() -> Any:
+                    with contextlib.suppress(RuntimeError):  # the loop is closing
+                        loop.call_soon_threadsafe(resume)
+                    return impl.function(*args)
+
+                function = started
+            return await anyio.to_thread.run_sync(
+                function, abandon_on_cancel=True, limiter=self.limiter()
+            )
+        result = impl.function(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class _Clock(Protocol):
+    """A timeout that can stop while a ``@blocking`` handler waits for a thread."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class _Timer:
+    """An ``asyncio.timeout`` as a :class:`_Clock`."""
+
+    __slots__ = ("_left", "_timer")
+
+    def __init__(self, timer: asyncio.Timeout) -> None:
+        self._timer = timer
+        self._left: float | None = None
+
+    def pause(self) -> None:
+        when = self._timer.when()
+        if when is None or self._timer.expired():
+            return
+        self._left = when - asyncio.get_running_loop().time()
+        self._timer.reschedule(None)
+
+    def resume(self) -> None:
+        left, self._left = self._left, None
+        if left is not None:
+            with contextlib.suppress(RuntimeError):  # the timeout is over already
+                self._timer.reschedule(asyncio.get_running_loop().time() + left)
+
+
+class Running:
+    """Handlers dispatched by :meth:`Dispatcher.start`: their :attr:`task`, which no
+    timeout interrupts, and a clock of their timeout (stopped while a ``@blocking``
+    handler waits for a thread)."""
+
+    __slots__ = ("_handle", "_left", "_loop", "_waiter", "task", "timeout")
+
+    def __init__(self, dispatcher: Dispatcher, event: Event, only: Collection[str] | None) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self.timeout = dispatcher.timeout(event)
+        self._left: float | None = self.timeout
+        self._handle: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[None] = loop.create_future()
+        self.resume()
+        plan = dispatcher.plan(event.type)
+        self.task: asyncio.Task[Reply | None] = loop.create_task(
+            dispatcher._run(plan, event, only, self)
         )
-    result = impl.function(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+        self.task.add_done_callback(self._wake)
+
+    def _wake(self, _: object = None) -> None:
+        if not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def pause(self) -> None:
+        handle = self._handle
+        if handle is not None:
+            self._left = handle.when() - self._loop.time()
+            handle.cancel()
+            self._handle = None
+
+    def resume(self) -> None:
+        left, self._left = self._left, None
+        if left is not None and not self._waiter.done():
+            self._handle = self._loop.call_at(self._loop.time() + left, self._wake)
+
+    async def wait(self) -> Reply | None:
+        """The reply, once the handlers finished within the timeout (cancelling the
+        caller leaves the task running).
+
+        Raises:
+            HandlerError: an implementation raised.
+            HandlerTimeout: the time is up; the handlers go on in :attr:`task`.
+        """
+        task = self.task
+        if not task.done():
+            await self._waiter
+            if not task.done():
+                raise HandlerTimeout(f"handlers took longer than {self.timeout:g} s")
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        return task.result()
 
 
 def _as_reply(result: object, impl: _Impl) -> Reply | None:

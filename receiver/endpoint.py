@@ -35,6 +35,7 @@ from receiver.errors import (
     NotAuthenticated,
     Outcome,
     PayloadError,
+    ShuttingDown,
     UnknownChannel,
     classify,
 )
@@ -134,7 +135,10 @@ class CallbackEndpoint:
         self.journal = journal
         self.max_body = config.max_body_bytes
         self.dispatcher = Dispatcher(
-            manager, reply_timeout=config.reply_timeout, handler_timeout=config.handler_timeout
+            manager,
+            reply_timeout=config.reply_timeout,
+            handler_timeout=config.handler_timeout,
+            blocking_threads=config.blocking_threads,
         )
         self.dispatcher.check()
         self.redelivery = (
@@ -222,6 +226,14 @@ class CallbackEndpoint:
             raise
         except Exception as exc:
             return _failure(exc, name, event)
+        except asyncio.CancelledError:
+            # The server gave up on this callback (uvicorn cancels what still runs when
+            # --shutdown-timeout expires, and would answer 500): answer 503 instead. With
+            # a journal the event stays received, and is handled at the next start.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return _failure(ShuttingDown("shutting down; send it again"), name, event)
 
     async def _reject(
         self,
@@ -257,21 +269,43 @@ class CallbackEndpoint:
         event = recorded.event
         redelivery.start()
         pending = self._pending[event.id] = _Pending()
+        event_id, waiting = event.id, self._pending
+
+        def release() -> None:  # duplicates stop waiting once the handlers are done
+            pending.done.set()
+            waiting.pop(event_id, None)
+
+        late = False
         try:
-            reply = await self.dispatcher.dispatch(event)
-        except HandlerTimeout as exc:
-            await redelivery.failed(event, str(exc), None, attempt=1)
-            raise
+            reply = await redelivery.dispatch(event, attempt=1, after=release)
+        except HandlerTimeout:
+            # The handlers go on; their outcome is recorded when they finish (a reply
+            # then goes to send_reply). The event is safe: 200.
+            late = True
+            return Answer(200, b"", [], Outcome.reply_timeout, event)
         except HandlerError as exc:
             await redelivery.failed(event, str(exc), exc.plugins, attempt=1)
             return Answer(200, b"", [], Outcome.handler_error, event)
         else:
+            rendered = bound.provider.render_reply(event, reply) if reply is not None else None
+            if reply is None or rendered is not None:
+                await journal.complete(event.id, reply)
+                pending.reply = reply  # before done is set: a waiting duplicate answers with it
+                if rendered is None:
+                    return Answer(200, b"", [], Outcome.accepted, event)
+                return Answer(200, rendered, [_JSON_TYPE], Outcome.accepted, event, True)
+            try:
+                replied = await self.dispatcher.send_reply(event, reply)
+            except HandlerError as exc:  # kept with the event; only its delivery is retried
+                await redelivery.undelivered(event, reply, str(exc), attempt=1)
+                return Answer(200, b"", [], Outcome.handler_error, event)
             await journal.complete(event.id, reply)
-            pending.reply = reply  # before done is set: a waiting duplicate answers with it
+            if not replied:
+                _dropped(bound, event)
+            return Answer(200, b"", [], Outcome.accepted, event, replied)
         finally:
-            pending.done.set()
-            del self._pending[event.id]
-        return await self._answer(bound, event, reply, Outcome.accepted)
+            if not late:
+                release()
 
     async def _answer(
         self, bound: BoundChannel, event: Event, reply: Reply | None, outcome: Outcome
@@ -283,14 +317,20 @@ class CallbackEndpoint:
         rendered = bound.provider.render_reply(event, reply)
         if rendered is not None:
             return Answer(200, rendered, [_JSON_TYPE], outcome, event, True)
-        replied = await self.dispatcher.send_reply(event, reply)
-        if not replied:
-            log.warning(
-                "reply dropped: no send_reply plugin took it",
+        try:
+            replied = await self.dispatcher.send_reply(event, reply)
+        except HandlerError:
+            # The handlers ran: a 5xx would have the provider send it again and run them
+            # again. Without a journal to keep the reply for a retry, it is lost (logged).
+            log.error(
+                "reply lost: send_reply failed, and without a journal it is not retried",
                 channel=bound.name,
                 provider=bound.provider.name,
                 event_id=event.id,
             )
+            return Answer(200, b"", [], Outcome.handler_error, event)
+        if not replied:
+            _dropped(bound, event)
         return Answer(200, b"", [], outcome, event, replied)
 
     async def _duplicate(self, bound: BoundChannel, event: Event, recorded: Recorded) -> Answer:
@@ -314,6 +354,15 @@ class CallbackEndpoint:
         if rendered is None:
             return Answer(200, b"", [], Outcome.duplicate, event)
         return Answer(200, rendered, [_JSON_TYPE], Outcome.duplicate, event, True)
+
+
+def _dropped(bound: BoundChannel, event: Event) -> None:
+    log.warning(
+        "reply dropped: no send_reply plugin took it",
+        channel=bound.name,
+        provider=bound.provider.name,
+        event_id=event.id,
+    )
 
 
 def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChannel]:

@@ -15,6 +15,7 @@ __all__ = [
     "NotAuthenticated",
     "Outcome",
     "PayloadError",
+    "ShuttingDown",
     "UnknownChannel",
     "UnsupportedPayload",
     "classify",
@@ -76,6 +77,11 @@ class HandlerTimeout(CallbackError):
     """The plugins did not finish within the timeout; the provider may retry."""
 
 
+class ShuttingDown(CallbackError):
+    """The server stopped waiting for this callback (``--shutdown-timeout``); with a
+    journal it is handled at the next start."""
+
+
 class Outcome(enum.StrEnum):
     """What became of a callback: one word for the error table, log lines and metrics.
 
@@ -83,6 +89,8 @@ class Outcome(enum.StrEnum):
     journal on: see ``handler_error``), ``duplicate`` (a re-send, answered as its
     original), ``url_check`` (a GET or HEAD without a callback), and one per refusal
     or failure below. ``internal_error`` is a bug of receiver's own, never a plugin's.
+    With the journal on, ``reply_timeout`` is answered 200 (the handlers finish later) and
+    a reply ``send_reply`` could not deliver is a 200 ``handler_error`` (kept, retried).
     """
 
     accepted = "accepted"
@@ -95,6 +103,7 @@ class Outcome(enum.StrEnum):
     rejected_payload = "rejected_payload"
     handler_error = "handler_error"
     reply_timeout = "reply_timeout"
+    shutdown = "shutdown"
     internal_error = "internal_error"
 
 
@@ -107,6 +116,7 @@ RESPONSES: dict[type[Exception], tuple[int, Outcome]] = {
     PayloadError: (400, Outcome.rejected_payload),
     HandlerError: (500, Outcome.handler_error),
     HandlerTimeout: (503, Outcome.reply_timeout),
+    ShuttingDown: (503, Outcome.shutdown),
 }
 """Error -> (HTTP status, outcome): the only place that says what an error answers."""
 

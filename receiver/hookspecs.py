@@ -81,7 +81,8 @@ def on_message(event: Event) -> Reply | str | None:
         the remaining ``on_message`` implementations are not called. OnePoint/DIY get
         the reply in the HTTP response; for Whispir it goes to :func:`send_reply`.
 
-    Stops at first non-None result (firstresult). Bounded by ``reply_timeout`` (503).
+    Stops at first non-None result (firstresult). Bounded by ``reply_timeout`` (503;
+    with the journal: 200 without a reply, and a late reply goes to :func:`send_reply`).
     """
 
 
@@ -104,7 +105,10 @@ def send_reply(event: Event, reply: Reply) -> bool | None:
     :param reply: The reply a handler returned.
     :return: True once the reply is taken care of (e.g. sent through Whispir's
         messages API). With no implementation returning non-None, the reply is logged
-        as dropped and the callback is still answered 200.
+        as dropped and the callback is still answered 200. If it raises, the callback
+        is answered 200 too (the handlers ran); with the journal the reply is kept and
+        this hook is called again after each of ``retry_delays`` (the event's handlers
+        are not), so make it safe to call twice for one reply.
 
     Stops at first non-None result (firstresult).
     """

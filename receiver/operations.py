@@ -144,7 +144,8 @@ async def _replay_chosen(
         if missing:
             print(f"no journal entries: {', '.join(sorted(missing))}", file=sys.stderr)
             return 1
-    for state, wanted in (("dead", args.dead), ("failed", args.failed)):
+    wanted_states = ("dead", args.dead), ("failed", args.failed), ("reply_failed", args.failed)
+    for state, wanted in wanted_states:
         if wanted:
             chosen.update((e.id, e) for e in await journal.entries(state=state, limit=None))
     if since is not None and not args.rejected:
@@ -287,6 +288,8 @@ async def _replay_all(
                     "its handlers failed: it is retried like any failed event"
                 )
     finally:
+        timeouts = endpoint.config.reply_timeout, endpoint.config.handler_timeout
+        await redelivery.stop(grace=max(timeouts))  # handlers past their timeout finish
         await journal.stop()
     if entries or not rejects:
         print(f"replayed {len(entries)} entries, {failed} failed")

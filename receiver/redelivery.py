@@ -5,6 +5,18 @@ Resume (events a previous process committed but never handled), retries with bac
 attempts), and replay (an operator's ``receiver replay``) share one path,
 :meth:`Redelivery.retry`. It needs a journal and a dispatcher, not an ASGI app: the CLI
 builds one on its own.
+
+With a journal, nothing a handler produced is lost:
+
+- a reply that ``send_reply`` could not deliver is stored with its event
+  (``reply_failed``) and only its delivery is retried, with the same backoff and dead
+  letter as a failed handler (:meth:`Redelivery.finished`);
+- handlers past their timeout are not interrupted (:meth:`Redelivery.dispatch`): they go
+  on in a task kept here, and their outcome is recorded when they finish (done, a late
+  reply to ``send_reply``; failed, retried), never run twice at once; :meth:`stop` waits
+  for them a while, then leaves them to the next start;
+- the worker survives any one entry's failure (logged; the entry is retried later), and
+  :meth:`problem` says so if the worker ever stops (``/readyz``).
 """
 
 from __future__ import annotations
@@ -13,13 +25,13 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import structlog
 
-from receiver.dispatch import Dispatcher
+from receiver.dispatch import Dispatcher, Running
 from receiver.errors import HandlerError, HandlerTimeout
-from receiver.events import Event
+from receiver.events import Event, Reply
 from receiver.journal import Entry, Journal
 
 __all__ = ["Redelivery"]
@@ -56,38 +68,162 @@ class Redelivery:
         self.retry_delays = list(retry_delays)
         self.started = time.time() if started is None else started
         self._worker: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()
+        """Events whose handlers run on past their timeout (not retried meanwhile)."""
+
+    def _retry_at(self, attempt: int) -> float | None:
+        delays = self.retry_delays
+        return time.time() + delays[attempt - 1] if attempt <= len(delays) else None
 
     async def failed(
         self, event: Event, error: str, plugins: Collection[str] | None, *, attempt: int
     ) -> None:
         """Record that attempt number ``attempt`` at ``event`` failed: retried after the
         next delay, or a dead letter when there is none."""
-        delays = self.retry_delays
-        retry_at = time.time() + delays[attempt - 1] if attempt <= len(delays) else None
+        retry_at = self._retry_at(attempt)
         await self.journal.fail(event.id, error, list(plugins) if plugins else None, retry_at)
         if retry_at is None:
             log.error("dead letter: out of attempts", event_id=event.id, attempts=attempt)
 
+    async def undelivered(self, event: Event, reply: Reply, error: str, *, attempt: int) -> None:
+        """Record that attempt ``attempt`` handled ``event`` but could not deliver
+        ``reply``: its delivery is retried after the next delay (a dead letter after the
+        last)."""
+        retry_at = self._retry_at(attempt)
+        await self.journal.undelivered(event.id, reply, error, retry_at)
+        if retry_at is None:
+            log.error("dead letter: reply not delivered", event_id=event.id, attempts=attempt)
+        else:
+            log.warning("reply not delivered: kept for a retry", event_id=event.id)
+
+    async def finished(self, event: Event, reply: Reply | None, *, attempt: int) -> bool:
+        """The handlers of ``event`` succeeded (attempt ``attempt``): hand ``reply`` to
+        ``send_reply`` and record the event ``done``, or its reply undelivered when
+        ``send_reply`` raised (:meth:`undelivered`); True when done."""
+        if reply is not None:
+            try:
+                if not await self.dispatcher.send_reply(event, reply):
+                    log.warning(
+                        "late reply dropped: no send_reply plugin took it", event_id=event.id
+                    )
+            except HandlerError as exc:
+                await self.undelivered(event, reply, str(exc), attempt=attempt)
+                return False
+        await self.journal.complete(event.id, reply)
+        return True
+
+    async def dispatch(
+        self,
+        event: Event,
+        only: Collection[str] | None = None,
+        *,
+        attempt: int,
+        after: Callable[[], None] | None = None,
+    ) -> Reply | None:
+        """Dispatch ``event`` (attempt ``attempt``) without ever leaving its handlers
+        running unrecorded.
+
+        Past the timeout the handlers are not interrupted: this raises
+        :class:`HandlerTimeout` while they go on; when they finish, their outcome is
+        recorded (:meth:`finished`: a reply goes to ``send_reply``; or :meth:`failed`)
+        and ``after`` is called. Cancelled (shutdown), the handlers are cancelled too and
+        the entry is left as it was, for the next start.
+
+        Raises:
+            HandlerError: an implementation raised (nothing recorded yet).
+            HandlerTimeout: the time is up; the outcome is recorded later.
+        """
+        dispatcher = self.dispatcher
+        if not dispatcher.plan(event.type).may_wait:
+            return await dispatcher.dispatch(event, only)  # nothing that could time out
+        running = dispatcher.start(event, only)
+        try:
+            return await running.wait()
+        except HandlerTimeout:
+            self._finish_later(running, event, only, attempt, after)
+            raise
+        except asyncio.CancelledError:
+            running.task.cancel()
+            raise
+
+    def _finish_later(
+        self,
+        running: Running,
+        event: Event,
+        only: Collection[str] | None,
+        attempt: int,
+        after: Callable[[], None] | None,
+    ) -> None:
+        log.warning(
+            "handlers still running after their timeout: outcome recorded when they finish",
+            event_id=event.id,
+            timeout=running.timeout,
+        )
+        self._running.add(event.id)
+        task = asyncio.get_running_loop().create_task(
+            self._settle(running, event, only, attempt, after)
+        )
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _settle(
+        self,
+        running: Running,
+        event: Event,
+        only: Collection[str] | None,
+        attempt: int,
+        after: Callable[[], None] | None,
+    ) -> None:
+        """Wait for handlers past their timeout and record their outcome (cancelled at
+        shutdown: the handlers are cancelled, the entry left for the next start)."""
+        try:
+            try:
+                reply = await running.task
+            except HandlerError as exc:
+                await self.failed(event, str(exc), exc.plugins, attempt=attempt)
+                return
+            log.info("late handlers finished", event_id=event.id, attempt=attempt)
+            await self.finished(event, reply, attempt=attempt)
+        except asyncio.CancelledError:
+            running.task.cancel()
+            raise
+        except Exception:
+            log.exception("recording late handlers' outcome failed", event_id=event.id)
+        finally:
+            self._running.discard(event.id)
+            if after is not None:
+                after()
+
     async def retry(self, entry: Entry, *, all_plugins: bool = False) -> bool:
         """Dispatch a journal entry again (resume, retry or replay); True when it succeeded.
 
-        A retry calls only the plugins that failed, unless ``all_plugins``. A reply that
-        comes now cannot go back in the HTTP response any more: it goes to ``send_reply``.
+        A retry calls only the plugins that failed, unless ``all_plugins``; an entry whose
+        handlers succeeded but whose reply was not delivered (:attr:`Entry.reply_only`)
+        has only its reply re-sent. A reply that comes now cannot go back in the HTTP
+        response any more: it goes to ``send_reply``. Handlers past their timeout finish
+        in the background (False now; their outcome is recorded then).
         """
         event = entry.event
         if event is None:
             return False
+        attempt = entry.attempts + 1
+        if entry.reply_only and entry.reply is not None:
+            if await self.finished(event, entry.reply, attempt=attempt):
+                log.info("reply delivered", event_id=event.id, attempt=attempt)
+                return True
+            return False
         only = None if all_plugins else entry.failed_plugins
         try:
-            reply = await self.dispatcher.dispatch(event, only)
-        except (HandlerError, HandlerTimeout) as exc:
-            plugins = exc.plugins if isinstance(exc, HandlerError) else only
-            await self.failed(event, str(exc), plugins, attempt=entry.attempts + 1)
+            reply = await self.dispatch(event, only, attempt=attempt)
+        except HandlerTimeout:
             return False
-        await self.journal.complete(event.id, reply)
-        if reply is not None and not await self.dispatcher.send_reply(event, reply):
-            log.warning("late reply dropped: no send_reply plugin took it", event_id=event.id)
-        log.info("retried", event_id=event.id, attempt=entry.attempts + 1)
+        except HandlerError as exc:
+            await self.failed(event, str(exc), exc.plugins, attempt=attempt)
+            return False
+        if not await self.finished(event, reply, attempt=attempt):
+            return False
+        log.info("retried", event_id=event.id, attempt=attempt)
         return True
 
     def start(self) -> None:
@@ -98,26 +234,98 @@ class Redelivery:
             self._worker = asyncio.get_running_loop().create_task(
                 self._work(), context=contextvars.Context()
             )
+            self._worker.add_done_callback(_stopped)
 
-    async def stop(self) -> None:
-        """Stop the worker (what it was dispatching is retried at the next start)."""
-        if self._worker is not None:
-            self._worker.cancel()
+    def problem(self) -> str | None:
+        """None while the worker runs (or was never started), else why it stopped."""
+        worker = self._worker
+        if worker is None or not worker.done() or worker.cancelled():
+            return None
+        error = worker.exception()
+        return (
+            f"journal retry worker stopped: {error!r}" if error else "journal retry worker stopped"
+        )
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop the worker (what it was dispatching is retried at the next start); give
+        handlers running past their timeout ``grace`` seconds to finish and be recorded,
+        then cancel them (their events are handled again at the next start)."""
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():  # a dead one said why (problem)
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await worker
+        late = list(self._late)
+        if late:
+            log.info("waiting for handlers past their timeout", count=len(late), grace=grace)
+            _, pending = await asyncio.wait(late, timeout=grace) if grace > 0 else ((), late)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "handlers still running at shutdown: handled again at the next start",
+                    count=len(pending),
+                )
+                await asyncio.wait(pending)
 
     async def _work(self) -> None:
-        journal = self.journal
+        resumed = False
+        while True:
+            try:
+                if not resumed:
+                    await self._resume()
+                    resumed = True
+                due = await self.journal.due(time.time())
+            except Exception:
+                log.exception("journal worker: reading the journal failed")
+                due = []
+            for entry in due:
+                if entry.id not in self._running:
+                    await self._retry_safely(entry)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _resume(self) -> None:
+        """Handle what a previous process committed but never handled (each entry once)."""
+        tried: set[str] = set()
+        while True:
+            found = await self.journal.unfinished(before=self.started)
+            batch = [entry for entry in found if entry.id not in tried]
+            if not batch:
+                return
+            for entry in batch:
+                tried.add(entry.id)
+                await self._retry_safely(entry)
+
+    async def _retry_safely(self, entry: Entry) -> None:
+        """:meth:`retry`, surviving anything it raises: logged, and the entry marked
+        failed for a later attempt (a dead letter when out of attempts)."""
         try:
-            while batch := await journal.unfinished(before=self.started):
-                for entry in batch:
-                    await self.retry(entry)
-            while True:
-                for entry in await journal.due(time.time()):
-                    await self.retry(entry)
-                await asyncio.sleep(self.poll_interval)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("journal worker stopped")
+            await self.retry(entry)
+        except Exception as exc:
+            log.exception("journal worker: retry failed", event_id=entry.id)
+            if entry.event is None:
+                return
+            try:
+                if entry.reply_only and entry.reply is not None:
+                    await self.undelivered(
+                        entry.event,
+                        entry.reply,
+                        f"retry raised: {exc!r}",
+                        attempt=entry.attempts + 1,
+                    )
+                else:
+                    await self.failed(
+                        entry.event,
+                        f"retry raised: {exc!r}",
+                        entry.failed_plugins,
+                        attempt=entry.attempts + 1,
+                    )
+            except Exception:
+                log.exception(
+                    "journal worker: recording the failed retry failed", event_id=entry.id
+                )
+
+
+def _stopped(worker: asyncio.Task[None]) -> None:
+    if not worker.cancelled() and worker.exception() is not None:
+        log.error("journal worker stopped", exc_info=worker.exception())

@@ -16,6 +16,11 @@ for the providers that call back with GET); once ``receiver replay --rejected`` 
 parsed it with a fixed parser, it is ``recovered``, and ``recovered_as`` names the event
 it became (a new one, or the original it turned out to duplicate).
 
+Undelivered replies: ``received`` -> ``reply_failed`` when the handlers succeeded but
+``send_reply`` raised. The reply is stored and only its delivery is retried, with the same
+backoff (the handlers never run again), -> ``done`` | ``dead``; such an entry keeps
+:data:`REPLY_ONLY` in ``failed_plugins``, so that replaying it re-sends only the reply.
+
 Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
 look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
 <receiver.providers.base.Provider.dedupe_key>`) within ``duplicate_window``, then the
@@ -41,6 +46,7 @@ from receiver.events import STATUS_RANK as STATUS_RANK  # importable here before
 from receiver.events import Event, Reply
 
 __all__ = [
+    "REPLY_ONLY",
     "STATES",
     "Entry",
     "Journal",
@@ -49,8 +55,12 @@ __all__ = [
     "open_journal",
 ]
 
-STATES = ("received", "done", "failed", "dead", "rejected", "recovered")
+STATES = ("received", "done", "failed", "reply_failed", "dead", "rejected", "recovered")
 """Every entry state (see the module docstring)."""
+
+REPLY_ONLY = "<send_reply>"
+"""``failed_plugins`` of an entry whose handlers succeeded but whose reply was not
+delivered (``reply_failed``, or ``dead`` after it): retried by re-sending the reply."""
 
 
 class Entry(msgspec.Struct, kw_only=True):
@@ -73,6 +83,11 @@ class Entry(msgspec.Struct, kw_only=True):
     next_attempt_at: float | None
     recovered_as: str | None = None
     """A ``recovered`` entry: the id of the event it became."""
+
+    @property
+    def reply_only(self) -> bool:
+        """Handled; only its stored reply is to be delivered (``send_reply`` failed)."""
+        return self.reply is not None and self.failed_plugins == [REPLY_ONLY]
 
 
 class Recorded(msgspec.Struct, frozen=True):
@@ -133,8 +148,15 @@ class Journal(abc.ABC):
         """Mark an event failed (``retry_at`` None: out of attempts, a dead letter)."""
 
     @abc.abstractmethod
+    async def undelivered(
+        self, event_id: str, reply: Reply, error: str, retry_at: float | None
+    ) -> None:
+        """Mark an event handled but its reply not delivered: ``reply_failed``, the reply
+        stored with :data:`REPLY_ONLY` (``retry_at`` None: out of attempts, ``dead``)."""
+
+    @abc.abstractmethod
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
-        """Failed entries whose next attempt is due."""
+        """Failed and reply_failed entries whose next attempt is due."""
 
     @abc.abstractmethod
     async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
-from receiver.journal import Entry, Journal, Recorded
+from receiver.journal import REPLY_ONLY, Entry, Journal, Recorded
 from receiver.journal.sqlite_io import Reader, Writer
 
 __all__ = ["SQLiteJournal"]
@@ -54,7 +54,9 @@ DROP INDEX IF EXISTS events_body;
 CREATE INDEX IF NOT EXISTS events_channel_dedupe ON events (channel, dedupe_key, received_at)
     WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_channel_body ON events (channel, body_hash, received_at);
-CREATE INDEX IF NOT EXISTS events_retry ON events (next_attempt_at) WHERE state = 'failed';
+DROP INDEX IF EXISTS events_retry;
+CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
+    WHERE state IN ('failed', 'reply_failed');
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
@@ -232,8 +234,26 @@ class SQLiteJournal(Journal):
 
         await self._submit(operation, durable=False)
 
+    async def undelivered(
+        self, event_id: str, reply: Reply, error: str, retry_at: float | None
+    ) -> None:
+        state = "reply_failed" if retry_at is not None else "dead"
+        encoded = _encode(reply), _encode([REPLY_ONLY])
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE events SET state = ?, reply = ?, error = ?, failed_plugins = ?, "
+                "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                (state, encoded[0], error, encoded[1], retry_at, event_id),
+            )
+
+        await self._submit(operation, durable=False)
+
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
-        where = "state = 'failed' AND next_attempt_at <= ? ORDER BY next_attempt_at"
+        # The state term as the index events_due says it, for SQLite to use that index.
+        where = (
+            "state IN ('failed', 'reply_failed') AND next_attempt_at <= ? ORDER BY next_attempt_at"
+        )
         return await self._written(where, (now, limit))
 
     async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
