@@ -390,6 +390,7 @@ class Writer:
                 self._synced = durable
             connection.execute("BEGIN IMMEDIATE")
             outcomes = [(item.operation(connection), None) for item in batch]
+            self._check_identity()  # the -wal beside the path may be another file's now
             connection.execute("COMMIT")
             self.commits += 1
             self._check_identity()  # committed to the file at the path, not an orphan
@@ -421,6 +422,7 @@ class Writer:
                 raise _Lost(self.lost)
             connection.execute("BEGIN IMMEDIATE")
             result = item.operation(connection)
+            self._check_identity()
             connection.execute("COMMIT")
             self.commits += 1
             self._check_identity()
@@ -465,6 +467,7 @@ class Writer:
             connection.execute("BEGIN IMMEDIATE")
             for item in kept:
                 item.operation(connection)
+            self._check_identity()
             connection.execute("COMMIT")
             self.commits += 1
             self._check_identity()
