@@ -195,6 +195,34 @@ def test_storage_disk_full_after_record_is_200_and_done_is_stored_when_space_ret
         assert plugin.handled == ["MS0000", "MS0001", "MS0002", "MS0003", "MS0004", "MS0005"]
 
 
+def test_storage_disk_full_without_traffic_stays_not_ready_until_space_returns(
+    tmp_path: Path,
+) -> None:
+    """A refused record makes /readyz 503 until a write works again: reads (the retry
+    worker's) do not clear it, and the writer tries a write itself (no callbacks need
+    to come, as none would while a load balancer keeps the instance out)."""
+    with small_filesystem(tmp_path / "fs") as fs:
+        db = fs / "j.db"
+        counter = ReceiptCounter()
+        with TestClient(disk_app(db, counter)) as client:
+            assert client.post("/sms", content=receipt(0), headers=JSON).status_code == 200
+            filler = fill(fs)
+            assert client.post("/sms", content=receipt(1), headers=JSON).status_code == 503
+            asyncio.run(asyncio.sleep(1.5))  # the retry worker has read the journal since
+            full = client.get("/readyz")
+            filler.unlink()
+            ready = client.get("/readyz")
+            for _ in range(100):
+                if ready.status_code == 200:
+                    break
+                asyncio.run(asyncio.sleep(0.05))
+                ready = client.get("/readyz")
+        assert full.status_code == 503
+        assert full.json()["problems"] == ["journal not writable: database or disk is full"]
+        assert ready.status_code == 200
+        assert handled(counter) == ["MS0000"]
+
+
 def test_storage_disk_full_after_record_is_not_handled_again_after_restart(
     tmp_path: Path,
 ) -> None:

@@ -95,6 +95,12 @@ def _identity(path: Path) -> tuple[int, int]:
     return found.st_dev, found.st_ino
 
 
+def _write_header(connection: sqlite3.Connection) -> None:
+    """Write the database header as it is (a write that changes nothing)."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    connection.execute(f"PRAGMA user_version = {int(version)}")
+
+
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, error in settled:
         if future.done():
@@ -264,9 +270,7 @@ class Writer:
             connection = connect(path)
             self.prepare(connection)
             connection.execute("BEGIN IMMEDIATE")
-            # A write to the header (the value it has): fails on a file only readable.
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            connection.execute(f"PRAGMA user_version = {int(version)}")
+            _write_header(connection)  # fails on a file only readable
             connection.execute("COMMIT")
             self.identity = _identity(path)
             if self._ledger_on:
@@ -332,7 +336,7 @@ class Writer:
     def _write_loop(self, connection: sqlite3.Connection) -> None:
         get = self._queue.get
         while True:
-            if self.kept and self.lost is None:
+            if (self.kept or self.failure is not None) and self.lost is None:
                 try:
                     first = get(timeout=self._retry_in)
                 except queue.Empty:
@@ -382,6 +386,7 @@ class Writer:
     def _run_batch(self, connection: sqlite3.Connection, batch: list[_Batch]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
         durable = any(item.durable for item in batch)
+        changes = connection.total_changes
         try:
             if self.lost is not None:
                 raise _Lost(self.lost)
@@ -403,7 +408,8 @@ class Writer:
         else:
             if self.kept:
                 self._write_kept(connection)  # the store works again
-            elif self.failure is not None:
+            elif self.failure is not None and connection.total_changes != changes:
+                # Written (a read alone says nothing about a full disk): writable again.
                 log.info("journal writable again", path=str(self.path))
                 self.failure = None
         # One wake-up of each event loop per batch, not one per operation.
@@ -459,7 +465,8 @@ class Writer:
         self.kept[key] = item
 
     def _write_kept(self, connection: sqlite3.Connection) -> None:
-        """Write the kept state changes in one transaction; back off when that fails."""
+        """Write the kept state changes in one transaction (none kept: a write that
+        changes nothing, to see whether the store works again); back off when that fails."""
         kept = list(self.kept.values())
         try:
             if self.lost is not None:
@@ -467,6 +474,8 @@ class Writer:
             connection.execute("BEGIN IMMEDIATE")
             for item in kept:
                 item.operation(connection)
+            if not kept:
+                _write_header(connection)
             self._check_identity()
             connection.execute("COMMIT")
             self.commits += 1
