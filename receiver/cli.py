@@ -185,6 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
             "the SQLite journal serves one process: use --workers 1, or journal = 'none'"
         )
     app = create_app(config)  # fail here, in the parent, on any configuration error
+    _refuse_unwritable_journal(app)
     if log_format == "console":  # in JSON, every line is JSON: the "serving" line says it
         print(f"receiver listening on http://{args.host}:{args.port}", file=sys.stderr)
         print(_channel_table(config), file=sys.stderr, flush=True)
@@ -216,6 +217,23 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(app, **options)
     return 0
+
+
+def _refuse_unwritable_journal(app: Any) -> None:
+    """Open and close the app's journal once: one that cannot be written stops ``serve``
+    here with one line (its path and why: :class:`ConfigError`), not in uvicorn's lifespan
+    with a traceback."""
+    journal = app.state.journal
+    if journal is None:
+        return
+
+    async def probe() -> None:
+        await journal.start()
+        await journal.stop()
+
+    import asyncio
+
+    asyncio.run(probe())
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

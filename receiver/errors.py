@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "HandlerError",
     "HandlerTimeout",
+    "JournalUnavailable",
     "MethodNotAllowed",
     "NotAuthenticated",
     "Outcome",
@@ -82,15 +83,28 @@ class ShuttingDown(CallbackError):
     journal it is handled at the next start."""
 
 
+class JournalUnavailable(CallbackError):
+    """The journal cannot store the callback (disk full, file deleted, replaced or made
+    unwritable): nothing was dispatched; the provider should re-send (answered 503).
+
+    The message is fixed text; what failed (the path, SQLite's error) is logged and shown
+    by ``/readyz``, never the callback.
+    """
+
+    def __init__(self, reason: str = "journal unavailable: the callback was not stored") -> None:
+        super().__init__(reason)
+
+
 class Outcome(enum.StrEnum):
     """What became of a callback: one word for the error table, log lines and metrics.
 
     ``accepted`` (dispatched, or stored for a retry when a handler failed with the
     journal on: see ``handler_error``), ``duplicate`` (a re-send, answered as its
     original), ``url_check`` (a GET or HEAD without a callback), and one per refusal
-    or failure below. ``internal_error`` is a bug of receiver's own, never a plugin's.
-    With the journal on, ``reply_timeout`` is answered 200 (the handlers finish later) and
-    a reply ``send_reply`` could not deliver is a 200 ``handler_error`` (kept, retried).
+    or failure below (``journal_unavailable``: not stored, not dispatched).
+    ``internal_error`` is a bug of receiver's own, never a plugin's. With the journal on,
+    ``reply_timeout`` is answered 200 (the handlers finish later) and a reply
+    ``send_reply`` could not deliver is a 200 ``handler_error`` (kept, retried).
     """
 
     accepted = "accepted"
@@ -104,6 +118,7 @@ class Outcome(enum.StrEnum):
     handler_error = "handler_error"
     reply_timeout = "reply_timeout"
     shutdown = "shutdown"
+    journal_unavailable = "journal_unavailable"
     internal_error = "internal_error"
 
 
@@ -117,6 +132,7 @@ RESPONSES: dict[type[Exception], tuple[int, Outcome]] = {
     HandlerError: (500, Outcome.handler_error),
     HandlerTimeout: (503, Outcome.reply_timeout),
     ShuttingDown: (503, Outcome.shutdown),
+    JournalUnavailable: (503, Outcome.journal_unavailable),
 }
 """Error -> (HTTP status, outcome): the only place that says what an error answers."""
 

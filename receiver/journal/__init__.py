@@ -187,14 +187,19 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open what the journal needs (called before the first callback)."""
+        """Open what the journal needs (called before the first callback).
+
+        Raises:
+            ConfigError: the journal cannot be written (one line: where, and why).
+        """
 
     @abc.abstractmethod
     async def stop(self) -> None:
         """Flush and close (also after an operator command; safe to call more than once)."""
 
     async def check(self) -> str | None:
-        """None when the store is reachable, else a short reason (``/readyz``)."""
+        """None when the store can be written, else a short reason (``/readyz``): failing
+        writes, a deleted or replaced file, an unwritable file or folder. Creates nothing."""
         return None
 
 

@@ -113,6 +113,9 @@ class SQLiteJournal(Journal):
         duplicate_window: Seconds within which the same provider key is a duplicate.
         body_window: Seconds within which the same raw body (SHA-256) is a duplicate.
         max_batch: Most operations in one transaction.
+        done_ledger_bytes: Space reserved beside the file (``<path>-done``) for the ids of
+            handled events whose ``done`` could not be stored (a full disk): marked done
+            at the next start-up instead of being handled again. 0: no ledger.
     """
 
     def __init__(
@@ -122,11 +125,12 @@ class SQLiteJournal(Journal):
         duplicate_window: float = 48 * 3600,
         body_window: float = 600,
         max_batch: int = 512,
+        done_ledger_bytes: int = 256 * 1024,
     ) -> None:
         self.path = Path(path)
         self.duplicate_window = duplicate_window
         self.body_window = body_window
-        self._writer = Writer(self.path, _migrate, max_batch)
+        self._writer = Writer(self.path, _migrate, max_batch, done_ledger_bytes, _mark_done)
         self._submit = self._writer.submit  # bound once: the request path calls it per operation
         self._reader = Reader(self.path, _migrate)
 
@@ -147,7 +151,11 @@ class SQLiteJournal(Journal):
         await self._writer.stop()
 
     async def check(self) -> str | None:
-        return await self._reader.check()
+        writer = self._writer
+        problem = writer.problem()
+        if problem is not None:
+            return problem
+        return await self._reader.check(writer.identity if writer.running else None)
 
     # -- the request path ---------------------------------------------------------
 
@@ -217,7 +225,7 @@ class SQLiteJournal(Journal):
                 (encoded, event_id),
             )
 
-        await self._submit(operation, durable=False)
+        await self._submit(operation, durable=False, key=event_id, done=True)
 
     async def fail(
         self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
@@ -232,7 +240,7 @@ class SQLiteJournal(Journal):
                 (state, error, encoded, retry_at, event_id),
             )
 
-        await self._submit(operation, durable=False)
+        await self._submit(operation, durable=False, key=event_id)
 
     async def undelivered(
         self, event_id: str, reply: Reply, error: str, retry_at: float | None
@@ -366,6 +374,16 @@ def _record(
         ),
     )
     return Recorded(recorded)
+
+
+def _mark_done(connection: sqlite3.Connection, ids: list[str]) -> None:
+    """Mark handled the events the done ledger names (start-up, writer thread)."""
+    connection.executemany(
+        "UPDATE events SET state = 'done', error = NULL, next_attempt_at = NULL, "
+        "failed_plugins = NULL, attempts = attempts + 1 "
+        "WHERE id = ? AND state IN ('received', 'failed')",
+        [(entry_id,) for entry_id in ids],
+    )
 
 
 def _kept_raw(raw: bytes, meta: dict[str, str]) -> tuple[bytes, dict[str, str]]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -29,9 +31,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, JournalUnavailable
 
-__all__ = ["Reader", "Writer", "connect"]
+__all__ = ["DoneLedger", "Reader", "Writer", "connect", "storage_fault"]
 
 log = structlog.get_logger()
 
@@ -49,9 +51,14 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class _Batch:
-    """One operation for the writer thread, with the future that gets its result."""
+    """One operation for the writer thread, with the future that gets its result.
 
-    __slots__ = ("durable", "future", "loop", "operation")
+    ``key``: the operation is a state change of the stored event ``key`` (done, failed):
+    when the store fails, it is kept and written later instead of failing its caller.
+    ``done``: it marks the event done (also noted in the done ledger meanwhile).
+    """
+
+    __slots__ = ("done", "durable", "future", "key", "loop", "operation")
 
     def __init__(
         self,
@@ -59,11 +66,39 @@ class _Batch:
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[Any],
         durable: bool,
+        key: str | None = None,
+        done: bool = False,
     ) -> None:
         self.operation = operation
         self.loop = loop
         self.future = future
         self.durable = durable
+        self.key = key
+        self.done = done
+
+
+class _Lost(Exception):
+    """The file at the journal's path is not the one the writer has open (deleted or
+    replaced): whatever the writer commits goes nowhere anyone will read."""
+
+
+def storage_fault(error: BaseException) -> bool:
+    """``error`` says the store cannot take a write (disk full, read-only, I/O error,
+    locked, file lost), not that an operation is wrong (a bug: it fails on its own)."""
+    return isinstance(error, sqlite3.OperationalError | OSError | _Lost) or (
+        type(error) is sqlite3.DatabaseError  # "database disk image is malformed", ...
+    )
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _write_header(connection: sqlite3.Connection) -> None:
+    """Write the database header as it is (a write that changes nothing)."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    connection.execute(f"PRAGMA user_version = {int(version)}")
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -76,49 +111,192 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | No
             future.set_result(result)
 
 
+class DoneLedger:
+    """Ids of handled events whose ``done`` could not be written to the database yet.
+
+    A file beside the journal (``<journal>-done``) whose space is reserved at start-up
+    (``posix_fallocate``): noting an id writes into space already allocated, so it works
+    when the disk is full. At the next start-up the ids noted are marked done before
+    anything is resumed, then the ledger is cleared: a handled event is not handled again
+    because its ``done`` could not be stored. When the ledger is full (``size`` bytes,
+    37 a note), further ids are only kept in memory: at least once for those.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._fd: int | None = None
+        self._end = 0
+
+    def open(self) -> list[str]:
+        """Reserve the file's space; return the ids a previous process noted."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            noted = os.pread(fd, self.size, 0).split(b"\0", 1)[0]
+            if os.fstat(fd).st_size < self.size or noted:
+                os.posix_fallocate(fd, 0, self.size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._end = len(noted)
+        return [line.decode("ascii") for line in noted.split() if line]
+
+    def note(self, event_id: str) -> bool:
+        """Note ``event_id`` durably; False when it could not be (full, or failing)."""
+        record = event_id.encode("ascii") + b"\n"
+        if self._fd is None or self._end + len(record) > self.size:
+            return False
+        try:
+            os.pwrite(self._fd, record, self._end)
+            os.fdatasync(self._fd)
+        except OSError:
+            return False
+        self._end += len(record)
+        return True
+
+    def clear(self) -> None:
+        """Forget every id (they are in the database now)."""
+        if self._fd is None or self._end == 0:
+            return
+        try:
+            os.pwrite(self._fd, bytes(self._end), 0)
+            os.fdatasync(self._fd)
+        except OSError:
+            return  # kept: marking them done again at start-up is harmless
+        self._end = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Writer:
     """The one thread that writes the journal file, with group commit (module docstring).
+
+    Storage faults: a new record that cannot be committed fails with
+    :class:`~receiver.errors.JournalUnavailable` (answered 503). A state change (done,
+    failed) that cannot be committed is kept here and written again with backoff
+    (``done`` ids are also noted in the :class:`DoneLedger`); its caller is not failed.
+    After each commit the file at the path is compared (``st_dev``, ``st_ino``) with the
+    one opened at start-up: a deleted or replaced file is :attr:`lost` for good (until a
+    restart opens the file at the path again).
 
     Args:
         path: The database file (its folder is created).
         prepare: Called with the new connection before the first operation (the schema).
         max_batch: Most operations in one transaction.
+        ledger_bytes: Space reserved for the done ledger (0: none).
     """
 
+    retry_min = 0.05
+    retry_max = 5.0
+    """Seconds between attempts at the kept state changes (doubling from the first)."""
+
     def __init__(
-        self, path: Path, prepare: Callable[[sqlite3.Connection], None], max_batch: int
+        self,
+        path: Path,
+        prepare: Callable[[sqlite3.Connection], None],
+        max_batch: int,
+        ledger_bytes: int = 0,
+        apply_done: Callable[[sqlite3.Connection, list[str]], None] | None = None,
     ) -> None:
         self.path = path
         self.prepare = prepare
         self.max_batch = max_batch
+        self.apply_done = apply_done
+        self.ledger = DoneLedger(path.with_name(path.name + "-done"), ledger_bytes)
+        self._ledger_on = ledger_bytes > 0
         self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.commits = 0
         """Transactions committed: with group commit, fewer than operations."""
         self._synced = True  # the connection's synchronous setting is FULL
+        self.identity: tuple[int, int] | None = None
+        self.lost: str | None = None
+        """Why the file at the path is not the writer's any more (None: it is)."""
+        self.failure: str | None = None
+        """The last storage fault, until a commit succeeds with nothing kept."""
+        self.kept: dict[str, _Batch] = {}
+        """State changes not written yet, by event id (written by the thread only)."""
+        self._retry_in = self.retry_min
 
     @property
     def running(self) -> bool:
         return self._thread is not None
 
+    def problem(self) -> str | None:
+        """Why the store is failing now (``/readyz``), None when it is not known to."""
+        if self.lost is not None:
+            return self.lost
+        kept = len(self.kept)
+        if kept:
+            return f"journal failing: {kept} handled events' states not stored yet ({self.failure})"
+        return self.failure
+
     def ensure_started(self) -> None:
-        """Start the thread (connecting and preparing the file) unless it runs."""
+        """Start the thread (connecting and preparing the file) unless it runs.
+
+        Raises:
+            ConfigError: the journal cannot be written (one line: the path, the reason).
+        """
         if self._thread is not None:
             return
         with self._lock:
             if self._thread is not None:
                 return
-            connection = connect(self.path)
-            self.prepare(connection)
+            connection = self._open()
             thread = threading.Thread(
                 target=self._write_loop, args=(connection,), name="receiver-journal", daemon=True
             )
             thread.start()
             self._thread = thread
 
+    def _open(self) -> sqlite3.Connection:
+        """Connect, check the file can be written, prepare it, apply the done ledger."""
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():  # SQLite would fall back to reading it: say why not
+                os.close(os.open(path, os.O_RDWR))
+            if not os.access(path.parent, os.W_OK):  # its -wal and -shm files go there
+                raise PermissionError(f"folder {path.parent} is not writable")
+        except OSError as exc:
+            raise ConfigError(f"journal: {path}: {exc.strerror or exc}") from None
+        connection: sqlite3.Connection | None = None
+        try:
+            connection = connect(path)
+            self.prepare(connection)
+            connection.execute("BEGIN IMMEDIATE")
+            _write_header(connection)  # fails on a file only readable
+            connection.execute("COMMIT")
+            self.identity = _identity(path)
+            if self._ledger_on:
+                noted = self.ledger.open()
+                if noted and self.apply_done is not None:
+                    connection.execute("BEGIN IMMEDIATE")
+                    self.apply_done(connection, noted)
+                    connection.execute("COMMIT")
+                    log.warning("handled events marked done from the done ledger", count=len(noted))
+                self.ledger.clear()
+        except (sqlite3.Error, OSError) as exc:
+            self.ledger.close()
+            if connection is not None:
+                connection.close()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"journal: {path}: {reason}") from None
+        self.lost = self.failure = None
+        return connection
+
     async def submit(
-        self, operation: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+        self,
+        operation: Callable[[sqlite3.Connection], _T],
+        *,
+        durable: bool = True,
+        key: str | None = None,
+        done: bool = False,
     ) -> _T:
         """Run ``operation`` in the writer's next transaction; return once it is committed.
 
@@ -126,16 +304,26 @@ class Writer:
         this returns. Otherwise (state changes of stored events) it is committed, which a
         process crash cannot undo, and fsynced with the next durable commit: after a power
         cut such a change may be lost, and an event handled again (at least once).
+
+        ``key`` (a state change of the stored event ``key``): when the store fails, the
+        change is kept and written later (see the class), and this returns None.
+
+        Raises:
+            JournalUnavailable: the store failed (nothing was stored).
         """
         if self._thread is None:
-            self.ensure_started()
+            try:
+                self.ensure_started()
+            except ConfigError as exc:
+                log.error("journal unavailable", reason=str(exc))
+                raise JournalUnavailable() from None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._queue.put(_Batch(operation, loop, future, durable))
+        self._queue.put(_Batch(operation, loop, future, durable, key, done))
         return await future
 
     async def stop(self) -> None:
-        """Commit what is queued, close the connection and end the thread."""
+        """Commit what is queued (and what was kept), close the connection, end the thread."""
         thread = self._thread
         if thread is None:
             return
@@ -146,8 +334,16 @@ class Writer:
     # -- the thread ---------------------------------------------------------------
 
     def _write_loop(self, connection: sqlite3.Connection) -> None:
+        get = self._queue.get
         while True:
-            first = self._queue.get()
+            if (self.kept or self.failure is not None) and self.lost is None:
+                try:
+                    first = get(timeout=self._retry_in)
+                except queue.Empty:
+                    self._write_kept(connection)
+                    continue
+            else:
+                first = get()
             if first is None:
                 break
             batch = [first]
@@ -164,25 +360,58 @@ class Writer:
             self._run_batch(connection, batch)
             if stop:
                 break
+        if self.kept and self.lost is None:
+            self._write_kept(connection)
+        if self.kept:
+            log.error(
+                "journal stopped with handled events' states not stored",
+                path=str(self.path),
+                count=len(self.kept),
+                in_done_ledger=sum(1 for item in self.kept.values() if item.done),
+            )
         connection.close()
+        self.ledger.close()
+
+    def _check_identity(self) -> None:
+        """Raise :class:`_Lost` (and remember why) when the path is not the writer's file."""
+        try:
+            same = _identity(self.path) == self.identity
+        except FileNotFoundError:
+            self.lost = "journal lost: the file was deleted"
+            raise _Lost(self.lost) from None
+        if not same:
+            self.lost = "journal lost: the file was replaced"
+            raise _Lost(self.lost)
 
     def _run_batch(self, connection: sqlite3.Connection, batch: list[_Batch]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
         durable = any(item.durable for item in batch)
+        changes = connection.total_changes
         try:
+            if self.lost is not None:
+                raise _Lost(self.lost)
             if durable != self._synced:
                 connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._synced = durable
             connection.execute("BEGIN IMMEDIATE")
             outcomes = [(item.operation(connection), None) for item in batch]
+            self._check_identity()  # the -wal beside the path may be another file's now
             connection.execute("COMMIT")
             self.commits += 1
+            self._check_identity()  # committed to the file at the path, not an orphan
         except Exception:
             # One operation failed (or the commit did): take the batch apart, so that
             # each operation succeeds or fails on its own.
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             outcomes = [self._run_alone(connection, item) for item in batch]
+        else:
+            if self.kept:
+                self._write_kept(connection)  # the store works again
+            elif self.failure is not None and connection.total_changes != changes:
+                # Written (a read alone says nothing about a full disk): writable again.
+                log.info("journal writable again", path=str(self.path))
+                self.failure = None
         # One wake-up of each event loop per batch, not one per operation.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, Any]]] = {}
         for item, (result, error) in zip(batch, outcomes, strict=True):
@@ -195,16 +424,82 @@ class Writer:
         self, connection: sqlite3.Connection, item: _Batch
     ) -> tuple[Any, BaseException | None]:
         try:
+            if self.lost is not None:
+                raise _Lost(self.lost)
             connection.execute("BEGIN IMMEDIATE")
             result = item.operation(connection)
+            self._check_identity()
             connection.execute("COMMIT")
             self.commits += 1
+            self._check_identity()
             return result, None
         except Exception as exc:
-            log.exception("journal operation failed", path=str(self.path))
             if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            return None, exc
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            if not storage_fault(exc):
+                log.exception("journal operation failed", path=str(self.path))
+                return None, exc
+            self._failed(exc)
+            if item.key is not None:
+                self._keep(item)
+                return None, None
+            return None, JournalUnavailable()
+
+    def _failed(self, error: BaseException) -> None:
+        """Remember a storage fault; log it when the store was working until now."""
+        reason = self.lost or f"journal not writable: {error}"
+        if reason != self.failure:
+            log.error("journal not writable", path=str(self.path), reason=reason)
+        self.failure = reason
+
+    def _keep(self, item: _Batch) -> None:
+        """Keep a state change that could not be written, to write it later."""
+        key = item.key
+        assert key is not None
+        if key not in self.kept and item.done and not self.ledger.note(key):
+            log.error(
+                "done state kept in memory only: handled again if the process stops first",
+                event_id=key,
+            )
+        self.kept[key] = item
+
+    def _write_kept(self, connection: sqlite3.Connection) -> None:
+        """Write the kept state changes in one transaction (none kept: a write that
+        changes nothing, to see whether the store works again); back off when that fails."""
+        kept = list(self.kept.values())
+        try:
+            if self.lost is not None:
+                raise _Lost(self.lost)
+            connection.execute("BEGIN IMMEDIATE")
+            for item in kept:
+                item.operation(connection)
+            if not kept:
+                _write_header(connection)
+            self._check_identity()
+            connection.execute("COMMIT")
+            self.commits += 1
+            self._check_identity()
+        except Exception as exc:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            if not storage_fault(exc):  # a bug in one of them: write each alone
+                log.exception("journal operation failed", path=str(self.path))
+                for item in kept:
+                    del self.kept[item.key or ""]
+                    self._run_alone(connection, item)
+                return
+            self._failed(exc)
+            self._retry_in = min(self._retry_in * 2, self.retry_max)
+            return
+        for item in kept:
+            del self.kept[item.key or ""]
+        self._retry_in = self.retry_min
+        if not self.kept:
+            self.ledger.clear()
+            log.info("journal writable again", path=str(self.path), states_stored=len(kept))
+            self.failure = None
 
 
 class Reader:
@@ -239,13 +534,31 @@ class Reader:
             self.prepare(connection)
             return [row(found) for found in connection.execute(query, params).fetchall()]
 
-    async def check(self) -> str | None:
-        """None when the file can be read, else a short reason."""
-        return await asyncio.to_thread(self._check)
+    async def check(self, opened: tuple[int, int] | None = None) -> str | None:
+        """None when the file can be read and written, else a short reason; creates
+        nothing. ``opened``: the writer's file (``st_dev``, ``st_ino``), which the file at
+        the path must still be."""
+        return await asyncio.to_thread(self._check, opened)
 
-    def _check(self) -> str | None:
+    def _check(self, opened: tuple[int, int] | None) -> str | None:
+        path = self.path
         try:
-            with closing(sqlite3.connect(self.path, timeout=2)) as connection:
+            found = os.stat(path)
+        except FileNotFoundError:
+            return "journal lost: the file does not exist" if opened else "journal missing"
+        except OSError as exc:
+            return f"journal unreachable: {exc.strerror}"
+        if opened is not None and (found.st_dev, found.st_ino) != opened:
+            return "journal lost: the file was replaced"
+        try:
+            os.close(os.open(path, os.O_RDWR))  # never O_CREAT
+        except OSError as exc:
+            return f"journal not writable: {exc.strerror}"
+        if not os.access(path.parent, os.W_OK):
+            return "journal not writable: its folder is not writable"
+        uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=rw"
+        try:
+            with closing(sqlite3.connect(uri, uri=True, timeout=2)) as connection:
                 connection.execute("SELECT 1 FROM events LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             return f"journal unreachable: {exc}"
