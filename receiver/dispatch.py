@@ -236,7 +236,9 @@ class Dispatcher:
                 reply = _as_reply(result, impl)
         if failed:
             raise HandlerError(
-                f"{len(failed)} handler(s) failed; see the log for event {event.id}", failed
+                f"{len(failed)} handler(s) failed; see the log for event {event.id}",
+                failed,
+                reply,
             )
         return reply
 

@@ -285,6 +285,8 @@ class CallbackEndpoint:
             return Answer(200, b"", [], Outcome.reply_timeout, event)
         except HandlerError as exc:
             await redelivery.failed(event, str(exc), exc.plugins, attempt=1)
+            if isinstance(exc.reply, Reply):  # another plugin's reply still goes out
+                return await self._answer(bound, event, exc.reply, Outcome.handler_error)
             return Answer(200, b"", [], Outcome.handler_error, event)
         else:
             rendered = bound.provider.render_reply(event, reply) if reply is not None else None
@@ -323,7 +325,7 @@ class CallbackEndpoint:
             # The handlers ran: a 5xx would have the provider send it again and run them
             # again. Without a journal to keep the reply for a retry, it is lost (logged).
             log.error(
-                "reply lost: send_reply failed, and without a journal it is not retried",
+                "reply lost: send_reply failed, and this reply is not kept for a retry",
                 channel=bound.name,
                 provider=bound.provider.name,
                 event_id=event.id,

@@ -67,11 +67,16 @@ class HandlerError(CallbackError):
 
     Attributes:
         plugins: The names of the plugins whose hooks raised (retries call only these).
+        reply: The reply another plugin gave for the same event (a
+            :class:`receiver.events.Reply`), or None: it is still answered.
     """
 
-    def __init__(self, reason: str, plugins: list[str] | None = None) -> None:
+    def __init__(
+        self, reason: str, plugins: list[str] | None = None, reply: object | None = None
+    ) -> None:
         super().__init__(reason)
         self.plugins = plugins or []
+        self.reply = reply
 
 
 class HandlerTimeout(CallbackError):

@@ -404,3 +404,34 @@ def test_callback_cut_off_at_shutdown_is_503_and_resumed_at_next_start(tmp_path:
     with serve(tmp_path, SHUTDOWN_CONFIG, *args):
         assert wait_until(lambda: state_of(db, row["id"]) == "done", timeout=10)
     assert (plugins / "handled").read_text().split() == [row["id"]]
+
+
+class CrmDown:
+    """on_event raises until ``up`` is set: a plugin beside the one that replies."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.calls = 0
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        self.calls += 1
+        if not self.up:
+            raise RuntimeError("crm down")
+
+
+def test_reply_of_one_plugin_still_answered_when_another_plugin_fails(tmp_path: Path) -> None:
+    """Issue 14 part 1 (found while fixing it): a reply one plugin gave was dropped when
+    another plugin for the same event raised. It is answered (OnePoint: in the body); the
+    failed plugin alone is retried, and the replier is not run again."""
+    replier, crm = Replier(), CrmDown()
+    app = make_app(tmp_path, plugins=[replier, crm], retry_delays=[0.05])
+    with TestClient(app) as client:
+        response = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        assert response.status_code == 200
+        assert "reply 1" in response.text
+        ((entry_id, state),) = [(row["id"], row["state"]) for row in rows(db_path(tmp_path))]
+        assert state == "failed"
+        crm.up = True
+        assert wait_until(lambda: state_of(db_path(tmp_path), entry_id) == "done")
+    assert (replier.calls, crm.calls) == (1, 2)
