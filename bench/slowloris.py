@@ -86,7 +86,9 @@ def soft_nofile(pid: int) -> str:
     return "?"
 
 
-def start_server(workdir: Path, port: int, nofile: int, pythonpath: str | None) -> subprocess.Popen[bytes]:
+def start_server(
+    workdir: Path, port: int, nofile: int, pythonpath: str | None
+) -> subprocess.Popen[bytes]:
     config = workdir / "receiver.toml"
     config.write_text(CONFIG)
     env = {**os.environ, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -284,7 +286,7 @@ def main() -> int:
     parser.add_argument("--pythonpath", help="serve the receiver package found here")
     args = parser.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the client's own
     needed = args.idle + args.slowloris + args.flood + 100
     if hard < needed:
