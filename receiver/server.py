@@ -136,6 +136,8 @@ BUSY = _fixed_response(
     b"503 Service Unavailable", "too many connections", headers=b"retry-after: 1\r\n"
 )
 
+_Base = HttpToolsProtocol  # its methods called directly: cheaper than super() per request
+
 # What the connection is receiving: a request line and headers (or waiting for one), or
 # a body.
 _HEAD, _BODY = 0, 1
@@ -190,28 +192,36 @@ class HttpProtocol(HttpToolsProtocol):
                 self._head_over(data, room)
                 return
             self._head_room = room - len(data)
-        super().data_received(data)
+        _Base.data_received(self, data)
+        if self._phase == _BODY and self._deadline is None:  # a body still to come
+            self._set_deadline(self.body_timeout)
 
     def on_headers_complete(self) -> None:
         self._heads += 1
         self._phase = _BODY
+        self._deadline = None  # the body's is set once this read is parsed, if still due
         self.waiting.pop(self, None)
-        self._set_deadline(self.body_timeout)
-        super().on_headers_complete()
+        _Base.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        _Base.on_message_complete(self)
         self._phase = _HEAD
         self._head_room = self.max_head
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete:  # answered before the body was in
+        self._deadline = None  # the handler runs: no deadline until it has answered
+        if self.cycle.response_complete:  # it answered before the body was in
             self._await_head()
-        else:  # the handler runs: no deadline until it has answered
-            self._deadline = None
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._phase == _HEAD and not self.transport.is_closing() and not self._busy():
+        """uvicorn's, with the head deadline in place of its keep-alive timer (which
+        every byte resets; the head deadline does its job)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # requests that came in while this one was handled
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._phase == _HEAD:
             self._await_head()
 
     # -- the limits -----------------------------------------------------------------------
@@ -223,17 +233,19 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _await_head(self) -> None:
         """Nothing in progress: the next request's head is due within header_timeout."""
-        self.waiting.pop(self, None)
-        self.waiting[self] = None
+        waiting = self.waiting
+        waiting.pop(self, None)
+        waiting[self] = None  # the newest
         self._set_deadline(self.header_timeout)
 
     def _set_deadline(self, seconds: float) -> None:
+        """The current step must end within ``seconds``; the timer is set only if it
+        would fire too late (or is not set)."""
         at = self.loop.time() + seconds
         self._deadline = at
-        timer = self._timer
-        if timer is None or at < self._timer_at:
-            if timer is not None:
-                timer.cancel()
+        if self._timer is None or at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self.loop.call_at(at, self._on_timer)
             self._timer_at = at
 
