@@ -222,7 +222,13 @@ def _server_limits(config: Config, *, worker: bool = False) -> type[asyncio.Prot
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     else:
         before, soft, hard = raise_descriptor_limit()
-        log.info("descriptor limit", soft_before=before, soft=soft, hard=hard)
+        log.info(
+            "descriptor limit",
+            soft_before=before,
+            soft=soft,
+            hard=hard,
+            max_connections=connection_cap(config.server, soft),
+        )
     cap = connection_cap(config.server, soft)
     if cap < config.server.max_connections and not worker:
         log.warning(
@@ -231,7 +237,7 @@ def _server_limits(config: Config, *, worker: bool = False) -> type[asyncio.Prot
             allowed=cap,
             descriptors=soft,
         )
-    use_limits(config.server, cap)
+    use_limits(config.server, cap, config.max_body_bytes)
     return HttpProtocol
 
 

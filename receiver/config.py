@@ -92,7 +92,7 @@ class ServerLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     Attributes:
         max_header_bytes: Bytes of request line and headers one request may send
             (default 65536, 64 KiB); beyond: 431 and the connection closed, never more
-            buffered.
+            buffered. A chunked body's trailers are held to it too (413).
         header_timeout: Seconds a connection has to send a whole request line and
             headers (default 5.0), counted from its opening or from the end of the
             previous response: an idle connection is closed, a request still arriving

@@ -10,7 +10,11 @@ resets it), and it accepts connections until the descriptors run out. This modul
   opening or the previous response (idle: closed; partly sent: 408), the body to
   ``body_timeout`` from the end of the head (408, or closed if answered already), and
   connections to ``max_connections`` (the one waiting longest for a request is closed
-  to make room; 503 when none is waiting). A handler that is running is never cut off.
+  to make room; 503 when none is waiting), and a chunked body to ``max_body_bytes`` of
+  data, 64 bytes of framing per chunk and ``max_header_bytes`` of trailers (httptools
+  holds a trailer whole, as it does a header; 413). Only receiving is timed: a handler
+  that is running is never cut off, and uvicorn's keep-alive timer is replaced by the
+  head deadline.
 * :func:`raise_descriptor_limit`: the soft RLIMIT_NOFILE raised to the hard limit.
 * :class:`Throttle`: the warning each limit logs when it trips, at most one line per
   limit per 10 s with the count of those suppressed; no line holds request bytes.
@@ -31,7 +35,7 @@ from typing import Any, ClassVar
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from receiver.config import ServerLimits
+from receiver.config import DEFAULT_MAX_BODY_BYTES, ServerLimits
 
 __all__ = [
     "DESCRIPTOR_RESERVE",
@@ -111,10 +115,16 @@ def connection_cap(limits: ServerLimits, descriptors: int) -> int:
     return max(1, min(limits.max_connections, descriptors - DESCRIPTOR_RESERVE))
 
 
-def use_limits(limits: ServerLimits, max_connections: int | None = None) -> None:
+def use_limits(
+    limits: ServerLimits,
+    max_connections: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> None:
     """Make :class:`HttpProtocol` apply ``limits`` in this process (``max_connections``:
-    the cap actually applied, if lowered by :func:`connection_cap`)."""
+    the cap actually applied, if lowered by :func:`connection_cap`; ``max_body_bytes``:
+    the app's, which bounds a chunked body's data)."""
     cls = HttpProtocol
+    cls.max_body = max_body_bytes
     cls.max_head = limits.max_header_bytes
     cls.header_timeout = limits.header_timeout
     cls.body_timeout = limits.body_timeout
@@ -131,6 +141,7 @@ def _fixed_response(status: bytes, error: str, *, headers: bytes = b"") -> bytes
 
 
 TOO_LARGE = _fixed_response(b"431 Request Header Fields Too Large", "request head too large")
+CHUNKED_TOO_LARGE = _fixed_response(b"413 Content Too Large", "chunked body too large")
 TIMED_OUT = _fixed_response(b"408 Request Timeout", "request not received in time")
 BUSY = _fixed_response(
     b"503 Service Unavailable", "too many connections", headers=b"retry-after: 1\r\n"
@@ -138,9 +149,11 @@ BUSY = _fixed_response(
 
 _Base = HttpToolsProtocol  # its methods called directly: cheaper than super() per request
 
-# What the connection is receiving: a request line and headers (or waiting for one), or
-# a body.
-_HEAD, _BODY = 0, 1
+# What the connection is receiving: a request line and headers (or waiting for one), a
+# body, or a chunked body (whose trailers httptools buffers like headers).
+_HEAD, _BODY, _CHUNKED = 0, 1, 2
+CHUNK_FRAMING = 64
+"""Bytes allowed per chunk of a chunked body for its size line and CRLFs."""
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -156,6 +169,7 @@ class HttpProtocol(HttpToolsProtocol):
     header_timeout: ClassVar[float] = ServerLimits().header_timeout
     body_timeout: ClassVar[float] = ServerLimits().body_timeout
     max_connections: ClassVar[int] = ServerLimits().max_connections
+    max_body: ClassVar[int] = DEFAULT_MAX_BODY_BYTES
     throttle: ClassVar[Throttle] = Throttle()
     waiting: ClassVar[dict[HttpProtocol, None]] = {}
     """Connections waiting for a request (idle, or sending a head), oldest first: the
@@ -163,6 +177,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     _phase = _HEAD
     _head_room = 0  # bytes this request's head may still send
+    _chunked_room = 0  # bytes this request's chunked body may still send
     _heads = 0  # request heads received whole on this connection
     _deadline: float | None = None
     _timer: asyncio.TimerHandle | None = None
@@ -186,14 +201,20 @@ class HttpProtocol(HttpToolsProtocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self._phase == _HEAD:
+        phase = self._phase
+        if phase == _HEAD:
             room = self._head_room
             if len(data) > room:
                 self._head_over(data, room)
                 return
             self._head_room = room - len(data)
+        elif phase == _CHUNKED:
+            self._chunked_room -= len(data)
+            if self._chunked_room < 0:
+                self._chunked_over()
+                return
         _Base.data_received(self, data)
-        if self._phase == _BODY and self._deadline is None:  # a body still to come
+        if self._phase != _HEAD and self._deadline is None:  # a body still to come
             self._set_deadline(self.body_timeout)
 
     def on_headers_complete(self) -> None:
@@ -202,6 +223,14 @@ class HttpProtocol(HttpToolsProtocol):
         self._deadline = None  # the body's is set once this read is parsed, if still due
         self.waiting.pop(self, None)
         _Base.on_headers_complete(self)
+
+    def on_chunk_header(self) -> None:
+        """A chunked body: held to max_body_bytes of data, CHUNK_FRAMING bytes of framing
+        per chunk and max_header_bytes of trailers (httptools holds trailers whole)."""
+        if self._phase == _BODY:
+            self._phase = _CHUNKED
+            self._chunked_room = self.max_body + self.max_head
+        self._chunked_room += CHUNK_FRAMING
 
     def on_message_complete(self) -> None:
         _Base.on_message_complete(self)
@@ -290,6 +319,15 @@ class HttpProtocol(HttpToolsProtocol):
         self._warn("header_size", "request head too large", "server.max_header_bytes",
                    self.max_head, "closed" if busy else "431")
         self._end(None if busy else TOO_LARGE)
+
+    def _chunked_over(self) -> None:
+        """A chunked body past its allowance: 413 if nothing was answered, else closed."""
+        cycle = self.cycle
+        answerable = not self.pipeline and cycle is not None and not cycle.response_started
+        self._warn("chunked_size", "chunked body, framing or trailers too large",
+                   "max_body_bytes + server.max_header_bytes", self.max_body + self.max_head,
+                   "413" if answerable else "closed")
+        self._end(CHUNKED_TOO_LARGE if answerable else None)
 
     def _make_room(self) -> None:
         """Over max_connections: close the connection waiting longest for a request;
