@@ -1,7 +1,8 @@
 """What :class:`receiver.server.HttpProtocol` adds to each request, next to uvicorn's own
 httptools protocol: no sockets, no app work, just the protocol.
 
-Run: ``.venv/bin/python bench/protocol.py`` (about 20 s).
+Run: ``.venv/bin/python bench/protocol.py`` (about 20 s); ``--instructions`` counts
+instructions per request with valgrind instead (the same on a busy host; about a minute).
 
 One connection of each class is driven on a uvloop loop through a fake transport: the
 Whispir JSON request of ``bench/load.py`` goes in through ``data_received``, an ASGI app
@@ -9,13 +10,18 @@ that reads the body and answers 200 runs, the response comes out; ``--requests``
 a row (keep-alive), timed, ``--rounds`` times alternating the classes. The figure is the
 best round of each (the least disturbed by the host), in microseconds per request, and
 the difference: the cost of the limits, to set against a whole request's CPU time in
-``bench/load.py`` (the "CPU us" column).
+``bench/load.py`` (the "CPU us" column). With ``--instructions``, each class is run once
+under ``valgrind --tool=cachegrind`` with ``--requests`` requests and once with a tenth
+of them: the difference over the count is its instructions per request, to set against
+``bench/instructions.py``'s figures (the app's own work, without the server's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,11 +105,47 @@ async def run(cls: type[HttpToolsProtocol], requests: int) -> float:
     return elapsed / requests
 
 
+CLASSES: dict[str, type[HttpToolsProtocol]] = {
+    "HttpToolsProtocol": HttpToolsProtocol,
+    "HttpProtocol": HttpProtocol,
+}
+
+
+def instructions(name: str, requests: int) -> int:
+    done = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, __file__, "--drive", name, "--requests", str(requests)],
+        capture_output=True, text=True, check=True,
+    )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    assert found, done.stderr[-500:]
+    return int(found[1].replace(",", ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per request with valgrind")
+    parser.add_argument("--drive", choices=CLASSES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.drive:  # one run, under valgrind
+        loop = uvloop.new_event_loop()
+        loop.run_until_complete(run(CLASSES[args.drive], args.requests))
+        return 0
+    if args.instructions:
+        few = max(1, args.requests // 10)
+        counts = {name: (instructions(name, args.requests) - instructions(name, few))
+                  / (args.requests - few) for name in CLASSES}
+        plain, limited = counts["HttpToolsProtocol"], counts["HttpProtocol"]
+        print(f"valgrind cachegrind, instructions per request ({args.requests:,} requests "
+              f"less {few:,}):")
+        print(f"  uvicorn HttpToolsProtocol      {plain:9,.0f}")
+        print(f"  receiver.server.HttpProtocol   {limited:9,.0f}")
+        print(f"  the limits cost                {limited - plain:+9,.0f} "
+              f"({(limited - plain) / plain:+.1%} of the protocol's)")
+        return 0
     loop = uvloop.new_event_loop()
     best: dict[str, float] = {}
     classes: list[type[HttpToolsProtocol]] = [HttpToolsProtocol, HttpProtocol]

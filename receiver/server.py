@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import httptools
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -213,7 +214,19 @@ class HttpProtocol(HttpToolsProtocol):
             if self._chunked_room < 0:
                 self._chunked_over()
                 return
-        _Base.data_received(self, data)
+        # uvicorn's data_received, but for its keep-alive timer (never set here)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         if self._phase != _HEAD and self._deadline is None:  # a body still to come
             self._set_deadline(self.body_timeout)
 
@@ -250,8 +263,13 @@ class HttpProtocol(HttpToolsProtocol):
         if self.pipeline:  # requests that came in while this one was handled
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        elif self._phase == _HEAD:
-            self._await_head()
+        elif self._phase == _HEAD:  # _await_head(), inlined: this runs for every request
+            waiting = self.waiting
+            waiting.pop(self, None)
+            waiting[self] = None
+            at = self._deadline = self.loop.time() + self.header_timeout
+            if self._timer is None or at < self._timer_at:
+                self._set_deadline(self.header_timeout)
 
     # -- the limits -----------------------------------------------------------------------
 
@@ -309,7 +327,7 @@ class HttpProtocol(HttpToolsProtocol):
         heads = self._heads
         self._head_room = 0
         if room > 0:
-            super().data_received(data[:room])
+            _Base.data_received(self, data[:room])
             if self.transport.is_closing():
                 return
             if self._heads != heads:  # the head ended within the limit: go on
