@@ -28,6 +28,11 @@ compares the server's RSS after the first ~10k and at the end.
 Exit status: 0 all correct (and, in a full run, every target met); 1 a scenario answered
 wrongly, failed or wrk reported errors; 2 wrk is not installed; 3 correct but a target
 was missed. ``--quick`` runs everything for 1 s and does not judge the targets.
+
+``--compare-http MODULE:CLASS`` runs each journal-off receiver row a second time, just
+after the first, served by that uvicorn HTTP protocol class instead of httptools' (for
+``receiver serve``'s: ``--compare-http receiver.server:HttpProtocol``, the protocol with
+the ``[server]`` limits at their defaults), and prints each pair's ratios.
 """
 
 from __future__ import annotations
