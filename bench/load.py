@@ -28,6 +28,11 @@ compares the server's RSS after the first ~10k and at the end.
 Exit status: 0 all correct (and, in a full run, every target met); 1 a scenario answered
 wrongly, failed or wrk reported errors; 2 wrk is not installed; 3 correct but a target
 was missed. ``--quick`` runs everything for 1 s and does not judge the targets.
+
+``--compare-http MODULE:CLASS`` runs each journal-off receiver row a second time, just
+after the first, served by that uvicorn HTTP protocol class instead of httptools' (for
+``receiver serve``'s: ``--compare-http receiver.server:HttpProtocol``, the protocol with
+the ``[server]`` limits at their defaults), and prints each pair's ratios.
 """
 
 from __future__ import annotations
@@ -114,6 +119,12 @@ class Scenario:
     signed: bool = False
     expect_in_body: str | None = None  # wrk checks every response body contains it
     expect_json: Any = None  # the probe checks the first response is exactly this
+    http: str = "httptools"  # uvicorn's --http: a protocol name or "module:Class"
+
+    @property
+    def title(self) -> str:
+        """The name, marked ``+limits`` when served by another HTTP protocol class."""
+        return self.name if self.http == "httptools" else f"{self.name}+limits"
 
     @property
     def journal_label(self) -> str:
@@ -121,7 +132,12 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({'journal' if self.journal else 'no journal'})"
+        journal = "journal" if self.journal else "no journal"
+        return (
+            f"{self.title} ({journal})"
+            if self.http == "httptools"
+            else (f"{self.title} ({journal}, --http {self.http})")
+        )
 
     def request_headers(self, port: int) -> dict[str, str]:
         """The headers of every request: Host is the signed URL's, as wrk will send it."""
@@ -316,7 +332,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def uvicorn_command(pin: list[str], factory: str, port: int | str) -> list[str]:
+def uvicorn_command(
+    pin: list[str], factory: str, port: int | str, http: str = "httptools"
+) -> list[str]:
+    options = list(UVICORN_OPTIONS)
+    options[options.index("--http") + 1] = http
     return [
         *pin,
         sys.executable,
@@ -328,7 +348,7 @@ def uvicorn_command(pin: list[str], factory: str, port: int | str) -> list[str]:
         HOST,
         "--port",
         str(port),
-        *UVICORN_OPTIONS,
+        *options,
     ]
 
 
@@ -394,7 +414,7 @@ def serve(scenario: Scenario, pin: list[str], workdir: Path) -> Iterator[Server]
     log = workdir / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            uvicorn_command(pin, scenario.name, port),
+            uvicorn_command(pin, scenario.name, port, scenario.http),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -689,8 +709,9 @@ def fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[Row]) -> None:
     naive = next((r for r in rows if r.scenario.name == "naive" and r.ok), None)
+    width = max(15, *(len(r.scenario.title) + 1 for r in rows))
     header = (
-        f"{'scenario':<15}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'scenario':<{width}}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'x base':>8}{'x naive':>8}{'CPU us':>8}{'x base':>8}{'RSS MB':>8}  check"
     )
     print(header)
@@ -705,7 +726,7 @@ def print_table(rows: list[Row]) -> None:
         check = "ok" if row.ok else "; ".join(row.problems)
         cpu_base = ref.cpu_us / row.cpu_us if ref and ref.cpu_us and row.cpu_us else None
         print(
-            f"{row.scenario.name:<15}{row.scenario.journal_label:<8}"
+            f"{row.scenario.title:<{width}}{row.scenario.journal_label:<8}"
             f"{fmt(rate, ',.0f'):>9}{fmt(p50, '.2f'):>9}{fmt(p99, '.2f'):>9}"
             f"{fmt(x_base, '.2f'):>8}"
             f"{fmt(x_naive, '.2f'):>8}{fmt(row.cpu_us, '.1f'):>8}{fmt(cpu_base, '.2f'):>8}"
@@ -717,6 +738,36 @@ def print_table(rows: list[Row]) -> None:
     print("CPU us: the server's CPU time (user + system, all threads) per request; its")
     print("x base (baseline's CPU per request / this one's) is steadier than req/s when")
     print("the host is busy.")
+
+
+def print_pairs(rows: list[Row], http: str) -> None:
+    """Each row served by ``http`` next to the same scenario just before it."""
+    print(
+        f"--http {http} against httptools, scenario by scenario (each pair run one after "
+        "the other):"
+    )
+    for i, after in enumerate(rows):
+        if after.scenario.http != http:
+            continue
+        before = next(
+            r
+            for r in reversed(rows[:i])
+            if r.scenario == dataclasses.replace(after.scenario, http="httptools")
+        )
+        if not (before.ok and after.ok and before.result and after.result):
+            print(f"  {after.scenario.name:<15} not comparable (a row failed)")
+            continue
+        rate = after.result.rate / before.result.rate
+        ref_before, ref_after = before.reference(), after.reference()
+        x_before = before.result.rate / ref_before.rate if ref_before else None
+        x_after = after.result.rate / ref_after.rate if ref_after else None
+        cpu = before.cpu_us / after.cpu_us if before.cpu_us and after.cpu_us else None
+        print(
+            f"  {after.scenario.name:<15} req/s {rate:.3f}x, x base {fmt(x_before, '.2f')}"
+            f" -> {fmt(x_after, '.2f')}, CPU us per request {fmt(before.cpu_us, '.1f')} -> "
+            f"{fmt(after.cpu_us, '.1f')} (speed {fmt(cpu, '.3f')}x)"
+        )
+    print()
 
 
 def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str, str, str]]:
@@ -798,6 +849,13 @@ def main() -> int:
         "need baseline/naive in the run); no memory check unless --memory",
     )
     parser.add_argument(
+        "--compare-http",
+        metavar="MODULE:CLASS",
+        help="run each journal-off receiver row a second time, right after, "
+        "served by this uvicorn HTTP protocol class (e.g. "
+        "receiver.server:HttpProtocol), and print the pairs' ratios",
+    )
+    parser.add_argument(
         "--memory",
         action="store_true",
         help="run the memory check (alone, or with --only's scenarios)",
@@ -823,6 +881,16 @@ def main() -> int:
     else:
         selected = every
     with_memory = args.memory or not names
+    if args.compare_http:
+        selected = [
+            variant
+            for s in selected
+            for variant in (
+                [s, dataclasses.replace(s, http=args.compare_http)]
+                if s.receiver and not s.journal
+                else [s]
+            )
+        ]
 
     pin = pins()
     started = time.monotonic()
@@ -831,7 +899,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="receiver-bench-") as temp:
         tmp = Path(temp)
         for number, scenario in enumerate(interleave(selected, BASELINE_EVERY)):
-            workdir = tmp / f"{number:02d}-{scenario.name}-{scenario.journal_label}"
+            workdir = tmp / f"{number:02d}-{scenario.title}-{scenario.journal_label}"
             workdir.mkdir()
             print(f"running {scenario.label} for {seconds} s ...", file=sys.stderr, flush=True)
             rows.append(run_scenario(scenario, pin, seconds, workdir))
@@ -891,6 +959,8 @@ def main() -> int:
             print(f"  PROBLEM: {problem}")
         print()
 
+    if args.compare_http:
+        print_pairs(rows, args.compare_http)
     targets = judge_targets(rows, memory)
     if args.quick:
         print("targets (NOT judged with --quick: 1 s runs are too short to mean anything):")

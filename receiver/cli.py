@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -19,6 +20,9 @@ import structlog
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["main"]
 
@@ -186,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     app = create_app(config)  # fail here, in the parent, on any configuration error
     _refuse_unwritable_journal(app)
+    http_protocol = _server_limits(config)
     if log_format == "console":  # in JSON, every line is JSON: the "serving" line says it
         print(f"receiver listening on http://{args.host}:{args.port}", file=sys.stderr)
         print(_channel_table(config), file=sys.stderr, flush=True)
@@ -204,6 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "timeout_graceful_shutdown": args.shutdown_timeout,
         "server_header": False,
+        "http": http_protocol,  # httptools, with the [server] limits
     }
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
     # handler that was there before it: make that a clean exit, not a death by signal.
@@ -236,6 +242,34 @@ def _refuse_unwritable_journal(app: Any) -> None:
     asyncio.run(probe())
 
 
+def _server_limits(config: Config, *, worker: bool = False) -> type[asyncio.Protocol]:
+    """The HTTP protocol class of ``receiver serve``, set to ``config.server``'s limits in
+    this process; the descriptor limit raised first (workers inherit it) and logged."""
+    from receiver.server import HttpProtocol, connection_cap, raise_descriptor_limit, use_limits
+
+    if worker:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    else:
+        before, soft, hard = raise_descriptor_limit()
+        log.info(
+            "descriptor limit",
+            soft_before=before,
+            soft=soft,
+            hard=hard,
+            max_connections=connection_cap(config.server, soft),
+        )
+    cap = connection_cap(config.server, soft)
+    if cap < config.server.max_connections and not worker:
+        log.warning(
+            "descriptor limit below server.max_connections: fewer connections allowed",
+            max_connections=config.server.max_connections,
+            allowed=cap,
+            descriptors=soft,
+        )
+    use_limits(config.server, cap, config.max_body_bytes)
+    return HttpProtocol
+
+
 def _exit_cleanly(signum: int, frame: object) -> None:
     log.info("stopped", signal=signal.Signals(signum).name)
     sys.exit(0)
@@ -248,6 +282,7 @@ def worker_app() -> Any:
 
     configure_logging(_env("LOG_FORMAT"), _env("LOG_LEVEL", "info"))
     config = load_config(os.environ.get(_WORKER_CONFIG))
+    _server_limits(config, worker=True)
     plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR) or config.plugins_dir
     return create_app(msgspec.structs.replace(config, metrics=True, plugins_dir=plugins_dir))
 

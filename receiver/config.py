@@ -23,7 +23,15 @@ import structlog
 
 from receiver.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "KEY_MODES", "Channel", "Config", "convert", "load_config"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "KEY_MODES",
+    "Channel",
+    "Config",
+    "ServerLimits",
+    "convert",
+    "load_config",
+]
 
 log = structlog.get_logger()
 
@@ -77,6 +85,42 @@ class Channel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = {}
 
 
+class ServerLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How much ``receiver serve`` lets one client hold: the ``[server]`` table.
+
+    They apply to the HTTP server of ``receiver serve`` (a mounted app is served by its
+    host's server, which sets its own). See :mod:`receiver.server`.
+
+    Attributes:
+        max_header_bytes: Bytes of request line and headers one request may send
+            (default 65536, 64 KiB); beyond: 431 and the connection closed, never more
+            buffered. A chunked body's trailers are held to it too (413).
+        header_timeout: Seconds a connection has to send a whole request line and
+            headers (default 5.0), counted from its opening or from the end of the
+            previous response: an idle connection is closed, a request still arriving
+            gets 408. Bytes that trickle in do not extend it.
+        body_timeout: Seconds a request has to send its whole body once its headers are
+            in (default 30.0): 408 (or closed, if answered already). A handler that is
+            already running is not affected: ``reply_timeout`` bounds it.
+        max_connections: Connections held open at once (default 1000). A new one beyond
+            closes the connection that has waited longest for a request (idle or still
+            sending its headers); when every one is busy, the new one gets 503. Lowered at
+            start to fit the process's descriptor limit (less 100 for the journal, logs
+            and plugins).
+    """
+
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 5.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
+
+    def validate(self, source: str = "config") -> None:
+        """Raise :class:`ConfigError` naming the key of a value that is not positive."""
+        for key in ("max_header_bytes", "header_timeout", "body_timeout", "max_connections"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: server.{key} must be positive")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A receiver's whole configuration.
 
@@ -105,6 +149,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (0: off).
         retry_delays: Seconds before each retry of a failed event; after the last one
             the event is a dead letter.
+        server: ``receiver serve``'s limits on slow, idle and greedy clients
+            (:class:`ServerLimits`, the ``[server]`` table).
     """
 
     channels: dict[str, Channel] = {}
@@ -122,6 +168,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     duplicate_window: float = 48 * 3600.0
     duplicate_body_window: float = 600.0
     retry_delays: list[float] = msgspec.field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0])
+    server: ServerLimits = msgspec.field(default_factory=ServerLimits)
 
     def validate(self, source: str = "config") -> None:
         """Check what types alone cannot; raise :class:`ConfigError` naming the key."""
@@ -136,6 +183,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for key in ("reply_timeout", "handler_timeout", "blocking_threads"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
+        self.server.validate(source)
         for name, channel in self.channels.items():
             where = f"{source}: channels.{name}"
             if not name or "/" in name or name in RESERVED_NAMES:

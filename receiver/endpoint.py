@@ -204,9 +204,9 @@ class CallbackEndpoint:
             body = await read_body(receive, headers.get(b"content-length"), self.max_body)
             bound.authenticator.check(CallbackRequest(scope, body, headers))
             if bound.secret_param is not None and query:  # the key is no callback field
-                query = without_key_param(
-                    query.decode("latin-1"), bound.secret_param
-                ).encode("latin-1")
+                query = without_key_param(query.decode("latin-1"), bound.secret_param).encode(
+                    "latin-1"
+                )
             coding = headers.get(b"content-encoding")
             try:
                 if coding is not None:  # authenticated as sent, parsed as meant

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from receiver.config import Channel, Config, load_config
+from receiver.config import Channel, Config, ServerLimits, load_config
 from receiver.providers.onepoint import DiyProvider, OnePointProvider
 from receiver.providers.whispir import WhispirProvider
 
@@ -27,7 +27,12 @@ def _keys_written(text: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "struct",
-    [Config, Channel, *(p.options for p in (WhispirProvider, OnePointProvider, DiyProvider))],
+    [
+        Config,
+        Channel,
+        ServerLimits,
+        *(p.options for p in (WhispirProvider, OnePointProvider, DiyProvider)),
+    ],
     ids=lambda struct: struct.__name__,
 )
 def test_example_config_documents_every_option(struct: type[msgspec.Struct]) -> None:
