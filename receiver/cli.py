@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from receiver.config import Config, load_config
+from receiver.config import Config, duration, load_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
 
@@ -130,14 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def _age(text: str) -> float:
-    """``30d``, ``12h``, ``45m``, ``90s`` (or plain seconds) -> seconds."""
-    unit = _UNITS.get(text[-1:].lower())
+    """``30d``, ``12h``, ``45m``, ``90s`` (or plain seconds) -> seconds
+    (:func:`receiver.config.duration`)."""
     try:
-        return float(text[:-1]) * unit if unit else float(text)
+        return duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30d, 12h or 90s") from None
 
