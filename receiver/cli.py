@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--since", type=_age, help="e.g. 2h, 7d, 30m, 90s")
     events.add_argument("--limit", type=int, default=50)
+    events.add_argument(
+        "--json", action="store_true", help="one JSON object per entry and line (no body)"
+    )
 
     replay = commands.add_parser(
         "replay", help="dispatch journal entries again through the current plugins"

@@ -150,6 +150,9 @@ class CallbackEndpoint:
         )
         self.observer: Observer | None = None
         self._pending: dict[str, _Pending] = {}
+        if self.redelivery is not None:
+            pending = self._pending
+            self.redelivery.handling = lambda: len(pending)
         self.channels = bind_channels(config, manager)
 
     def observe(self, observer: Observer) -> None:

@@ -81,8 +81,8 @@ class Metrics:
         )
         self.backlog_gauge = Gauge(
             "receiver_journal_backlog",
-            "Journal entries received, failed or reply_failed: still to handle or deliver "
-            "(counted by the retry worker every few seconds).",
+            "Journal entries still to handle or deliver: failed and reply_failed, and "
+            "received ones being handled (counted by the retry worker every few seconds).",
             registry=self.registry,
         )
         self.commit_seconds = Histogram(

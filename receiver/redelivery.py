@@ -59,7 +59,8 @@ class Observer(Protocol):
         """``send_reply`` raised: a reply was not delivered (kept for a retry)."""
 
     def backlog(self, count: int) -> None:
-        """Entries received, failed or reply_failed: still to handle or deliver."""
+        """Entries still to handle or deliver: failed and reply_failed in the journal,
+        and the received ones being handled."""
 
     def journal_commit(self, seconds: float) -> None:
         """A journal transaction took ``seconds`` (called by the journal's writer thread)."""
@@ -105,6 +106,9 @@ class Redelivery:
         self.retention = retention
         self.observer: Observer | None = None
         """Told of retries, dead letters, undelivered replies, the backlog (metrics)."""
+        self.handling: Callable[[], int] = lambda: 0
+        """How many received events are being handled now (the endpoint's count): the
+        backlog's ``received`` part."""
         self._next_prune = 0.0
         self._next_count = 0.0
         self._worker: asyncio.Task[None] | None = None
@@ -386,7 +390,7 @@ class Redelivery:
         if self.observer is not None and now >= self._next_count:
             self._next_count = now + self.backlog_interval
             try:
-                self.observer.backlog(await self.journal.backlog())
+                self.observer.backlog(await self.journal.backlog() + self.handling())
             except Exception:
                 log.exception("journal worker: counting the backlog failed")
 

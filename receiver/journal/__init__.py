@@ -48,7 +48,6 @@ from receiver.events import Event, Reply
 __all__ = [
     "REPLY_ONLY",
     "STATES",
-    "WAITING",
     "Attempt",
     "Entry",
     "Journal",
@@ -59,9 +58,6 @@ __all__ = [
 
 STATES = ("received", "done", "failed", "reply_failed", "dead", "rejected", "recovered")
 """Every entry state (see the module docstring)."""
-
-WAITING = ("received", "failed", "reply_failed")
-"""The states of entries still to be handled or delivered: the backlog."""
 
 REPLY_ONLY = "<send_reply>"
 """``failed_plugins`` of an entry whose handlers succeeded but whose reply was not
@@ -207,8 +203,9 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def backlog(self) -> int:
-        """How many entries are still to handle or deliver (:data:`WAITING`): one cheap,
-        indexed count."""
+        """How many entries are ``failed`` or ``reply_failed`` (waiting for a retry): one
+        cheap, indexed count. (``received`` ones are being handled: the server counts
+        those itself, without a look-up.)"""
 
     @abc.abstractmethod
     async def due(self, now: float, limit: int = 100) -> list[Entry]:

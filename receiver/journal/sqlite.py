@@ -59,8 +59,6 @@ DROP INDEX IF EXISTS events_retry;
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('failed', 'reply_failed');
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-CREATE INDEX IF NOT EXISTS events_waiting ON events (state)
-    WHERE state IN ('received', 'failed', 'reply_failed');
 CREATE TABLE IF NOT EXISTS attempts (
     event_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -84,7 +82,7 @@ CREATE TABLE IF NOT EXISTS message_status (
 """
 # (Journals written before the look-ups were scoped to the channel have the indexes
 # events_dedupe and events_body, dropped above, and no recovered_as column: _migrate.
-# Older journals get the attempts table and the events_waiting index here too.)
+# Older journals get the attempts table here too.)
 
 _BY_KEY = (
     "SELECT id, state, reply FROM events "
@@ -301,10 +299,11 @@ class SQLiteJournal(Journal):
 
     async def backlog(self) -> int:
         def operation(connection: sqlite3.Connection) -> int:
-            # The state term as the index events_waiting says it, for SQLite to count it.
+            # The state term as the index events_due says it: SQLite counts that index.
+            # (Received entries are not counted here: an index for them cost a quarter
+            # more instructions per callback; the server counts those it is handling.)
             found = connection.execute(
-                "SELECT COUNT(*) FROM events "
-                "WHERE state IN ('received', 'failed', 'reply_failed')"
+                "SELECT COUNT(*) FROM events WHERE state IN ('failed', 'reply_failed')"
             ).fetchone()
             return int(found[0])
 

@@ -215,7 +215,7 @@ class Writer:
         self.commits = 0
         """Transactions committed: with group commit, fewer than operations."""
         self.on_commit: Callable[[float], None] | None = None
-        """Told the seconds each committed transaction took, BEGIN to COMMIT (metrics)."""
+        """Told the seconds each committed transaction that wrote took, BEGIN to COMMIT."""
         self._synced = True  # the connection's synchronous setting is FULL
         self.identity: tuple[int, int] | None = None
         self.lost: str | None = None
@@ -375,11 +375,12 @@ class Writer:
         connection.close()
         self.ledger.close()
 
-    def _committed(self, started: float) -> None:
-        """Count a commit; tell :attr:`on_commit` how long it took (never failing it)."""
+    def _committed(self, started: float, wrote: bool = True) -> None:
+        """Count a commit; tell :attr:`on_commit` how long it took when it wrote
+        something (not the retry worker's reads; never failing the commit)."""
         self.commits += 1
         observer = self.on_commit
-        if observer is not None:
+        if observer is not None and wrote:
             try:
                 observer(time.perf_counter() - started)
             except Exception:
@@ -411,7 +412,7 @@ class Writer:
             outcomes = [(item.operation(connection), None) for item in batch]
             self._check_identity()  # the -wal beside the path may be another file's now
             connection.execute("COMMIT")
-            self._committed(started)
+            self._committed(started, connection.total_changes != changes)
             self._check_identity()  # committed to the file at the path, not an orphan
         except Exception:
             # One operation failed (or the commit did): take the batch apart, so that
