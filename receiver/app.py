@@ -256,6 +256,8 @@ def create_app(
         config = load_config(config)
     endpoint = CallbackEndpoint.from_config(config, plugins)
     metrics = Metrics() if config.metrics else None
+    if metrics is not None:
+        endpoint.observe(metrics)
     edge = Edge(endpoint, metrics)
     routes = [
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from receiver.config import Config, load_config
+from receiver.config import Config, duration, load_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
 
@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--since", type=_age, help="e.g. 2h, 7d, 30m, 90s")
     events.add_argument("--limit", type=int, default=50)
+    events.add_argument(
+        "--json", action="store_true", help="one JSON object per entry and line (no body)"
+    )
 
     replay = commands.add_parser(
         "replay", help="dispatch journal entries again through the current plugins"
@@ -134,14 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def _age(text: str) -> float:
-    """``30d``, ``12h``, ``45m``, ``90s`` (or plain seconds) -> seconds."""
-    unit = _UNITS.get(text[-1:].lower())
+    """``30d``, ``12h``, ``45m``, ``90s`` (or plain seconds) -> seconds
+    (:func:`receiver.config.duration`)."""
     try:
-        return float(text[:-1]) * unit if unit else float(text)
+        return duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30d, 12h or 90s") from None
 

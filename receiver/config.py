@@ -30,6 +30,7 @@ __all__ = [
     "Config",
     "ServerLimits",
     "convert",
+    "duration",
     "load_config",
 ]
 
@@ -151,6 +152,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             the event is a dead letter.
         server: ``receiver serve``'s limits on slow, idle and greedy clients
             (:class:`ServerLimits`, the ``[server]`` table).
+        retention: A duration (``"30d"``, ``"12h"``): the server prunes done, rejected,
+            recovered and dead entries older than this, at start and then hourly
+            (unset: never; ``receiver prune`` does it by hand).
     """
 
     channels: dict[str, Channel] = {}
@@ -169,6 +173,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     duplicate_body_window: float = 600.0
     retry_delays: list[float] = msgspec.field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0])
     server: ServerLimits = msgspec.field(default_factory=ServerLimits)
+    retention: str | None = None
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """:attr:`retention` in seconds (None: unset)."""
+        return duration(self.retention) if self.retention is not None else None
 
     def validate(self, source: str = "config") -> None:
         """Check what types alone cannot; raise :class:`ConfigError` naming the key."""
@@ -178,6 +188,13 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             self.journal == "none" or self.journal.startswith("sqlite:///")
         ):
             raise ConfigError(f"{source}: journal: use 'none' or 'sqlite:///path/to/file.db'")
+        if self.retention is not None:
+            try:
+                retention = duration(self.retention)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: retention: {exc}") from None
+            if retention <= 0:
+                raise ConfigError(f"{source}: retention: must be longer than 0")
         if any(delay < 0 for delay in self.retry_delays):
             raise ConfigError(f"{source}: retry_delays must not be negative")
         for key in ("reply_timeout", "handler_timeout", "blocking_threads"):
@@ -192,6 +209,25 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"{where}: auth = '{channel.auth}' needs at least one key")
             _check_networks(channel.allow_ips, f"{where}.allow_ips")
         _check_networks([p for p in self.trusted_proxies if p != "*"], f"{source}: trusted_proxies")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> float:
+    """``30d``, ``12h``, ``45m``, ``90s``, ``0.5s`` (or plain seconds) -> seconds.
+
+    Raises:
+        ValueError: not such a duration (the message says what one looks like).
+    """
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        seconds = float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h or 90s") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h or 90s")
+    return seconds
 
 
 def _check_networks(networks: list[str], where: str) -> None:
@@ -268,6 +304,7 @@ _ENV_OPTIONS = (
     "plugins_dir",
     "journal",
     "state_dir",
+    "retention",
 )
 
 

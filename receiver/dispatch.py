@@ -26,7 +26,7 @@ import anyio.to_thread
 import pluggy
 import structlog
 
-from receiver.errors import ConfigError, HandlerError, HandlerTimeout
+from receiver.errors import ConfigError, Failure, HandlerError, HandlerTimeout
 from receiver.events import Event, EventType, Reply
 from receiver.plugins import PluginManager
 
@@ -210,6 +210,7 @@ class Dispatcher:
         """The one loop (``clock``: the timeout, stopped while waiting for a thread)."""
         reply: Reply | None = None
         failed: list[str] | None = None
+        failures: list[Failure] | None = None
         for impl in plan.impls:
             if impl.answers and reply is not None:
                 continue  # firstresult: the rest of the type hook is not called
@@ -226,11 +227,12 @@ class Dispatcher:
                         result = await result
                 else:
                     result = await self._call(impl, event, None, clock)
-            except Exception:
+            except Exception as exc:
                 log.exception(
                     "handler failed", hook=impl.hook, plugin=impl.plugin, event_id=event.id
                 )
                 failed = [*(failed or ()), impl.plugin]
+                failures = [*(failures or ()), Failure.of(exc, plugin=impl.plugin, hook=impl.hook)]
                 continue
             if impl.answers and result is not None:
                 reply = _as_reply(result, impl)
@@ -239,6 +241,7 @@ class Dispatcher:
                 f"{len(failed)} handler(s) failed; see the log for event {event.id}",
                 failed,
                 reply,
+                failures,
             )
         return reply
 
@@ -253,11 +256,14 @@ class Dispatcher:
         for impl in self._senders:
             try:
                 taken = await self._call(impl, event, reply)
-            except Exception:
+            except Exception as exc:
                 log.exception(
                     "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
                 )
-                raise HandlerError(f"send_reply failed; see the log for event {event.id}") from None
+                raise HandlerError(
+                    f"send_reply failed; see the log for event {event.id}",
+                    failures=[Failure.of(exc, plugin=impl.plugin, hook="send_reply")],
+                ) from None
             if taken is not None:
                 return True
         return False

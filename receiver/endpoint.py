@@ -45,7 +45,7 @@ from receiver.logs import bounded
 from receiver.middleware import Networks
 from receiver.plugins import PluginManager, make_plugin_manager, provider_classes
 from receiver.providers.base import Provider
-from receiver.redelivery import Redelivery
+from receiver.redelivery import Observer, Redelivery
 
 __all__ = ["Answer", "BoundChannel", "CallbackEndpoint", "bind_channels"]
 
@@ -142,10 +142,27 @@ class CallbackEndpoint:
         )
         self.dispatcher.check()
         self.redelivery = (
-            Redelivery(journal, self.dispatcher, config.retry_delays) if journal else None
+            Redelivery(
+                journal, self.dispatcher, config.retry_delays, retention=config.retention_seconds
+            )
+            if journal
+            else None
         )
+        self.observer: Observer | None = None
         self._pending: dict[str, _Pending] = {}
+        if self.redelivery is not None:
+            pending = self._pending
+            self.redelivery.handling = lambda: len(pending)
         self.channels = bind_channels(config, manager)
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` (the app's metrics) of undelivered replies, retries, dead
+        letters, the backlog and the journal's commit times."""
+        self.observer = observer
+        if self.redelivery is not None:
+            self.redelivery.observer = observer
+        if self.journal is not None:
+            self.journal.on_commit = observer.journal_commit
 
     @classmethod
     def from_config(cls, config: Config, plugins: Iterable[object] = ()) -> CallbackEndpoint:
@@ -284,7 +301,7 @@ class CallbackEndpoint:
             late = True
             return Answer(200, b"", [], Outcome.reply_timeout, event)
         except HandlerError as exc:
-            await redelivery.failed(event, str(exc), exc.plugins, attempt=1)
+            await redelivery.failed(event, str(exc), exc.plugins, attempt=1, failures=exc.failures)
             if isinstance(exc.reply, Reply):  # another plugin's reply still goes out
                 return await self._answer(bound, event, exc.reply, Outcome.handler_error)
             return Answer(200, b"", [], Outcome.handler_error, event)
@@ -299,7 +316,9 @@ class CallbackEndpoint:
             try:
                 replied = await self.dispatcher.send_reply(event, reply)
             except HandlerError as exc:  # kept with the event; only its delivery is retried
-                await redelivery.undelivered(event, reply, str(exc), attempt=1)
+                await redelivery.undelivered(
+                    event, reply, str(exc), attempt=1, failures=exc.failures
+                )
                 return Answer(200, b"", [], Outcome.handler_error, event)
             await journal.complete(event.id, reply)
             if not replied:
@@ -330,6 +349,8 @@ class CallbackEndpoint:
                 provider=bound.provider.name,
                 event_id=event.id,
             )
+            if self.observer is not None:
+                self.observer.reply_undelivered(bound.name)
             return Answer(200, b"", [], Outcome.handler_error, event)
         if not replied:
             _dropped(bound, event)

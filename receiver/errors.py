@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import enum
+import time
+import traceback
+
+import msgspec
 
 __all__ = [
     "RESPONSES",
     "BodyTooLarge",
     "CallbackError",
     "ConfigError",
+    "Failure",
     "HandlerError",
     "HandlerTimeout",
     "JournalUnavailable",
@@ -62,6 +67,68 @@ class BodyTooLarge(CallbackError):
     """The body is larger than ``max_body_bytes``."""
 
 
+MESSAGE_LIMIT = 1024
+"""Most characters of an exception's message kept in the journal (:class:`Failure`)."""
+TRACEBACK_LIMIT = 16 * 1024
+"""Most characters of a formatted traceback kept in the journal (each line also cut to
+:data:`MESSAGE_LIMIT`)."""
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """One failure within an attempt at an event, as the journal keeps it.
+
+    Attributes:
+        at: When (seconds since the epoch).
+        plugin: The plugin whose hook raised; None when no one plugin is at fault (a
+            timeout, the retry worker's own error).
+        hook: The hook it raised in (``on_receipt``, ``send_reply``, ...), or None.
+        error_type: The exception's class name (``HandlerTimeout`` for a timeout).
+        message: The exception's message, cut to :data:`MESSAGE_LIMIT` characters.
+        traceback: The formatted traceback (no local variables), cut to
+            :data:`TRACEBACK_LIMIT` characters; None when there is none.
+    """
+
+    at: float
+    plugin: str | None
+    hook: str | None
+    error_type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(
+        cls, error: BaseException, *, plugin: str | None = None, hook: str | None = None
+    ) -> Failure:
+        """The failure ``error`` is (called where it was caught: only on failure)."""
+        formatted = "".join(traceback.format_exception(error)) if error.__traceback__ else None
+        return cls(
+            at=time.time(),
+            plugin=plugin,
+            hook=hook,
+            error_type=type(error).__name__,
+            message=_cut(str(error), MESSAGE_LIMIT),
+            traceback=_bounded_traceback(formatted) if formatted else None,
+        )
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} characters cut]"
+
+
+def _bounded_traceback(text: str) -> str:
+    """Each line cut to :data:`MESSAGE_LIMIT`, then the whole to :data:`TRACEBACK_LIMIT`
+    (its first quarter and its last three quarters: the innermost frames and the error)."""
+    lines = [_cut(line, MESSAGE_LIMIT) for line in text.splitlines()]
+    text = "\n".join(lines)
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    head, tail = TRACEBACK_LIMIT // 4, TRACEBACK_LIMIT - TRACEBACK_LIMIT // 4
+    cut = len(text) - head - tail
+    return f"{text[:head]}\n... [{cut} characters cut] ...\n{text[-tail:]}"
+
+
 class HandlerError(CallbackError):
     """A plugin's hook raised; the provider should retry.
 
@@ -69,14 +136,21 @@ class HandlerError(CallbackError):
         plugins: The names of the plugins whose hooks raised (retries call only these).
         reply: The reply another plugin gave for the same event (a
             :class:`receiver.events.Reply`), or None: it is still answered.
+        failures: What each raised (:class:`Failure`: type, message, traceback), for the
+            journal to keep with the attempt.
     """
 
     def __init__(
-        self, reason: str, plugins: list[str] | None = None, reply: object | None = None
+        self,
+        reason: str,
+        plugins: list[str] | None = None,
+        reply: object | None = None,
+        failures: list[Failure] | None = None,
     ) -> None:
         super().__init__(reason)
         self.plugins = plugins or []
         self.reply = reply
+        self.failures = failures or []
 
 
 class HandlerTimeout(CallbackError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -16,7 +17,9 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class Metrics:
-    """Callbacks by channel, provider, type and outcome; latency; replies sent."""
+    """Callbacks by channel, provider, type and outcome; latency; replies sent; and, with
+    a journal, retries, dead letters, undelivered replies, the backlog and commit times
+    (the :class:`receiver.redelivery.Observer` methods, called where those happen)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -58,7 +61,51 @@ class Metrics:
             ["channel", "provider"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "receiver_retries",
+            "Failed entries the retry worker dispatched again (or whose reply it re-sent).",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "receiver_dead_letters",
+            "Entries out of attempts (state dead).",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.undelivered = Counter(
+            "receiver_replies_undelivered",
+            "Replies send_reply raised on (with the journal: kept and re-sent; without: lost).",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.backlog_gauge = Gauge(
+            "receiver_journal_backlog",
+            "Journal entries still to handle or deliver: failed and reply_failed, and "
+            "received ones being handled (counted by the retry worker every few seconds).",
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "receiver_journal_commit_seconds",
+            "Time of each journal transaction, BEGIN to COMMIT (one per group commit).",
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=self.registry,
+        )
+        self.journal_commit = self.commit_seconds.observe
+        """Told each commit's seconds (by the journal's writer thread)."""
         self._children: dict[tuple[str, ...], tuple[Counter, Histogram, Counter]] = {}
+
+    def retried(self, channel: str) -> None:
+        self.retries.labels(channel).inc()
+
+    def dead_letter(self, channel: str) -> None:
+        self.dead_letters.labels(channel).inc()
+
+    def reply_undelivered(self, channel: str) -> None:
+        self.undelivered.labels(channel).inc()
+
+    def backlog(self, count: int) -> None:
+        self.backlog_gauge.set(count)
 
     def observe(
         self,

@@ -50,7 +50,60 @@ def _safe(text: str) -> str:
 
 
 def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """ISO-8601 UTC, to the second: ``2026-12-01T02:25:30Z`` (every time an operator
+    command prints)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# JSON escapes C0 controls itself; DEL and C1 controls it leaves as they are.
+_JSON_CONTROLS = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+
+
+def _json_line(data: object) -> str:
+    """``data`` as one line of JSON with no terminal control character left in it."""
+    return msgspec.json.encode(data).decode().translate(_JSON_CONTROLS)
+
+
+ERROR_WIDTH = 60
+"""Characters of the last error the ``receiver events`` listing shows."""
+
+
+def _error_cell(entry: Entry) -> str:
+    """The listing's error column: the last failure kept (``Type: message``), else the
+    entry's error (a rejected body's reason), on one line, cut to :data:`ERROR_WIDTH`;
+    none for an entry handled since (done, recovered: ``events show`` has its history)."""
+    if entry.state in ("done", "recovered"):
+        return "-"
+    text = entry.last_error or entry.error
+    if not text:
+        return "-"
+    text = _one_line(text)
+    return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks and tabs as spaces (other controls are left to
+    :func:`_safe`)."""
+    return text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+
+
+def _listed(entry: Entry) -> dict[str, object]:
+    """What ``receiver events --json`` prints of an entry: no body, times ISO-8601."""
+    return {
+        "id": entry.id,
+        "received_at": _when(entry.received_at),
+        "channel": entry.channel,
+        "provider": entry.provider,
+        "type": entry.type,
+        "state": entry.state,
+        "attempts": entry.attempts,
+        "message_id": entry.message_id,
+        "next_attempt_at": _when(entry.next_attempt_at) if entry.next_attempt_at else None,
+        "failed_plugins": entry.failed_plugins,
+        "error": entry.error,
+        "last_error": entry.last_error,
+        "recovered_as": entry.recovered_as,
+    }
 
 
 def _operate(journal: Journal, work: Callable[[], Awaitable[int]]) -> int:
@@ -87,10 +140,29 @@ async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
         entry = found[0]
         shown = msgspec.to_builtins(msgspec.structs.replace(entry, raw=b"", event=None))
         shown.pop("raw")
+        for key in ("received_at", "next_attempt_at"):
+            if shown.get(key) is not None:
+                shown[key] = _when(shown[key])
         shown["event"] = msgspec.to_builtins(entry.event) if entry.event else None
         if shown["event"]:
             shown["event"].pop("raw", None)
         print(_safe(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode()))
+        attempts = await journal.attempts(entry.id)
+        if attempts:
+            print("--- attempts ---")
+        for attempt in attempts:
+            where = attempt.plugin or "-"
+            if attempt.hook:
+                where += f" ({attempt.hook})"
+            print(
+                _safe(
+                    f"attempt {attempt.attempt}  {_when(attempt.at)}  {where}  "
+                    f"{attempt.error_type}: {attempt.message}"
+                )
+            )
+            if attempt.traceback:
+                lines = attempt.traceback.splitlines()
+                print(_safe("\n".join("    " + line if line else "" for line in lines)))
         print("--- raw body ---")
         print(_safe(entry.raw.decode("utf-8", "replace")))
         return 0
@@ -98,22 +170,32 @@ async def _list_events(args: argparse.Namespace, journal: Journal) -> int:
     entries = await journal.entries(
         channel=args.channel, type=args.type, state=args.state, since=since, limit=args.limit
     )
-    rows = [("id", "received (UTC)", "channel", "type", "state", "tries", "message_id")]
+    if args.json:
+        for entry in entries:
+            print(_json_line(_listed(entry)))
+        return 0
+    rows: list[tuple[str, ...]] = [
+        ("id", "received (UTC)", "channel", "type", "state", "tries", "message_id", "error")
+    ]
     rows += [
-        (
-            e.id,
-            _when(e.received_at),
-            e.channel,
-            e.type or "-",
-            e.state,
-            str(e.attempts),
-            e.message_id or "-",
+        tuple(
+            _safe(_one_line(cell))  # escaped before aligning, one line each
+            for cell in (
+                e.id,
+                _when(e.received_at),
+                e.channel,
+                e.type or "-",
+                e.state,
+                str(e.attempts),
+                e.message_id or "-",
+                _error_cell(e),
+            )
         )
         for e in entries
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(_safe("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

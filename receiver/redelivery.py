@@ -17,6 +17,14 @@ With a journal, nothing a handler produced is lost:
   for them a while, then leaves them to the next start;
 - the worker survives any one entry's failure (logged; the entry is retried later), and
   :meth:`problem` says so if the worker ever stops (``/readyz``).
+
+What failed is kept per attempt in the journal (each plugin's exception type, message and
+traceback; a timeout; a ``send_reply`` that raised): ``receiver events show ID``.
+
+The worker also keeps the journal to its ``retention`` (pruning at start, then every
+:attr:`Redelivery.prune_interval`), and tells an :class:`Observer` (the app's metrics)
+of retries, dead letters, undelivered replies and, every
+:attr:`Redelivery.backlog_interval` at most, the backlog.
 """
 
 from __future__ import annotations
@@ -26,15 +34,36 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
 
 import structlog
 
 from receiver.dispatch import Dispatcher, Running
-from receiver.errors import HandlerError, HandlerTimeout
+from receiver.errors import Failure, HandlerError, HandlerTimeout
 from receiver.events import Event, Reply
 from receiver.journal import Entry, Journal
 
-__all__ = ["Redelivery"]
+__all__ = ["Observer", "Redelivery"]
+
+
+class Observer(Protocol):
+    """Told what redelivery does (:class:`receiver.metrics.Metrics` is one)."""
+
+    def retried(self, channel: str) -> None:
+        """The worker dispatches a failed entry again (or re-sends its reply)."""
+
+    def dead_letter(self, channel: str) -> None:
+        """An entry ran out of attempts."""
+
+    def reply_undelivered(self, channel: str) -> None:
+        """``send_reply`` raised: a reply was not delivered (kept for a retry)."""
+
+    def backlog(self, count: int) -> None:
+        """Entries still to handle or deliver: failed and reply_failed in the journal,
+        and the received ones being handled."""
+
+    def journal_commit(self, seconds: float) -> None:
+        """A journal transaction took ``seconds`` (called by the journal's writer thread)."""
 
 log = structlog.get_logger()
 
@@ -50,10 +79,16 @@ class Redelivery:
         started: Events received before this time (seconds since the epoch) and not
             handled are a dead process's, resumed by :meth:`start`'s worker (default:
             now: later ones belong to live requests).
+        retention: Seconds: the worker prunes done, rejected, recovered and dead entries
+            received longer ago than this (None: never).
     """
 
     poll_interval = 1.0
     """Seconds between looks for due retries."""
+    prune_interval = 3600.0
+    """Seconds between the worker's prunes (with a ``retention``)."""
+    backlog_interval = 5.0
+    """Least seconds between two counts of the backlog (with an :attr:`observer`)."""
 
     def __init__(
         self,
@@ -62,11 +97,20 @@ class Redelivery:
         retry_delays: Sequence[float],
         *,
         started: float | None = None,
+        retention: float | None = None,
     ) -> None:
         self.journal = journal
         self.dispatcher = dispatcher
         self.retry_delays = list(retry_delays)
         self.started = time.time() if started is None else started
+        self.retention = retention
+        self.observer: Observer | None = None
+        """Told of retries, dead letters, undelivered replies, the backlog (metrics)."""
+        self.handling: Callable[[], int] = lambda: 0
+        """How many received events are being handled now (the endpoint's count): the
+        backlog's ``received`` part."""
+        self._next_prune = 0.0
+        self._next_count = 0.0
         self._worker: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()
@@ -77,23 +121,46 @@ class Redelivery:
         return time.time() + delays[attempt - 1] if attempt <= len(delays) else None
 
     async def failed(
-        self, event: Event, error: str, plugins: Collection[str] | None, *, attempt: int
+        self,
+        event: Event,
+        error: str,
+        plugins: Collection[str] | None,
+        *,
+        attempt: int,
+        failures: Sequence[Failure] = (),
     ) -> None:
-        """Record that attempt number ``attempt`` at ``event`` failed: retried after the
-        next delay, or a dead letter when there is none."""
+        """Record that attempt number ``attempt`` at ``event`` failed (``failures``: what
+        raised, kept with the attempt): retried after the next delay, or a dead letter
+        when there is none."""
         retry_at = self._retry_at(attempt)
-        await self.journal.fail(event.id, error, list(plugins) if plugins else None, retry_at)
+        await self.journal.fail(
+            event.id, error, list(plugins) if plugins else None, retry_at, failures
+        )
         if retry_at is None:
             log.error("dead letter: out of attempts", event_id=event.id, attempts=attempt)
+            if self.observer is not None:
+                self.observer.dead_letter(event.channel)
 
-    async def undelivered(self, event: Event, reply: Reply, error: str, *, attempt: int) -> None:
+    async def undelivered(
+        self,
+        event: Event,
+        reply: Reply,
+        error: str,
+        *,
+        attempt: int,
+        failures: Sequence[Failure] = (),
+    ) -> None:
         """Record that attempt ``attempt`` handled ``event`` but could not deliver
-        ``reply``: its delivery is retried after the next delay (a dead letter after the
-        last)."""
+        ``reply`` (``failures``: what ``send_reply`` raised): its delivery is retried after
+        the next delay (a dead letter after the last)."""
         retry_at = self._retry_at(attempt)
-        await self.journal.undelivered(event.id, reply, error, retry_at)
+        await self.journal.undelivered(event.id, reply, error, retry_at, failures)
+        if self.observer is not None:
+            self.observer.reply_undelivered(event.channel)
         if retry_at is None:
             log.error("dead letter: reply not delivered", event_id=event.id, attempts=attempt)
+            if self.observer is not None:
+                self.observer.dead_letter(event.channel)
         else:
             log.warning("reply not delivered: kept for a retry", event_id=event.id)
 
@@ -108,7 +175,9 @@ class Redelivery:
                         "late reply dropped: no send_reply plugin took it", event_id=event.id
                     )
             except HandlerError as exc:
-                await self.undelivered(event, reply, str(exc), attempt=attempt)
+                await self.undelivered(
+                    event, reply, str(exc), attempt=attempt, failures=exc.failures
+                )
                 return False
         await self.journal.complete(event.id, reply)
         return True
@@ -179,9 +248,27 @@ class Redelivery:
         shutdown: the handlers are cancelled, the entry left for the next start)."""
         try:
             try:
+                await self.journal.note(
+                    event.id,
+                    [
+                        Failure(
+                            at=time.time(),
+                            plugin=None,
+                            hook=None,
+                            error_type="HandlerTimeout",
+                            message=f"handlers took longer than {running.timeout:g} s: "
+                            "left to finish, their outcome recorded then",
+                        )
+                    ],
+                )
+            except Exception:
+                log.exception("journal: keeping the timeout failed", event_id=event.id)
+            try:
                 reply = await running.task
             except HandlerError as exc:
-                await self.failed(event, str(exc), exc.plugins, attempt=attempt)
+                await self.failed(
+                    event, str(exc), exc.plugins, attempt=attempt, failures=exc.failures
+                )
                 return
             log.info("late handlers finished", event_id=event.id, attempt=attempt)
             await self.finished(event, reply, attempt=attempt)
@@ -219,7 +306,7 @@ class Redelivery:
         except HandlerTimeout:
             return False
         except HandlerError as exc:
-            await self.failed(event, str(exc), exc.plugins, attempt=attempt)
+            await self.failed(event, str(exc), exc.plugins, attempt=attempt, failures=exc.failures)
             return False
         if not await self.finished(event, reply, attempt=attempt):
             return False
@@ -281,8 +368,31 @@ class Redelivery:
                 due = []
             for entry in due:
                 if entry.id not in self._running:
+                    if self.observer is not None:
+                        self.observer.retried(entry.channel)
                     await self._retry_safely(entry)
+            await self._keep()
             await asyncio.sleep(self.poll_interval)
+
+    async def _keep(self) -> None:
+        """The worker's housekeeping: prune past the retention (at start, then every
+        :attr:`prune_interval`); count the backlog for the observer (every
+        :attr:`backlog_interval` at most). Never raises (logged)."""
+        now = time.monotonic()
+        if self.retention is not None and now >= self._next_prune:
+            self._next_prune = now + self.prune_interval
+            try:
+                pruned = await self.journal.prune(time.time() - self.retention)
+            except Exception:
+                log.exception("journal worker: pruning the journal failed")
+            else:
+                log.info("journal pruned", entries=pruned, retention_s=self.retention)
+        if self.observer is not None and now >= self._next_count:
+            self._next_count = now + self.backlog_interval
+            try:
+                self.observer.backlog(await self.journal.backlog() + self.handling())
+            except Exception:
+                log.exception("journal worker: counting the backlog failed")
 
     async def _resume(self) -> None:
         """Handle what a previous process committed but never handled (each entry once)."""
@@ -305,6 +415,7 @@ class Redelivery:
             log.exception("journal worker: retry failed", event_id=entry.id)
             if entry.event is None:
                 return
+            failures = [Failure.of(exc)]
             try:
                 if entry.reply_only and entry.reply is not None:
                     await self.undelivered(
@@ -312,6 +423,7 @@ class Redelivery:
                         entry.reply,
                         f"retry raised: {exc!r}",
                         attempt=entry.attempts + 1,
+                        failures=failures,
                     )
                 else:
                     await self.failed(
@@ -319,6 +431,7 @@ class Redelivery:
                         f"retry raised: {exc!r}",
                         entry.failed_plugins,
                         attempt=entry.attempts + 1,
+                        failures=failures,
                     )
             except Exception:
                 log.exception(

@@ -36,18 +36,19 @@ never out of order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, Failure
 from receiver.events import STATUS_RANK as STATUS_RANK  # importable here before it moved
 from receiver.events import Event, Reply
 
 __all__ = [
     "REPLY_ONLY",
     "STATES",
+    "Attempt",
     "Entry",
     "Journal",
     "Recorded",
@@ -83,11 +84,27 @@ class Entry(msgspec.Struct, kw_only=True):
     next_attempt_at: float | None
     recovered_as: str | None = None
     """A ``recovered`` entry: the id of the event it became."""
+    last_error: str | None = None
+    """The last failure kept for it (``Type: message``; :meth:`Journal.entries` only)."""
 
     @property
     def reply_only(self) -> bool:
         """Handled; only its stored reply is to be delivered (``send_reply`` failed)."""
         return self.reply is not None and self.failed_plugins == [REPLY_ONLY]
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One failure kept for an entry: which attempt, when, where, what (see
+    :class:`~receiver.errors.Failure`). An attempt at which several plugins failed has one
+    of these per plugin; a timeout is one with ``error_type`` ``HandlerTimeout``."""
+
+    attempt: int
+    at: float
+    plugin: str | None
+    hook: str | None
+    error_type: str
+    message: str
+    traceback: str | None
 
 
 class Recorded(msgspec.Struct, frozen=True):
@@ -112,7 +129,14 @@ class Journal(abc.ABC):
     Every method is a coroutine, the operator commands' included: an implementation must
     not block the event loop in any of them (run blocking I/O in a thread, or use an
     async driver).
+
+    Failures are kept per attempt (:meth:`attempts`), written only when something failed:
+    the success path stores nothing more than its ``done``.
     """
+
+    on_commit: Callable[[float], None] | None = None
+    """Called with the seconds each transaction took (the app's metrics set it; may be
+    called from another thread). None: nobody is told."""
 
     @abc.abstractmethod
     async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
@@ -143,16 +167,45 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def fail(
-        self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
+        self,
+        event_id: str,
+        error: str,
+        plugins: Sequence[str] | None,
+        retry_at: float | None,
+        failures: Sequence[Failure] = (),
     ) -> None:
-        """Mark an event failed (``retry_at`` None: out of attempts, a dead letter)."""
+        """Mark an event failed (``retry_at`` None: out of attempts, a dead letter), and
+        keep ``failures`` as this attempt's (its number: the entry's attempts, counting
+        this one)."""
 
     @abc.abstractmethod
     async def undelivered(
-        self, event_id: str, reply: Reply, error: str, retry_at: float | None
+        self,
+        event_id: str,
+        reply: Reply,
+        error: str,
+        retry_at: float | None,
+        failures: Sequence[Failure] = (),
     ) -> None:
         """Mark an event handled but its reply not delivered: ``reply_failed``, the reply
-        stored with :data:`REPLY_ONLY` (``retry_at`` None: out of attempts, ``dead``)."""
+        stored with :data:`REPLY_ONLY` (``retry_at`` None: out of attempts, ``dead``);
+        ``failures`` kept as :meth:`fail` keeps them."""
+
+    @abc.abstractmethod
+    async def note(self, event_id: str, failures: Sequence[Failure]) -> None:
+        """Keep ``failures`` as the attempt under way at the event (one that has not
+        ended: a timeout, whose handlers go on)."""
+
+    @abc.abstractmethod
+    async def attempts(self, event_id: str) -> list[Attempt]:
+        """The failures kept for an entry, oldest first (raises :class:`ConfigError` as
+        :meth:`entries` does)."""
+
+    @abc.abstractmethod
+    async def backlog(self) -> int:
+        """How many entries are ``failed`` or ``reply_failed`` (waiting for a retry): one
+        cheap, indexed count. (``received`` ones are being handled: the server counts
+        those itself, without a look-up.)"""
 
     @abc.abstractmethod
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
@@ -182,8 +235,9 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def prune(self, older_than: float) -> int:
-        """Delete done, rejected, recovered and dead entries received before ``older_than``;
-        return how many (raises :class:`ConfigError` as :meth:`entries` does)."""
+        """Delete done, rejected, recovered and dead entries received before ``older_than``
+        (and their attempts); return how many (raises :class:`ConfigError` as
+        :meth:`entries` does)."""
 
     @abc.abstractmethod
     async def start(self) -> None:

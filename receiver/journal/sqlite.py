@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from receiver.errors import Failure
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
-from receiver.journal import REPLY_ONLY, Entry, Journal, Recorded
+from receiver.journal import REPLY_ONLY, Attempt, Entry, Journal, Recorded
 from receiver.journal.sqlite_io import Reader, Writer
 
 __all__ = ["SQLiteJournal"]
@@ -58,6 +59,17 @@ DROP INDEX IF EXISTS events_retry;
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('failed', 'reply_failed');
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    event_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    plugin TEXT,
+    hook TEXT,
+    error_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    traceback TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, attempt);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -69,7 +81,8 @@ CREATE TABLE IF NOT EXISTS message_status (
 );
 """
 # (Journals written before the look-ups were scoped to the channel have the indexes
-# events_dedupe and events_body, dropped above, and no recovered_as column: _migrate.)
+# events_dedupe and events_body, dropped above, and no recovered_as column: _migrate.
+# Older journals get the attempts table here too.)
 
 _BY_KEY = (
     "SELECT id, state, reply FROM events "
@@ -138,6 +151,15 @@ class SQLiteJournal(Journal):
     def max_batch(self) -> int:
         """Most operations in one transaction."""
         return self._writer.max_batch
+
+    @property
+    def on_commit(self) -> Callable[[float], None] | None:
+        """Told the seconds of each transaction (by the writer thread)."""
+        return self._writer.on_commit
+
+    @on_commit.setter
+    def on_commit(self, observer: Callable[[float], None] | None) -> None:
+        self._writer.on_commit = observer
 
     @property
     def commits(self) -> int:
@@ -228,7 +250,12 @@ class SQLiteJournal(Journal):
         await self._submit(operation, durable=False, key=event_id, done=True)
 
     async def fail(
-        self, event_id: str, error: str, plugins: Sequence[str] | None, retry_at: float | None
+        self,
+        event_id: str,
+        error: str,
+        plugins: Sequence[str] | None,
+        retry_at: float | None,
+        failures: Sequence[Failure] = (),
     ) -> None:
         state = "failed" if retry_at is not None else "dead"
         encoded = _encode(list(plugins)) if plugins else None
@@ -239,11 +266,17 @@ class SQLiteJournal(Journal):
                 "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
                 (state, error, encoded, retry_at, event_id),
             )
+            _keep_attempt(connection, event_id, failures, ended=True)
 
         await self._submit(operation, durable=False, key=event_id)
 
     async def undelivered(
-        self, event_id: str, reply: Reply, error: str, retry_at: float | None
+        self,
+        event_id: str,
+        reply: Reply,
+        error: str,
+        retry_at: float | None,
+        failures: Sequence[Failure] = (),
     ) -> None:
         state = "reply_failed" if retry_at is not None else "dead"
         encoded = _encode(reply), _encode([REPLY_ONLY])
@@ -254,8 +287,27 @@ class SQLiteJournal(Journal):
                 "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
                 (state, encoded[0], error, encoded[1], retry_at, event_id),
             )
+            _keep_attempt(connection, event_id, failures, ended=True)
 
         await self._submit(operation, durable=False)
+
+    async def note(self, event_id: str, failures: Sequence[Failure]) -> None:
+        def operation(connection: sqlite3.Connection) -> None:
+            _keep_attempt(connection, event_id, failures, ended=False)
+
+        await self._submit(operation, durable=False)
+
+    async def backlog(self) -> int:
+        def operation(connection: sqlite3.Connection) -> int:
+            # The state term as the index events_due says it: SQLite counts that index.
+            # (Received entries are not counted here: an index for them cost a quarter
+            # more instructions per callback; the server counts those it is handling.)
+            found = connection.execute(
+                "SELECT COUNT(*) FROM events WHERE state IN ('failed', 'reply_failed')"
+            ).fetchone()
+            return int(found[0])
+
+        return await self._submit(operation, durable=False)
 
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
         # The state term as the index events_due says it, for SQLite to use that index.
@@ -306,13 +358,28 @@ class SQLiteJournal(Journal):
         bounded = "LIMIT ?" if limit is not None else ""
         if limit is not None:
             params.append(limit)
-        query = f"SELECT {_COLUMNS} FROM events {where} ORDER BY received_at DESC {bounded}"
+        query = (
+            f"SELECT {_COLUMNS}, {_LAST_ERROR} FROM events {where} "
+            f"ORDER BY received_at DESC {bounded}"
+        )
         return await self._reader.select(query, params, _entry)
+
+    async def attempts(self, event_id: str) -> list[Attempt]:
+        query = (
+            "SELECT attempt, at, plugin, hook, error_type, message, traceback FROM attempts "
+            "WHERE event_id = ? ORDER BY attempt, rowid"
+        )
+        return await self._reader.select(query, (event_id,), _attempt)
 
     async def prune(self, older_than: float) -> int:
         self._reader.require()
 
         def operation(connection: sqlite3.Connection) -> int:
+            connection.execute(
+                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events "
+                "WHERE received_at < ? AND state IN ('done', 'rejected', 'recovered', 'dead'))",
+                (older_than,),
+            )
             cursor = connection.execute(
                 "DELETE FROM events WHERE received_at < ? "
                 "AND state IN ('done', 'rejected', 'recovered', 'dead')",
@@ -374,6 +441,56 @@ def _record(
         ),
     )
     return Recorded(recorded)
+
+
+_LAST_ERROR = (
+    "(SELECT error_type || ': ' || message FROM attempts WHERE event_id = events.id "
+    "ORDER BY attempt DESC, rowid DESC LIMIT 1)"
+)
+"""The last failure kept for an entry, one look-up on ``attempts_event``."""
+
+
+def _keep_attempt(
+    connection: sqlite3.Connection, event_id: str, failures: Sequence[Failure], *, ended: bool
+) -> None:
+    """Store ``failures`` as an attempt at ``event_id`` (writer thread): the entry's
+    ``attempts`` (``ended``: already counting it), or the one under way."""
+    if not failures:
+        return
+    row = connection.execute("SELECT attempts FROM events WHERE id = ?", (event_id,)).fetchone()
+    if row is None:
+        return
+    number = row[0] if ended else row[0] + 1
+    connection.executemany(
+        "INSERT INTO attempts (event_id, attempt, at, plugin, hook, error_type, message, "
+        "traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                event_id,
+                number,
+                failure.at,
+                failure.plugin,
+                failure.hook,
+                failure.error_type,
+                failure.message,
+                failure.traceback,
+            )
+            for failure in failures
+        ],
+    )
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    attempt, at, plugin, hook, error_type, message, traceback = row
+    return Attempt(
+        attempt=attempt,
+        at=at,
+        plugin=plugin,
+        hook=hook,
+        error_type=error_type,
+        message=message,
+        traceback=traceback,
+    )
 
 
 def _mark_done(connection: sqlite3.Connection, ids: list[str]) -> None:
@@ -444,6 +561,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         failed_plugins,
         next_attempt_at,
         recovered_as,
+        *last_error,
     ) = row
     decoded = _decode_event(event) if event else None
     if decoded is not None:
@@ -465,4 +583,5 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         failed_plugins=_decode_plugins(failed_plugins) if failed_plugins else None,
         next_attempt_at=next_attempt_at,
         recovered_as=recovered_as,
+        last_error=last_error[0] if last_error else None,
     )

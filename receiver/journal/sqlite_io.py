@@ -23,6 +23,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -213,6 +214,8 @@ class Writer:
         self._lock = threading.Lock()
         self.commits = 0
         """Transactions committed: with group commit, fewer than operations."""
+        self.on_commit: Callable[[float], None] | None = None
+        """Told the seconds each committed transaction that wrote took, BEGIN to COMMIT."""
         self._synced = True  # the connection's synchronous setting is FULL
         self.identity: tuple[int, int] | None = None
         self.lost: str | None = None
@@ -372,6 +375,17 @@ class Writer:
         connection.close()
         self.ledger.close()
 
+    def _committed(self, started: float, wrote: bool = True) -> None:
+        """Count a commit; tell :attr:`on_commit` how long it took when it wrote
+        something (not the retry worker's reads; never failing the commit)."""
+        self.commits += 1
+        observer = self.on_commit
+        if observer is not None and wrote:
+            try:
+                observer(time.perf_counter() - started)
+            except Exception:
+                log.exception("journal commit observer failed")
+
     def _check_identity(self) -> None:
         """Raise :class:`_Lost` (and remember why) when the path is not the writer's file."""
         try:
@@ -393,11 +407,12 @@ class Writer:
             if durable != self._synced:
                 connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._synced = durable
+            started = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             outcomes = [(item.operation(connection), None) for item in batch]
             self._check_identity()  # the -wal beside the path may be another file's now
             connection.execute("COMMIT")
-            self.commits += 1
+            self._committed(started, connection.total_changes != changes)
             self._check_identity()  # committed to the file at the path, not an orphan
         except Exception:
             # One operation failed (or the commit did): take the batch apart, so that
@@ -426,11 +441,12 @@ class Writer:
         try:
             if self.lost is not None:
                 raise _Lost(self.lost)
+            started = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             result = item.operation(connection)
             self._check_identity()
             connection.execute("COMMIT")
-            self.commits += 1
+            self._committed(started)
             self._check_identity()
             return result, None
         except Exception as exc:
@@ -471,6 +487,7 @@ class Writer:
         try:
             if self.lost is not None:
                 raise _Lost(self.lost)
+            started = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             for item in kept:
                 item.operation(connection)
@@ -478,7 +495,7 @@ class Writer:
                 _write_header(connection)
             self._check_identity()
             connection.execute("COMMIT")
-            self.commits += 1
+            self._committed(started)
             self._check_identity()
         except Exception as exc:
             if connection.in_transaction:
