@@ -1,0 +1,124 @@
+"""Attacks on issues 13 and 14 (review branch attack-13-14): each test fails on main."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recorder import EventRecorder
+from starlette.testclient import TestClient
+
+from receiver import Channel, Config, create_app
+
+# ------------------------------------------------------------------ HMAC, lower-urlencoded
+
+APP_ID = "demo-app"
+SECRET_B64 = base64.b64encode(b"attack-secret-0123456789").decode()
+NONCE = "5d41402abc4b2a76b9719d911017c592"
+_SAFE = set(b"!()*-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+
+
+def dotnet_url_encode(text: str) -> str:
+    """HttpUtility.UrlEncode (UTF-8, lowercase hex, space as '+')."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if byte in _SAFE:
+            out.append(chr(byte))
+        elif byte == 0x20:
+            out.append("+")
+        else:
+            out.append(f"%{byte:02x}")
+    return "".join(out)
+
+
+def aspnet_signature(method: str, url: str, timestamp: str, body: bytes = b"") -> str:
+    """The ASP.NET sample's signer: sha256, base64 key, md5 body, lower-urlencoded URI."""
+    body_part = base64.b64encode(hashlib.md5(body).digest()).decode() if body else ""
+    message = f"{APP_ID}{method}{dotnet_url_encode(url.lower())}{timestamp}{NONCE}{body_part}"
+    mac = hmac.new(base64.b64decode(SECRET_B64), message.encode(), hashlib.sha256).digest()
+    return base64.b64encode(mac).decode()
+
+
+def aspnet_app(tmp_path: Path) -> tuple[TestClient, EventRecorder, Path]:
+    db = tmp_path / "journal.db"
+    recorder = EventRecorder()
+    channel = Channel(
+        provider="diy",
+        auth="hmac",
+        options={
+            "credentials": {APP_ID: SECRET_B64},
+            "hmac_hash": "sha256",
+            "hmac_key_encoding": "base64",
+            "hmac_body": "md5",
+            "hmac_uri": "lower-urlencoded",
+        },
+    )
+    config = Config(channels={"sms": channel}, journal=f"sqlite:///{db}")
+    return TestClient(create_app(config, plugins=[recorder])), recorder, db
+
+
+def stored(db: Path) -> list[tuple[str, str]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return list(conn.execute("SELECT message_id, state FROM events ORDER BY received_at"))
+
+
+GET_REPLY = (
+    "Type=Message&MessageID=MsgAbC123&Source=447700900987&Destination=447537410000"
+    "&Message=Yes&Timestamp=2024-05-21T08%3A59%3A01Z&Inbound=true"
+)
+
+
+def test_attack_hmac_lower_urlencoded_case_reshaped_get_is_refused_or_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    """hmac_uri = lower-urlencoded (the ASP.NET sample) signs the URL lowercased, so
+    every letter of a GET callback's query can change case without changing the
+    signature. A replay of a genuine signed GET, with `Message=Yes` -> `Message=YES`
+    and `MessageID=MsgAbC123` -> `MessageID=msgabc123`, is accepted (200) and stored and
+    dispatched as a second, different event: neither the provider key (MessageID and
+    Message differ) nor the body hash (the query differs) sees a duplicate."""
+    client, recorder, db = aspnet_app(tmp_path)
+    timestamp = str(int(time.time()))
+    genuine_url = f"http://testserver/sms?{GET_REPLY}"
+    signature = aspnet_signature("GET", genuine_url, timestamp)
+    auth = {"Authorization": f"X-DIY-Signature {APP_ID}:{signature}:{NONCE}:{timestamp}"}
+    reshaped = GET_REPLY.replace("Message=Yes", "Message=YES").replace("MsgAbC123", "msgabc123")
+    assert reshaped.lower() == GET_REPLY.lower()  # the same signed string
+    with client:
+        assert client.get(f"/sms?{GET_REPLY}", headers=auth).status_code == 200
+        answer = client.get(f"/sms?{reshaped}", headers=auth)
+    texts = [event.text for event in recorder.events]
+    # What should happen: the reshaped request is not a second callback (401, or a
+    # duplicate that dispatches nothing).
+    assert answer.status_code in (200, 401)
+    assert texts == ["Yes"], texts
+    assert len(stored(db)) == 1, stored(db)
+
+
+def test_attack_hmac_lower_urlencoded_respelled_get_without_provider_key_dispatched_twice(
+    tmp_path: Path,
+) -> None:
+    """A GET callback without a Timestamp field has no provider key; only the body hash
+    (of the query) guards it. Re-sent with its field names in another case and a percent
+    escape in lower-case hex (`Type` -> `TYPE`, `%3F` -> `%3f`), it signs the same string
+    under lower-urlencoded and means the very same callback, yet it is dispatched a
+    second time (README: "a callback without a provider key cannot be replayed as new
+    while its signature is fresh")."""
+    client, recorder, db = aspnet_app(tmp_path)
+    query = "Type=Message&MessageID=M1&Source=447700900987&Message=Really%3F"
+    respelled = "TYPE=Message&MESSAGEID=M1&SOURCE=447700900987&MESSAGE=Really%3f"
+    assert respelled.lower() == query.lower()
+    timestamp = str(int(time.time()))
+    signature = aspnet_signature("GET", f"http://testserver/sms?{query}", timestamp)
+    auth = {"Authorization": f"X-DIY-Signature {APP_ID}:{signature}:{NONCE}:{timestamp}"}
+    with client:
+        assert client.get(f"/sms?{query}", headers=auth).status_code == 200
+        assert client.get(f"/sms?{respelled}", headers=auth).status_code in (200, 401)
+    assert [event.text for event in recorder.events] == ["Really?"]
