@@ -122,3 +122,91 @@ def test_attack_hmac_lower_urlencoded_respelled_get_without_provider_key_dispatc
         assert client.get(f"/sms?{query}", headers=auth).status_code == 200
         assert client.get(f"/sms?{respelled}", headers=auth).status_code in (200, 401)
     assert [event.text for event in recorder.events] == ["Really?"]
+
+
+# ------------------------------------------------------------------ receiver serve limits
+
+SLOW_PLUGIN = """
+import asyncio
+from pathlib import Path
+from receiver import hookimpl
+
+@hookimpl
+async def on_message(event):
+    await asyncio.sleep(1.5)
+    with open(Path(__file__).parent / "dispatched", "a") as out:
+        out.write(event.text + "\\n")
+"""
+
+LIMITS_CONFIG = """
+journal = "none"
+handler_timeout = 5.0
+reply_timeout = 5.0
+
+[server]
+header_timeout = 3.0
+body_timeout = 0.5
+
+[channels.w]
+provider = "whispir"
+auth = "query"
+keys = ["${WHISPIR_KEY}"]
+"""
+
+
+def _whispir_request(text: str, body_cut: int | None = None) -> bytes:
+    import json
+
+    from serving import SECRET
+
+    payload = json.loads(
+        (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+    )
+    payload["responseMessage"]["content"] = text
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST /w?auth={SECRET} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + (body if body_cut is None else body[:body_cut])
+
+
+def test_attack_pipelined_next_request_body_timeout_cuts_off_a_running_handler_answer(
+    tmp_path: Path,
+) -> None:
+    """A keep-alive client sends callback 1 whole, then pipelines callback 2's head and
+    the start of its body. uvicorn stops reading while callback 1 is handled, but the body
+    deadline of callback 2 is already running: at body_timeout (0.5 s here, 30 s by
+    default) the connection is closed while callback 1's handler (1.5 s, well within
+    handler_timeout) still runs, so callback 1, dispatched, never gets its 200 (a Whispir
+    callback counted as failed; a OnePoint reply in the response lost). README: "A running
+    handler is never cut off"; callback 2's body could not be read because the server had
+    stopped reading, not because the client was slow."""
+    import socket
+
+    from serving import serve
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_PLUGIN)
+    with serve(tmp_path, LIMITS_CONFIG, "--plugins-dir", str(plugins)) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(_whispir_request("first") + _whispir_request("second", body_cut=10))
+            sock.settimeout(5)
+            answer = b""
+            try:
+                while b"\r\n\r\n" not in answer:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+        time.sleep(1.8)  # the handler's 1.5 s
+        out = plugins / "dispatched"
+        dispatched = out.read_text() if out.exists() else ""
+        log = server.log_text()
+    assert "first" in dispatched  # the handler ran to the end
+    assert answer.startswith(b"HTTP/1.1 200"), answer  # ... and its answer must reach the client
+    assert "Exception in ASGI application" not in log
