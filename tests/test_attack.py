@@ -210,3 +210,33 @@ def test_attack_pipelined_next_request_body_timeout_cuts_off_a_running_handler_a
     assert "first" in dispatched  # the handler ran to the end
     assert answer.startswith(b"HTTP/1.1 200"), answer  # ... and its answer must reach the client
     assert "Exception in ASGI application" not in log
+
+
+# ------------------------------------------------------------------ issue 14
+
+
+def test_attack_whispir_reply_lost_when_another_plugin_fails_and_send_reply_raises(
+    tmp_path: Path,
+) -> None:
+    """Journal on, Whispir (the reply goes to send_reply): plugin A replies, plugin B
+    raises, and send_reply raises (the provider API is down). The reply is not kept: the
+    log says "reply lost: ... not kept for a retry", the entry is `failed` for B only,
+    and when B's retry succeeds the entry becomes `done` with no reply; send_reply is
+    never called again. README: "with the journal the reply is kept and re-sent in the
+    background"."""
+    from test_journal import db_path, rows, state_of, wait_until
+    from test_nothing_lost import JSON, WHISPIR_REPLY, CrmDown, FlakySender, Replier, make_app
+
+    replier, crm, sender = Replier(), CrmDown(), FlakySender(failures=1)
+    app = make_app(tmp_path, plugins=[replier, crm, sender], retry_delays=[0.05, 0.05])
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/w", content=WHISPIR_REPLY, headers=JSON).status_code == 200
+        ((entry_id, _),) = [(row["id"], row["state"]) for row in rows(db)]
+        crm.up = True
+        assert wait_until(lambda: state_of(db, entry_id) in ("done", "dead"), timeout=5)
+        time.sleep(0.2)
+    texts = [text for _, text, _ in sender.calls]
+    assert replier.calls == 1
+    # The reply must eventually be delivered (send_reply works from its second call).
+    assert texts == ["reply 1", "reply 1"], texts
