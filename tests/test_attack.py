@@ -240,3 +240,44 @@ def test_attack_whispir_reply_lost_when_another_plugin_fails_and_send_reply_rais
     assert replier.calls == 1
     # The reply must eventually be delivered (send_reply works from its second call).
     assert texts == ["reply 1", "reply 1"], texts
+
+
+def test_attack_late_reply_lost_when_another_plugin_fails_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """Journal on, reply_timeout 0.2 s: an async replier answers after 0.4 s while another
+    plugin raises. The callback is answered 200 without a reply (as documented: a late
+    reply goes to send_reply). But the late outcome is a HandlerError carrying the reply,
+    and Redelivery._settle records only the failure: the reply never reaches send_reply,
+    and the retry runs only the failed plugin. The inbound message is never answered."""
+    import asyncio
+
+    from test_journal import db_path, rows, state_of, wait_until
+    from test_nothing_lost import JSON, ONEPOINT_MESSAGE, CrmDown, FlakySender, make_app
+
+    from receiver import Event, Reply, hookimpl
+
+    class SlowReplier:
+        calls = 0
+
+        @hookimpl
+        async def on_message(self, event: Event) -> Reply:
+            SlowReplier.calls += 1
+            await asyncio.sleep(0.4)
+            return Reply(text="late reply")
+
+    crm, sender = CrmDown(), FlakySender(failures=0)
+    app = make_app(
+        tmp_path, plugins=[SlowReplier(), crm, sender], retry_delays=[0.3], reply_timeout=0.2
+    )
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        response = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        assert response.status_code == 200 and "late reply" not in response.text
+        ((entry_id, _),) = [(row["id"], row["state"]) for row in rows(db)]
+        time.sleep(0.35)  # the late handlers have finished: B failed, A replied
+        crm.up = True
+        assert wait_until(lambda: state_of(db, entry_id) in ("done", "dead"), timeout=5)
+        time.sleep(0.2)
+    assert SlowReplier.calls == 1
+    assert [text for _, text, _ in sender.calls] == ["late reply"]
