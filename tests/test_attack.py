@@ -281,3 +281,59 @@ def test_attack_late_reply_lost_when_another_plugin_fails_after_the_timeout(
         time.sleep(0.2)
     assert SlowReplier.calls == 1
     assert [text for _, text, _ in sender.calls] == ["late reply"]
+
+
+SENDER_PLUGIN = """
+from pathlib import Path
+from receiver import hookimpl
+
+@hookimpl
+def send_reply(event, reply):
+    with open(Path(__file__).parent / "sent", "a") as out:
+        out.write(reply.text + "\\n")
+    return True
+"""
+
+
+def test_attack_replay_dead_undelivered_reply_refused_as_an_unloaded_plugin(
+    tmp_path: Path,
+) -> None:
+    """A reply whose delivery ran out of attempts is `dead` with failed_plugins
+    ["<send_reply>"] (journal.REPLY_ONLY). `receiver replay --dead`, with a working
+    send_reply plugin loaded, refuses it (exit 2: "failed in <send_reply>, not loaded
+    here"): the marker is taken for a plugin name. README: "`receiver replay` of it
+    re-sends the reply only"."""
+    import os
+    import subprocess
+    import sys
+
+    from test_journal import db_path, rows, state_of, wait_until
+    from test_nothing_lost import JSON, WHISPIR_REPLY, FlakySender, Replier, make_app
+
+    app = make_app(tmp_path, plugins=[Replier(), FlakySender()], retry_delays=[0.02])
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/w", content=WHISPIR_REPLY, headers=JSON).status_code == 200
+        entry_id = rows(db)[0]["id"]
+        assert wait_until(lambda: state_of(db, entry_id) == "dead")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "sender.py").write_text(SENDER_PLUGIN)
+    config = tmp_path / "ops.toml"
+    config.write_text(
+        f'journal = "sqlite:///{db}"\nplugins_dir = "plugins"\n'
+        '[channels.w]\nprovider = "whispir"\nauth = "none"\n'
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    env = {**os.environ, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "replay", "--dead", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (plugins / "sent").read_text() == "reply 1\n"
+    assert state_of(db, entry_id) == "done"
