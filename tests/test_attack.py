@@ -337,3 +337,28 @@ def test_attack_replay_dead_undelivered_reply_refused_as_an_unloaded_plugin(
     assert done.returncode == 0, done.stderr
     assert (plugins / "sent").read_text() == "reply 1\n"
     assert state_of(db, entry_id) == "done"
+
+
+def test_attack_retry_after_restart_runs_the_failed_plugin_object_again(tmp_path: Path) -> None:
+    """create_app(config, plugins=[obj]) registers an object plugin under pluggy's default
+    name, str(id(obj)). A failure records that number in failed_plugins; after a restart
+    (a new process, new objects) the retry calls "only the plugins that failed", i.e.
+    none, and marks the event `done`: the failed plugin's work is never redone (the
+    same with `receiver replay` refusing such an entry forever)."""
+    from test_journal import db_path, rows, state_of, wait_until
+    from test_nothing_lost import JSON, ONEPOINT_DELIVERED, CrmDown, make_app
+
+    first = CrmDown()
+    app = make_app(tmp_path, plugins=[first], retry_delays=[0.3])
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+    ((entry_id, state),) = [(row["id"], row["state"]) for row in rows(db)]
+    assert state == "failed"
+    # The process restarts: the same plugin, a new object, and it works now.
+    second = CrmDown()
+    second.up = True
+    app = make_app(tmp_path, plugins=[second], retry_delays=[0.3])
+    with TestClient(app):
+        assert wait_until(lambda: state_of(db, entry_id) in ("done", "dead"), timeout=5)
+    assert second.calls == 1  # what failed ran again
