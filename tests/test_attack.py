@@ -362,3 +362,58 @@ def test_attack_retry_after_restart_runs_the_failed_plugin_object_again(tmp_path
     with TestClient(app):
         assert wait_until(lambda: state_of(db, entry_id) in ("done", "dead"), timeout=5)
     assert second.calls == 1  # what failed ran again
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Any:
+    """A 2 MiB tmpfs (root only)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_attack_readyz_says_ready_while_the_disk_is_still_full(
+    tmp_path: Path, small_tmpfs: Path
+) -> None:
+    """The journal on a disk with 8 KiB free: callbacks get 503 (right), but ~50 ms after each
+    failed record the writer's no-op probe write succeeds ("journal writable again" is
+    logged), the failure is cleared and /readyz answers 200 ready, while every callback
+    still gets 503. A readiness probe / load balancer sees a ready instance that stores
+    nothing (Whispir does not re-send: each is a lost callback). README: /readyz checks
+    "the journal writable and not failing"; runbook: "/readyz turns ready; new callbacks
+    are stored again"."""
+    import os
+    import subprocess
+
+    from serving import SECRET, serve
+
+    config = (
+        f'journal = "sqlite:///{small_tmpfs}/j.db"\n'
+        '[channels.w]\nprovider = "whispir"\nauth = "query"\nkeys = ["${WHISPIR_KEY}"]\n'
+    )
+    with serve(tmp_path, config) as server:
+        post = lambda text: server.request(  # noqa: E731
+            f"/w?auth={SECRET}", _whispir_request(text).partition(b"\r\n\r\n")[2],
+            {"Content-Type": "application/json"},
+        )[0]
+        for n in range(5):
+            assert post(f"before {n} " + "x" * 2000) == 200
+        subprocess.run(["dd", "if=/dev/zero", f"of={small_tmpfs}/filler", "bs=4k"],
+                       capture_output=True, check=False)
+        filler = small_tmpfs / "filler"
+        os.truncate(filler, filler.stat().st_size - 8192)  # 8 KiB free: one page, not a record
+        for n in range(3):
+            assert post(f"while full {n} " + "x" * 2000) == 503
+        time.sleep(0.5)
+        ready = server.request("/readyz")
+        assert post("while full 4 " + "x" * 2000) == 503  # still full: nothing is stored
+    assert ready[0] == 503, ready
