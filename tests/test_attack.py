@@ -417,3 +417,42 @@ def test_attack_readyz_says_ready_while_the_disk_is_still_full(
         ready = server.request("/readyz")
         assert post("while full 4 " + "x" * 2000) == 503  # still full: nothing is stored
     assert ready[0] == 503, ready
+
+
+def test_attack_immutable_shm_file_kills_the_server_with_sigbus(tmp_path: Path) -> None:
+    """README runbook, "Unwritable journal (read-only mount, permissions, chattr +i)": a
+    callback whose record cannot be committed is answered 503. With `chattr +i` on the
+    journal's `-shm` file while serving (e.g. `chattr -R +i state/`), the next callback
+    kills the whole process with SIGBUS (SQLite writes to the mmapped -shm): no 503, the
+    connection is dropped, every other in-flight callback dies with it, and nothing
+    serves until restarted (where serve then refuses to start)."""
+    import os
+    import shutil
+    import subprocess
+
+    from serving import SECRET, serve
+
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr")
+    state = tmp_path / "st"
+    config = (
+        f'journal = "sqlite:///{state}/j.db"\n'
+        '[channels.w]\nprovider = "whispir"\nauth = "query"\nkeys = ["${WHISPIR_KEY}"]\n'
+    )
+    body = _whispir_request("x").partition(b"\r\n\r\n")[2]
+    headers = {"Content-Type": "application/json"}
+    with serve(tmp_path, config) as server:
+        assert server.request(f"/w?auth={SECRET}", body, headers)[0] == 200
+        shm = state / "j.db-shm"
+        if subprocess.run(["chattr", "+i", str(shm)], check=False).returncode != 0:
+            pytest.skip("this filesystem has no immutable flag")
+        try:
+            try:
+                status = server.request(f"/w?auth={SECRET}", body.replace(b"x", b"y"), headers)[0]
+            except OSError as exc:
+                status = repr(exc)
+            time.sleep(0.3)
+            alive = server.process.poll()
+        finally:
+            subprocess.run(["chattr", "-i", str(shm)], check=False)
+    assert (status, alive) == (503, None)
