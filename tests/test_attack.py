@@ -456,3 +456,37 @@ def test_attack_immutable_shm_file_kills_the_server_with_sigbus(tmp_path: Path) 
         finally:
             subprocess.run(["chattr", "-i", str(shm)], check=False)
     assert (status, alive) == (503, None)
+
+
+def test_attack_retry_worker_marks_done_an_entry_whose_failed_plugin_is_not_loaded(
+    tmp_path: Path,
+) -> None:
+    """`receiver replay` refuses an entry whose failed plugin is not loaded ("replaying
+    without them would mark the entry done with its failed work never redone"), but the
+    retry worker of a restarted server does exactly that: restarted without the plugin
+    (say `serve` run without its --plugins-dir), the due retry calls no plugin and marks
+    the entry `done`. It should stay failed (or dead) for an operator to replay."""
+    import types
+
+    from test_journal import db_path, rows, state_of, wait_until
+    from test_nothing_lost import JSON, ONEPOINT_DELIVERED, make_app
+
+    from receiver import Event, hookimpl
+
+    crm = types.ModuleType("crm_plugin")
+
+    @hookimpl
+    def on_event(event: Event) -> None:
+        raise RuntimeError("crm down")
+
+    crm.on_event = on_event  # type: ignore[attr-defined]
+    app = make_app(tmp_path, plugins=[crm], retry_delays=[0.2])
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+    ((entry_id, failed_plugins),) = [(r["id"], r["failed_plugins"]) for r in rows(db)]
+    assert b"crm_plugin" in failed_plugins
+    app = make_app(tmp_path, plugins=[], retry_delays=[0.2])  # restarted without it
+    with TestClient(app):
+        time.sleep(1.5)
+    assert state_of(db, entry_id) in ("failed", "dead")
