@@ -111,7 +111,7 @@ def test_attack_hmac_lower_urlencoded_respelled_get_without_provider_key_dispatc
     under lower-urlencoded and means the very same callback, yet it is dispatched a
     second time (README: "a callback without a provider key cannot be replayed as new
     while its signature is fresh")."""
-    client, recorder, db = aspnet_app(tmp_path)
+    client, recorder, _ = aspnet_app(tmp_path)
     query = "Type=Message&MessageID=M1&Source=447700900987&Message=Really%3F"
     respelled = "TYPE=Message&MESSAGEID=M1&SOURCE=447700900987&MESSAGE=Really%3f"
     assert respelled.lower() == query.lower()
@@ -402,13 +402,17 @@ def test_attack_readyz_says_ready_while_the_disk_is_still_full(
     )
     with serve(tmp_path, config) as server:
         post = lambda text: server.request(  # noqa: E731
-            f"/w?auth={SECRET}", _whispir_request(text).partition(b"\r\n\r\n")[2],
+            f"/w?auth={SECRET}",
+            _whispir_request(text).partition(b"\r\n\r\n")[2],
             {"Content-Type": "application/json"},
         )[0]
         for n in range(5):
             assert post(f"before {n} " + "x" * 2000) == 200
-        subprocess.run(["dd", "if=/dev/zero", f"of={small_tmpfs}/filler", "bs=4k"],
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={small_tmpfs}/filler", "bs=4k"],
+            capture_output=True,
+            check=False,
+        )
         filler = small_tmpfs / "filler"
         os.truncate(filler, filler.stat().st_size - 8192)  # 8 KiB free: one page, not a record
         for n in range(3):
@@ -468,7 +472,7 @@ def test_attack_retry_worker_marks_done_an_entry_whose_failed_plugin_is_not_load
     the entry `done`. It should stay failed (or dead) for an operator to replay."""
     import types
 
-    from test_journal import db_path, rows, state_of, wait_until
+    from test_journal import db_path, rows, state_of
     from test_nothing_lost import JSON, ONEPOINT_DELIVERED, make_app
 
     from receiver import Event, hookimpl
