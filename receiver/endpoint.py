@@ -301,10 +301,16 @@ class CallbackEndpoint:
             late = True
             return Answer(200, b"", [], Outcome.reply_timeout, event)
         except HandlerError as exc:
+            # Only the plugins that raised are retried; a reply the others gave still goes
+            # out: in the answer when the provider takes it there, else to send_reply (kept
+            # with the entry for a retry if that raises too).
+            reply = exc.reply if isinstance(exc.reply, Reply) else None
+            rendered = bound.provider.render_reply(event, reply) if reply is not None else None
+            if rendered is None:
+                await redelivery.partly_failed(event, exc, attempt=1)
+                return Answer(200, b"", [], Outcome.handler_error, event, reply is not None)
             await redelivery.failed(event, str(exc), exc.plugins, attempt=1, failures=exc.failures)
-            if isinstance(exc.reply, Reply):  # another plugin's reply still goes out
-                return await self._answer(bound, event, exc.reply, Outcome.handler_error)
-            return Answer(200, b"", [], Outcome.handler_error, event)
+            return Answer(200, rendered, [_JSON_TYPE], Outcome.handler_error, event, True)
         else:
             rendered = bound.provider.render_reply(event, reply) if reply is not None else None
             if reply is None or rendered is not None:

@@ -65,6 +65,7 @@ class Observer(Protocol):
     def journal_commit(self, seconds: float) -> None:
         """A journal transaction took ``seconds`` (called by the journal's writer thread)."""
 
+
 log = structlog.get_logger()
 
 
@@ -128,18 +129,42 @@ class Redelivery:
         *,
         attempt: int,
         failures: Sequence[Failure] = (),
+        reply: Reply | None = None,
     ) -> None:
         """Record that attempt number ``attempt`` at ``event`` failed (``failures``: what
-        raised, kept with the attempt): retried after the next delay, or a dead letter
-        when there is none."""
+        raised, kept with the attempt; ``reply``: one still to deliver, kept): retried
+        after the next delay, or a dead letter when there is none."""
         retry_at = self._retry_at(attempt)
         await self.journal.fail(
-            event.id, error, list(plugins) if plugins else None, retry_at, failures
+            event.id, error, list(plugins) if plugins else None, retry_at, failures, reply
         )
         if retry_at is None:
             log.error("dead letter: out of attempts", event_id=event.id, attempts=attempt)
             if self.observer is not None:
                 self.observer.dead_letter(event.channel)
+
+    async def partly_failed(
+        self, event: Event, error: HandlerError, *, attempt: int, pending: Reply | None = None
+    ) -> None:
+        """Some plugins raised (``error``); a reply the others gave (``error.reply``, or
+        ``pending``, one kept from an earlier attempt) is handed to ``send_reply`` now, and
+        kept with the failed entry if that raises. Then as :meth:`failed`: only the
+        plugins that raised are retried."""
+        reply = error.reply if isinstance(error.reply, Reply) else pending
+        failures = list(error.failures)
+        keep: Reply | None = None
+        if reply is not None:
+            try:
+                if not await self.dispatcher.send_reply(event, reply):
+                    log.warning("reply dropped: no send_reply plugin took it", event_id=event.id)
+            except HandlerError as exc:
+                keep = reply
+                failures += exc.failures
+                if self.observer is not None:
+                    self.observer.reply_undelivered(event.channel)
+        await self.failed(
+            event, str(error), error.plugins, attempt=attempt, failures=failures, reply=keep
+        )
 
     async def undelivered(
         self,
@@ -266,9 +291,7 @@ class Redelivery:
             try:
                 reply = await running.task
             except HandlerError as exc:
-                await self.failed(
-                    event, str(exc), exc.plugins, attempt=attempt, failures=exc.failures
-                )
+                await self.partly_failed(event, exc, attempt=attempt)
                 return
             log.info("late handlers finished", event_id=event.id, attempt=attempt)
             await self.finished(event, reply, attempt=attempt)
@@ -300,15 +323,16 @@ class Redelivery:
                 log.info("reply delivered", event_id=event.id, attempt=attempt)
                 return True
             return False
-        only = None if all_plugins else entry.failed_plugins
+        only = None if all_plugins else entry.plugins_to_retry
+        pending = entry.reply_pending  # a reply kept from an earlier attempt, undelivered
         try:
             reply = await self.dispatch(event, only, attempt=attempt)
         except HandlerTimeout:
             return False
         except HandlerError as exc:
-            await self.failed(event, str(exc), exc.plugins, attempt=attempt, failures=exc.failures)
+            await self.partly_failed(event, exc, attempt=attempt, pending=pending)
             return False
-        if not await self.finished(event, reply, attempt=attempt):
+        if not await self.finished(event, reply or pending, attempt=attempt):
             return False
         log.info("retried", event_id=event.id, attempt=attempt)
         return True

@@ -92,6 +92,18 @@ class Entry(msgspec.Struct, kw_only=True):
         """Handled; only its stored reply is to be delivered (``send_reply`` failed)."""
         return self.reply is not None and self.failed_plugins == [REPLY_ONLY]
 
+    @property
+    def reply_pending(self) -> Reply | None:
+        """The stored reply still to deliver (``send_reply`` failed), else None."""
+        return self.reply if self.failed_plugins and REPLY_ONLY in self.failed_plugins else None
+
+    @property
+    def plugins_to_retry(self) -> list[str] | None:
+        """The plugins a retry calls (None: all): the failed ones, not the reply marker."""
+        if self.failed_plugins is None:
+            return None
+        return [name for name in self.failed_plugins if name != REPLY_ONLY]
+
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     """One failure kept for an entry: which attempt, when, where, what (see
@@ -173,10 +185,12 @@ class Journal(abc.ABC):
         plugins: Sequence[str] | None,
         retry_at: float | None,
         failures: Sequence[Failure] = (),
+        reply: Reply | None = None,
     ) -> None:
         """Mark an event failed (``retry_at`` None: out of attempts, a dead letter), and
         keep ``failures`` as this attempt's (its number: the entry's attempts, counting
-        this one)."""
+        this one). ``reply``: a reply other plugins gave that is not delivered yet: kept,
+        with :data:`REPLY_ONLY` among the failed plugins, and delivered by the retry."""
 
     @abc.abstractmethod
     async def undelivered(

@@ -256,16 +256,25 @@ class SQLiteJournal(Journal):
         plugins: Sequence[str] | None,
         retry_at: float | None,
         failures: Sequence[Failure] = (),
+        reply: Reply | None = None,
     ) -> None:
         state = "failed" if retry_at is not None else "dead"
-        encoded = _encode(list(plugins)) if plugins else None
+        names = [*(plugins or ()), *([REPLY_ONLY] if reply is not None else [])]
+        encoded = _encode(names) if names else None
 
         def operation(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "UPDATE events SET state = ?, error = ?, failed_plugins = ?, "
-                "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
-                (state, error, encoded, retry_at, event_id),
-            )
+            if reply is None:
+                connection.execute(
+                    "UPDATE events SET state = ?, error = ?, failed_plugins = ?, "
+                    "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                    (state, error, encoded, retry_at, event_id),
+                )
+            else:  # a reply still to deliver is kept with the failed entry
+                connection.execute(
+                    "UPDATE events SET state = ?, reply = ?, error = ?, failed_plugins = ?, "
+                    "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                    (state, _encode(reply), error, encoded, retry_at, event_id),
+                )
             _keep_attempt(connection, event_id, failures, ended=True)
 
         await self._submit(operation, durable=False, key=event_id)
