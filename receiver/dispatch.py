@@ -159,6 +159,17 @@ class Dispatcher:
             self.plan(event_type)
         self.implementations("send_reply")
 
+    def missing(self, plugins: Collection[str] | None, reply_pending: bool) -> list[str]:
+        """What a retry of an entry needs and is not loaded: those of ``plugins`` (the ones
+        that failed) not registered, and ``send_reply`` when a reply is to be delivered
+        and no plugin implements it. Retrying without them would mark the entry done with
+        its failed work never redone."""
+        loaded = {name for name, _ in self.manager.list_name_plugin()}
+        missing = sorted(set(plugins or ()) - loaded)
+        if reply_pending and not self.implementations("send_reply"):
+            missing.append("send_reply (no plugin implements it)")
+        return missing
+
     def timeout(self, event: Event) -> float:
         """Seconds the handlers of ``event`` get."""
         return self.reply_timeout if event.type.is_response_type else self.handler_timeout

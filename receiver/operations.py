@@ -274,10 +274,11 @@ async def _replay_chosen(
 def _unloaded_plugins(endpoint: CallbackEndpoint, entries: list[Entry]) -> dict[str, list[str]]:
     """Entry id -> the plugins it failed in (``failed_plugins``) that are not loaded now:
     replaying without them would mark the entry done with its failed work never redone."""
-    loaded = {name for name, _ in endpoint.manager.list_name_plugin()}
     unloaded = {}
     for entry in entries:
-        missing = sorted(set(entry.failed_plugins or ()) - loaded)
+        missing = endpoint.dispatcher.missing(
+            entry.plugins_to_retry, entry.reply_pending is not None
+        )
         if missing:
             unloaded[entry.id] = missing
     return unloaded

@@ -85,7 +85,10 @@ def make_plugin_manager(
     manager.add_hookspecs(hookspecs)
     manager.register(builtin, name="receiver.builtin")
     for plugin in plugins:
-        _register(manager, plugin, None)
+        if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
+            _register(manager, plugin[1], plugin[0])  # a (name, plugin) pair
+        else:
+            _register(manager, plugin, _unique(manager, stable_name(plugin)))
     if os.environ.get(DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if manager.get_plugin(entry_point.name) is None:
@@ -101,6 +104,30 @@ def make_plugin_manager(
             if not path.name.startswith("_"):
                 _register(manager, _load(f"plugin {str(path)!r}", _import_file, path), path.stem)
     return manager
+
+
+def stable_name(plugin: object) -> str:
+    """The name of a plugin given as an object: its ``name`` attribute when that is a
+    string, else its module's name (a module) or its class's qualified name, with the
+    module (``myapp.hooks.CrmSync``). The same in every process, unlike pluggy's default
+    (``id(plugin)``): retries after a restart find the plugin that failed by it."""
+    name = getattr(plugin, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(plugin, ModuleType):
+        return plugin.__name__
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _unique(manager: PluginManager, name: str) -> str:
+    """``name``, or ``name#2``, ``name#3``... when a plugin of that name is registered
+    (two instances of one class: in the order given, so stable too)."""
+    candidate, number = name, 1
+    while manager.has_plugin(candidate):
+        number += 1
+        candidate = f"{name}#{number}"
+    return candidate
 
 
 def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:

@@ -318,6 +318,21 @@ class Redelivery:
         if event is None:
             return False
         attempt = entry.attempts + 1
+        missing = (
+            []
+            if all_plugins
+            else self.dispatcher.missing(entry.plugins_to_retry, entry.reply_pending is not None)
+        )
+        if missing:  # running without them would mark it done, their work never redone
+            error = f"not loaded: {', '.join(missing)}"
+            log.error("retry: a plugin it needs is not loaded", event_id=event.id, missing=missing)
+            failure = Failure(
+                at=time.time(), plugin=None, hook=None, error_type="PluginNotLoaded", message=error
+            )
+            await self.failed(
+                event, error, entry.failed_plugins, attempt=attempt, failures=[failure]
+            )
+            return False
         if entry.reply_only and entry.reply is not None:
             if await self.finished(event, entry.reply, attempt=attempt):
                 log.info("reply delivered", event_id=event.id, attempt=attempt)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver import Channel, Config, ConfigError, create_app, hookimpl
+from receiver import Channel, Config, ConfigError, Event, create_app, hookimpl
+from receiver.plugins import make_plugin_manager
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CHANNELS = {"sms": Channel(provider="onepoint", auth="none")}
@@ -106,3 +107,37 @@ def test_example_config_is_valid_with_its_keys_in_the_environment(
     assert set(app.state.endpoint.channels) == {"whispir", "whispir-query", "sms", "diy"}
     assert config.channels["whispir"].keys == ["test-whispir_key"]
     assert config.channels["sms"].options["credentials"] == {"demo-app": "test-onepoint_secret"}
+
+
+class _Named:
+    name = "crm-sync"
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        pass
+
+
+class _Plain:
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        pass
+
+
+def test_plugin_objects_have_stable_readable_names() -> None:
+    """A plugin object's name is the same in every process (its ``name``, its class's
+    qualified name, or the name given in a pair), never pluggy's ``id()``: retries after a
+    restart look the failed plugin up by it (found by the attack on issue 14)."""
+    import types
+
+    module = types.ModuleType("shop.hooks")
+    manager = make_plugin_manager([_Named(), _Plain(), _Plain(), ("billing", _Plain()), module])
+    names = [name for name, _ in manager.list_name_plugin()]
+    assert names[1:6] == [
+        "crm-sync",
+        f"{__name__}._Plain",
+        f"{__name__}._Plain#2",
+        "billing",
+        "shop.hooks",
+    ]
+    again = make_plugin_manager([_Named(), _Plain(), _Plain()])
+    assert [n for n, _ in again.list_name_plugin()][1:4] == names[1:4]
