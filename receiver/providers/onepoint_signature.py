@@ -75,11 +75,13 @@ class OnePointOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         hmac_uri: The URL as sent (``as-sent``) or lowercased and URL-encoded as .NET's
             ``HttpUtility.UrlEncode`` does (``lower-urlencoded``).
         public_url: The URL the provider calls, for signature checks behind a proxy.
-        hmac_window: Seconds (default 600) the signature's Timestamp may be from the
-            time the callback arrives, either way: older or newer is a 401. The default
-            equals ``duplicate_body_window``, so a replayed signed request is answered as a
-            duplicate for as long as it would pass, and leaves room for a retry of the
-            same signed request and for clocks minutes apart.
+        hmac_window: Seconds (default 300) the signature's Timestamp may be from the
+            time the callback arrives, either way: older or newer is a 401. A signed
+            request is so usable for at most twice this after its first arrival, which
+            with the default equals ``duplicate_body_window`` (600 s): a replay is
+            answered as a duplicate for as long as it would pass. 300 s in the past is
+            the reference server's own limit; as much in the future allows for clocks
+            minutes apart.
     """
 
     credentials: dict[str, str] = {}
@@ -88,7 +90,7 @@ class OnePointOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hmac_body: Literal["raw", "md5"] = "raw"
     hmac_uri: Literal["as-sent", "lower-urlencoded"] = "as-sent"
     public_url: str | None = None
-    hmac_window: float = 600.0
+    hmac_window: float = 300.0
 
 
 def signature_check(channel: Channel, options: OnePointOptions, name: str) -> HmacCheck:
@@ -157,6 +159,7 @@ class HmacCheck(Authenticator):
             ) from None
         self.md5_body = options.hmac_body == "md5"
         self.lower_urlencoded = options.hmac_uri == "lower-urlencoded"
+        self.signs_lowercase_url = self.lower_urlencoded
         self.public_url = options.public_url.rstrip("/") if options.public_url else None
         self.window = options.hmac_window
         self.channel_name = channel_name
