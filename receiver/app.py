@@ -137,6 +137,9 @@ def _logger(bound: BoundChannel) -> Any:
     return logger
 
 
+_ACCEPTED: dict[str, Any] = {}
+
+
 def log_answer(
     scope: Scope, name: str, bound: BoundChannel | None, answer: Answer, duration_ms: float
 ) -> None:
@@ -157,19 +160,9 @@ def log_answer(
                 duration_ms=duration_ms,
             )
             return
-        if answer.outcome is Outcome.accepted:
-            logger.info(
-                "callback",
-                client=address,
-                type=event.type,
-                message_id=bounded(event.message_id, 64),
-                event_id=event.id,
-                status=answer.status,
-                duration_ms=duration_ms,
-            )
-            return
-        # Answered 200 but not plainly accepted (a duplicate; handlers failed, to be
-        # retried): the line says which.
+        # A 200 that is not plainly accepted (a duplicate; handlers failed, to be
+        # retried) says which.
+        extra = _ACCEPTED if answer.outcome is Outcome.accepted else {"outcome": answer.outcome}
         logger.info(
             "callback",
             client=address,
@@ -178,7 +171,7 @@ def log_answer(
             event_id=event.id,
             status=answer.status,
             duration_ms=duration_ms,
-            outcome=answer.outcome.value,
+            **extra,
         )
         return
     fields: dict[str, Any] = {
