@@ -30,11 +30,9 @@ import hashlib
 import hmac
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -45,6 +43,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import EventRecorder
+from sink import Sink, running_sink
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
@@ -254,38 +253,10 @@ def _toml(tmp_path: Path, sink_url: str) -> Path:
     return path
 
 
-class Sink:
-    """A real HTTP server on 127.0.0.1 that keeps every request made to it, whole."""
-
-    def __init__(self) -> None:
-        self.requests: list[bytes] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                head = f"{self.requestline}\n{self.headers}".encode("latin-1")
-                sink.requests.append(head + self.rfile.read(length))
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    sink = Sink()
-    thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
-    thread.start()
-    yield sink
-    sink.server.shutdown()
-    sink.server.server_close()
+    with running_sink() as running:
+        yield running
 
 
 @pytest.fixture
@@ -359,8 +330,8 @@ def _event_traces(recorder: EventRecorder) -> list[tuple[str, bytes]]:
 def _forward_traces(sink: Sink) -> list[tuple[str, bytes]]:
     traces = []
     for request in sink.requests:
-        traces.append(("forward request", request))
-        body = request.partition(b"\n\n")[2]
+        traces.append(("forward request", request.head + request.body))
+        body = request.body
         try:
             posted = json.loads(body)
         except ValueError:

@@ -13,16 +13,14 @@ import importlib.util
 import json
 import socket
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 from samples import payload
+from sink import Sink, running_sink
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
@@ -346,43 +344,10 @@ def test_opt_outs_mask_keeps_last_four() -> None:
 # forward ---------------------------------------------------------------------------------
 
 
-class Sink:
-    """A real HTTP server on 127.0.0.1 that records what is POSTed to it."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.status = 204
-        self.delay = 0.0
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                sink.requests.append((self.path, dict(self.headers), self.rfile.read(length)))
-                time.sleep(sink.delay)
-                self.send_response(sink.status)
-                if 300 <= sink.status < 400:
-                    self.send_header("Location", "/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    sink = Sink()
-    thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
-    thread.start()
-    yield sink
-    sink.server.shutdown()
-    sink.server.server_close()
+    with running_sink() as running:
+        yield running
 
 
 def closed_port() -> int:
@@ -400,7 +365,7 @@ def test_forward_posts_event_json(sink: Sink) -> None:
     assert response.status_code == 200
     event_id = next(e["event_id"] for e in logs if e["event"] == "callback")
     assert len(sink.requests) == 1
-    path, headers, forwarded = sink.requests[0]
+    path, headers, forwarded, _ = sink.requests[0]
     assert path == "/events"
     assert headers["Content-Type"] == "application/json"
     assert headers["Authorization"] == "Bearer s3cret"
