@@ -187,6 +187,7 @@ class CallbackEndpoint:
             config.journal,
             duplicate_window=config.duplicate_window,
             body_window=config.duplicate_body_window,
+            max_body_bytes=config.max_body_bytes,
         )
         return cls(config, manager, journal)
 

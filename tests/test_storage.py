@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import free_port
+from serving import free_port, serve
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 from test_journal import JSON, ONEPOINT_DELIVERED, ReceiptCounter, make_app, onepoint, rows
 
 from receiver import Channel, Config, Event, create_app, hookimpl
+from receiver.endpoint import CallbackEndpoint
 from receiver.errors import ConfigError
 from receiver.journal import SQLiteJournal
 
@@ -118,8 +121,9 @@ def unavailable(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def small_filesystem(where: Path, size: str = "4m") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``where`` (root only; skipped otherwise)."""
+def small_filesystem(where: Path, size: str = "16m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (root only; skipped otherwise): more than
+    the journal's free-space margin (4 MiB), or it would never count as working."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         unavailable("a small tmpfs needs root (CI runs as root)")
     where.mkdir()
@@ -356,3 +360,280 @@ def test_storage_unwritable_journal_refuses_to_start(tmp_path: Path, what: str) 
     assert "Traceback" not in refused.stderr + refused.stdout
     assert "listening" not in refused.stderr
     assert rows(db) == before
+
+
+# -- too little room: a write that fits is not a store that works ------------------------
+
+
+def leave_free(filler: Path, free: int) -> None:
+    """Shrink ``filler`` (the disk full) so that about ``free`` bytes are free."""
+    os.truncate(filler, max(filler.stat().st_size - free, 0))
+
+
+def logged(logs: list[dict[str, Any]], event: str) -> int:
+    return sum(1 for line in logs if line.get("event") == event)
+
+
+def ready_within(client: TestClient, seconds: float = 6.0) -> Any:
+    """/readyz, asked until it answers 200 (the writer's backoff is 5 s at most)."""
+    ready = client.get("/readyz")
+    for _ in range(int(seconds / 0.05)):
+        if ready.status_code == 200:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+        ready = client.get("/readyz")
+    return ready
+
+
+def test_storage_min_free_bytes_is_room_for_a_batch_of_the_largest_callbacks(
+    tmp_path: Path,
+) -> None:
+    assert SQLiteJournal(tmp_path / "j.db").min_free_bytes == 4 * 1024 * 1024
+    assert SQLiteJournal(tmp_path / "j.db", max_body_bytes=3 << 20).min_free_bytes == 12 << 20
+    config = Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=f"sqlite:///{tmp_path / 'j.db'}",
+        max_body_bytes=2 << 20,
+    )
+    journal = CallbackEndpoint.from_config(config).journal
+    assert isinstance(journal, SQLiteJournal)
+    assert journal.min_free_bytes == 8 << 20  # the server's body limit reaches the journal
+
+
+def test_storage_failed_store_stays_failing_while_writes_fit_but_room_is_short(
+    tmp_path: Path,
+) -> None:
+    """Each path that clears a failure (a callback written, the writer's own probe)
+    needs the free-space margin too: 1 MiB free takes a callback, yet the store fails
+    until 4 MiB are free."""
+    with small_filesystem(tmp_path / "fs") as fs:
+        db = fs / "j.db"
+        counter = ReceiptCounter()
+        with TestClient(disk_app(db, counter)) as client, capture_logs() as logs:
+            assert client.post("/sms", content=receipt(0), headers=JSON).status_code == 200
+            filler = fill(fs)
+            assert client.post("/sms", content=receipt(1), headers=JSON).status_code == 503
+            leave_free(filler, 1 << 20)
+            # Written (the record fits) while failing: the store is still failing.
+            assert client.post("/sms", content=receipt(2), headers=JSON).status_code == 200
+            stored_while_short = client.get("/readyz")
+            asyncio.run(asyncio.sleep(0.5))  # the writer's probes write, and fit, too
+            probed_while_short = client.get("/readyz")
+            writable_while_short = logged(logs, "journal writable again")
+            filler.unlink()
+            ready = ready_within(client)
+        for answer in (stored_while_short, probed_while_short):
+            assert answer.status_code == 503
+            (problem,) = answer.json()["problems"]
+            assert problem.startswith("low disk space: "), problem
+            assert problem.endswith("KiB free, 4096 KiB needed")
+        assert writable_while_short == 0
+        assert ready.status_code == 200, ready.json()
+        assert logged(logs, "journal writable again") == 1
+        assert logged(logs, "journal still failing") == 1  # once, not at each probe
+        assert handled(counter) == ["MS0000", "MS0002"]
+
+
+def test_storage_readyz_says_low_disk_space_before_any_write_fails(tmp_path: Path) -> None:
+    """Under the margin, /readyz answers 503 before a callback is refused (callbacks
+    that fit are still stored); back over it, 200 again."""
+    with small_filesystem(tmp_path / "fs") as fs:
+        db = fs / "j.db"
+        counter = ReceiptCounter()
+        with TestClient(disk_app(db, counter)) as client, capture_logs() as logs:
+            assert client.post("/sms", content=receipt(0), headers=JSON).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            filler = fill(fs)
+            leave_free(filler, 2 << 20)
+            low = client.get("/readyz")
+            stored = client.post("/sms", content=receipt(1), headers=JSON)
+            filler.unlink()
+            ready = client.get("/readyz")
+        assert low.status_code == 503
+        (problem,) = low.json()["problems"]
+        assert re.fullmatch(r"low disk space: \d+ KiB free, 4096 KiB needed", problem), problem
+        assert stored.status_code == 200
+        assert ready.status_code == 200, ready.json()
+        assert logged(logs, "journal not writable") == 0
+        assert handled(counter) == ["MS0000", "MS0001"]
+
+
+def test_storage_start_with_low_disk_space_is_not_ready_until_there_is_room(
+    tmp_path: Path,
+) -> None:
+    with small_filesystem(tmp_path / "fs") as fs:
+        db = fs / "j.db"
+        counter = ReceiptCounter()
+        filler = fill(fs)
+        leave_free(filler, 2 << 20)
+        with capture_logs() as logs, TestClient(disk_app(db, counter)) as client:
+            low = client.get("/readyz")
+            stored = client.post("/sms", content=receipt(0), headers=JSON)
+            filler.unlink()
+            ready = ready_within(client)
+        assert low.status_code == 503
+        assert low.json()["problems"][0].startswith("low disk space: ")
+        assert stored.status_code == 200  # it fits: stored, and handled
+        assert ready.status_code == 200, ready.json()
+        assert logged(logs, "journal failing at start") == 1
+        assert logged(logs, "journal writable again") == 1
+        assert handled(counter) == ["MS0000"]
+
+
+def test_storage_free_space_is_checked_per_readyz_and_recovery_not_per_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """statvfs is read at start, by /readyz and by a failing store's recovery, never by
+    a callback's record while the store works."""
+    calls: list[str] = []
+    real = os.statvfs
+
+    def counted(path: Any) -> Any:
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "statvfs", counted)
+    with TestClient(make_app(tmp_path)) as client:
+        assert len(calls) == 1  # at start
+        calls.clear()
+        for n in range(20):
+            assert client.post("/sms", content=receipt(n), headers=JSON).status_code == 200
+        assert calls == []
+        assert client.get("/readyz").status_code == 200
+    assert len(calls) == 1
+
+
+# -- immutable journal files while serving: SQLite's -shm mapping would be SIGBUS --------
+
+
+@contextlib.contextmanager
+def immutable(target: Path, *, recursive: bool = False) -> Iterator[None]:
+    """``chattr +i`` on ``target`` (``-R``: its folder and every file in it); needs root
+    and a filesystem with attributes (CI has both)."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        unavailable("chattr +i needs root and chattr (CI runs as root)")
+    flag = ["-R"] if recursive else []
+    made = subprocess.run(["chattr", *flag, "+i", str(target)], capture_output=True, check=False)
+    if made.returncode != 0:
+        unavailable(f"chattr +i does not work here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", *flag, "-i", str(target)], check=False)
+
+
+KEYED = {"X-Test-Key": "storage-test-key", **JSON}
+
+
+def post(server: Any, n: int) -> int:
+    try:
+        return int(server.request("/sms", receipt(n), KEYED)[0])
+    except OSError:  # the process died (SIGBUS): the connection dropped
+        return -1
+
+
+@pytest.mark.parametrize("what", ["-shm", "-wal", "database", "folder -R"])
+def test_storage_immutable_journal_file_while_serving_is_503_and_not_ready(
+    tmp_path: Path, what: str
+) -> None:
+    """/readyz first (its own connection would map the -shm), then callbacks (the
+    writer's): 503 and not ready, the process alive; once the attribute is gone the
+    store works again without a restart, and the server stops cleanly."""
+    db = tmp_path / "state" / "j.db"
+    target = {"-shm": Path(f"{db}-shm"), "-wal": Path(f"{db}-wal"), "database": db}
+    with serve(tmp_path, CONFIG.format(db=db)) as server:
+        assert post(server, 0) == 200
+        with immutable(target.get(what, db.parent), recursive=what == "folder -R"):
+            not_ready = server.request("/readyz")
+            refused = [post(server, n) for n in (1, 2)]
+            still = server.request("/readyz")
+            alive = server.process.poll()
+        ready = server.request("/readyz")
+        for _ in range(120):  # the writer's probe, within its backoff
+            if ready[0] == 200:
+                break
+            time.sleep(0.05)
+            ready = server.request("/readyz")
+        again = post(server, 3)
+        server.process.terminate()
+        code = server.process.wait(timeout=15)
+    assert alive is None, server.log_text()
+    assert refused == [503, 503]
+    for answer in (not_ready, still):
+        assert answer[0] == 503
+        (problem,) = json.loads(answer[1])["problems"]
+        assert problem.startswith("journal not writable: "), problem
+    suffix = what if what.startswith("-") else ""
+    if what != "folder -R":
+        assert problem == (
+            f"journal not writable: {f'its {suffix} file: ' if suffix else ''}immutable (chattr +i)"
+        )
+    assert ready[0] == 200, ready
+    assert again == 200
+    assert code == 0, server.log_text()
+    assert {row["message_id"] for row in rows(db)} == {"MS0000", "MS0003"}
+
+
+def test_storage_stop_with_an_immutable_shm_does_not_crash_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Closing SQLite's connection writes to the -shm mapping: while it is immutable the
+    connection is left open (and the -wal not checkpointed) instead; what was committed
+    is read from the -wal at the next start."""
+    db = tmp_path / "state" / "j.db"
+    with serve(tmp_path, CONFIG.format(db=db)) as server:
+        assert post(server, 0) == 200
+        with immutable(Path(f"{db}-shm")):
+            server.process.terminate()
+            code = server.process.wait(timeout=15)
+    assert code == 0, server.log_text()
+    assert "journal left open" in server.log_text()
+    with serve(tmp_path, CONFIG.format(db=db)) as server:
+        assert post(server, 1) == 200
+    assert {row["message_id"] for row in rows(db)} == {"MS0000", "MS0001"}
+
+
+def crashed_journal(tmp_path: Path) -> Path:
+    """A journal whose process died: its -wal and -shm left beside it."""
+    db = existing_journal(tmp_path)
+    script = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA journal_mode=WAL')\n"
+        "c.execute('PRAGMA user_version = 0')\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db)], check=True)
+    assert Path(f"{db}-wal").exists() and Path(f"{db}-shm").exists()
+    return db
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_storage_immutable_wal_or_shm_refuses_to_start_in_one_line(
+    tmp_path: Path, suffix: str
+) -> None:
+    db = crashed_journal(tmp_path)
+    with immutable(Path(f"{db}{suffix}")):
+        refused = serve_refused(tmp_path, db)
+        listed = subprocess.run(
+            [sys.executable, "-m", "receiver.cli", "events", "--config", "receiver.toml"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"},
+            timeout=30,
+            check=False,
+        )
+    assert refused.returncode == 2, refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert lines == [f"receiver: configuration error: journal: {db}{suffix}: immutable (chattr +i)"]
+    assert "listening" not in refused.stderr
+    # An operator command reads beside a running server: it must not map an immutable
+    # -shm either (an immutable -wal it only reads).
+    if suffix == "-shm":
+        assert listed.returncode == 2, listed.stderr
+        assert listed.stderr.strip() == (
+            f"receiver: configuration error: journal: {db}-shm: immutable (chattr +i)"
+        )
+    else:
+        assert listed.returncode == 0, listed.stderr

@@ -277,7 +277,8 @@ class Journal(abc.ABC):
 
     async def check(self) -> str | None:
         """None when the store can be written, else a short reason (``/readyz``): failing
-        writes, a deleted or replaced file, an unwritable file or folder. Creates nothing."""
+        writes, a deleted or replaced file, an unwritable (or immutable) file or folder,
+        too little free space. Creates nothing."""
         return None
 
 

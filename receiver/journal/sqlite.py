@@ -21,10 +21,11 @@ from typing import Any
 
 import msgspec
 
+from receiver.config import DEFAULT_MAX_BODY_BYTES
 from receiver.errors import Failure
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
 from receiver.journal import REPLY_ONLY, Attempt, Entry, Journal, Recorded
-from receiver.journal.sqlite_io import Reader, Writer
+from receiver.journal.sqlite_io import Reader, Writer, min_free_bytes
 
 __all__ = ["SQLiteJournal"]
 
@@ -129,6 +130,9 @@ class SQLiteJournal(Journal):
         done_ledger_bytes: Space reserved beside the file (``<path>-done``) for the ids of
             handled events whose ``done`` could not be stored (a full disk): marked done
             at the next start-up instead of being handled again. 0: no ledger.
+        max_body_bytes: The largest body a callback may have: the store counts as
+            failing (``/readyz``) while its filesystem has less than
+            :attr:`min_free_bytes` free, ``max(4 MiB, 4 * max_body_bytes)``.
     """
 
     def __init__(
@@ -139,13 +143,23 @@ class SQLiteJournal(Journal):
         body_window: float = 600,
         max_batch: int = 512,
         done_ledger_bytes: int = 256 * 1024,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.path = Path(path)
         self.duplicate_window = duplicate_window
         self.body_window = body_window
-        self._writer = Writer(self.path, _migrate, max_batch, done_ledger_bytes, _mark_done)
+        self.min_free_bytes = min_free_bytes(max_body_bytes)
+        """Free space the store needs on its filesystem to count as working."""
+        self._writer = Writer(
+            self.path,
+            _migrate,
+            max_batch,
+            done_ledger_bytes,
+            _mark_done,
+            min_free=self.min_free_bytes,
+        )
         self._submit = self._writer.submit  # bound once: the request path calls it per operation
-        self._reader = Reader(self.path, _migrate)
+        self._reader = Reader(self.path, _migrate, self.min_free_bytes)
 
     @property
     def max_batch(self) -> int:

@@ -13,15 +13,37 @@ Reads (:class:`Reader`: the operator commands' listings, ``/readyz``) do not que
 the writer: each opens a connection of its own in a worker thread, and WAL lets it read
 beside the writer. A long listing never holds up a callback's commit (it takes no write
 lock), and no read blocks the event loop.
+
+Free space: the store counts as failing while the journal's filesystem has less than
+:func:`min_free_bytes` free (room for a batch of the largest callbacks). ``/readyz`` says
+so before any write fails (one ``statvfs`` per check, none per callback), and a store that
+failed is not working again until a write works *and* that much is free: a page written
+on an almost full disk does not make room for the next callback.
+
+Immutable files: SQLite maps ``<journal>-shm`` into memory (``mmap``) and writes the
+wal-index through that mapping. Once the file is made immutable (``chattr +i``, also by
+``chattr -R +i`` on its folder), ext4 answers the next write to the mapping (any
+transaction, even a read or closing the connection) with SIGBUS, which kills the process:
+Python cannot catch it. So the writer reads the attributes of the journal, its ``-wal``
+and its ``-shm`` (``FS_IOC_GETFLAGS`` on descriptors held open, about 0.5 us a file)
+before each transaction it runs, ``/readyz`` and the operator commands read them before
+they connect, and a journal with an immutable (or append-only) file is not writable: 503,
+never touching the mapping, and the connection is not closed at stop while it is so. The
+attribute set *during* a transaction (between that check and the commit) still kills the
+process: no check can close that window.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import os
 import queue
 import sqlite3
+import struct
 import threading
 import time
 import urllib.parse
@@ -34,11 +56,94 @@ import structlog
 
 from receiver.errors import ConfigError, JournalUnavailable
 
-__all__ = ["DoneLedger", "Reader", "Writer", "connect", "storage_fault"]
+__all__ = [
+    "DoneLedger",
+    "Reader",
+    "Writer",
+    "connect",
+    "file_attribute",
+    "low_space",
+    "min_free_bytes",
+    "storage_fault",
+]
 
 log = structlog.get_logger()
 
 _T = TypeVar("_T")
+
+
+MIN_FREE_FLOOR = 4 * 1024 * 1024
+"""The least free space :func:`min_free_bytes` asks for, whatever the body limit."""
+
+
+def min_free_bytes(max_body_bytes: int) -> int:
+    """Free space the journal needs to count as working: room for a batch of callbacks
+    of the largest size accepted (a callback is stored once in the WAL, then copied into
+    the database at the next checkpoint, with its index pages)."""
+    return max(MIN_FREE_FLOOR, 4 * max_body_bytes)
+
+
+LOW_SPACE = "low disk space"
+
+
+def low_space(path: Path, needed: int) -> str | None:
+    """Why the filesystem of ``path`` (or of its folder, when there is no such file) has
+    too little room for the journal; None when at least ``needed`` bytes are free."""
+    try:
+        found = os.statvfs(path if path.exists() else path.parent)
+    except OSError as exc:
+        return f"journal unreachable: {exc.strerror or exc}"
+    free = found.f_bavail * found.f_frsize
+    if free >= needed:
+        return None
+    return f"{LOW_SPACE}: {free // 1024} KiB free, {needed // 1024} KiB needed"
+
+
+_GETFLAGS = 0x80006601 | (struct.calcsize("l") << 16)
+"""``FS_IOC_GETFLAGS`` (``_IOR('f', 1, long)``): a file's attributes (``lsattr``)."""
+_FLAGS = ((0x10, "immutable (chattr +i)"), (0x20, "append-only (chattr +a)"))
+"""``FS_IMMUTABLE_FL`` and ``FS_APPEND_FL``: no write, not even by root; nor through a
+mapping (SIGBUS)."""
+_UNWRITABLE = 0x10 | 0x20
+
+
+def file_attribute(fd: int) -> str | None:
+    """"immutable (chattr +i)" or "append-only (chattr +a)" when the open file ``fd``
+    has that attribute; None when it has neither, or its filesystem keeps none."""
+    flags = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, _GETFLAGS, flags)
+    except OSError:
+        return None
+    return next((name for bit, name in _FLAGS if flags[0] & bit), None)
+
+
+def _path_attribute(path: Path) -> str | None:
+    """:func:`file_attribute` of the file at ``path`` (None: there is none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return file_attribute(fd)
+    finally:
+        os.close(fd)
+
+
+def _not_writable(path: Path) -> str | None:
+    """Why ``path`` cannot be opened for writing (None: it can, or does not exist);
+    opening, not :func:`os.access`, which says yes to root for an immutable file."""
+    try:
+        os.close(os.open(path, os.O_RDWR))  # never O_CREAT
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _path_attribute(path) or exc.strerror or str(exc)
+    return None
+
+
+SIDECARS = ("-wal", "-shm")
+"""The files SQLite keeps beside the journal in WAL mode."""
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -83,10 +188,16 @@ class _Lost(Exception):
     replaced): whatever the writer commits goes nowhere anyone will read."""
 
 
+class _Immutable(Exception):
+    """A file of the journal is immutable (or append-only): SQLite must not touch it
+    (on its ``-shm``, that would be SIGBUS: see the module docstring)."""
+
+
 def storage_fault(error: BaseException) -> bool:
     """``error`` says the store cannot take a write (disk full, read-only, I/O error,
-    locked, file lost), not that an operation is wrong (a bug: it fails on its own)."""
-    return isinstance(error, sqlite3.OperationalError | OSError | _Lost) or (
+    locked, file lost, file immutable), not that an operation is wrong (a bug: it fails
+    on its own)."""
+    return isinstance(error, sqlite3.OperationalError | OSError | _Lost | _Immutable) or (
         type(error) is sqlite3.DatabaseError  # "database disk image is malformed", ...
     )
 
@@ -182,13 +293,20 @@ class Writer:
     (``done`` ids are also noted in the :class:`DoneLedger`); its caller is not failed.
     After each commit the file at the path is compared (``st_dev``, ``st_ino``) with the
     one opened at start-up: a deleted or replaced file is :attr:`lost` for good (until a
-    restart opens the file at the path again).
+    restart opens the file at the path again). Before each transaction the attributes of
+    the file, its ``-wal`` and its ``-shm`` are read: an immutable one fails the
+    transaction before SQLite touches it (module docstring).
+
+    A store that failed works again once a write works and at least ``min_free`` bytes
+    are free on its filesystem (:func:`low_space`): until then :attr:`failure` stays, and
+    the writer keeps trying with backoff. At start-up with less free, it starts failing.
 
     Args:
         path: The database file (its folder is created).
         prepare: Called with the new connection before the first operation (the schema).
         max_batch: Most operations in one transaction.
         ledger_bytes: Space reserved for the done ledger (0: none).
+        min_free: Free bytes the store needs to count as working (0: any).
     """
 
     retry_min = 0.05
@@ -202,8 +320,10 @@ class Writer:
         max_batch: int,
         ledger_bytes: int = 0,
         apply_done: Callable[[sqlite3.Connection, list[str]], None] | None = None,
+        min_free: int = 0,
     ) -> None:
         self.path = path
+        self.min_free = min_free
         self.prepare = prepare
         self.max_batch = max_batch
         self.apply_done = apply_done
@@ -225,6 +345,10 @@ class Writer:
         self.kept: dict[str, _Batch] = {}
         """State changes not written yet, by event id (written by the thread only)."""
         self._retry_in = self.retry_min
+        self._watched: list[tuple[str, int]] = []
+        """(name, descriptor) of the files whose attributes are read before each
+        transaction (those whose filesystem keeps attributes)."""
+        self._flags = array.array("i", [0])
 
     @property
     def running(self) -> bool:
@@ -262,12 +386,16 @@ class Writer:
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():  # SQLite would fall back to reading it: say why not
-                os.close(os.open(path, os.O_RDWR))
             if not os.access(path.parent, os.W_OK):  # its -wal and -shm files go there
                 raise PermissionError(f"folder {path.parent} is not writable")
         except OSError as exc:
             raise ConfigError(f"journal: {path}: {exc.strerror or exc}") from None
+        # SQLite would fall back to reading the file (or, on an immutable -shm left by a
+        # crash, die of SIGBUS): say why not, naming the file.
+        for suffix in ("", *SIDECARS):
+            refused = _not_writable(path.with_name(path.name + suffix))
+            if refused is not None:
+                raise ConfigError(f"journal: {path}{suffix}: {refused}")
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(path)
@@ -276,6 +404,8 @@ class Writer:
             _write_header(connection)  # fails on a file only readable
             connection.execute("COMMIT")
             self.identity = _identity(path)
+            self._watch()
+            self._check_files()  # before the done ledger's transaction, as before any
             if self._ledger_on:
                 noted = self.ledger.open()
                 if noted and self.apply_done is not None:
@@ -284,14 +414,76 @@ class Writer:
                     connection.execute("COMMIT")
                     log.warning("handled events marked done from the done ledger", count=len(noted))
                 self.ledger.clear()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, _Immutable) as exc:
             self.ledger.close()
             if connection is not None:
-                connection.close()
+                self._close(connection)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ConfigError(f"journal: {path}: {reason}") from None
-        self.lost = self.failure = None
+        self.lost = None
+        self.failure = low_space(path, self.min_free) if self.min_free else None
+        if self.failure is not None:
+            log.error("journal failing at start", path=str(path), reason=self.failure)
         return connection
+
+    def _watch(self) -> None:
+        """Open the file, its -wal and its -shm (read only) for :meth:`_check_files`."""
+        self._unwatch()
+        for suffix in ("", *SIDECARS):
+            try:
+                fd = os.open(self.path.with_name(self.path.name + suffix), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.ioctl(fd, _GETFLAGS, self._flags)
+            except OSError:  # a filesystem without attributes: nothing to watch
+                os.close(fd)
+                continue
+            self._watched.append((suffix or "database", fd))
+
+    def _unwatch(self) -> None:
+        for _, fd in self._watched:
+            os.close(fd)
+        self._watched = []
+
+    def _check_files(self) -> None:
+        """Raise :class:`_Immutable` when a file of the journal is immutable or
+        append-only: before SQLite touches it (module docstring). About 0.5 us a file."""
+        flags = self._flags
+        for name, fd in self._watched:
+            fcntl.ioctl(fd, _GETFLAGS, flags)
+            if flags[0] & _UNWRITABLE:
+                what = "" if name == "database" else f"its {name} file: "
+                raise _Immutable(f"{what}{file_attribute(fd) or 'immutable'}")
+
+    def _close(self, connection: sqlite3.Connection) -> None:
+        """Close the connection, unless a file is immutable: closing writes to the -shm
+        mapping (SIGBUS). Then it is left open, for good (its memory is never freed:
+        freeing closes it), and the file is not checkpointed: SQLite recovers the -wal
+        at the next start, once the attribute is gone."""
+        try:
+            self._check_files()
+        except (_Immutable, OSError) as exc:
+            log.error(
+                "journal left open: closing it would crash", path=str(self.path), reason=str(exc)
+            )
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(connection))
+        else:
+            connection.close()
+        self._unwatch()
+
+    def _room(self) -> bool:
+        """Whether a store that failed works again, a write having worked: whether the
+        filesystem has :attr:`min_free` bytes free. When not, :attr:`failure` says so."""
+        if not self.min_free:
+            return True
+        reason = low_space(self.path, self.min_free)
+        if reason is None:
+            return True
+        if not (self.failure or "").startswith(LOW_SPACE):  # not at each free byte counted
+            log.error("journal still failing", path=str(self.path), reason=reason)
+        self.failure = reason
+        return False
 
     async def submit(
         self,
@@ -372,7 +564,7 @@ class Writer:
                 count=len(self.kept),
                 in_done_ledger=sum(1 for item in self.kept.values() if item.done),
             )
-        connection.close()
+        self._close(connection)
         self.ledger.close()
 
     def _committed(self, started: float, wrote: bool = True) -> None:
@@ -404,6 +596,7 @@ class Writer:
         try:
             if self.lost is not None:
                 raise _Lost(self.lost)
+            self._check_files()
             if durable != self._synced:
                 connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._synced = durable
@@ -423,8 +616,11 @@ class Writer:
         else:
             if self.kept:
                 self._write_kept(connection)  # the store works again
-            elif self.failure is not None and connection.total_changes != changes:
-                # Written (a read alone says nothing about a full disk): writable again.
+            elif (
+                self.failure is not None and connection.total_changes != changes and self._room()
+            ):
+                # Written (a read alone says nothing about a full disk), and room for
+                # more (a small write may fit where a callback does not): working again.
                 log.info("journal writable again", path=str(self.path))
                 self.failure = None
         # One wake-up of each event loop per batch, not one per operation.
@@ -441,6 +637,7 @@ class Writer:
         try:
             if self.lost is not None:
                 raise _Lost(self.lost)
+            self._check_files()
             started = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             result = item.operation(connection)
@@ -487,6 +684,7 @@ class Writer:
         try:
             if self.lost is not None:
                 raise _Lost(self.lost)
+            self._check_files()
             started = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             for item in kept:
@@ -512,9 +710,13 @@ class Writer:
             return
         for item in kept:
             del self.kept[item.key or ""]
+        if not self.kept:
+            self.ledger.clear()  # they are in the database now
+        if not self._room():  # written, but too little room for callbacks yet
+            self._retry_in = min(self._retry_in * 2, self.retry_max)
+            return
         self._retry_in = self.retry_min
         if not self.kept:
-            self.ledger.clear()
             log.info("journal writable again", path=str(self.path), states_stored=len(kept))
             self.failure = None
 
@@ -526,16 +728,24 @@ class Reader:
         path: The database file; it must exist (see :meth:`require`).
         prepare: Called with each new connection before the read (the schema: a journal
             written by an older version is brought up to date).
+        min_free: Free bytes the store needs to count as working (:meth:`check`).
     """
 
-    def __init__(self, path: Path, prepare: Callable[[sqlite3.Connection], None]) -> None:
+    def __init__(
+        self, path: Path, prepare: Callable[[sqlite3.Connection], None], min_free: int = 0
+    ) -> None:
         self.path = path
         self.prepare = prepare
+        self.min_free = min_free
 
     def require(self) -> None:
-        """An operator command reads or prunes a journal that is there; it creates none."""
+        """An operator command reads or prunes a journal that is there; it creates none,
+        and does not connect to one whose -shm is immutable (SIGBUS: module docstring)."""
         if not self.path.exists():
             raise ConfigError(f"journal: {self.path} does not exist")
+        attribute = _path_attribute(self.path.with_name(self.path.name + "-shm"))
+        if attribute is not None:  # (an immutable -wal is only read: no harm)
+            raise ConfigError(f"journal: {self.path}-shm: {attribute}")
 
     async def select(
         self, query: str, params: Sequence[Any], row: Callable[[tuple[Any, ...]], _T]
@@ -567,12 +777,15 @@ class Reader:
             return f"journal unreachable: {exc.strerror}"
         if opened is not None and (found.st_dev, found.st_ino) != opened:
             return "journal lost: the file was replaced"
-        try:
-            os.close(os.open(path, os.O_RDWR))  # never O_CREAT
-        except OSError as exc:
-            return f"journal not writable: {exc.strerror}"
+        for suffix in ("", *SIDECARS):  # before SQLite maps an immutable -shm: SIGBUS
+            reason = _not_writable(path.with_name(path.name + suffix))
+            if reason is not None:
+                what = f"its {suffix} file: " if suffix else ""
+                return f"journal not writable: {what}{reason}"
         if not os.access(path.parent, os.W_OK):
             return "journal not writable: its folder is not writable"
+        if self.min_free and (short := low_space(path, self.min_free)) is not None:
+            return short
         uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=rw"
         try:
             with closing(sqlite3.connect(uri, uri=True, timeout=2)) as connection:
