@@ -14,7 +14,12 @@ resets it), and it accepts connections until the descriptors run out. This modul
   data, 64 bytes of framing per chunk and ``max_header_bytes`` of trailers (httptools
   holds a trailer whole, as it does a header; 413). Only receiving is timed: a handler
   that is running is never cut off, and uvicorn's keep-alive timer is replaced by the
-  head deadline.
+  head deadline. A pipelined request (sent while an earlier one is handled; uvicorn
+  queues it and stops reading) is timed from its turn: its body deadline starts when
+  uvicorn starts its cycle, and the head deadline of one not yet whole from the end of
+  the response before it. A limit that trips while a response is due on the connection
+  (being answered, or a complete request queued) stops reading and closes it once that
+  is answered; such a connection is never closed to make room.
 * :func:`raise_descriptor_limit`: the soft RLIMIT_NOFILE raised to the hard limit.
 * :class:`Throttle`: the warning each limit logs when it trips, at most one line per
   limit per 10 s with the count of those suppressed; no line holds request bytes.
@@ -155,8 +160,9 @@ BUSY = _fixed_response(
 _Base = HttpToolsProtocol  # its methods called directly: cheaper than super() per request
 
 # What the connection is receiving: a request line and headers (or waiting for one), a
-# body, or a chunked body (whose trailers httptools buffers like headers).
-_HEAD, _BODY, _CHUNKED = 0, 1, 2
+# body, or a chunked body (whose trailers httptools buffers like headers); or nothing
+# more: a limit tripped while a response was due, closed once answered (_end_when_answered).
+_HEAD, _BODY, _CHUNKED, _CLOSING = 0, 1, 2, 3
 CHUNK_FRAMING = 64
 """Bytes allowed per chunk of a chunked body for its size line and CRLFs."""
 
@@ -187,6 +193,7 @@ class HttpProtocol(HttpToolsProtocol):
     _deadline: float | None = None
     _timer: asyncio.TimerHandle | None = None
     _timer_at = 0.0
+    _last_word: bytes | None = None  # _CLOSING: written once the due responses are out
 
     # -- uvicorn's protocol, extended -----------------------------------------------------
 
@@ -218,6 +225,8 @@ class HttpProtocol(HttpToolsProtocol):
             if self._chunked_room < 0:
                 self._chunked_over()
                 return
+        elif phase == _CLOSING:  # nothing more is read: dropped
+            return
         # uvicorn's data_received, but for its keep-alive timer (never set here)
         try:
             self.parser.feed_data(data)
@@ -231,8 +240,8 @@ class HttpProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        if self._phase != _HEAD and self._deadline is None:  # a body still to come
-            self._set_deadline(self.body_timeout)
+        if self._phase != _HEAD and self._deadline is None and not self.pipeline:
+            self._set_deadline(self.body_timeout)  # a body still to come, and its turn
 
     def on_headers_complete(self) -> None:
         self._heads += 1
@@ -265,8 +274,7 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self.flow.resume_reading()
         if self.pipeline:  # requests that came in while this one was handled
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            self._next_in_pipeline()
         elif self._phase == _HEAD:  # _await_head(), inlined: this runs for every request
             waiting = self.waiting
             waiting.pop(self, None)
@@ -274,6 +282,22 @@ class HttpProtocol(HttpToolsProtocol):
             at = self._deadline = self.loop.time() + self.header_timeout
             if self._timer is None or at < self._timer_at:
                 self._set_deadline(self.header_timeout)
+        elif self._phase == _CLOSING:  # a limit tripped while this was answered
+            self._end(self._last_word)
+        # else an answer before the whole body: the body deadline runs on
+
+    def _next_in_pipeline(self) -> None:
+        """Start the oldest queued request's cycle: its turn, so its body deadline starts
+        now if its body is still to come. When closing, only a whole request is started;
+        the one a limit cut short is not (its answer, if any, is written instead)."""
+        cycle, app = self.pipeline.pop()
+        phase = self._phase
+        if phase == _CLOSING and cycle.more_body:  # cut short while queued
+            self._end(self._last_word)
+            return
+        self._start_asgi_task(cycle, app)
+        if cycle is self.cycle and phase in (_BODY, _CHUNKED):
+            self._set_deadline(self.body_timeout)
 
     # -- the limits -----------------------------------------------------------------------
 
@@ -281,6 +305,19 @@ class HttpProtocol(HttpToolsProtocol):
         """A request of this connection is being handled or answered, or waits its turn."""
         cycle = self.cycle
         return (cycle is not None and not cycle.response_complete) or bool(self.pipeline)
+
+    def _end_when_answered(self, response: bytes | None) -> None:
+        """A limit tripped: end now if no response is due (see :meth:`_end`); else read
+        no more and end once the due responses are out (the requests queued whole are
+        answered first), then writing ``response``. The connection is not waiting."""
+        if not self._busy():
+            self._end(response)
+            return
+        self.waiting.pop(self, None)
+        self._deadline = None
+        self._phase = _CLOSING
+        self._last_word = response
+        self.flow.pause_reading()  # a running handler's receive() may resume it: dropped
 
     def _await_head(self) -> None:
         """Nothing in progress: the next request's head is due within header_timeout."""
@@ -310,7 +347,9 @@ class HttpProtocol(HttpToolsProtocol):
             self._timer_at = at
             return
         self._deadline = None
-        if self._phase == _HEAD:
+        phase = self._phase
+        if phase == _HEAD:
+            # set only when no response is due (_busy() is False), cleared by a whole head
             started = self._head_room < self.max_head
             if started or not self._heads:  # an idle keep-alive connection is no news
                 self._warn(
@@ -320,18 +359,27 @@ class HttpProtocol(HttpToolsProtocol):
                     self.header_timeout,
                     "408" if started else "closed",
                 )
-            self._end(TIMED_OUT if started else None)
-        else:
+            self._end_when_answered(TIMED_OUT if started else None)
+        elif phase in (_BODY, _CHUNKED):
             cycle = self.cycle
-            answerable = not self.pipeline and cycle is not None and not cycle.response_started
+            if self.pipeline:  # queued: not its turn (never set then; restarted at its turn)
+                return
+            if self.flow.read_paused:  # the handler has not taken what was read: not late
+                self._set_deadline(self.body_timeout)
+                return
+            answerable = cycle is not None and not cycle.response_started
+            answering = not answerable and cycle is not None and not cycle.response_complete
             self._warn(
                 "body_timeout",
                 "request body not received in time",
                 "server.body_timeout",
                 self.body_timeout,
-                "408" if answerable else "closed",
+                "408" if answerable else "closed after the response" if answering else "closed",
             )
-            self._end(TIMED_OUT if answerable else None)
+            if answering:  # never cut off: closed once answered
+                self._end_when_answered(None)
+            else:
+                self._end(TIMED_OUT if answerable else None)
 
     def _head_over(self, data: bytes, room: int) -> None:
         """``data`` takes the head past max_head: parse what fits; if the head is still
@@ -351,27 +399,41 @@ class HttpProtocol(HttpToolsProtocol):
             "request head too large",
             "server.max_header_bytes",
             self.max_head,
-            "closed" if busy else "431",
+            "431 after the due responses" if busy else "431",
         )
-        self._end(None if busy else TOO_LARGE)
+        self._end_when_answered(TOO_LARGE)
 
     def _chunked_over(self) -> None:
-        """A chunked body past its allowance: 413 if nothing was answered, else closed."""
+        """A chunked body past its allowance: 413 if nothing was answered (after the due
+        responses if it is queued), closed once answered if its answer is being written,
+        else closed."""
         cycle = self.cycle
-        answerable = not self.pipeline and cycle is not None and not cycle.response_started
+        queued = bool(self.pipeline)
+        answerable = queued or (cycle is not None and not cycle.response_started)
+        answering = cycle is not None and not cycle.response_complete and not answerable
+        if queued:
+            action = "413 after the due responses"
+        elif answerable:
+            action = "413"
+        else:
+            action = "closed after the response" if answering else "closed"
         self._warn(
             "chunked_size",
             "chunked body, framing or trailers too large",
             "max_body_bytes + server.max_header_bytes",
             self.max_body + self.max_head,
-            "413" if answerable else "closed",
+            action,
         )
-        self._end(CHUNKED_TOO_LARGE if answerable else None)
+        if queued or answering:
+            self._end_when_answered(CHUNKED_TOO_LARGE if queued else None)
+        else:
+            self._end(CHUNKED_TOO_LARGE if answerable else None)
 
     def _make_room(self) -> None:
         """Over max_connections: close the connection waiting longest for a request;
-        if every other one is busy, refuse this one (503)."""
-        victim = next(iter(self.waiting))
+        if every other one is busy, refuse this one (503). Only a connection with no
+        response due is in ``waiting`` (this one is); the check keeps it so."""
+        victim = next(v for v in self.waiting if v is self or not v._busy())
         if victim is self:
             self._warn(
                 "max_connections",

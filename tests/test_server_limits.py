@@ -336,6 +336,187 @@ def test_chunked_body_within_the_limits_is_answered_200(server: Server) -> None:
     assert "chunked-in-pieces" in dispatched(server)
 
 
+# -- pipelining: a deadline runs only while its request is being received -----------------
+
+SLOW_RECORDER = """
+import asyncio
+from pathlib import Path
+from receiver import hookimpl
+
+@hookimpl
+async def on_message(event):
+    if event.text.startswith("slow"):
+        await asyncio.sleep(1.5)
+    with open(Path(__file__).parent / "dispatched", "a") as out:
+        out.write(event.text + "\\n")
+"""
+
+
+@contextmanager
+def slow_handler_server(
+    tmp_path: Path,
+    header_timeout: float = 0.4,
+    body_timeout: float = 0.5,
+    max_connections: int = 50,
+) -> Iterator[Server]:
+    """A server whose handler takes 1.5 s for a callback whose text starts with "slow"."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "recorder.py").write_text(SLOW_RECORDER)
+    with serve(
+        tmp_path,
+        config(header_timeout, body_timeout, max_connections),
+        "--plugins-dir",
+        str(plugins),
+    ) as s:
+        yield s
+
+
+def callback(text: str) -> bytes:
+    body = reply_body(text)
+    return callback_head(len(body)) + body
+
+
+def read_responses(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` whole responses (Content-Length bodies), in order."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {answers!r} and {data!r}"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed in a response body after {answers!r}"
+            rest += chunk
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers
+
+
+def test_pipelined_body_deadline_starts_when_its_turn_comes(tmp_path: Path) -> None:
+    """Callback 1 whole, then callback 2's head and 10 bytes of its body, pipelined: while
+    callback 1's 1.5 s handler runs (3 x body_timeout) nothing is read for callback 2, so
+    its body deadline must not run; it starts when callback 2's turn comes."""
+    second = reply_body("second-in-time")
+    third = reply_body("third-never-finished")
+    with slow_handler_server(tmp_path) as server:
+        with connect(server) as sock, connect(server) as late:
+            sock.sendall(callback("slow-first") + callback_head(len(second)) + second[:10])
+            late.sendall(callback("slow-other") + callback_head(len(third)) + third[:10])
+            sock.settimeout(5)
+            late.settimeout(5)
+            (first,) = read_responses(sock, 1)
+            sock.sendall(second[10:])  # its turn: the rest, in time
+            (answer,) = read_responses(sock, 1)
+            (other,) = read_responses(late, 1)
+            started = time.monotonic()
+            timed_out = read_all(late)  # its turn came, and the rest never does
+            elapsed = time.monotonic() - started
+        log = server.log_text()
+        done = dispatched(server)
+    assert status_of(first) == 200 and status_of(answer) == 200 and status_of(other) == 200
+    assert status_of(timed_out) == 408
+    assert 0.3 < elapsed < 1.5  # body_timeout from the start of its turn
+    assert "slow-first" in done and "second-in-time" in done and "slow-other" in done
+    assert "third-never-finished" not in done
+    assert "Exception in ASGI application" not in log
+
+
+def test_pipelined_head_trickled_while_a_handler_runs(tmp_path: Path) -> None:
+    """Callback 2's head trickled for 0.8 s (2 x header_timeout) while callback 1's
+    handler runs, its body sent after: neither deadline runs before callback 2's turn."""
+    second = reply_body("second-trickled")
+    with slow_handler_server(tmp_path) as server:
+        with connect(server) as sock:
+            sock.sendall(callback("slow-first"))
+            time.sleep(0.1)
+            assert trickle(sock, callback_head(len(second)), 8, 0.1)
+            sock.sendall(second)  # a read of its own, after the head
+            sock.settimeout(5)
+            answers = read_responses(sock, 2)
+        log = server.log_text()
+        done = dispatched(server)
+    assert [status_of(a) for a in answers] == [200, 200]
+    assert "slow-first" in done and "second-trickled" in done
+    assert "Exception in ASGI application" not in log
+
+
+def test_trickled_head_deadline_starts_at_the_end_of_the_running_response(
+    tmp_path: Path,
+) -> None:
+    """A head trickled while a handler runs, and on past its response: the head deadline
+    runs from the end of that response (not from when the head began), and still trips."""
+    with slow_handler_server(tmp_path) as server, connect(server) as sock:
+        sock.sendall(callback("slow-first"))
+        time.sleep(0.1)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        sock.settimeout(5)
+        (first,) = read_responses(sock, 1)
+        started = time.monotonic()
+        answer = read_all(sock)
+        elapsed = time.monotonic() - started
+    assert status_of(first) == 200
+    assert status_of(answer) == 408
+    assert 0.25 < elapsed < 1.2
+
+
+def test_pipelined_head_over_the_limit_gets_431_after_the_running_answer(
+    tmp_path: Path,
+) -> None:
+    """An oversized head pipelined behind a running handler: that handler's answer is
+    written first, then 431, then the connection is closed (it was closed at once)."""
+    with slow_handler_server(tmp_path) as server, connect(server) as sock:
+        sock.sendall(callback("slow-first"))
+        time.sleep(0.1)
+        with suppress(OSError):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
+        sock.settimeout(5)
+        answer = read_all(sock)
+        log = server.log_text()
+    assert status_of(answer) == 200, answer[:200]
+    rest = answer[answer.index(b"HTTP/1.1 ", 1) :]  # the second response
+    assert status_of(rest) == 431 and rest.endswith(b'{"error": "request head too large"}')
+    assert "Exception in ASGI application" not in log
+
+
+def test_connection_cap_never_evicts_a_connection_with_a_running_handler(
+    tmp_path: Path,
+) -> None:
+    """At the cap, the connection closed is the longest idle one, never the oldest
+    connection if its handler runs or a pipelined request waits its turn there."""
+    second = reply_body("second-queued")
+    with slow_handler_server(tmp_path, header_timeout=10, max_connections=4) as server:
+        with connect(server) as busy, connect(server) as running:
+            busy.sendall(callback("slow-first") + callback_head(len(second)) + second[:10])
+            running.sendall(callback("slow-running") + b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(0.2)
+            idle = [connect(server) for _ in range(6)]
+            try:
+                time.sleep(0.2)
+                closed = [is_closed(sock) for sock in idle]
+                busy.settimeout(5)
+                running.settimeout(5)
+                (first,) = read_responses(busy, 1)
+                busy.sendall(second[10:])
+                (answer,) = read_responses(busy, 1)
+                (other,) = read_responses(running, 1)
+            finally:
+                for sock in idle:
+                    sock.close()
+        lines = wait_for_warnings(server, "max_connections")
+    assert [status_of(a) for a in (first, answer, other)] == [200, 200, 200]
+    # 2 busy + 6 idle over a cap of 4: the 4 oldest idle ones were closed, the busy kept
+    assert closed == [True] * 4 + [False] * 2
+    assert lines and lines[0]["action"] == "closed an idle one"
+
+
 # -- descriptors --------------------------------------------------------------------------
 
 
