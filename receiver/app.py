@@ -137,9 +137,6 @@ def _logger(bound: BoundChannel) -> Any:
     return logger
 
 
-_ACCEPTED: dict[str, Any] = {}
-
-
 def log_answer(
     scope: Scope, name: str, bound: BoundChannel | None, answer: Answer, duration_ms: float
 ) -> None:
@@ -160,9 +157,19 @@ def log_answer(
                 duration_ms=duration_ms,
             )
             return
-        # A 200 that is not plainly accepted (a duplicate; handlers failed, to be
-        # retried) says which.
-        extra = _ACCEPTED if answer.outcome is Outcome.accepted else {"outcome": answer.outcome}
+        if answer.outcome is Outcome.accepted:
+            logger.info(
+                "callback",
+                client=address,
+                type=event.type,
+                message_id=bounded(event.message_id, 64),
+                event_id=event.id,
+                status=answer.status,
+                duration_ms=duration_ms,
+            )
+            return
+        # Answered 200 but not plainly accepted (a duplicate; handlers failed, to be
+        # retried): the line says which.
         logger.info(
             "callback",
             client=address,
@@ -171,7 +178,7 @@ def log_answer(
             event_id=event.id,
             status=answer.status,
             duration_ms=duration_ms,
-            **extra,
+            outcome=answer.outcome.value,
         )
         return
     fields: dict[str, Any] = {
