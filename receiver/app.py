@@ -157,6 +157,8 @@ def log_answer(
                 duration_ms=duration_ms,
             )
             return
+        # Two calls, not one with **extra: unpacking a dict into the call cost 4k
+        # instructions per callback (bench/instructions.py, whispir_json).
         if answer.outcome is Outcome.accepted:
             logger.info(
                 "callback",
