@@ -108,7 +108,7 @@ _UNWRITABLE = 0x10 | 0x20
 
 
 def file_attribute(fd: int) -> str | None:
-    """"immutable (chattr +i)" or "append-only (chattr +a)" when the open file ``fd``
+    """ "immutable (chattr +i)" or "append-only (chattr +a)" when the open file ``fd``
     has that attribute; None when it has neither, or its filesystem keeps none."""
     flags = array.array("i", [0])
     try:
@@ -616,9 +616,7 @@ class Writer:
         else:
             if self.kept:
                 self._write_kept(connection)  # the store works again
-            elif (
-                self.failure is not None and connection.total_changes != changes and self._room()
-            ):
+            elif self.failure is not None and connection.total_changes != changes and self._room():
                 # Written (a read alone says nothing about a full disk), and room for
                 # more (a small write may fit where a callback does not): working again.
                 log.info("journal writable again", path=str(self.path))
