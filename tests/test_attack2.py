@@ -1,0 +1,151 @@
+"""Attacks on the fixes b401e81 / 94efd96 / 72cdda3 / 1bc7906 / a5cfd61 (branch attack2).
+
+Each test fails on main at the time of writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from recorder import EventRecorder
+from starlette.testclient import TestClient
+from test_attack import APP_ID, NONCE, aspnet_app, aspnet_signature, stored
+from test_journal import db_path, decode, rows, wait_until
+from test_nothing_lost import ONEPOINT_MESSAGE, CrmDown, make_app
+
+from receiver import Event, Reply, hookimpl
+
+JSON = {"content-type": "application/json"}
+
+# ------------------------------------------------------------------ 1. kept replies
+
+
+class OnePointReplier:
+    @hookimpl
+    def on_message(self, event: Event) -> Reply:
+        return Reply(text="thanks, noted")
+
+
+def test_attack2_onepoint_partly_failed_reply_not_given_to_a_resent_callback(
+    tmp_path: Path,
+) -> None:
+    """OnePoint, journal on: plugin CRM raises, another plugin replies. The reply goes out
+    in the body of the first answer (good), but it is not stored with the failed entry
+    (redelivery.failed is called without it, and pending.reply is never set). OnePoint
+    re-sends the callback when it did not get that first answer (the only reason a re-send
+    happens): the duplicate is answered 200 with an empty body, so the reply is lost.
+    When every plugin succeeds, a duplicate gets the original reply
+    (test_journal_duplicate_message_gets_same_reply); a failing bystander plugin must not
+    change that."""
+    crm = CrmDown()
+    app = make_app(tmp_path, plugins=[crm, OnePointReplier()], retry_delays=[60])
+    with TestClient(app) as client:
+        first = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        assert first.status_code == 200
+        assert b"thanks, noted" in first.content
+        again = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        assert again.status_code == 200
+        (row,) = rows(db_path(tmp_path))
+        assert row["state"] == "failed"
+        # What should happen: the re-sent callback is answered with the same reply.
+        assert again.content == first.content, (again.content, row)
+
+
+# ------------------------------------------------------------------ 3. lower-urlencoded
+
+
+def _signed_get(query: str, timestamp: str, nonce: str = NONCE) -> dict[str, str]:
+    signature = aspnet_signature("GET", f"http://testserver/sms?{query}", timestamp)
+    if nonce != NONCE:
+        raise AssertionError("aspnet_signature uses test_attack.NONCE")
+    return {"Authorization": f"X-DIY-Signature {APP_ID}:{signature}:{nonce}:{timestamp}"}
+
+
+def test_attack2_lower_urlencoded_two_genuine_gets_differing_in_case_second_swallowed(
+    tmp_path: Path,
+) -> None:
+    """Two genuine, separately signed (different Timestamp header) OnePoint GET
+    callbacks: the same person replies "Yes", then a minute later "YES" (no Timestamp
+    field in the callback, so only the body hash guards it). The second one's query,
+    lowercased, hashes like the first's, so it is answered as a duplicate and never
+    dispatched or stored: a genuine inbound message is lost without a trace (within
+    duplicate_body_window, 600 s). The fold in 72cdda3 swallows real callbacks, not just
+    re-spelled replays."""
+    client, recorder, db = aspnet_app(tmp_path)
+    first = "Type=Message&MessageID=M1&Source=447700900987&Message=Yes"
+    second = "Type=Message&MessageID=M1&Source=447700900987&Message=YES"
+    now = int(time.time())
+    with client:
+        assert client.get(f"/sms?{first}", headers=_signed_get(first, str(now - 60))).status_code == 200
+        answer = client.get(f"/sms?{second}", headers=_signed_get(second, str(now)))
+        assert answer.status_code == 200
+    texts = [event.text for event in recorder.events]
+    # What should happen: both genuine messages are dispatched (or at least stored).
+    assert texts == ["Yes", "YES"], (texts, stored(db))
+
+
+def _raw_get(client: TestClient, query: bytes, headers: dict[str, str]) -> int:
+    """A GET through the real app with ``query`` sent as raw bytes (a client need not
+    percent-escape them; h11/uvicorn pass them through)."""
+    app = client.app
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/sms",
+        "raw_path": b"/sms",
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver")]
+        + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        done = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal done
+            if done:
+                await asyncio.sleep(3600)
+            done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope["state"] = dict(getattr(client, "_lifespan_state", {}) or {})
+        await app(scope, receive, send)
+
+    assert client.portal is not None
+    client.portal.call(run)
+    return int(sent[0]["status"])
+
+
+def test_attack2_lower_urlencoded_unicode_case_replay_is_a_new_event(tmp_path: Path) -> None:
+    """The signature check lowercases the query as Unicode text (str.lower, after taking
+    raw bytes as UTF-8), but the duplicate check folds only ASCII (bytes.lower). A replay
+    of a genuine signed GET with Message=OK, re-sent with the K as U+212A KELVIN SIGN
+    (raw bytes E2 84 AA, which str.lower maps to 'k'), verifies and is stored and
+    dispatched as a second, different event (text 'O\u212a'). Same for 'CAFÉ' -> 'CAFé'
+    in raw UTF-8. A signed callback re-spelled is accepted as new: what 72cdda3 meant to
+    stop."""
+    client, recorder, db = aspnet_app(tmp_path)
+    query = "Type=Message&MessageID=M7&Source=447700900987&Message=OK"
+    headers = _signed_get(query, str(int(time.time())))
+    forged = query.replace("Message=OK", "Message=O\u212a").encode("utf-8")
+    with client:
+        assert _raw_get(client, query.encode(), headers) == 200
+        status = _raw_get(client, forged, headers)
+    texts = [event.text for event in recorder.events]
+    # What should happen: 401, or a duplicate that dispatches nothing.
+    assert status in (200, 401)
+    assert texts == ["OK"], (status, texts, stored(db))
