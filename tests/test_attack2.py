@@ -149,3 +149,48 @@ def test_attack2_lower_urlencoded_unicode_case_replay_is_a_new_event(tmp_path: P
     # What should happen: 401, or a duplicate that dispatches nothing.
     assert status in (200, 401)
     assert texts == ["OK"], (status, texts, stored(db))
+
+
+class SlowOnRetry:
+    """on_event raises the first time; the retry succeeds, but only after ``delay`` s
+    (past reply_timeout: the handlers finish in the background)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    @hookimpl
+    async def on_event(self, event: Event) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("crm down")
+        await asyncio.sleep(self.delay)
+
+
+def test_attack2_kept_reply_lost_when_the_retry_runs_past_its_timeout(tmp_path: Path) -> None:
+    """Whispir, journal on: plugin CRM raises, another plugin replies, send_reply raises
+    once: the reply is kept with the failed entry (failed_plugins [CRM, REPLY_ONLY]).
+    The retry calls CRM only; it succeeds but takes longer than reply_timeout, so its
+    outcome is recorded in the background (Redelivery._settle). _settle calls
+    finished(event, reply) with the retry's own reply (None) and never the kept one
+    (retry() uses `reply or pending`, _settle does not; partly_failed there gets no
+    pending either): the entry becomes done and the kept reply is never delivered."""
+    from test_nothing_lost import FlakySender, Replier
+
+    crm, replier, sender = SlowOnRetry(0.4), Replier(), FlakySender(failures=1)
+    app = make_app(
+        tmp_path, plugins=[crm, replier, sender], retry_delays=[0.05, 0.05], reply_timeout=0.1
+    )
+    db = db_path(tmp_path)
+    whispir = (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+    with TestClient(app) as client:
+        assert client.post("/w", content=whispir, headers=JSON).status_code == 200
+        (row,) = rows(db)
+        assert decode(row["reply"])["text"] == "reply 1"  # kept
+        assert wait_until(lambda: rows(db)[0]["state"] in ("done", "dead"), timeout=5)
+        time.sleep(0.3)
+    (row,) = rows(db)
+    assert crm.calls == 2 and replier.calls == 1
+    texts = [text for _, text, _ in sender.calls]
+    # What should happen: the kept reply is delivered once the retry succeeded.
+    assert texts == ["reply 1", "reply 1"], (texts, row["state"], row["failed_plugins"])
