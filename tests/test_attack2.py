@@ -194,3 +194,39 @@ def test_attack2_kept_reply_lost_when_the_retry_runs_past_its_timeout(tmp_path: 
     texts = [text for _, text, _ in sender.calls]
     # What should happen: the kept reply is delivered once the retry succeeded.
     assert texts == ["reply 1", "reply 1"], (texts, row["state"], row["failed_plugins"])
+
+
+# ------------------------------------------------------------------ 5. receiver serve
+
+
+def test_attack2_pipelined_garbage_answers_a_running_callback_with_400(tmp_path: Path) -> None:
+    """A keep-alive client sends callback 1 whole and, in the same write, a malformed
+    pipelined request (`BLAH\\r\\n\\r\\n`, or a head with both Transfer-Encoding: chunked
+    and Content-Length). HttpProtocol.data_received answers the parse error at once with
+    uvicorn's send_400_response and closes: the first (and only) response the client gets
+    is `400 Invalid HTTP request received.`, while callback 1 is dispatched (its handler
+    runs to the end, 1.5 s later). The sender reads 400 as callback 1's answer (refused:
+    not retried, or a OnePoint reply lost). a5cfd61 made a *limit* tripping while an answer
+    is due close only after that answer; a parse error must wait for it too."""
+    import socket
+
+    from serving import serve
+    from test_attack import LIMITS_CONFIG, SLOW_PLUGIN, _whispir_request
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(SLOW_PLUGIN)
+    with serve(tmp_path, LIMITS_CONFIG, "--plugins-dir", str(plugins)) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=6) as sock:
+            sock.sendall(_whispir_request("first") + b"BLAH\r\n\r\n")
+            answer = b""
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+        assert wait_until(lambda: (plugins / "dispatched").exists(), timeout=4)
+    assert (plugins / "dispatched").read_text() == "first\n"  # callback 1 was handled
+    # What should happen: callback 1's 200 first; the 400 (if any) after it.
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
