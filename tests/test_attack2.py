@@ -230,3 +230,54 @@ def test_attack2_pipelined_garbage_answers_a_running_callback_with_400(tmp_path:
     assert (plugins / "dispatched").read_text() == "first\n"  # callback 1 was handled
     # What should happen: callback 1's 200 first; the 400 (if any) after it.
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+
+
+# ------------------------------------------------------------------ 2. stable names
+
+
+class Forward:
+    """Two instances of one class, told apart only by their target (no name given)."""
+
+    def __init__(self, target: str, down: bool = False) -> None:
+        self.target = target
+        self.down = down
+        self.received: list[str] = []
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        if self.down:
+            raise ConnectionError(f"{self.target} down")
+        self.received.append(event.id)
+
+
+def test_attack2_second_instance_name_follows_order_retry_runs_the_wrong_instance(
+    tmp_path: Path,
+) -> None:
+    """plugins=[Forward("a"), Forward("b")]: named test_attack2.Forward and
+    test_attack2.Forward#2. "b" is down: the entry fails in ...Forward#2. The app restarts
+    with the same two plugins listed the other way round (or with a third instance put
+    first): ...Forward#2 is now "a". The retry finds a plugin of that name, calls "a" a
+    second time, and marks the entry done: "b" never gets the event, and nothing says so.
+    A retry should find the plugin that failed, or refuse (PluginNotLoaded)."""
+    from test_nothing_lost import make_app as make
+
+    a, b = Forward("a"), Forward("b", down=True)
+    app = make(tmp_path, plugins=[a, b], retry_delays=[3600])
+    db = db_path(tmp_path)
+    with TestClient(app) as client:
+        assert client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON).status_code == 200
+    (row,) = rows(db)
+    assert decode(row["failed_plugins"]) == ["test_attack2.Forward#2"]
+    # Restart, the list reordered; "b" is up again; the retry is due now.
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE events SET next_attempt_at = 0")
+    a2, b2 = Forward("a"), Forward("b")
+    app = make(tmp_path, plugins=[b2, a2], retry_delays=[3600])
+    with TestClient(app):
+        wait_until(lambda: rows(db)[0]["state"] != "failed", timeout=3)
+    (row,) = rows(db)
+    # What should happen: "b" gets the event, or the retry is refused and stays failed.
+    assert b2.received or row["state"] == "failed", (row["state"], a2.received, b2.received)
