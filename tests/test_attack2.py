@@ -137,7 +137,11 @@ def test_attack2_lower_urlencoded_unicode_case_replay_is_a_new_event(tmp_path: P
     (raw bytes E2 84 AA, which str.lower maps to 'k'), verifies and is stored and
     dispatched as a second, different event (text 'O\u212a'). Same for 'CAFÉ' -> 'CAFé'
     in raw UTF-8. A signed callback re-spelled is accepted as new: what 72cdda3 meant to
-    stop."""
+    stop.
+
+    Reach: only under an ASGI server that passes raw non-ASCII request-target bytes on;
+    `receiver serve` (httptools) and h11 both refuse them (400), so this is theoretical
+    there; percent-escaped bytes are not folded by the signature (no issue)."""
     client, recorder, db = aspnet_app(tmp_path)
     query = "Type=Message&MessageID=M7&Source=447700900987&Message=OK"
     headers = _signed_get(query, str(int(time.time())))
@@ -281,3 +285,27 @@ def test_attack2_second_instance_name_follows_order_retry_runs_the_wrong_instanc
     (row,) = rows(db)
     # What should happen: "b" gets the event, or the retry is refused and stays failed.
     assert b2.received or row["state"] == "failed", (row["state"], a2.received, b2.received)
+
+
+def test_attack2_lower_urlencoded_post_with_query_fields_respelled_is_a_new_event(
+    tmp_path: Path,
+) -> None:
+    """A signed POST with an empty body and the callback's fields in the query (the
+    provider parses the query when the body is blank: Provider.parse) is signed with the
+    query lowercased just like a GET, but the duplicate check folds case only when
+    scope["method"] == "GET" (endpoint.py). Replayed with `Message=Yes` -> `Message=YES`
+    it verifies and is dispatched as a second event. The fold should follow where the
+    event came from (the query), not the method."""
+    client, recorder, db = aspnet_app(tmp_path)
+    query = "Type=Message&MessageID=M9&Source=447700900987&Message=Yes"
+    timestamp = str(int(time.time()))
+    signature = aspnet_signature("POST", f"http://testserver/sms?{query}", timestamp)
+    headers = {"Authorization": f"X-DIY-Signature {APP_ID}:{signature}:{NONCE}:{timestamp}"}
+    respelled = query.replace("Message=Yes", "Message=YES")
+    with client:
+        first = client.post(f"/sms?{query}", content=b"", headers=headers)
+        assert first.status_code == 200, first.text
+        again = client.post(f"/sms?{respelled}", content=b"", headers=headers)
+    texts = [event.text for event in recorder.events]
+    assert again.status_code in (200, 401)
+    assert texts == ["Yes"], (again.status_code, texts, stored(db))
