@@ -341,3 +341,46 @@ def test_attack2_pipelined_head_past_max_header_bytes_is_served(tmp_path: Path) 
     statuses = re.findall(rb"HTTP/1\.1 \d{3}[^\r]*", answer)
     # What should happen: the second request is refused, 431.
     assert statuses[1:2] == [b"HTTP/1.1 431 Request Header Fields Too Large"], statuses
+
+
+def test_attack2_entry_point_silently_skipped_when_an_object_plugin_has_its_name(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """An installed package registers entry point `audit` (group `receiver`); the app
+    is also given an unrelated plugin object whose `name` attribute is "audit". Since
+    94efd96 object plugins are named by that attribute, and make_plugin_manager skips an
+    entry point whenever *a plugin of that name* is registered (meant for the same object
+    passed twice): the installed plugin is silently not loaded, its hooks never run, and
+    every event is marked done without it. Should be loaded (or a ConfigError naming both)."""
+    import sys
+
+    from receiver.plugins import DISABLE_AUTOLOAD, make_plugin_manager
+
+    site = tmp_path / "site"
+    dist = site / "audit_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[receiver]\naudit = audit_plugin_mod\n")
+    (site / "audit_plugin_mod.py").write_text(
+        "from receiver import hookimpl\n@hookimpl\ndef on_event(event):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(DISABLE_AUTOLOAD, raising=False)
+
+    class Mine:
+        name = "audit"
+
+        @hookimpl
+        def on_event(self, event: Event) -> None:
+            pass
+
+    try:
+        manager = make_plugin_manager([Mine()])
+    except Exception as exc:  # a clear refusal is acceptable
+        assert "audit" in str(exc)
+        return
+    finally:
+        sys.modules.pop("audit_plugin_mod", None)
+    loaded = [plugin for _, plugin in manager.list_name_plugin()]
+    names = [getattr(plugin, "__name__", type(plugin).__name__) for plugin in loaded]
+    assert "audit_plugin_mod" in names, names
