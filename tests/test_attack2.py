@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from recorder import EventRecorder
 from starlette.testclient import TestClient
 from test_attack import APP_ID, NONCE, aspnet_app, aspnet_signature, stored
 from test_journal import db_path, decode, rows, wait_until
@@ -109,7 +111,7 @@ def _raw_get(client: TestClient, query: bytes, headers: dict[str, str]) -> int:
         "server": ("testserver", 80),
         "state": {},
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def run() -> None:
         done = False
@@ -121,7 +123,7 @@ def _raw_get(client: TestClient, query: bytes, headers: dict[str, str]) -> int:
             done = True
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         scope["state"] = dict(getattr(client, "_lifespan_state", {}) or {})
@@ -384,3 +386,53 @@ def test_attack2_entry_point_silently_skipped_when_an_object_plugin_has_its_name
     loaded = [plugin for _, plugin in manager.list_name_plugin()]
     names = [getattr(plugin, "__name__", type(plugin).__name__) for plugin in loaded]
     assert "audit_plugin_mod" in names, names
+
+
+def test_attack2_retention_shorter_than_the_signature_window_lets_a_replay_in(
+    tmp_path: Path,
+) -> None:
+    """README: a signed request passes for up to 600 s after it first arrives, "exactly
+    duplicate_body_window, so even a callback without a provider key cannot be replayed
+    as new while its signature is fresh". But `retention` (README's own examples: "12h",
+    "90s") is not held to that: with retention = "90s", a restart (the worker prunes at
+    start) 2 minutes after a signed GET callback without a provider key deletes its entry,
+    and the very same request, replayed byte for byte with its still-fresh signature, is
+    dispatched as a new callback. Config should refuse retention < duplicate_body_window
+    (or prune keep entries inside the duplicate windows)."""
+    import sqlite3
+    from contextlib import closing
+
+    from test_attack import SECRET_B64
+
+    from receiver import Channel, Config, create_app
+
+    db = tmp_path / "journal.db"
+    channel = Channel(
+        provider="diy",
+        auth="hmac",
+        options={
+            "credentials": {APP_ID: SECRET_B64},
+            "hmac_hash": "sha256",
+            "hmac_key_encoding": "base64",
+            "hmac_body": "md5",
+            "hmac_uri": "lower-urlencoded",
+        },
+    )
+    query = "Type=Message&MessageID=M3&Source=447700900987&Message=Stop"
+    headers = _signed_get(query, str(int(time.time())))
+
+    def app(recorder: EventRecorder) -> TestClient:
+        config = Config(channels={"sms": channel}, journal=f"sqlite:///{db}", retention="90s")
+        return TestClient(create_app(config, plugins=[recorder]))
+
+    first = EventRecorder()
+    with app(first) as client:
+        assert client.get(f"/sms?{query}", headers=headers).status_code == 200
+    with closing(sqlite3.connect(db)) as conn, conn:  # two minutes pass
+        conn.execute("UPDATE events SET received_at = received_at - 120")
+    second = EventRecorder()
+    with app(second) as client:
+        wait_until(lambda: not stored(db), timeout=3)  # pruned at start
+        assert client.get(f"/sms?{query}", headers=headers).status_code == 200
+    # What should happen: the replay is a duplicate (or the config is refused).
+    assert [event.text for event in first.events + second.events] == ["Stop"]
