@@ -59,16 +59,27 @@ def test_attack2_onepoint_partly_failed_reply_not_given_to_a_resent_callback(
 
 
 def _signed_get(query: str, timestamp: str, nonce: str = NONCE) -> dict[str, str]:
-    signature = aspnet_signature("GET", f"http://testserver/sms?{query}", timestamp)
-    if nonce != NONCE:
-        raise AssertionError("aspnet_signature uses test_attack.NONCE")
+    """test_attack.aspnet_signature's signer, with a Nonce of the caller's choice."""
+    import base64
+    import hashlib
+    import hmac
+
+    from test_attack import SECRET_B64, dotnet_url_encode
+
+    url = dotnet_url_encode(f"http://testserver/sms?{query}".lower())
+    message = f"{APP_ID}GET{url}{timestamp}{nonce}"
+    mac = hmac.new(base64.b64decode(SECRET_B64), message.encode(), hashlib.sha256).digest()
+    signature = base64.b64encode(mac).decode()
+    assert nonce != NONCE or signature == aspnet_signature(
+        "GET", f"http://testserver/sms?{query}", timestamp
+    )
     return {"Authorization": f"X-DIY-Signature {APP_ID}:{signature}:{nonce}:{timestamp}"}
 
 
 def test_attack2_lower_urlencoded_two_genuine_gets_differing_in_case_second_swallowed(
     tmp_path: Path,
 ) -> None:
-    """Two genuine, separately signed (different Timestamp header) OnePoint GET
+    """Two genuine, separately signed (own Timestamp and Nonce each) OnePoint GET
     callbacks: the same person replies "Yes", then a minute later "YES" (no Timestamp
     field in the callback, so only the body hash guards it). The second one's query,
     lowercased, hashes like the first's, so it is answered as a duplicate and never
@@ -81,10 +92,12 @@ def test_attack2_lower_urlencoded_two_genuine_gets_differing_in_case_second_swal
     now = int(time.time())
     with client:
         assert (
-            client.get(f"/sms?{first}", headers=_signed_get(first, str(now - 60))).status_code
+            client.get(
+                f"/sms?{first}", headers=_signed_get(first, str(now - 60), "a" * 32)
+            ).status_code
             == 200
         )
-        answer = client.get(f"/sms?{second}", headers=_signed_get(second, str(now)))
+        answer = client.get(f"/sms?{second}", headers=_signed_get(second, str(now), "b" * 32))
         assert answer.status_code == 200
     texts = [event.text for event in recorder.events]
     # What should happen: both genuine messages are dispatched (or at least stored).
