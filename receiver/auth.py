@@ -73,11 +73,6 @@ class CallbackRequest:
 class Authenticator:
     """Checks one channel's callbacks; see :func:`build_authenticator`."""
 
-    signs_lowercase_url = False
-    """True when the signature covers the URL only lowercased (OnePoint's
-    ``hmac_uri = "lower-urlencoded"``): the query's letter case is not authenticated, so
-    the duplicate check folds it."""
-
     def check(self, request: CallbackRequest) -> None:
         """Return when ``request`` is authentic; raise :class:`NotAuthenticated` if not."""
 

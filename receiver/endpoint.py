@@ -77,10 +77,6 @@ class BoundChannel:
     secret_header: bytes | None = None
     """The header holding the key (``auth = "header"``), lowercase: never kept in the
     journal's meta, whatever its name."""
-    fold_case: bool = False
-    """The authenticator signs the URL lowercased (``Authenticator.signs_lowercase_url``):
-    a GET callback's query may come again in other letter case and still verify, so its
-    duplicate check hashes the query lowercased."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (made by the edge,
     :func:`receiver.app.log_answer`, at the channel's first callback)."""
@@ -285,9 +281,7 @@ class CallbackEndpoint:
         journal, redelivery = self.journal, self.redelivery
         assert journal is not None and redelivery is not None
         key = bound.provider.dedupe_key(event)
-        # A query signed lowercased may come again respelled in case: the same callback.
-        identity = event.raw.lower() if bound.fold_case and scope["method"] == "GET" else None
-        recorded = await journal.record(event, _meta(scope, bound, query), key, identity)
+        recorded = await journal.record(event, _meta(scope, bound, query), key)
         if recorded.duplicate_of is not None:
             return await self._duplicate(bound, event, recorded)
         event = recorded.event
@@ -426,16 +420,14 @@ def bind_channels(config: Config, manager: PluginManager) -> dict[str, BoundChan
         if channel.auth == "none":
             log.warning("channel accepts callbacks without authentication", channel=name)
         header = (channel.header or cls.key_header) if channel.auth == "header" else None
-        authenticator = build_authenticator(channel, name, cls, options)
         channels[name] = BoundChannel(
             name,
             channel,
             provider,
-            authenticator,
+            build_authenticator(channel, name, cls, options),
             Networks(channel.allow_ips) if channel.allow_ips else None,
             channel.param.lower() if channel.auth == "query" else None,
             header.lower().encode("latin-1") if header else None,
-            authenticator.signs_lowercase_url,
         )
     return channels
 

@@ -151,18 +151,8 @@ class Journal(abc.ABC):
     called from another thread). None: nobody is told."""
 
     @abc.abstractmethod
-    async def record(
-        self,
-        event: Event,
-        meta: dict[str, str],
-        dedupe_key: str | None,
-        identity: bytes | None = None,
-    ) -> Recorded:
-        """Store a new event durably, or recognize it as a duplicate (stored nothing).
-
-        ``identity``: the bytes whose hash is the body's for the duplicate check, when not
-        ``event.raw`` itself (a query whose letter case the signature does not cover,
-        lowercased)."""
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        """Store a new event durably, or recognize it as a duplicate (stored nothing)."""
 
     @abc.abstractmethod
     async def reject(

@@ -195,14 +195,8 @@ class SQLiteJournal(Journal):
 
     # -- the request path ---------------------------------------------------------
 
-    async def record(
-        self,
-        event: Event,
-        meta: dict[str, str],
-        dedupe_key: str | None,
-        identity: bytes | None = None,
-    ) -> Recorded:
-        body_hash = hashlib.sha256(event.raw if identity is None else identity).digest()
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        body_hash = hashlib.sha256(event.raw).digest()
         windows = self.duplicate_window, self.body_window
 
         def operation(connection: sqlite3.Connection) -> Recorded:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
 import re
@@ -159,7 +160,14 @@ class HmacCheck(Authenticator):
             ) from None
         self.md5_body = options.hmac_body == "md5"
         self.lower_urlencoded = options.hmac_uri == "lower-urlencoded"
-        self.signs_lowercase_url = self.lower_urlencoded
+        # lower-urlencoded signs the URL lowercased: the same Authorization value would
+        # verify a request whose path or query differs in letter case. Each (AppId, Nonce)
+        # is remembered with the exact request it signed for as long as it can verify;
+        # another request under it is refused (a replay of the same one is let through:
+        # the journal answers it as a duplicate). The reference server keeps its nonces.
+        self._used: collections.OrderedDict[str, tuple[bytes, float]] | None = (
+            collections.OrderedDict() if self.lower_urlencoded else None
+        )
         self.public_url = options.public_url.rstrip("/") if options.public_url else None
         self.window = options.hmac_window
         self.channel_name = channel_name
@@ -258,6 +266,8 @@ class HmacCheck(Authenticator):
             # its server signs nothing: both forms of an empty body pass, both compared.
             other = self._sign(request, app_id, nonce, timestamp, _EMPTY_MD5)
             matched |= hmac.compare_digest(given, other)
+        if matched and self._used is not None:
+            self._remember(request, f"{app_id}:{nonce.lower()}")
         if not matched:
             log.warning(
                 "hmac signature mismatch",
@@ -272,6 +282,36 @@ class HmacCheck(Authenticator):
             )
             raise NotAuthenticated("wrong credentials: signature does not match")
 
+    def _remember(self, request: CallbackRequest, key: str) -> None:
+        """Refuse a second, different request under a nonce already used (case-malleable
+        URL); remember this one until its signature could no longer verify."""
+        used = self._used
+        assert used is not None
+        scope = request.scope
+        signed = hashlib.blake2b(
+            b"%s %s?%s"
+            % (
+                scope["method"].encode("latin-1"),
+                scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape"),
+                scope.get("query_string", b""),
+            ),
+            digest_size=16,
+        ).digest()
+        clock = now()
+        while used:  # forget what can no longer verify (oldest first), and bound memory
+            oldest = next(iter(used.values()))
+            if oldest[1] > clock and len(used) < _MAX_NONCES:
+                break
+            used.popitem(last=False)
+        seen = used.get(key)
+        if seen is not None and seen[0] != signed:
+            raise NotAuthenticated("replayed signature: its Nonce was used for another request")
+        if seen is None:
+            used[key] = (signed, clock + 2 * self.window)
+
+
+_MAX_NONCES = 200_000
+"""Nonces remembered per channel at most (a few MB): beyond, the oldest are forgotten."""
 
 now = time.time
 """Seconds since the epoch, read once per signature check (a name tests can replace)."""
