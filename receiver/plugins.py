@@ -88,12 +88,11 @@ def make_plugin_manager(
         if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
             _register(manager, plugin[1], plugin[0])  # a (name, plugin) pair
         else:
-            _register(manager, plugin, _unique(manager, stable_name(plugin)))
+            _register(manager, plugin, stable_name(plugin))
     if os.environ.get(DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if manager.get_plugin(entry_point.name) is None:
-                plugin = _load(f"entry point {entry_point.name!r}", entry_point.load)
-                _register(manager, plugin, entry_point.name)
+            plugin = _load(f"entry point {entry_point.name!r}", entry_point.load)
+            _register(manager, plugin, entry_point.name)  # the same object passed: skipped
     for dotted in modules:
         _register(manager, _load(f"plugin {dotted!r}", importlib.import_module, dotted), dotted)
     if plugins_dir is not None:
@@ -110,7 +109,8 @@ def stable_name(plugin: object) -> str:
     """The name of a plugin given as an object: its ``name`` attribute when that is a
     string, else its module's name (a module) or its class's qualified name, with the
     module (``myapp.hooks.CrmSync``). The same in every process, unlike pluggy's default
-    (``id(plugin)``): retries after a restart find the plugin that failed by it."""
+    (``id(plugin)``): retries after a restart find the plugin that failed by it. Two
+    plugins under one name are a :class:`ConfigError` (give instances their own names)."""
     name = getattr(plugin, "name", None)
     if isinstance(name, str) and name:
         return name
@@ -118,16 +118,6 @@ def stable_name(plugin: object) -> str:
         return plugin.__name__
     cls = plugin if isinstance(plugin, type) else type(plugin)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _unique(manager: PluginManager, name: str) -> str:
-    """``name``, or ``name#2``, ``name#3``... when a plugin of that name is registered
-    (two instances of one class: in the order given, so stable too)."""
-    candidate, number = name, 1
-    while manager.has_plugin(candidate):
-        number += 1
-        candidate = f"{name}#{number}"
-    return candidate
 
 
 def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
@@ -140,6 +130,14 @@ def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
 def _register(manager: PluginManager, plugin: object, name: str | None) -> None:
     if manager.is_registered(plugin):  # e.g. passed to create_app and also installed
         return
+    if name is not None and manager.has_plugin(name):
+        # Two plugins under one name: a retry looks the failed one up by it, so it must
+        # name one plugin only (two instances of a class, or an object named like an
+        # installed plugin or a file in plugins_dir).
+        raise ConfigError(
+            f"two plugins are named {name!r}: give each its own name (a name attribute, "
+            "or pass ('name', plugin) pairs)"
+        )
     try:
         manager.register(plugin, name)
     except (ValueError, pluggy.PluginValidationError) as exc:
