@@ -154,7 +154,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             (:class:`ServerLimits`, the ``[server]`` table).
         retention: A duration (``"30d"``, ``"12h"``): the server prunes done, rejected,
             recovered and dead entries older than this, at start and then hourly
-            (unset: never; ``receiver prune`` does it by hand).
+            (unset: never; ``receiver prune`` does it by hand); never sooner than the
+            duplicate windows (see :attr:`retention_seconds`).
     """
 
     channels: dict[str, Channel] = {}
@@ -177,8 +178,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def retention_seconds(self) -> float | None:
-        """:attr:`retention` in seconds (None: unset)."""
-        return duration(self.retention) if self.retention is not None else None
+        """:attr:`retention` in seconds (None: unset), never less than the duplicate
+        windows: an entry is what a re-send (or a replayed signed request) is recognized
+        by, so the server keeps it at least that long whatever ``retention`` says."""
+        if self.retention is None:
+            return None
+        return max(duration(self.retention), self.duplicate_window, self.duplicate_body_window)
 
     def validate(self, source: str = "config") -> None:
         """Check what types alone cannot; raise :class:`ConfigError` naming the key."""

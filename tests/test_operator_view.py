@@ -300,7 +300,12 @@ def test_operator_retention_prunes_old_handled_entries_by_itself(
     older than that, at start and then every prune_interval; a failed entry and one still
     being handled (received, past its timeout) stay."""
     toml = site(
-        tmp_path, monkeypatch, 'retention = "0.3s"\nretry_delays = []\nreply_timeout = 0.1\n'
+        tmp_path,
+        monkeypatch,
+        (
+            'retention = "0.3s"\nduplicate_window = 0\nduplicate_body_window = 0\n'
+            "retry_delays = []\nreply_timeout = 0.1\n"
+        ),
     )
     db = tmp_path / "j.db"
     slow = SlowReplier()
@@ -338,3 +343,15 @@ def test_operator_retention_must_be_a_duration(tmp_path: Path, value: str) -> No
     toml.write_text(f'retention = "{value}"\n')
     with pytest.raises(ConfigError, match=r"receiver\.toml: retention: "):
         load_config(toml)
+
+
+def test_operator_retention_never_prunes_inside_the_duplicate_windows() -> None:
+    """``retention`` shorter than a duplicate window is raised to it: the entries are what
+    a re-send or a replayed signed request is recognized by (found by the second attack:
+    ``retention = "90s"`` let a replay within the signature's window in as new)."""
+    from receiver import Config
+
+    assert Config(retention="90s").retention_seconds == 48 * 3600.0
+    assert Config(retention="90s", duplicate_window=0).retention_seconds == 600.0
+    assert Config(retention="30d").retention_seconds == 30 * 86400.0
+    assert Config().retention_seconds is None
