@@ -310,7 +310,16 @@ class CallbackEndpoint:
             if rendered is None:
                 await redelivery.partly_failed(event, exc, attempt=1)
                 return Answer(200, b"", [], Outcome.handler_error, event, reply is not None)
-            await redelivery.failed(event, str(exc), exc.plugins, attempt=1, failures=exc.failures)
+            pending.reply = reply  # a re-sent callback is answered with it, as when all succeed
+            await redelivery.failed(
+                event,
+                str(exc),
+                exc.plugins,
+                attempt=1,
+                failures=exc.failures,
+                reply=reply,
+                delivered=True,
+            )
             return Answer(200, rendered, [_JSON_TYPE], Outcome.handler_error, event, True)
         else:
             rendered = bound.provider.render_reply(event, reply) if reply is not None else None

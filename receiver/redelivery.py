@@ -130,13 +130,21 @@ class Redelivery:
         attempt: int,
         failures: Sequence[Failure] = (),
         reply: Reply | None = None,
+        delivered: bool = False,
     ) -> None:
         """Record that attempt number ``attempt`` at ``event`` failed (``failures``: what
-        raised, kept with the attempt; ``reply``: one still to deliver, kept): retried
-        after the next delay, or a dead letter when there is none."""
+        raised, kept with the attempt; ``reply``: one other plugins gave, kept, and still
+        to deliver unless ``delivered``): retried after the next delay, or a dead letter
+        when there is none."""
         retry_at = self._retry_at(attempt)
         await self.journal.fail(
-            event.id, error, list(plugins) if plugins else None, retry_at, failures, reply
+            event.id,
+            error,
+            list(plugins) if plugins else None,
+            retry_at,
+            failures,
+            reply,
+            delivered,
         )
         if retry_at is None:
             log.error("dead letter: out of attempts", event_id=event.id, attempts=attempt)
@@ -152,18 +160,24 @@ class Redelivery:
         plugins that raised are retried."""
         reply = error.reply if isinstance(error.reply, Reply) else pending
         failures = list(error.failures)
-        keep: Reply | None = None
+        delivered = True
         if reply is not None:
             try:
                 if not await self.dispatcher.send_reply(event, reply):
                     log.warning("reply dropped: no send_reply plugin took it", event_id=event.id)
             except HandlerError as exc:
-                keep = reply
+                delivered = False
                 failures += exc.failures
                 if self.observer is not None:
                     self.observer.reply_undelivered(event.channel)
         await self.failed(
-            event, str(error), error.plugins, attempt=attempt, failures=failures, reply=keep
+            event,
+            str(error),
+            error.plugins,
+            attempt=attempt,
+            failures=failures,
+            reply=reply,
+            delivered=delivered,
         )
 
     async def undelivered(
@@ -214,9 +228,11 @@ class Redelivery:
         *,
         attempt: int,
         after: Callable[[], None] | None = None,
+        pending: Reply | None = None,
     ) -> Reply | None:
         """Dispatch ``event`` (attempt ``attempt``) without ever leaving its handlers
-        running unrecorded.
+        running unrecorded (``pending``: a reply kept from an earlier attempt, delivered
+        with the outcome if the handlers give none).
 
         Past the timeout the handlers are not interrupted: this raises
         :class:`HandlerTimeout` while they go on; when they finish, their outcome is
@@ -235,7 +251,7 @@ class Redelivery:
         try:
             return await running.wait()
         except HandlerTimeout:
-            self._finish_later(running, event, only, attempt, after)
+            self._finish_later(running, event, only, attempt, after, pending)
             raise
         except asyncio.CancelledError:
             running.task.cancel()
@@ -248,6 +264,7 @@ class Redelivery:
         only: Collection[str] | None,
         attempt: int,
         after: Callable[[], None] | None,
+        pending: Reply | None,
     ) -> None:
         log.warning(
             "handlers still running after their timeout: outcome recorded when they finish",
@@ -256,7 +273,7 @@ class Redelivery:
         )
         self._running.add(event.id)
         task = asyncio.get_running_loop().create_task(
-            self._settle(running, event, only, attempt, after)
+            self._settle(running, event, only, attempt, after, pending)
         )
         self._late.add(task)
         task.add_done_callback(self._late.discard)
@@ -268,6 +285,7 @@ class Redelivery:
         only: Collection[str] | None,
         attempt: int,
         after: Callable[[], None] | None,
+        pending: Reply | None,
     ) -> None:
         """Wait for handlers past their timeout and record their outcome (cancelled at
         shutdown: the handlers are cancelled, the entry left for the next start)."""
@@ -291,10 +309,10 @@ class Redelivery:
             try:
                 reply = await running.task
             except HandlerError as exc:
-                await self.partly_failed(event, exc, attempt=attempt)
+                await self.partly_failed(event, exc, attempt=attempt, pending=pending)
                 return
             log.info("late handlers finished", event_id=event.id, attempt=attempt)
-            await self.finished(event, reply, attempt=attempt)
+            await self.finished(event, reply or pending, attempt=attempt)
         except asyncio.CancelledError:
             running.task.cancel()
             raise
@@ -341,7 +359,7 @@ class Redelivery:
         only = None if all_plugins else entry.plugins_to_retry
         pending = entry.reply_pending  # a reply kept from an earlier attempt, undelivered
         try:
-            reply = await self.dispatch(event, only, attempt=attempt)
+            reply = await self.dispatch(event, only, attempt=attempt, pending=pending)
         except HandlerTimeout:
             return False
         except HandlerError as exc:

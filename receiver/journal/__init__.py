@@ -186,11 +186,13 @@ class Journal(abc.ABC):
         retry_at: float | None,
         failures: Sequence[Failure] = (),
         reply: Reply | None = None,
+        delivered: bool = False,
     ) -> None:
         """Mark an event failed (``retry_at`` None: out of attempts, a dead letter), and
         keep ``failures`` as this attempt's (its number: the entry's attempts, counting
-        this one). ``reply``: a reply other plugins gave that is not delivered yet: kept,
-        with :data:`REPLY_ONLY` among the failed plugins, and delivered by the retry."""
+        this one). ``reply``: a reply other plugins gave, kept (a re-sent callback is
+        answered with it); not ``delivered`` yet, :data:`REPLY_ONLY` is added among the
+        failed plugins and the retry delivers it."""
 
     @abc.abstractmethod
     async def undelivered(

@@ -271,9 +271,11 @@ class SQLiteJournal(Journal):
         retry_at: float | None,
         failures: Sequence[Failure] = (),
         reply: Reply | None = None,
+        delivered: bool = False,
     ) -> None:
         state = "failed" if retry_at is not None else "dead"
-        names = [*(plugins or ()), *([REPLY_ONLY] if reply is not None else [])]
+        undelivered = reply is not None and not delivered
+        names = [*(plugins or ()), *([REPLY_ONLY] if undelivered else [])]
         encoded = _encode(names) if names else None
 
         def operation(connection: sqlite3.Connection) -> None:
