@@ -525,8 +525,11 @@ def test_head_in_the_read_of_the_previous_body_is_held_to_the_limit(
     """A head that begins in the read ending the previous request (not charged by the
     read's size) is sized once whole: 431 past max_header_bytes, served within it."""
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+    body = reply_body("slow-first")
     with slow_handler_server(tmp_path) as server, connect(server) as sock:
-        sock.sendall(callback("slow-first") + head)
+        sock.sendall(callback_head(len(body)))
+        time.sleep(0.1)
+        sock.sendall(body + head)  # a read in the body: not charged to the head
         sock.settimeout(5)
         answers = read_responses(sock, 2)
         done = dispatched(server)
