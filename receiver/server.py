@@ -14,9 +14,9 @@ resets it), and it accepts connections until the descriptors run out. This modul
   data, 64 bytes of framing per chunk and ``max_header_bytes`` of trailers (httptools
   holds a trailer whole, as it does a header; 413). A head is charged by the reads that
   bring it; one beginning in the read that ended the previous request is also sized once
-  whole (431). A parse error is answered 400 (uvicorn's), after any due responses. Only receiving is timed: a handler
-  that is running is never cut off, and uvicorn's keep-alive timer is replaced by the
-  head deadline. A pipelined request (sent while an earlier one is handled; uvicorn
+  whole (431). A parse error is answered 400 (uvicorn's), after any due responses.
+  Only receiving is timed: a handler that is running is never cut off, and uvicorn's
+  keep-alive timer is replaced by the head deadline. A pipelined request (sent while an earlier one is handled; uvicorn
   queues it and stops reading) is timed from its turn: its body deadline starts when
   uvicorn starts its cycle, and the head deadline of one not yet whole from the end of
   the response before it. A limit that trips while a response is due on the connection
