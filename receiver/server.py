@@ -14,14 +14,14 @@ resets it), and it accepts connections until the descriptors run out. This modul
   data, 64 bytes of framing per chunk and ``max_header_bytes`` of trailers (httptools
   holds a trailer whole, as it does a header; 413). A head is charged by the reads that
   bring it; one beginning in the read that ended the previous request is also sized once
-  whole (431). A parse error is answered 400 (uvicorn's), after any due responses.
-  Only receiving is timed: a handler that is running is never cut off, and uvicorn's
-  keep-alive timer is replaced by the head deadline. A pipelined request (sent while an earlier one is handled; uvicorn
-  queues it and stops reading) is timed from its turn: its body deadline starts when
-  uvicorn starts its cycle, and the head deadline of one not yet whole from the end of
-  the response before it. A limit that trips while a response is due on the connection
-  (being answered, or a complete request queued) stops reading and closes it once that
-  is answered; such a connection is never closed to make room.
+  whole (431). A parse error is answered 400 (uvicorn's), after any due responses. Only
+  receiving is timed: a handler that is running is never cut off, and uvicorn's keep-alive
+  timer is replaced by the head deadline. A pipelined request (sent while an earlier one
+  is handled; uvicorn queues it and stops reading) is timed from its turn: its body
+  deadline starts when uvicorn starts its cycle, and the head deadline of one not yet
+  whole from the end of the response before it. A limit that trips while a response is due
+  on the connection (being answered, or a complete request queued) stops reading and
+  closes it once that is answered; such a connection is never closed to make room.
 * :func:`raise_descriptor_limit`: the soft RLIMIT_NOFILE raised to the hard limit.
 * :class:`Throttle`: the warning each limit logs when it trips, at most one line per
   limit per 10 s with the count of those suppressed; no line holds request bytes.
