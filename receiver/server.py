@@ -12,14 +12,16 @@ resets it), and it accepts connections until the descriptors run out. This modul
   connections to ``max_connections`` (the one waiting longest for a request is closed
   to make room; 503 when none is waiting), and a chunked body to ``max_body_bytes`` of
   data, 64 bytes of framing per chunk and ``max_header_bytes`` of trailers (httptools
-  holds a trailer whole, as it does a header; 413). Only receiving is timed: a handler
-  that is running is never cut off, and uvicorn's keep-alive timer is replaced by the
-  head deadline. A pipelined request (sent while an earlier one is handled; uvicorn
-  queues it and stops reading) is timed from its turn: its body deadline starts when
-  uvicorn starts its cycle, and the head deadline of one not yet whole from the end of
-  the response before it. A limit that trips while a response is due on the connection
-  (being answered, or a complete request queued) stops reading and closes it once that
-  is answered; such a connection is never closed to make room.
+  holds a trailer whole, as it does a header; 413). A head is charged by the reads that
+  bring it; one beginning in the read that ended the previous request is also sized once
+  whole (431). A parse error is answered 400 (uvicorn's), after any due responses. Only
+  receiving is timed: a handler that is running is never cut off, and uvicorn's keep-alive
+  timer is replaced by the head deadline. A pipelined request (sent while an earlier one
+  is handled; uvicorn queues it and stops reading) is timed from its turn: its body
+  deadline starts when uvicorn starts its cycle, and the head deadline of one not yet
+  whole from the end of the response before it. A limit that trips while a response is due
+  on the connection (being answered, or a complete request queued) stops reading and
+  closes it once that is answered; such a connection is never closed to make room.
 * :func:`raise_descriptor_limit`: the soft RLIMIT_NOFILE raised to the hard limit.
 * :class:`Throttle`: the warning each limit logs when it trips, at most one line per
   limit per 10 s with the count of those suppressed; no line holds request bytes.
@@ -39,7 +41,7 @@ from typing import Any, ClassVar
 
 import httptools
 import structlog
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from receiver.config import DEFAULT_MAX_BODY_BYTES, ServerLimits
 
@@ -157,6 +159,10 @@ BUSY = _fixed_response(
     b"503 Service Unavailable", "too many connections", headers=b"retry-after: 1\r\n"
 )
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing: the head is refused (431)."""
+
+
 _Base = HttpToolsProtocol  # its methods called directly: cheaper than super() per request
 
 # What the connection is receiving: a request line and headers (or waiting for one), a
@@ -194,6 +200,8 @@ class HttpProtocol(HttpToolsProtocol):
     _timer: asyncio.TimerHandle | None = None
     _timer_at = 0.0
     _last_word: bytes | None = None  # _CLOSING: written once the due responses are out
+    _charging = False  # the bytes being parsed were charged to _head_room
+    _head_charged = True  # this request's head was charged from its start (else sized whole)
 
     # -- uvicorn's protocol, extended -----------------------------------------------------
 
@@ -215,35 +223,61 @@ class HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         phase = self._phase
         if phase == _HEAD:
+            self._charging = True  # a head begun in this read is charged from its start
             room = self._head_room
             if len(data) > room:
                 self._head_over(data, room)
                 return
             self._head_room = room - len(data)
         elif phase == _CHUNKED:
+            self._charging = False
             self._chunked_room -= len(data)
             if self._chunked_room < 0:
                 self._chunked_over()
                 return
         elif phase == _CLOSING:  # nothing more is read: dropped
             return
-        # uvicorn's data_received, but for its keep-alive timer (never set here)
+        else:  # _BODY
+            self._charging = False
+        if self._feed(data) and (
+            self._phase != _HEAD and self._deadline is None and not self.pipeline
+        ):
+            self._set_deadline(self.body_timeout)  # a body still to come, and its turn
+
+    def _feed(self, data: bytes) -> bool:
+        """uvicorn's data_received, but for its keep-alive timer (never set here), and
+        with nothing answered before the due responses: a parse error (400), a head found
+        too large once whole (431) or a WebSocket upgrade behind unanswered requests end
+        the connection after them. False if the connection ends."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            if self._phase == _CLOSING:  # on_headers_complete: a head too large
+                return False
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
-            self.send_400_response(msg)
-            return
+            self._bad_request(msg)
+            return False
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
+                if self._busy():  # switching now would answer before the due responses
+                    msg = "Upgrade request pipelined behind unanswered requests."
+                    self.logger.warning(msg)
+                    self._end_when_answered(self._response_400(msg))
+                    return False
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        if self._phase != _HEAD and self._deadline is None and not self.pipeline:
-            self._set_deadline(self.body_timeout)  # a body still to come, and its turn
+        return True
+
+    def on_message_begin(self) -> None:
+        self._head_charged = self._charging
+        _Base.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
+        if not self._head_charged and self._head_size() > self.max_head:
+            self._head_too_large()
+            raise _HeadTooLarge  # parsing stops: feed_data raises HttpParserCallbackError
         self._heads += 1
         self._phase = _BODY
         self._deadline = None  # the body's is set once this read is parsed, if still due
@@ -260,6 +294,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         _Base.on_message_complete(self)
+        self._charging = False  # the rest of this read is not charged: see on_message_begin
         self._phase = _HEAD
         self._head_room = self.max_head
         self._deadline = None  # the handler runs: no deadline until it has answered
@@ -381,14 +416,68 @@ class HttpProtocol(HttpToolsProtocol):
             else:
                 self._end(TIMED_OUT if answerable else None)
 
+    def _head_size(self) -> int:
+        """The parsed head's bytes (a lower bound of what was sent: the request line's
+        method and version, and whitespace around header values, are not counted)."""
+        size = len(self.url) + 13  # " HTTP/1.1\r\n" and the blank line
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4  # ": " and "\r\n"
+        return size
+
+    def _head_too_large(self) -> None:
+        busy = self._busy()
+        self._warn(
+            "header_size",
+            "request head too large",
+            "server.max_header_bytes",
+            self.max_head,
+            "431 after the due responses" if busy else "431",
+        )
+        self._end_when_answered(TOO_LARGE)
+        self._phase = _CLOSING  # read no more, whether ended or not (_feed)
+
+    def _response_400(self, msg: str) -> bytes:
+        """uvicorn's send_400_response, as bytes."""
+        content = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: " + str(len(msg)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                msg.encode("ascii"),
+            ]
+        )
+        return b"".join(content)
+
+    def _bad_request(self, msg: str) -> None:
+        """A parse error. In a head (or a queued request's body), it is answered 400 after
+        the due responses (a queued request cut short is not started: the 400 is its
+        answer). In the body of the request being handled: 400 if not answered yet, else
+        closed once answered (like a chunked body too large)."""
+        if self._phase == _HEAD or self.pipeline:
+            if self._busy():
+                self._end_when_answered(self._response_400(msg))
+            else:
+                self.send_400_response(msg)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self._end(self._response_400(msg))
+        elif cycle is not None and not cycle.response_complete:
+            self._end_when_answered(None)
+        else:
+            self._end(None)
+
     def _head_over(self, data: bytes, room: int) -> None:
         """``data`` takes the head past max_head: parse what fits; if the head is still
         not whole, refuse it (431, or closed if a response is under way)."""
         heads = self._heads
         self._head_room = 0
         if room > 0:
-            _Base.data_received(self, data[:room])
-            if self.transport.is_closing():
+            if not self._feed(data[:room]) or self.transport.is_closing():
                 return
             if self._heads != heads:  # the head ended within the limit: go on
                 self.data_received(data[room:])

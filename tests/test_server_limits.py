@@ -486,6 +486,57 @@ def test_pipelined_head_over_the_limit_gets_431_after_the_running_answer(
     assert "Exception in ASGI application" not in log
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"BLAH\r\n\r\n",
+        b"POST /sms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 3\r\n\r\n",
+    ],
+    ids=["garbage", "chunked-and-length"],
+)
+def test_pipelined_parse_error_gets_400_after_the_running_answer(
+    tmp_path: Path, bad: bytes
+) -> None:
+    """A malformed request in the same write as a whole callback (a running handler):
+    the callback's answer first, then 400, then the connection is closed."""
+    with slow_handler_server(tmp_path) as server, connect(server) as sock:
+        sock.sendall(callback("slow-first") + bad)
+        sock.settimeout(5)
+        answer = read_all(sock)
+        done = dispatched(server)
+    assert status_of(answer) == 200, answer[:200]
+    rest = answer[answer.index(b"HTTP/1.1 ", 1) :]
+    assert status_of(rest) == 400 and rest.endswith(b"Invalid HTTP request received.")
+    assert done == "slow-first\n"
+
+
+def test_parse_error_with_nothing_due_gets_400_at_once(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"BLAH\r\n\r\n")
+        answer = read_all(sock)
+    assert status_of(answer) == 400
+
+
+@pytest.mark.parametrize("pad, status", [(30_000, 200), (100_000, 431)])
+def test_head_in_the_read_of_the_previous_body_is_held_to_the_limit(
+    tmp_path: Path, pad: int, status: int
+) -> None:
+    """A head that begins in the read ending the previous request (not charged by the
+    read's size) is sized once whole: 431 past max_header_bytes, served within it."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+    body = reply_body("slow-first")
+    with slow_handler_server(tmp_path) as server, connect(server) as sock:
+        sock.sendall(callback_head(len(body)))
+        time.sleep(0.1)
+        sock.sendall(body + head)  # a read in the body: not charged to the head
+        sock.settimeout(5)
+        answers = read_responses(sock, 2)
+        done = dispatched(server)
+    assert [status_of(a) for a in answers] == [200, status]
+    assert done == "slow-first\n"
+
+
 def test_connection_cap_never_evicts_a_connection_with_a_running_handler(
     tmp_path: Path,
 ) -> None:
