@@ -482,15 +482,7 @@ class HttpProtocol(HttpToolsProtocol):
             if self._heads != heads:  # the head ended within the limit: go on
                 self.data_received(data[room:])
                 return
-        busy = self._busy()
-        self._warn(
-            "header_size",
-            "request head too large",
-            "server.max_header_bytes",
-            self.max_head,
-            "431 after the due responses" if busy else "431",
-        )
-        self._end_when_answered(TOO_LARGE)
+        self._head_too_large()
 
     def _chunked_over(self) -> None:
         """A chunked body past its allowance: 413 if nothing was answered (after the due
