@@ -43,7 +43,12 @@ from receiver.events import Event, Reply
 from receiver.journal import Journal, Recorded, open_journal
 from receiver.logs import bounded
 from receiver.middleware import Networks
-from receiver.plugins import PluginManager, make_plugin_manager, provider_classes
+from receiver.plugins import (
+    PluginManager,
+    check_settings,
+    make_plugin_manager,
+    provider_classes,
+)
 from receiver.providers.base import Provider
 from receiver.redelivery import Observer, Redelivery
 
@@ -179,6 +184,7 @@ class CallbackEndpoint:
             plugins, modules=config.plugins, plugins_dir=config.plugins_dir
         )
         manager.hook.configure(config=config)
+        check_settings(manager, config.settings)
         journal = open_journal(
             config.journal,
             duplicate_window=config.duplicate_window,

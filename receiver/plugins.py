@@ -5,6 +5,7 @@ Calling the plugins for an event is :mod:`receiver.dispatch`.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -102,7 +103,54 @@ def make_plugin_manager(
         for path in sorted(folder.glob("*.py")):
             if not path.name.startswith("_"):
                 _register(manager, _load(f"plugin {str(path)!r}", _import_file, path), path.stem)
+    check_hooks(manager)
     return manager
+
+
+def check_hooks(manager: pluggy.PluginManager) -> None:
+    """Refuse an implementation of a hook receiver does not have (``def on_mesage``
+    would load and never be called), as pytest does with ``check_pending``; an
+    ``optionalhook=True`` implementation is let through.
+
+    Raises:
+        ConfigError: naming the plugin, the hook and the closest known hook.
+    """
+    known = sorted(
+        name
+        for name, caller in vars(manager.hook).items()
+        if isinstance(caller, pluggy.HookCaller) and caller.spec is not None
+    )
+    for name, caller in vars(manager.hook).items():
+        if not isinstance(caller, pluggy.HookCaller) or caller.spec is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"plugin {impl.plugin_name}: {name!r} is not a receiver hook{hint} "
+                "(receiver plugins lists the hooks; optionalhook=True allows it)"
+            )
+
+
+def check_settings(manager: pluggy.PluginManager, settings: dict[str, Any]) -> list[str]:
+    """The ``[settings.<name>]`` tables that name no loaded plugin (a typo, or a plugin
+    not installed here), each as ``settings.<name>``; logged as a warning, one line each.
+    A table matches a plugin by its whole name or its last dotted part."""
+    names: set[str] = set()
+    for name, _ in manager.list_name_plugin():
+        names.add(name)
+        names.add(name.rpartition(".")[2])
+    unknown = [f"settings.{table}" for table in settings if table not in names]
+    for table in unknown:
+        close = difflib.get_close_matches(table.partition(".")[2], sorted(names), n=1)
+        log.warning(
+            "settings table for no loaded plugin: it is ignored",
+            table=table,
+            closest_plugin=close[0] if close else None,
+        )
+    return unknown
 
 
 def stable_name(plugin: object) -> str:

@@ -159,6 +159,7 @@ BUSY = _fixed_response(
     b"503 Service Unavailable", "too many connections", headers=b"retry-after: 1\r\n"
 )
 
+
 class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop parsing: the head is refused (431)."""
 

@@ -147,3 +147,61 @@ def test_plugin_two_under_one_name_is_a_config_error() -> None:
         make_plugin_manager([_Named(), ("crm-sync", _Plain())])
     plain = _Plain()
     assert len(make_plugin_manager([plain, plain]).list_name_plugin()) >= 2  # once
+
+
+class _Misspelled:
+    @hookimpl
+    def on_mesage(self, event: Event) -> None:
+        pass
+
+
+class _Optional:
+    @hookimpl(optionalhook=True)
+    def on_something_later(self, event: Event) -> None:
+        pass
+
+
+def test_plugin_unknown_hook_is_refused_naming_the_closest() -> None:
+    """Issue 15: ``def on_mesage`` loaded and was never called; now start-up refuses it,
+    naming the plugin, the hook and the closest known hook."""
+    with pytest.raises(ConfigError) as info:
+        create_app(Config(), plugins=[("typo", _Misspelled())])
+    message = str(info.value)
+    assert "plugin typo: 'on_mesage' is not a receiver hook" in message
+    assert "did you mean 'on_message'?" in message
+    create_app(Config(), plugins=[_Optional()])  # optionalhook=True: allowed
+
+
+def test_plugin_unknown_hook_fails_check_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import receiver.logs
+    from receiver.cli import main
+
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "vip.py").write_text(
+        "from receiver import hookimpl\n\n@hookimpl\ndef on_keywrod(event):\n    pass\n"
+    )
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(f"plugins_dir = {str(plugins)!r}\n")
+    assert main(["check-config", "--config", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert "plugin vip: 'on_keywrod' is not a receiver hook; did you mean 'on_keyword'?" in err
+
+
+def test_plugin_settings_table_for_no_loaded_plugin_is_named_in_a_warning() -> None:
+    """Issue 15: ``[settings.vipp]`` for no loaded plugin was silently ignored."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        create_app(
+            Config(settings={"vipp": {"numbers": []}, "crm-sync": {}}),
+            plugins=[_Named()],
+        )
+    warned = [line for line in logs if line["event"].startswith("settings table for no")]
+    assert [(line["table"], line["closest_plugin"]) for line in warned] == [
+        ("settings.vipp", None)
+    ]
