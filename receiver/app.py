@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import msgspec
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
@@ -231,7 +232,7 @@ async def _readyz(request: StarletteRequest) -> Response:
     redelivery: Redelivery | None = request.app.state.redelivery
     if redelivery is not None and (stopped := redelivery.problem()) is not None:
         problems.append(stopped)
-    plugins = [name for name, _ in manager.list_name_plugin()]
+    plugins = [name for name, plugin in manager.list_name_plugin() if plugin is not None]
     if problems:
         return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready", "plugins": plugins})
@@ -243,7 +244,10 @@ async def _metrics(request: StarletteRequest) -> Response:
 
 
 def create_app(
-    config: Config | str | os.PathLike[str] | None = None, *, plugins: Iterable[object] = ()
+    config: Config | str | os.PathLike[str] | None = None,
+    *,
+    plugins: Iterable[object] = (),
+    autoload: bool | None = None,
 ) -> Starlette:
     """Build a receiver ASGI app.
 
@@ -252,6 +256,9 @@ def create_app(
             ``$RECEIVER_CONFIG``, then ``./receiver.toml``).
         plugins: Plugin objects or modules to register on this app's own plugin manager,
             before the installed (entry point), configured and folder plugins.
+        autoload: Load installed packages' plugins into this app (None: the
+            configuration's ``autoload_plugins``, default True). False for an app that
+            passes its plugins explicitly.
 
     The app serves ``GET|HEAD|POST /{channel}`` relative to where it is mounted,
     ``GET /healthz``, ``GET /readyz`` and, when ``config.metrics`` is on, ``GET /metrics``.
@@ -263,6 +270,8 @@ def create_app(
     """
     if not isinstance(config, Config):
         config = load_config(config)
+    if autoload is not None:
+        config = msgspec.structs.replace(config, autoload_plugins=autoload)
     endpoint = CallbackEndpoint.from_config(config, plugins)
     metrics = Metrics() if config.metrics else None
     if metrics is not None:

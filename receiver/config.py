@@ -138,6 +138,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             trusts every peer: only behind a proxy that always sets these headers.
         plugins: Dotted module names to load as plugins.
         plugins_dir: A folder whose ``*.py`` files are each loaded as a plugin.
+        autoload_plugins: Load installed packages' plugins (entry points in the group
+            ``receiver``) into this app; False: only the ones named here or passed.
+        disabled_plugins: Plugin names never registered, wherever they come from
+            (installed, ``plugins``, ``plugins_dir``, passed), as pytest's ``-p no:name``.
         settings: Per-plugin settings, ``[settings.<plugin>]`` tables, read by plugins.
         metrics: Serve ``GET /metrics`` (Prometheus text); ``receiver serve`` turns it on.
         journal: ``"none"`` or ``"sqlite:///path/receiver.db"``: every authenticated
@@ -166,6 +170,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
     plugins: list[str] = []
     plugins_dir: str | None = None
+    autoload_plugins: bool = True
+    disabled_plugins: list[str] = []
     settings: dict[str, dict[str, Any]] = {}
     metrics: bool = False
     journal: str | None = None

@@ -164,7 +164,7 @@ class Dispatcher:
         that failed) not registered, and ``send_reply`` when a reply is to be delivered
         and no plugin implements it. Retrying without them would mark the entry done with
         its failed work never redone."""
-        loaded = {name for name, _ in self.manager.list_name_plugin()}
+        loaded = {name for name, plugin in self.manager.list_name_plugin() if plugin is not None}
         missing = sorted(set(plugins or ()) - loaded)
         if reply_pending and not self.implementations("send_reply"):
             missing.append("send_reply (no plugin implements it)")

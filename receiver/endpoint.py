@@ -181,7 +181,11 @@ class CallbackEndpoint:
         """
         config.validate()
         manager = make_plugin_manager(
-            plugins, modules=config.plugins, plugins_dir=config.plugins_dir
+            plugins,
+            modules=config.plugins,
+            plugins_dir=config.plugins_dir,
+            autoload=config.autoload_plugins,
+            disabled=config.disabled_plugins,
         )
         manager.hook.configure(config=config)
         check_settings(manager, config.settings)

@@ -71,27 +71,36 @@ def make_plugin_manager(
     *,
     modules: Iterable[str] = (),
     plugins_dir: str | os.PathLike[str] | None = None,
+    autoload: bool = True,
+    disabled: Iterable[str] = (),
 ) -> PluginManager:
     """A new manager with receiver's hookspecs, the built-in providers and the plugins.
 
     Plugins are registered in this order: ``plugins`` (objects or modules); installed
     packages' entry points in the group ``receiver`` (unless
     ``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``); the dotted ``modules``; each ``*.py`` file
-    in ``plugins_dir``, by name.
+    in ``plugins_dir``, by name. ``autoload`` False skips the entry points for this
+    manager alone; a plugin whose name is in ``disabled`` is not registered, wherever it
+    comes from (pytest's ``-p no:name``).
 
     Raises:
         ConfigError: a plugin failed to load (its name and the error are in the message).
     """
     manager = PluginManager()
     manager.add_hookspecs(hookspecs)
+    blocked = set(disabled)
+    for name in blocked:
+        manager.set_blocked(name)  # pluggy then refuses (skips) a plugin of that name
     manager.register(builtin, name="receiver.builtin")
     for plugin in plugins:
         if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
             _register(manager, plugin[1], plugin[0])  # a (name, plugin) pair
         else:
             _register(manager, plugin, stable_name(plugin))
-    if os.environ.get(DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
+    if autoload and os.environ.get(DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in blocked:
+                continue  # not even imported
             plugin = _load(f"entry point {entry_point.name!r}", entry_point.load)
             _register(manager, plugin, entry_point.name)  # the same object passed: skipped
     for dotted in modules:
@@ -139,7 +148,9 @@ def check_settings(manager: pluggy.PluginManager, settings: dict[str, Any]) -> l
     not installed here), each as ``settings.<name>``; logged as a warning, one line each.
     A table matches a plugin by its whole name or its last dotted part."""
     names: set[str] = set()
-    for name, _ in manager.list_name_plugin():
+    for name, plugin in manager.list_name_plugin():
+        if plugin is None:  # blocked (disabled_plugins)
+            continue
         names.add(name)
         names.add(name.rpartition(".")[2])
     unknown = [f"settings.{table}" for table in settings if table not in names]
@@ -178,6 +189,9 @@ def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
 def _register(manager: PluginManager, plugin: object, name: str | None) -> None:
     if manager.is_registered(plugin):  # e.g. passed to create_app and also installed
         return
+    if name is not None and manager.is_blocked(name):
+        log.info("plugin disabled", plugin=name)
+        return
     if name is not None and manager.has_plugin(name):
         # Two plugins under one name: a retry looks the failed one up by it, so it must
         # name one plugin only (two instances of a class, or an object named like an
@@ -208,6 +222,8 @@ def describe(manager: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
     """Every registered plugin's name and the hooks it implements (``receiver plugins``)."""
     rows = []
     for name, plugin in manager.list_name_plugin():
+        if plugin is None:  # blocked (disabled_plugins)
+            continue
         hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
         rows.append((name, hooks))
     return rows

@@ -202,6 +202,52 @@ def test_plugin_settings_table_for_no_loaded_plugin_is_named_in_a_warning() -> N
             plugins=[_Named()],
         )
     warned = [line for line in logs if line["event"].startswith("settings table for no")]
-    assert [(line["table"], line["closest_plugin"]) for line in warned] == [
-        ("settings.vipp", None)
-    ]
+    assert [(line["table"], line["closest_plugin"]) for line in warned] == [("settings.vipp", None)]
+
+
+def _installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed distribution with the entry point ``audit`` (group ``receiver``)."""
+    site = tmp_path / "site"
+    dist = site / "audit_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[receiver]\naudit = audit_plugin_mod\n")
+    (site / "audit_plugin_mod.py").write_text(
+        "from receiver import hookimpl\n@hookimpl\ndef on_event(event):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+def test_plugin_autoload_is_per_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 part 5: an installed plugin loaded into every app in the process; now one
+    app can say autoload=False (or autoload_plugins = false) while another loads it."""
+    _installed_plugin(tmp_path, monkeypatch)
+
+    def names(app: object) -> list[str]:
+        manager = app.state.plugin_manager  # type: ignore[attr-defined]
+        return [name for name, plugin in manager.list_name_plugin() if plugin]
+
+    assert "audit" in names(create_app(Config()))
+    assert "audit" not in names(create_app(Config(), autoload=False))
+    assert "audit" not in names(create_app(Config(autoload_plugins=False)))
+    assert "audit" in names(create_app(Config(autoload_plugins=False), autoload=True))
+
+
+def test_plugin_disabled_by_name_wherever_it_comes_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``disabled_plugins`` blocks a plugin by name, as pytest's ``-p no:name``: an
+    installed one, a passed one, a plugins_dir file."""
+    _installed_plugin(tmp_path, monkeypatch)
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "vip.py").write_text(
+        "from receiver import hookimpl\n@hookimpl\ndef on_event(event):\n    pass\n"
+    )
+    config = Config(plugins_dir=str(folder), disabled_plugins=["audit", "vip", "crm-sync"])
+    app = create_app(config, plugins=[_Named(), ("kept", _Plain())])
+    manager = app.state.plugin_manager
+    loaded = [name for name, plugin in manager.list_name_plugin() if plugin is not None]
+    assert "kept" in loaded
+    assert not {"audit", "vip", "crm-sync"} & set(loaded)

@@ -490,8 +490,7 @@ def test_pipelined_head_over_the_limit_gets_431_after_the_running_answer(
     "bad",
     [
         b"BLAH\r\n\r\n",
-        b"POST /sms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-        b"Content-Length: 3\r\n\r\n",
+        b"POST /sms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
     ],
     ids=["garbage", "chunked-and-length"],
 )
