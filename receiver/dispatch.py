@@ -104,13 +104,15 @@ class Dispatcher:
         self._generation = self.manager.generation
         return False
 
-    def implementations(self, hook: str, *, answers: bool = False) -> list[_Impl]:
-        """The implementations of ``hook`` in call order.
+    def implementations(self, hook: str) -> list[_Impl]:
+        """The implementations of ``hook`` in call order; each ``answers`` as the hook's
+        spec declares (``firstresult``: its first non-None result is the reply).
 
         Raises:
             ConfigError: a plugin implements ``hook`` as a wrapper.
         """
         caller: pluggy.HookCaller = getattr(self.manager.hook, hook)
+        answers = bool(caller.spec is not None and caller.spec.opts.get("firstresult"))
         impls = []
         for impl in reversed(caller.get_hookimpls()):
             if impl.hookwrapper or impl.wrapper:
@@ -143,7 +145,7 @@ class Dispatcher:
             if plan is not None:
                 return plan
         impls = (
-            *self.implementations("on_" + event_type.value, answers=event_type.is_response_type),
+            *self.implementations("on_" + event_type.value),
             *self.implementations("on_event"),
         )
         plan = self._plans[event_type] = _Plan(impls, any(not i.simple for i in impls))

@@ -136,3 +136,24 @@ def test_dispatch_redelivery_retries_without_an_asgi_app(tmp_path: Path) -> None
 
 async def _entries(journal: SQLiteJournal) -> list[Any]:
     return await journal.entries(limit=None)
+
+
+def test_dispatch_firstresult_is_what_the_hookspec_declares() -> None:
+    """Issue 15: the dispatcher's "first reply wins" comes from each hookspec's
+    ``firstresult`` flag, not from a list of its own."""
+    from receiver.dispatch import Dispatcher
+    from receiver.plugins import make_plugin_manager
+
+    plugin = type(
+        "AllHooks",
+        (),
+        {f"on_{t.value}": hookimpl(lambda self, event: None) for t in EventType},
+    )()
+    manager = make_plugin_manager([("all", plugin)])
+    dispatcher = Dispatcher(manager)
+    for event_type in EventType:
+        hook = f"on_{event_type.value}"
+        declared = bool(getattr(manager.hook, hook).spec.opts.get("firstresult"))
+        (impl,) = [i for i in dispatcher.plan(event_type).impls if i.hook == hook]
+        assert impl.answers is declared, hook
+    assert {t.value for t in EventType if t.is_response_type} == {"message", "keyword"}
