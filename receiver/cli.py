@@ -302,8 +302,8 @@ def _plugins(args: argparse.Namespace) -> int:
     from receiver.plugins import describe
 
     app = create_app(_load(args, channel_secrets=False))
-    for name, hooks in describe(app.state.plugin_manager):
-        print(f"{name}: {', '.join(hooks) if hooks else '(no hooks)'}")
+    for name, hooks, origin in describe(app.state.plugin_manager):
+        print(f"{name}: {', '.join(hooks) if hooks else '(no hooks)'}  [{origin}]")
     return 0
 
 

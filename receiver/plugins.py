@@ -50,6 +50,8 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.generation = 0
+        self.origins: dict[str, str] = {}
+        """Plugin name -> where it came from (``receiver plugins`` prints it)."""
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         registered = super().register(plugin, name)
@@ -94,24 +96,28 @@ def make_plugin_manager(
     manager.register(builtin, name="receiver.builtin")
     for plugin in plugins:
         if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
-            _register(manager, plugin[1], plugin[0])  # a (name, plugin) pair
+            _register(manager, plugin[1], plugin[0], "argument")  # a (name, plugin) pair
         else:
-            _register(manager, plugin, stable_name(plugin))
+            _register(manager, plugin, stable_name(plugin), "argument")
     if autoload and os.environ.get(DISABLE_AUTOLOAD, "") not in ("1", "true", "yes"):
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if entry_point.name in blocked:
                 continue  # not even imported
             plugin = _load(f"entry point {entry_point.name!r}", entry_point.load)
-            _register(manager, plugin, entry_point.name)  # the same object passed: skipped
+            dist = entry_point.dist
+            origin = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
+            _register(manager, plugin, entry_point.name, origin)  # passed too: skipped
     for dotted in modules:
-        _register(manager, _load(f"plugin {dotted!r}", importlib.import_module, dotted), dotted)
+        module = _load(f"plugin {dotted!r}", importlib.import_module, dotted)
+        _register(manager, module, dotted, "plugins (module)")
     if plugins_dir is not None:
         folder = Path(plugins_dir)
         if not folder.is_dir():
             raise ConfigError(f"plugins_dir: {folder} is not a folder")
         for path in sorted(folder.glob("*.py")):
             if not path.name.startswith("_"):
-                _register(manager, _load(f"plugin {str(path)!r}", _import_file, path), path.stem)
+                module = _load(f"plugin {str(path)!r}", _import_file, path)
+                _register(manager, module, path.stem, f"plugins_dir ({path})")
     check_hooks(manager)
     return manager
 
@@ -186,7 +192,7 @@ def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
         raise ConfigError(f"{what} failed to load: {type(exc).__name__}: {exc}") from exc
 
 
-def _register(manager: PluginManager, plugin: object, name: str | None) -> None:
+def _register(manager: PluginManager, plugin: object, name: str | None, origin: str) -> None:
     if manager.is_registered(plugin):  # e.g. passed to create_app and also installed
         return
     if name is not None and manager.is_blocked(name):
@@ -201,9 +207,11 @@ def _register(manager: PluginManager, plugin: object, name: str | None) -> None:
             "or pass ('name', plugin) pairs)"
         )
     try:
-        manager.register(plugin, name)
+        registered = manager.register(plugin, name)
     except (ValueError, pluggy.PluginValidationError) as exc:
         raise ConfigError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
+    if registered is not None:
+        manager.origins[registered] = origin
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -218,14 +226,17 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def describe(manager: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
-    """Every registered plugin's name and the hooks it implements (``receiver plugins``)."""
+def describe(manager: pluggy.PluginManager) -> list[tuple[str, list[str], str]]:
+    """Every registered plugin's name, the hooks it implements and where it came from
+    (``argument``, ``entry point of DIST VERSION``, ``plugins (module)``,
+    ``plugins_dir (PATH)``; receiver's own: ``receiver``), for ``receiver plugins``."""
+    origins: dict[str, str] = getattr(manager, "origins", {})
     rows = []
     for name, plugin in manager.list_name_plugin():
         if plugin is None:  # blocked (disabled_plugins)
             continue
         hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
-        rows.append((name, hooks))
+        rows.append((name, hooks, origins.get(name, "receiver")))
     return rows
 
 

@@ -251,3 +251,28 @@ def test_plugin_disabled_by_name_wherever_it_comes_from(
     loaded = [name for name, plugin in manager.list_name_plugin() if plugin is not None]
     assert "kept" in loaded
     assert not {"audit", "vip", "crm-sync"} & set(loaded)
+
+
+def test_plugin_command_says_where_each_plugin_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15 part 1: ``receiver plugins`` names each plugin's source: an installed
+    distribution with its version, a dotted module, a plugins_dir file, receiver itself."""
+    import receiver.logs
+    from receiver.cli import main
+
+    _installed_plugin(tmp_path, monkeypatch)
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "vip.py").write_text(
+        "from receiver import hookimpl\n@hookimpl\ndef on_stop(event):\n    pass\n"
+    )
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(f'plugins = ["json"]\nplugins_dir = {str(folder)!r}\n')
+    assert main(["plugins", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert "audit: on_event  [entry point of audit-plugin 1.0]" in out
+    assert f"vip: on_stop  [plugins_dir ({folder / 'vip.py'})]" in out
+    assert "json: (no hooks)  [plugins (module)]" in out
+    assert "receiver.builtin: register_providers  [receiver]" in out
