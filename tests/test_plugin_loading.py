@@ -175,18 +175,10 @@ def test_plugin_unknown_hook_is_refused_naming_the_closest() -> None:
 def test_plugin_unknown_hook_fails_check_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import receiver.logs
     from receiver.cli import main
 
     monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "vip.py").write_text(
-        "from receiver import hookimpl\n\n@hookimpl\ndef on_keywrod(event):\n    pass\n"
-    )
-    toml = tmp_path / "receiver.toml"
-    toml.write_text(f"plugins_dir = {str(plugins)!r}\n")
+    toml = _vip_site(tmp_path, monkeypatch, "on_keywrod")
     assert main(["check-config", "--config", str(toml)]) == 2
     err = capsys.readouterr().err
     assert "plugin vip: 'on_keywrod' is not a receiver hook; did you mean 'on_keyword'?" in err
@@ -258,21 +250,30 @@ def test_plugin_command_says_where_each_plugin_came_from(
 ) -> None:
     """Issue 15 part 1: ``receiver plugins`` names each plugin's source: an installed
     distribution with its version, a dotted module, a plugins_dir file, receiver itself."""
-    import receiver.logs
     from receiver.cli import main
 
     _installed_plugin(tmp_path, monkeypatch)
-    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    toml = _vip_site(tmp_path, monkeypatch, "on_stop", 'plugins = ["json"]\n')
     folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "vip.py").write_text(
-        "from receiver import hookimpl\n@hookimpl\ndef on_stop(event):\n    pass\n"
-    )
-    toml = tmp_path / "receiver.toml"
-    toml.write_text(f'plugins = ["json"]\nplugins_dir = {str(folder)!r}\n')
     assert main(["plugins", "--config", str(toml)]) == 0
     out = capsys.readouterr().out
     assert "audit: on_event  [entry point of audit-plugin 1.0]" in out
     assert f"vip: on_stop  [plugins_dir ({folder / 'vip.py'})]" in out
     assert "json: (no hooks)  [plugins (module)]" in out
     assert "receiver.builtin: register_providers  [receiver]" in out
+
+
+def _vip_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str, extra: str = "") -> Path:
+    """A configuration whose plugins_dir holds ``vip.py`` implementing ``hook``; the CLI's
+    logging set-up kept local (it configures process-wide structlog)."""
+    import receiver.logs
+
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "vip.py").write_text(
+        f"from receiver import hookimpl\n\n@hookimpl\ndef {hook}(event):\n    pass\n"
+    )
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(f"{extra}plugins_dir = {str(folder)!r}\n")
+    return toml
