@@ -318,8 +318,8 @@ class CallbackEndpoint:
             reply = exc.reply if isinstance(exc.reply, Reply) else None
             rendered = bound.provider.render_reply(event, reply) if reply is not None else None
             if rendered is None:
-                await redelivery.partly_failed(event, exc, attempt=1)
-                return Answer(200, b"", [], Outcome.handler_error, event, reply is not None)
+                replied = await redelivery.partly_failed(event, exc, attempt=1)
+                return Answer(200, b"", [], Outcome.handler_error, event, replied)
             pending.reply = reply  # a re-sent callback is answered with it, as when all succeed
             await redelivery.failed(
                 event,

@@ -153,17 +153,18 @@ class Redelivery:
 
     async def partly_failed(
         self, event: Event, error: HandlerError, *, attempt: int, pending: Reply | None = None
-    ) -> None:
+    ) -> bool:
         """Some plugins raised (``error``); a reply the others gave (``error.reply``, or
         ``pending``, one kept from an earlier attempt) is handed to ``send_reply`` now, and
         kept with the failed entry if that raises. Then as :meth:`failed`: only the
-        plugins that raised are retried."""
+        plugins that raised are retried. True when a reply was handed over and taken."""
         reply = error.reply if isinstance(error.reply, Reply) else pending
         failures = list(error.failures)
-        delivered = True
+        delivered, taken = True, False
         if reply is not None:
             try:
-                if not await self.dispatcher.send_reply(event, reply):
+                taken = await self.dispatcher.send_reply(event, reply)
+                if not taken:
                     log.warning("reply dropped: no send_reply plugin took it", event_id=event.id)
             except HandlerError as exc:
                 delivered = False
@@ -179,6 +180,7 @@ class Redelivery:
             reply=reply,
             delivered=delivered,
         )
+        return taken
 
     async def undelivered(
         self,
