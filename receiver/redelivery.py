@@ -253,38 +253,26 @@ class Redelivery:
         try:
             return await running.wait()
         except HandlerTimeout:
-            self._finish_later(running, event, only, attempt, after, pending)
+            log.warning(
+                "handlers still running after their timeout: outcome recorded when they finish",
+                event_id=event.id,
+                timeout=running.timeout,
+            )
+            self._running.add(event.id)
+            task = asyncio.get_running_loop().create_task(
+                self._settle(running, event, attempt, after, pending)
+            )
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
             raise
         except asyncio.CancelledError:
             running.task.cancel()
             raise
 
-    def _finish_later(
-        self,
-        running: Running,
-        event: Event,
-        only: Collection[str] | None,
-        attempt: int,
-        after: Callable[[], None] | None,
-        pending: Reply | None,
-    ) -> None:
-        log.warning(
-            "handlers still running after their timeout: outcome recorded when they finish",
-            event_id=event.id,
-            timeout=running.timeout,
-        )
-        self._running.add(event.id)
-        task = asyncio.get_running_loop().create_task(
-            self._settle(running, event, only, attempt, after, pending)
-        )
-        self._late.add(task)
-        task.add_done_callback(self._late.discard)
-
     async def _settle(
         self,
         running: Running,
         event: Event,
-        only: Collection[str] | None,
         attempt: int,
         after: Callable[[], None] | None,
         pending: Reply | None,
