@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.asgi import ClientGone, Receive, Scope, Send, header_index
-from receiver.config import Config, load_config
+from receiver.config import Config, load_config, replace_config
 from receiver.endpoint import Answer, BoundChannel, CallbackEndpoint
 from receiver.errors import Outcome
 from receiver.journal import Journal
@@ -271,7 +271,7 @@ def create_app(
     if not isinstance(config, Config):
         config = load_config(config)
     if autoload is not None:
-        config = msgspec.structs.replace(config, autoload_plugins=autoload)
+        config = replace_config(config, autoload_plugins=autoload)
     endpoint = CallbackEndpoint.from_config(config, plugins)
     metrics = Metrics() if config.metrics else None
     if metrics is not None:
@@ -285,7 +285,7 @@ def create_app(
         routes.append(Route("/metrics", _metrics, methods=["GET"]))
     routes.append(Route("/{channel}", edge))
     app = ReceiverApp(edge, config, routes=routes, lifespan=_lifespan)
-    app.state.config = config
+    app.state.config = endpoint.config  # plugin settings typed
     app.state.plugin_manager = endpoint.manager
     app.state.endpoint = endpoint
     app.state.redelivery = endpoint.redelivery

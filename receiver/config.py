@@ -16,7 +16,7 @@ import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import structlog
@@ -28,6 +28,7 @@ __all__ = [
     "KEY_MODES",
     "Channel",
     "Config",
+    "Secret",
     "ServerLimits",
     "convert",
     "duration",
@@ -40,6 +41,17 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics"})
 
 _T = TypeVar("_T")
+
+Secret = Annotated[str, msgspec.Meta(extra={"secret": True})]
+"""The type of a plugin settings field that holds a secret: its value may be written
+``"${NAME}"`` (an environment variable) or ``"file:/path"`` (a file's text), expanded
+when the app is built. Any other field is taken as written. Declare it in the plugin's
+``Settings`` struct::
+
+    class Settings(msgspec.Struct, forbid_unknown_fields=True):
+        url: str
+        token: receiver.Secret
+"""
 
 KEY_MODES = ("header", "query", "basic", "bearer")
 """The generic auth modes that compare a shared key: they need ``keys``."""
@@ -122,7 +134,7 @@ class ServerLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"{source}: server.{key} must be positive")
 
 
-class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     """A receiver's whole configuration.
 
     Attributes:
@@ -142,7 +154,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ``receiver``) into this app; False: only the ones named here or passed.
         disabled_plugins: Plugin names never registered, wherever they come from
             (installed, ``plugins``, ``plugins_dir``, passed), as pytest's ``-p no:name``.
-        settings: Per-plugin settings, ``[settings.<plugin>]`` tables, read by plugins.
+        settings: Per-plugin settings: ``[settings.<plugin>]`` tables. A plugin that
+            declares a ``Settings`` struct finds its table converted to it (and its
+            :data:`Secret` fields expanded) in the ``config`` its ``configure`` hook gets;
+            otherwise it gets the table as written.
         metrics: Serve ``GET /metrics`` (Prometheus text); ``receiver serve`` turns it on.
         journal: ``"none"`` or ``"sqlite:///path/receiver.db"``: every authenticated
             callback is stored durably before it is answered. Unset: none when mounted,
@@ -172,7 +187,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     plugins_dir: str | None = None
     autoload_plugins: bool = True
     disabled_plugins: list[str] = []
-    settings: dict[str, dict[str, Any]] = {}
+    settings: dict[str, Any] = {}
     metrics: bool = False
     journal: str | None = None
     state_dir: str = "state"
@@ -181,6 +196,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_delays: list[float] = msgspec.field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0])
     server: ServerLimits = msgspec.field(default_factory=ServerLimits)
     retention: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where this configuration was read from (the file's path), for error messages;
+        ``"config"`` when it was built in Python."""
+        return str(vars(self).get("_source", "config"))
 
     @property
     def retention_seconds(self) -> float | None:
@@ -212,6 +233,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
         self.server.validate(source)
+        for table, value in self.settings.items():
+            if not isinstance(value, dict | msgspec.Struct):
+                raise ConfigError(f"{source}: settings.{table}: must be a table")
         for name, channel in self.channels.items():
             where = f"{source}: channels.{name}"
             if not name or "/" in name or name in RESERVED_NAMES:
@@ -257,7 +281,7 @@ def load_config(
     With no ``path``: ``$RECEIVER_CONFIG``, then ``./receiver.toml``. Relative paths in
     the file are relative to its folder (:func:`resolve_paths`). ``channel_secrets``
     False: a channel secret whose variable is unset or file unreadable does not stop the
-    load (see :func:`expand_secrets`); the operator commands read the journal so.
+    load (see :func:`expand_secret`); the operator commands read the journal so.
 
     Raises:
         ConfigError: no file, unreadable TOML, unknown keys or wrong types (with path).
@@ -276,7 +300,7 @@ def load_config(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     unset: list[str] | None = None if channel_secrets else []
-    data = expand_secrets(data, str(path), unset=unset)
+    data = expand_config_secrets(data, str(path), unset=unset)
     if unset:
         log.warning(
             "channel secrets not set here: fine for reading the journal, serve needs them",
@@ -319,49 +343,87 @@ _ENV_OPTIONS = (
 )
 
 
-def expand_secrets(
-    data: Any, source: str, path: str = "", *, unset: list[str] | None = None
+SECRET_PLACES = ("journal", "channels.<name>.keys", "channels.<name>.options")
+"""Where a configuration file's ``${NAME}`` and ``file:/path`` are expanded (with the
+fields of plugin settings declared :data:`Secret`); everywhere else text is text."""
+
+
+def expand_config_secrets(
+    data: dict[str, Any], source: str, *, unset: list[str] | None = None
+) -> dict[str, Any]:
+    """``data`` (a decoded file) with its secrets expanded, in :data:`SECRET_PLACES`
+    only: the ``journal`` URL, each channel's ``keys`` and every string under its
+    ``options`` (credentials, signing secrets; older files' ``credentials`` on the
+    channel itself too). A keyword reply ``"Reply ${NAME} to join"`` stays as written.
+
+    Raises:
+        ConfigError: see :func:`expand_secret`.
+    """
+    data = dict(data)
+    if "journal" in data:
+        data["journal"] = expand_secret(data["journal"], source, "journal")
+    channels = data.get("channels")
+    if isinstance(channels, dict):
+        expanded = {}
+        for name, channel in channels.items():
+            if isinstance(channel, dict):
+                channel = dict(channel)
+                for key in ("keys", "options", "credentials"):
+                    if key in channel:
+                        path = f"channels.{name}.{key}"
+                        channel[key] = expand_secret(channel[key], source, path, unset=unset)
+            expanded[name] = channel
+        data["channels"] = expanded
+    return data
+
+
+def expand_secret(
+    value: Any, source: str, path: str, *, unset: list[str] | None = None
 ) -> Any:
-    """Replace ``${VAR}`` with the environment variable and ``file:/path`` with the file.
+    """``value`` with ``${VAR}`` replaced by the environment variable and a whole
+    ``file:/path`` by the file's text (stripped); lists and tables are walked.
 
     So a configuration can be committed while its keys live in the environment or in
-    mounted secret files. A variable that is not set, or a file that cannot be read, is
-    a :class:`ConfigError` naming the key (never the value); with ``unset`` a list, one
-    under ``channels.`` (a channel's keys or credentials, which only serving needs) is
-    instead replaced by a random value that no request will present, and its key path is
-    appended to ``unset``.
+    mounted secret files. An expanded value is never expanded again. A variable that is
+    not set, or a file that cannot be read, is a :class:`ConfigError` naming the key
+    path (never the value); with ``unset`` a list, one under ``channels.`` (a channel's
+    keys or credentials, which only serving needs) is instead replaced by a random value
+    that no request will present, and its key path is appended to ``unset``.
     """
-    if isinstance(data, dict):
+    if isinstance(value, dict):
         return {
-            key: expand_secrets(value, source, f"{path}.{key}" if path else key, unset=unset)
-            for key, value in data.items()
+            key: expand_secret(item, source, f"{path}.{key}", unset=unset)
+            for key, item in value.items()
         }
-    if isinstance(data, list):
+    if isinstance(value, list):
         return [
-            expand_secrets(item, source, f"{path}[{i}]", unset=unset) for i, item in enumerate(data)
+            expand_secret(item, source, f"{path}[{i}]", unset=unset)
+            for i, item in enumerate(value)
         ]
-    if not isinstance(data, str):
-        return data
+    if not isinstance(value, str):
+        return value
     lenient = unset is not None and path.startswith("channels.")
-    if data.startswith("file:"):
+    if value.startswith("file:"):
         try:
-            return Path(data[5:]).read_text(encoding="utf-8").strip()
+            return Path(value[5:]).read_text(encoding="utf-8").strip()
         except OSError as exc:
             if lenient and unset is not None:
                 unset.append(path)
                 return _stand_in()
-            raise ConfigError(f"{source}: {path}: cannot read {data[5:]}: {exc.strerror}") from None
+            raise ConfigError(
+                f"{source}: {path}: cannot read {value[5:]}: {exc.strerror}"
+            ) from None
 
     def lookup(match: re.Match[str]) -> str:
-        value = os.environ.get(match[1])
-        if value is None:
+        found = os.environ.get(match[1])
+        if found is None:
             if lenient and unset is not None:
                 unset.append(path)
                 return _stand_in()
             raise ConfigError(f"{source}: {path}: environment variable {match[1]} is not set")
-        return value
+        return found
 
-    return _REFERENCE.sub(lookup, data)
+    return _REFERENCE.sub(lookup, value)
 
 
 def _stand_in() -> str:
@@ -402,6 +464,7 @@ def config_from_dict(data: dict[str, object], source: str = "config") -> Config:
             _convert(channel, Channel, source, f"channels.{name}")
     config = _convert(data, Config, source, "")
     config.validate(source)
+    vars(config)["_source"] = source
     return config
 
 
@@ -429,6 +492,72 @@ def _move_old_options(channel: object, name: str, source: str) -> object:
     )
     kept = {key: value for key, value in channel.items() if key not in moved}
     return {**kept, "options": {**options, **{key: channel[key] for key in moved}}}
+
+
+def replace_config(config: Config, **changes: Any) -> Config:
+    """A copy of ``config`` with ``changes`` (field=value), keeping :attr:`Config.source`."""
+    copy = msgspec.structs.replace(config, **changes)
+    vars(copy).update(vars(config))
+    return copy
+
+
+def expand_declared(value: Any, kind: Any, source: str, path: str) -> Any:
+    """``value`` (plain data for ``kind``, a type) with the strings that ``kind`` declares
+    :data:`Secret` expanded (:func:`expand_secret`), in structs, tables, lists and
+    unions of them; everything else as it is.
+
+    Raises:
+        ConfigError: a variable not set, a file not readable (naming the key path).
+    """
+    return _expand_info(value, msgspec.inspect.type_info(kind), source, path)
+
+
+def _expand_info(value: Any, info: msgspec.inspect.Type, source: str, path: str) -> Any:
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.Metadata):
+        if isinstance(value, str) and (info.extra or {}).get("secret"):
+            return expand_secret(value, source, path)
+        return _expand_info(value, info.type, source, path)
+    if isinstance(info, inspect.UnionType):
+        for member in info.types:
+            if _fits(value, member):
+                return _expand_info(value, member, source, path)
+        return value
+    if isinstance(info, inspect.StructType | inspect.DataclassType) and isinstance(value, dict):
+        fields = {field.encode_name: field.type for field in info.fields}
+        return {
+            key: _expand_info(item, fields[key], source, f"{path}.{key}") if key in fields else item
+            for key, item in value.items()
+        }
+    if isinstance(info, inspect.DictType) and isinstance(value, dict):
+        return {
+            key: _expand_info(item, info.value_type, source, f"{path}.{key}")
+            for key, item in value.items()
+        }
+    if isinstance(info, inspect.ListType | inspect.SetType | inspect.VarTupleType) and isinstance(
+        value, list
+    ):
+        return [
+            _expand_info(item, info.item_type, source, f"{path}[{i}]")
+            for i, item in enumerate(value)
+        ]
+    return value
+
+
+def _fits(value: Any, info: msgspec.inspect.Type) -> bool:
+    """Whether plain ``value`` could be of ``info``'s shape (to pick a union's member)."""
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.Metadata):
+        return _fits(value, info.type)
+    if isinstance(value, str):
+        return isinstance(info, inspect.StrType)
+    if isinstance(value, dict):
+        return isinstance(
+            info, inspect.StructType | inspect.DataclassType | inspect.DictType
+        )
+    if isinstance(value, list):
+        return isinstance(info, inspect.ListType | inspect.SetType | inspect.VarTupleType)
+    return False
 
 
 def convert(data: object, kind: type[_T], where: str = "") -> _T:

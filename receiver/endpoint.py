@@ -25,6 +25,7 @@ from receiver.asgi import ClientGone, Receive, Scope, read_body
 from receiver.auth import Authenticator, CallbackRequest, build_authenticator, without_key_param
 from receiver.codings import decode_content
 from receiver.config import Channel, Config
+from receiver.contrib import FIRST_PARTY
 from receiver.dispatch import Dispatcher
 from receiver.errors import (
     CallbackError,
@@ -47,6 +48,7 @@ from receiver.plugins import (
     PluginManager,
     check_settings,
     make_plugin_manager,
+    typed_settings,
     provider_classes,
 )
 from receiver.providers.base import Provider
@@ -179,15 +181,17 @@ class CallbackEndpoint:
         Raises:
             ConfigError: the configuration is invalid or a plugin failed to load.
         """
-        config.validate()
+        config.validate(config.source)
         manager = make_plugin_manager(
             plugins,
             modules=config.plugins,
             plugins_dir=config.plugins_dir,
             autoload=config.autoload_plugins,
             disabled=config.disabled_plugins,
+            first_party=[name for name in FIRST_PARTY if name in config.settings],
         )
-        manager.hook.configure(config=config)
+        config = typed_settings(manager, config)
+        manager.hook.configure(config=config, manager=manager)
         check_settings(manager, config.settings)
         journal = open_journal(
             config.journal,

@@ -37,11 +37,15 @@ def register_providers() -> list[type[Provider]]:  # type: ignore[empty-body]
 
 
 @hookspec
-def configure(config: Config) -> None:
+def configure(config: Config, manager: pluggy.PluginManager) -> None:
     """Read settings once, when an app is built with every plugin registered.
 
     :param config: The app's configuration; a plugin's own settings are in
-        ``config.settings["<plugin name>"]`` (a ``[settings.<plugin name>]`` TOML table).
+        ``config.settings["<plugin name>"]`` (a ``[settings.<plugin name>]`` TOML table):
+        an instance of the plugin's ``Settings`` struct when it declares one (see
+        :data:`receiver.Secret`), else the table as a ``dict``; absent without a table.
+    :param manager: The app's plugin manager: ``manager.get_plugin("opt_outs")`` is
+        this app's instance of another plugin. Take only the arguments you need.
 
     Raise :class:`receiver.ConfigError` to refuse a bad setting: the app is not built.
     """

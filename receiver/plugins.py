@@ -16,14 +16,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import msgspec
 import pluggy
 import structlog
 
-from receiver import builtin, hookspecs
+from receiver import builtin, contrib, hookspecs
+from receiver.config import Config, convert, expand_declared, replace_config
 from receiver.errors import ConfigError
 from receiver.providers.base import Provider
 
-__all__ = ["PluginManager", "blocking", "describe", "make_plugin_manager", "provider_classes"]
+__all__ = [
+    "PluginManager",
+    "blocking",
+    "describe",
+    "make_plugin_manager",
+    "provider_classes",
+    "typed_settings",
+]
 
 log = structlog.get_logger()
 
@@ -75,15 +84,19 @@ def make_plugin_manager(
     plugins_dir: str | os.PathLike[str] | None = None,
     autoload: bool = True,
     disabled: Iterable[str] = (),
+    first_party: Iterable[str] = (),
 ) -> PluginManager:
     """A new manager with receiver's hookspecs, the built-in providers and the plugins.
 
-    Plugins are registered in this order: ``plugins`` (objects or modules); installed
+    Plugins are registered in this order: a new instance of each first-party plugin
+    named in ``first_party`` (:data:`receiver.contrib.FIRST_PARTY`; an app turns one on
+    with its ``[settings.<name>]`` table); ``plugins`` (objects or modules); installed
     packages' entry points in the group ``receiver`` (unless
     ``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``); the dotted ``modules``; each ``*.py`` file
     in ``plugins_dir``, by name. ``autoload`` False skips the entry points for this
     manager alone; a plugin whose name is in ``disabled`` is not registered, wherever it
-    comes from (pytest's ``-p no:name``).
+    comes from (pytest's ``-p no:name``). pluggy calls the plugins registered last
+    first: a reply from your own ``on_message`` wins over a first-party one.
 
     Raises:
         ConfigError: a plugin failed to load (its name and the error are in the message).
@@ -94,6 +107,8 @@ def make_plugin_manager(
     for name in blocked:
         manager.set_blocked(name)  # pluggy then refuses (skips) a plugin of that name
     manager.register(builtin, name="receiver.builtin")
+    for name in first_party:
+        _register(manager, contrib.make(name), name, "receiver (first-party)")
     for plugin in plugins:
         if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
             _register(manager, plugin[1], plugin[0], "argument")  # a (name, plugin) pair
@@ -168,6 +183,35 @@ def check_settings(manager: pluggy.PluginManager, settings: dict[str, Any]) -> l
             closest_plugin=close[0] if close else None,
         )
     return unknown
+
+
+def typed_settings(manager: pluggy.PluginManager, config: Config) -> Config:
+    """``config`` with each plugin's settings table converted to the plugin's
+    ``Settings`` type, when it declares one (a ``msgspec.Struct``, as a class or module
+    attribute), its :data:`~receiver.config.Secret` fields expanded first. The table of
+    a plugin is ``[settings.<name>]``, or ``[settings.<last dotted part of name>]``.
+
+    Raises:
+        ConfigError: ``"<source>: settings.<table>.<path>: <reason>"``: a value of the
+            wrong type, an unknown key (if the struct forbids them), a secret whose
+            variable is not set.
+    """
+    settings = dict(config.settings)
+    for name, plugin in manager.list_name_plugin():
+        kind = getattr(plugin, "Settings", None)
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            continue
+        table = name if name in settings else name.rpartition(".")[2]
+        value = settings.get(table)
+        if value is None or isinstance(value, kind):
+            continue
+        where = f"settings.{table}"
+        value = expand_declared(value, kind, config.source, where)
+        try:
+            settings[table] = convert(value, kind, where)
+        except ConfigError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from None
+    return replace_config(config, settings=settings)
 
 
 def stable_name(plugin: object) -> str:
