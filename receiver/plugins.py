@@ -92,10 +92,13 @@ def make_plugin_manager(
     named in ``first_party`` (:data:`receiver.contrib.FIRST_PARTY`; an app turns one on
     with its ``[settings.<name>]`` table); ``plugins`` (objects or modules); installed
     packages' entry points in the group ``receiver`` (unless
-    ``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``); the dotted ``modules``; each ``*.py`` file
+    ``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``); the dotted ``modules`` (``pkg.module``, or
+    ``pkg.module:Class`` named by its ``name`` attribute); each ``*.py`` file
     in ``plugins_dir``, by name. ``autoload`` False skips the entry points for this
     manager alone; a plugin whose name is in ``disabled`` is not registered, wherever it
-    comes from (pytest's ``-p no:name``). pluggy calls the plugins registered last
+    comes from (pytest's ``-p no:name``). A plugin given as a class (an entry point
+    ``pkg.module:Class`` too) is instantiated, without arguments, for each manager: each
+    app then has its own state. pluggy calls the plugins registered last
     first: a reply from your own ``on_message`` wins over a first-party one.
 
     Raises:
@@ -122,9 +125,15 @@ def make_plugin_manager(
             dist = entry_point.dist
             origin = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
             _register(manager, plugin, entry_point.name, origin)  # passed too: skipped
-    for dotted in modules:
-        module = _load(f"plugin {dotted!r}", importlib.import_module, dotted)
-        _register(manager, module, dotted, "plugins (module)")
+    for dotted in modules:  # "pkg.module", or "pkg.module:Class" (an object in it)
+        module_name, _, attribute = dotted.partition(":")
+        plugin = _load(f"plugin {dotted!r}", importlib.import_module, module_name)
+        name = dotted
+        if attribute:
+            plugin = _load(f"plugin {dotted!r}", getattr, plugin, attribute)
+            own = getattr(plugin, "name", None)
+            name = own if isinstance(own, str) and own else dotted
+        _register(manager, plugin, name, "plugins (module)")
     if plugins_dir is not None:
         folder = Path(plugins_dir)
         if not folder.is_dir():
@@ -237,6 +246,8 @@ def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
 
 
 def _register(manager: PluginManager, plugin: object, name: str | None, origin: str) -> None:
+    if isinstance(plugin, type):  # a class: this app gets its own instance
+        plugin = _load(f"plugin {name!r}", plugin)
     if manager.is_registered(plugin):  # e.g. passed to create_app and also installed
         return
     if name is not None and manager.is_blocked(name):

@@ -60,7 +60,6 @@ NONCE = "5eeb5eeb5eeb5eeb5eeb5eeb5eeb5eeb"  # a GUID, as the reference client ma
 TIMESTAMP = str(int(time.time()))  # within the check's window
 PERSON = "447700900777"  # a person's number, in the GET callbacks' query
 TEXT = "meet-at-the-sweep-place"  # a person's message text, in the GET callbacks' query
-PLUGINS = Path(__file__).parent.parent / "plugins"
 HEADER = "X-Sweep-Key"
 
 GET_FIELDS = f"Type=Message&MessageID=MSW1&Source={PERSON}&Destination=60777&Message={TEXT}"
@@ -223,7 +222,6 @@ def _config(tmp_path: Path, sink_url: str) -> Config:
         },
         journal=f"sqlite:///{tmp_path / 'journal.db'}",
         metrics=True,
-        plugins_dir=str(PLUGINS),
         settings={"forward": {"url": sink_url}},
     )
 
@@ -233,7 +231,6 @@ def _toml(tmp_path: Path, sink_url: str) -> Path:
     path = tmp_path / "receiver.toml"
     path.write_text(
         f'journal = "sqlite:///{tmp_path / "journal.db"}"\n'
-        f'plugins_dir = "{PLUGINS}"\n'
         "[settings.forward]\n"
         f'url = "{sink_url}"\n'
         "[channels.query]\n"

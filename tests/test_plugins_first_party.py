@@ -1,21 +1,19 @@
-"""The first-party plugins in plugins/: keyword_replies, opt_outs and forward.
+"""The first-party plugins of receiver.contrib: keyword_replies, opt_outs and forward.
 
-Each app is built the way ``receiver serve --plugins-dir plugins`` builds it (every
-``plugins/*.py`` loaded, fresh, by ``plugins_dir``) with one OnePoint channel and no
-authentication, and driven with real OnePoint bodies from tests/payloads/onepoint/.
-Installed plugins are kept out (``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``).
+Each app is built from a Config whose ``[settings.<name>]`` tables turn them on, with one
+OnePoint channel and no authentication, and driven with real OnePoint bodies from
+tests/payloads/onepoint/. Installed plugins are kept out
+(``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``).
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,9 +23,8 @@ from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, ConfigError, create_app
+from receiver.contrib.opt_outs import mask
 
-ROOT = Path(__file__).parent.parent
-PLUGINS = ROOT / "plugins"
 PERSON = "447700900654"  # Source of keyword.json, stop.json and help.json
 SHORTCODE = "60777"
 
@@ -47,7 +44,6 @@ def body(name: str, **changes: Any) -> bytes:
 def make_app(settings: dict[str, dict[str, Any]], channels: tuple[str, ...] = ("sms",)) -> Any:
     config = Config(
         channels={name: Channel(provider="onepoint", auth="none") for name in channels},
-        plugins_dir=str(PLUGINS),
         settings=settings,
     )
     return create_app(config)
@@ -59,21 +55,6 @@ def client_for(settings: dict[str, dict[str, Any]], **kwargs: Any) -> TestClient
 
 def post(client: TestClient, content: bytes, channel: str = "sms") -> Any:
     return client.post(f"/{channel}", content=content, headers={"Content-Type": "application/json"})
-
-
-def load_module(name: str) -> ModuleType:
-    """One plugin file, imported on its own (not through an app)."""
-    spec = importlib.util.spec_from_file_location(f"first_party_{name}", PLUGINS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def plugin_off_logs(name: str) -> list[dict[str, Any]]:
-    with capture_logs() as logs:
-        make_app({})
-    return [e for e in logs if e.get("plugin") == name and e["event"].startswith("plugin off")]
 
 
 # keyword_replies -------------------------------------------------------------------------
@@ -169,8 +150,27 @@ def test_keyword_replies_no_reply_without_table() -> None:
     assert response.content == b""
 
 
-def test_keyword_replies_off_logs_once() -> None:
-    assert len(plugin_off_logs("keyword_replies")) == 1
+def test_first_party_plugins_not_registered_without_table() -> None:
+    names = {name for name, _ in make_app({}).state.plugin_manager.list_name_plugin()}
+    assert not names & {"keyword_replies", "opt_outs", "forward", "whispir_replies"}
+
+
+def test_first_party_plugins_registered_by_their_table(tmp_path: Path) -> None:
+    app = make_app({**KEYWORDS, "opt_outs": {"database": str(tmp_path / "o.db")}})
+    manager = app.state.plugin_manager
+    assert type(manager.get_plugin("keyword_replies")).__name__ == "KeywordReplies"
+    assert type(manager.get_plugin("opt_outs")).__name__ == "OptOuts"
+    assert manager.get_plugin("forward") is None
+
+
+def test_first_party_disabled_plugins_keeps_one_out() -> None:
+    config = Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        settings=KEYWORDS,
+        disabled_plugins=["keyword_replies"],
+    )
+    client = TestClient(create_app(config))
+    assert post(client, body("keyword.json", Message="hours")).content == b""
 
 
 def test_keyword_replies_channels_restriction() -> None:
@@ -199,7 +199,7 @@ def test_keyword_replies_bad_keywords_are_a_config_error(keywords: object) -> No
         ({"default": 3}, "default"),
         ({"help": ""}, "help"),
         ({"channels": "sms"}, "channels"),
-        ({"keyword": {"A": "b"}}, "unknown key"),
+        ({"keyword": {"A": "b"}}, "unknown field `keyword`"),
     ],
 )
 def test_keyword_replies_bad_settings_are_a_config_error(
@@ -209,15 +209,32 @@ def test_keyword_replies_bad_settings_are_a_config_error(
         make_app({"keyword_replies": settings})
 
 
-def test_keyword_replies_state_is_reset_by_configure() -> None:
-    module = load_module("keyword_replies")
-    config = Config(channels={"sms": Channel(provider="onepoint", auth="none")})
-    on = TestClient(
-        create_app(Config(channels=config.channels, settings=KEYWORDS), plugins=[module])
+def test_keyword_replies_two_apps_answer_with_their_own_replies() -> None:
+    first = TestClient(make_app(KEYWORDS))
+    second = TestClient(make_app({"keyword_replies": {"keywords": {"HOURS": "Closed today"}}}))
+    off = TestClient(make_app({}))
+    hours = body("keyword.json", Message="hours")
+    assert post(first, hours).json()["Message"] == "We are open 9-5"
+    assert post(second, hours).json()["Message"] == "Closed today"
+    assert post(off, hours).content == b""
+    assert post(first, hours).json()["Message"] == "We are open 9-5"
+
+
+def test_keyword_replies_texts_are_not_expanded(tmp_path: Path) -> None:
+    # "${NAME}" and "file:" are secrets' syntax: in a reply text they are just text.
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+        "[settings.keyword_replies]\n"
+        'keywords = { JOIN = "Reply ${NAME} to join", TERMS = "file: our terms are online" }\n'
+        'default = "file:/etc/passwd"\n'
     )
-    assert post(on, body("keyword.json", Message="hours")).json()["Message"] == "We are open 9-5"
-    off = TestClient(create_app(config, plugins=[module]))
-    assert post(off, body("keyword.json", Message="hours")).content == b""
+    client = TestClient(create_app(str(toml)))
+    answer = post(client, body("keyword.json", Message="join")).json()["Message"]
+    assert answer == "Reply ${NAME} to join"
+    terms = post(client, body("keyword.json", Message="terms")).json()["Message"]
+    assert terms == "file: our terms are online"
+    assert post(client, body("keyword.json", Message="x")).json()["Message"] == "file:/etc/passwd"
 
 
 # opt_outs --------------------------------------------------------------------------------
@@ -322,10 +339,33 @@ def test_opt_outs_off_without_table(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     app = make_app({})
     client = TestClient(app)
     assert post(client, body("stop.json")).status_code == 200
-    assert not opt_outs_of(app).is_opted_out(PERSON)
+    assert opt_outs_of(app) is None
     assert client.get("/readyz").status_code == 200
     assert list(tmp_path.iterdir()) == []
-    assert len(plugin_off_logs("opt_outs")) == 1
+
+
+def test_opt_outs_two_apps_keep_their_own_numbers(tmp_path: Path) -> None:
+    first, second = opt_outs_app(tmp_path / "a.db"), opt_outs_app(tmp_path / "b.db")
+    assert post(TestClient(first), body("stop.json")).status_code == 200
+    assert opt_outs_of(first).is_opted_out(PERSON)
+    assert not opt_outs_of(second).is_opted_out(PERSON)
+    assert opt_outs_of(first) is not opt_outs_of(second)
+
+
+def test_opt_outs_relative_database_is_beside_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "receiver.toml").write_text(
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+        '[settings.opt_outs]\ndatabase = "state/opt_outs.db"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    app = create_app(str(folder / "receiver.toml"))
+    assert post(TestClient(app), body("stop.json")).status_code == 200
+    assert (folder / "state" / "opt_outs.db").is_file()
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.parametrize("settings", [{"database": 5}, {"database": ""}, {}, {"path": "x.db"}])
@@ -335,10 +375,9 @@ def test_opt_outs_bad_settings_are_a_config_error(settings: dict[str, Any]) -> N
 
 
 def test_opt_outs_mask_keeps_last_four() -> None:
-    module = load_module("opt_outs")
-    assert module.mask("447700900654") == "********0654"
-    assert module.mask("123") == "123"
-    assert module.mask("4" * 100_000 + "\n123") == "*" * 15 + "\\n123"  # bounded, escaped
+    assert mask("447700900654") == "********0654"
+    assert mask("123") == "123"
+    assert mask("4" * 100_000 + "\n123") == "*" * 15 + "\\n123"  # bounded, escaped
 
 
 # forward ---------------------------------------------------------------------------------
@@ -424,7 +463,6 @@ def test_forward_never_logs_header_values() -> None:
 def test_forward_off_without_table(sink: Sink) -> None:
     assert post(client_for({}), body("stop.json")).status_code == 200
     assert sink.requests == []
-    assert len(plugin_off_logs("forward")) == 1
 
 
 @pytest.mark.parametrize(
@@ -434,7 +472,7 @@ def test_forward_off_without_table(sink: Sink) -> None:
         {"url": "ftp://example.com/x"},
         {"url": "http:///nohost"},
         {"url": "http://example.com", "timeout": 0},
-        {"url": "http://example.com", "timeout": "5"},
+        {"url": "http://example.com", "timeout": "soon"},
         {"url": "http://example.com", "headers": {"X-Key": 1}},
         {"url": "http://example.com", "retries": 3},
     ],
