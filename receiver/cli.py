@@ -14,10 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
 
-from receiver.config import Config, duration, load_config
+from receiver.config import Config, duration, load_config, replace_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
 
@@ -157,12 +156,12 @@ def _load(
     """
     config = load_config(args.config, channel_secrets=channel_secrets)
     if args.plugins_dir:
-        config = msgspec.structs.replace(config, plugins_dir=args.plugins_dir)
+        config = replace_config(config, plugins_dir=args.plugins_dir)
     if standalone:
         journal = config.journal
         if journal is None:
             journal = f"sqlite:///{os.path.abspath(os.path.join(config.state_dir, 'receiver.db'))}"
-        config = msgspec.structs.replace(config, metrics=True, journal=journal)
+        config = replace_config(config, metrics=True, journal=journal)
     return config
 
 
@@ -284,7 +283,7 @@ def worker_app() -> Any:
     config = load_config(os.environ.get(_WORKER_CONFIG))
     _server_limits(config, worker=True)
     plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR) or config.plugins_dir
-    return create_app(msgspec.structs.replace(config, metrics=True, plugins_dir=plugins_dir))
+    return create_app(replace_config(config, metrics=True, plugins_dir=plugins_dir))
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -283,3 +283,25 @@ def test_check_config_reports_a_settings_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{file}: settings.keyword_replies.keywords[...]: Expected `str`" in result.stderr
+
+
+def test_serve_options_keep_the_config_file_in_errors(tmp_path: Path) -> None:
+    # serve's --plugins-dir replaces a field: the error still names the file.
+    file = toml(tmp_path, '[settings.keyword_replies]\nhelp = ""\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "check-config",
+            "--config",
+            str(file),
+            "--plugins-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{file}: settings.keyword_replies.help: must not be empty" in result.stderr
