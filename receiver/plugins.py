@@ -247,6 +247,8 @@ def _load(what: str, loader: Callable[..., Any], *args: Any) -> Any:
 
 def _register(manager: PluginManager, plugin: object, name: str | None, origin: str) -> None:
     if isinstance(plugin, type):  # a class: this app gets its own instance
+        if any(type(registered) is plugin for registered in manager.get_plugins()):
+            return  # e.g. passed to create_app and also installed (an entry point)
         plugin = _load(f"plugin {name!r}", plugin)
     if manager.is_registered(plugin):  # e.g. passed to create_app and also installed
         return

@@ -47,7 +47,7 @@ def example(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
 
 def test_plugin_package_join_keyword_is_answered(example: ModuleType) -> None:
-    client = TestClient(create_app(CONFIG, plugins=[example]))
+    client = TestClient(create_app(CONFIG, plugins=[example.StopAndKeyword]))
     response = post(client, body("keyword.json", Message="  join now"))
     assert response.status_code == 200
     assert response.json() == {
@@ -58,7 +58,7 @@ def test_plugin_package_join_keyword_is_answered(example: ModuleType) -> None:
 
 
 def test_plugin_package_other_keyword_is_not_answered(example: ModuleType) -> None:
-    client = TestClient(create_app(CONFIG, plugins=[example]))
+    client = TestClient(create_app(CONFIG, plugins=[example.StopAndKeyword]))
     response = post(client, body("keyword.json", Message="HOURS"))
     assert response.status_code == 200
     assert response.content == b""
@@ -66,29 +66,31 @@ def test_plugin_package_other_keyword_is_not_answered(example: ModuleType) -> No
 
 def test_plugin_package_join_reply_from_settings(example: ModuleType) -> None:
     config = Config(channels=CONFIG.channels, settings={"stop_and_keyword": {"join_reply": "Hi!"}})
-    response = post(TestClient(create_app(config, plugins=[example])), body("keyword.json"))
+    app = create_app(config, plugins=[example.StopAndKeyword])
+    response = post(TestClient(app), body("keyword.json"))
     assert response.json()["Message"] == "Hi!"
 
 
 def test_plugin_package_bad_setting_is_a_config_error(example: ModuleType) -> None:
     config = Config(channels=CONFIG.channels, settings={"stop_and_keyword": {"join_reply": 1}})
-    with pytest.raises(ConfigError, match=r"settings\.stop_and_keyword\.join_reply"):
-        create_app(config, plugins=[example])
+    with pytest.raises(ConfigError, match=r"settings\.stop_and_keyword\.join_reply: Expected"):
+        create_app(config, plugins=[example.StopAndKeyword])
 
 
 def test_plugin_package_stop_is_recorded(example: ModuleType) -> None:
-    client = TestClient(create_app(CONFIG, plugins=[example]))
-    assert post(client, body("stop.json")).status_code == 200
-    assert example.stopped == ["447700900654"]
-    create_app(CONFIG, plugins=[example])  # a new app starts a new record
-    assert example.stopped == []
+    app = create_app(CONFIG, plugins=[example.StopAndKeyword])
+    assert post(TestClient(app), body("stop.json")).status_code == 200
+    assert app.state.plugin_manager.get_plugin("stop_and_keyword").stopped == ["447700900654"]
+    other = create_app(CONFIG, plugins=[example.StopAndKeyword])  # its own instance
+    assert other.state.plugin_manager.get_plugin("stop_and_keyword").stopped == []
 
 
 def test_plugin_package_declares_its_entry_point() -> None:
     project = tomllib.loads((PACKAGE / "pyproject.toml").read_text(encoding="utf-8"))
     entry_points = project["project"]["entry-points"]["receiver"]
-    assert entry_points == {"stop_and_keyword": "receiver_example_plugin"}
-    assert (PACKAGE / entry_points["stop_and_keyword"] / "__init__.py").is_file()
+    assert entry_points == {"stop_and_keyword": "receiver_example_plugin:StopAndKeyword"}
+    module = entry_points["stop_and_keyword"].partition(":")[0]
+    assert (PACKAGE / module / "__init__.py").is_file()
     assert (PACKAGE / "README.md").is_file()
 
 
@@ -148,6 +150,55 @@ def test_plugin_package_explicit_plugin_also_installed_loads_once(
     app = create_app(CONFIG, plugins=[module])
     manager = app.state.plugin_manager
     assert [p for _, p in manager.list_name_plugin()].count(module) == 1
+
+
+FAKE_CLASS_MODULE = """
+from receiver import hookimpl
+
+class Fake:
+    name = "fake"
+
+    def __init__(self):
+        self.seen = 0
+
+    @hookimpl
+    def on_keyword(self, event):
+        self.seen += 1
+        return f"from the fake plugin's instance, {self.seen}"
+"""
+
+
+@pytest.fixture
+def fake_class_distribution(fake_distribution: Path) -> Path:
+    """The same distribution, its entry point naming a class: ``fake_receiver_plugin:Fake``."""
+    info = fake_distribution / "fake_plugin-0.1.dist-info"
+    (info / "entry_points.txt").write_text("[receiver]\nfake = fake_receiver_plugin:Fake\n")
+    (fake_distribution / "fake_receiver_plugin.py").write_text(FAKE_CLASS_MODULE)
+    return fake_distribution
+
+
+def test_plugin_package_entry_point_class_gets_an_instance_per_app(
+    fake_class_distribution: Path,
+) -> None:
+    first, second = create_app(CONFIG), create_app(CONFIG)
+    one = first.state.plugin_manager.get_plugin("fake")
+    assert type(one).__name__ == "Fake"
+    assert second.state.plugin_manager.get_plugin("fake") is not one
+    answer = post(TestClient(first), body("keyword.json")).json()["Message"]
+    assert answer == "from the fake plugin's instance, 1"
+    assert post(TestClient(second), body("keyword.json")).json()["Message"].endswith(", 1")
+
+
+def test_plugin_package_entry_point_class_also_passed_loads_once(
+    fake_class_distribution: Path,
+) -> None:
+    # A class-based plugin's own tests pass the class (or an instance) while the package
+    # is installed: the entry point then finds it registered, not a second plugin "fake".
+    module = importlib.import_module("fake_receiver_plugin")
+    for given in (module.Fake, module.Fake()):
+        manager = create_app(CONFIG, plugins=[given]).state.plugin_manager
+        found = [p for _, p in manager.list_name_plugin() if type(p) is module.Fake]
+        assert len(found) == 1
 
 
 def test_plugin_package_configured_module_also_installed_loads_once(

@@ -305,3 +305,29 @@ def test_serve_options_keep_the_config_file_in_errors(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert f"{file}: settings.keyword_replies.help: must not be empty" in result.stderr
+
+
+def test_readme_plugin_guide_example_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The class in README's "Writing a plugin", run as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Writing a plugin", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    unsubscribed: list[tuple[str, str]] = []
+    namespace: dict[str, Any] = {
+        "crm_unsubscribe": lambda number, token: unsubscribed.append((number, token))
+    }
+    exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
+    monkeypatch.setenv("CRM_TOKEN", "t0ken")
+    config = Config(
+        channels=CHANNELS,
+        settings={"vip": {"numbers": {"447700900123": "Ada"}, "crm_token": "${CRM_TOKEN}"}},
+    )
+    client = TestClient(create_app(config, plugins=[namespace["Vip"]]))
+    headers = {"Content-Type": "application/json"}
+    answer = client.post(
+        "/sms", content=payload("onepoint", "message_inbound.json"), headers=headers
+    )
+    assert answer.json()["Message"] == "Hello Ada!"
+    stop = client.post("/sms", content=payload("onepoint", "stop.json"), headers=headers)
+    assert stop.status_code == 200
+    assert unsubscribed == [("447700900654", "t0ken")]

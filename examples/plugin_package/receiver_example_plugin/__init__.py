@@ -1,52 +1,67 @@
 """An example receiver plugin, installed as a package with a ``receiver`` entry point.
 
 It records the numbers that texted STOP and answers the ``JOIN`` keyword. Its settings,
-all optional, are a ``[settings.stop_and_keyword]`` table (the entry point's name)::
+all optional, are a ``[settings.stop_and_keyword]`` table (the plugin's name)::
 
     [settings.stop_and_keyword]
     join_reply = "Welcome! Reply STOP to opt out."
+    crm_token = "${CRM_TOKEN}"     # a secret: from the environment (or file:/path)
 """
 
 from __future__ import annotations
 
+import msgspec
 import structlog
 
-from receiver import Config, ConfigError, Event, Reply, hookimpl
+from receiver import Config, ConfigError, Event, Reply, Secret, hookimpl
 
-log = structlog.get_logger()
+log = structlog.get_logger()  # never configure logging in a plugin
 
-NAME = "stop_and_keyword"
 DEFAULT_JOIN_REPLY = "Welcome! Reply STOP to opt out."
 
-#: The numbers that texted STOP since the app was built (a real plugin would store them).
-stopped: list[str] = []
-_join_reply = DEFAULT_JOIN_REPLY
 
+class StopAndKeyword:
+    """The plugin: the entry point names this class, so every app gets its own instance
+    (two apps in one process share nothing)."""
 
-@hookimpl
-def configure(config: Config) -> None:
-    """Read ``[settings.stop_and_keyword]``; start with an empty record."""
-    global _join_reply
-    settings = config.settings.get(NAME, {})
-    reply = settings.get("join_reply", DEFAULT_JOIN_REPLY)
-    if not isinstance(reply, str) or not reply:
-        raise ConfigError(f"settings.{NAME}.join_reply: must be a non-empty string")
-    _join_reply = reply
-    stopped.clear()
+    name = "stop_and_keyword"  # in logs, metrics, the journal, `receiver plugins`
 
+    class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+        """``[settings.stop_and_keyword]``, checked by receiver before ``configure``.
 
-@hookimpl
-def on_stop(event: Event) -> None:
-    """Record who texted STOP (``event.source`` is the person on OnePoint/DIY)."""
-    if event.source:
-        stopped.append(event.source)
-    log.info("stop recorded", plugin=NAME, event_id=event.id, channel=event.channel)
+        Attributes:
+            join_reply: The answer to JOIN.
+            crm_token: A token for your CRM (unused here: it shows a secret field);
+                written ``"${VAR}"`` or ``"file:/path"``, expanded by receiver.
+        """
 
+        join_reply: str = DEFAULT_JOIN_REPLY
+        crm_token: Secret | None = None
 
-@hookimpl
-def on_keyword(event: Event) -> Reply | None:
-    """Answer a message whose first word is JOIN (any case); leave others to other plugins."""
-    words = (event.text or "").split()
-    if words and words[0].upper() == "JOIN":
-        return Reply(text=_join_reply)
-    return None
+    def __init__(self) -> None:
+        self.settings = self.Settings()
+        self.stopped: list[str] = []
+        """The numbers that texted STOP since the app was built (a real plugin stores them)."""
+
+    @hookimpl
+    def configure(self, config: Config) -> None:
+        """Take this app's settings (defaults without a table)."""
+        self.settings = config.settings.get(self.name) or self.Settings()
+        if not self.settings.join_reply.strip():
+            where = f"{config.source}: settings.{self.name}.join_reply"
+            raise ConfigError(f"{where}: must not be empty")
+
+    @hookimpl
+    def on_stop(self, event: Event) -> None:
+        """Record who texted STOP (``event.source`` is the person on OnePoint/DIY)."""
+        if event.source:
+            self.stopped.append(event.source)
+        log.info("stop recorded", plugin=self.name, event_id=event.id, channel=event.channel)
+
+    @hookimpl
+    def on_keyword(self, event: Event) -> Reply | None:
+        """Answer a message whose first word is JOIN (any case); leave others alone."""
+        words = (event.text or "").split()
+        if words and words[0].upper() == "JOIN":
+            return Reply(text=self.settings.join_reply)
+        return None

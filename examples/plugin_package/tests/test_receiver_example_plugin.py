@@ -5,35 +5,51 @@ from __future__ import annotations
 import json
 
 import pytest
-import receiver_example_plugin
+from receiver_example_plugin import DEFAULT_JOIN_REPLY, StopAndKeyword
 from starlette.testclient import TestClient
 
-from receiver import Channel, Config, create_app
+from receiver import Channel, Config, ConfigError, create_app
 
 STOP = {"Type": "Stop", "Source": "447700900654", "Destination": "60777", "Message": "STOP"}
 JOIN = {"Type": "Keyword", "Source": "447700900654", "Destination": "60777", "Message": "join"}
+CHANNELS = {"sms": Channel(provider="onepoint", auth="none")}
 
 
-@pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch) -> TestClient:
-    # Installed plugins (this one too, once pip-installed) would load by themselves:
-    # turn that off so that the test sees exactly the plugins it passes.
-    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
-    config = Config(channels={"sms": Channel(provider="onepoint", auth="none")})
-    return TestClient(create_app(config, plugins=[receiver_example_plugin]))
+def make_client(**settings: object) -> tuple[TestClient, StopAndKeyword]:
+    plugin = StopAndKeyword()
+    config = Config(channels=CHANNELS, settings={"stop_and_keyword": settings})
+    # autoload=False: only the plugins given (this one is also installed, once pip-installed)
+    return TestClient(create_app(config, plugins=[plugin], autoload=False)), plugin
 
 
-def test_join_is_answered(client: TestClient) -> None:
+def test_join_is_answered() -> None:
+    client, _ = make_client()
     response = client.post("/sms", content=json.dumps(JOIN))
     assert response.status_code == 200
     assert response.json() == {
         "Source": "60777",
         "Destination": "447700900654",
-        "Message": receiver_example_plugin.DEFAULT_JOIN_REPLY,
+        "Message": DEFAULT_JOIN_REPLY,
     }
 
 
-def test_stop_is_recorded(client: TestClient) -> None:
-    response = client.post("/sms", content=json.dumps(STOP))
-    assert response.status_code == 200
-    assert receiver_example_plugin.stopped == ["447700900654"]
+def test_join_reply_from_settings() -> None:
+    client, _ = make_client(join_reply="Hi!")
+    assert client.post("/sms", content=json.dumps(JOIN)).json()["Message"] == "Hi!"
+
+
+def test_stop_is_recorded() -> None:
+    client, plugin = make_client()
+    assert client.post("/sms", content=json.dumps(STOP)).status_code == 200
+    assert plugin.stopped == ["447700900654"]
+
+
+def test_bad_setting_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"settings\.stop_and_keyword\.join_reply"):
+        make_client(join_reply=1)
+
+
+def test_secret_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRM_TOKEN", "t0ken")
+    _, plugin = make_client(crm_token="${CRM_TOKEN}")
+    assert plugin.settings.crm_token == "t0ken"
