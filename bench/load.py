@@ -75,7 +75,7 @@ from bench.apps import (  # noqa: E402
     WHISPIR_KEY,
 )
 
-PAYLOADS = ROOT / "tests" / "payloads"
+PAYLOADS = ROOT / "receiver" / "samples"
 HOST = "127.0.0.1"
 CONNECTIONS = 64
 NONCE = "be0c4be0c4be0c4be0c4be0c4be0c400"  # a GUID

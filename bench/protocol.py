@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from receiver.server import HttpProtocol  # noqa: E402
 
-BODY = (ROOT / "tests" / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+BODY = (ROOT / "receiver" / "samples" / "whispir" / "reply_sms.json").read_bytes()
 REQUEST = (
     b"POST /sms HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n"
     b"X-Whispir-Callback-Key: bench-whispir-key\r\nContent-Length: "

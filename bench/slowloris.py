@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 KEY = "bench-slowloris-key"
-BODY = (ROOT / "tests" / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+BODY = (ROOT / "receiver" / "samples" / "whispir" / "reply_sms.json").read_bytes()
 CONFIG = f"""
 [channels.w]
 provider = "whispir"

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-PAYLOADS = Path(__file__).parent / "payloads"
+PAYLOADS = Path(__file__).parent.parent / "receiver" / "samples"
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 

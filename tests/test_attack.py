@@ -160,7 +160,9 @@ def _whispir_request(text: str, body_cut: int | None = None) -> bytes:
     from serving import SECRET
 
     payload = json.loads(
-        (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+        (
+            Path(__file__).parent.parent / "receiver" / "samples" / "whispir" / "reply_sms.json"
+        ).read_bytes()
     )
     payload["responseMessage"]["content"] = text
     body = json.dumps(payload).encode()

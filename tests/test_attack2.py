@@ -204,7 +204,9 @@ def test_attack2_kept_reply_lost_when_the_retry_runs_past_its_timeout(tmp_path: 
         tmp_path, plugins=[crm, replier, sender], retry_delays=[0.05, 0.05], reply_timeout=0.1
     )
     db = db_path(tmp_path)
-    whispir = (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+    whispir = (
+        Path(__file__).parent.parent / "receiver" / "samples" / "whispir" / "reply_sms.json"
+    ).read_bytes()
     with TestClient(app) as client:
         assert client.post("/w", content=whispir, headers=JSON).status_code == 200
         (row,) = rows(db)

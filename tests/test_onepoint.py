@@ -1,6 +1,6 @@
 """OnePoint Global and DIY Surveys callbacks: every sample, normalized field by field.
 
-Samples live in tests/payloads/onepoint/ and tests/payloads/diy/: ``.json`` files are JSON
+Samples live in receiver/samples/onepoint/ and receiver/samples/diy/: ``.json`` files are JSON
 bodies, ``.form`` files ``application/x-www-form-urlencoded`` bodies and ``.query`` files the
 raw query string of a GET callback (empty body). OnePoint samples are parsed with
 :class:`OnePointProvider`, DIY samples with :class:`DiyProvider`.

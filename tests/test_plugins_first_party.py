@@ -2,7 +2,7 @@
 
 Each app is built from a Config whose ``[settings.<name>]`` tables turn them on, with one
 OnePoint channel and no authentication, and driven with real OnePoint bodies from
-tests/payloads/onepoint/. Installed plugins are kept out
+receiver/samples/onepoint/. Installed plugins are kept out
 (``RECEIVER_DISABLE_PLUGIN_AUTOLOAD=1``).
 """
 

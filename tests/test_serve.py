@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from serving import SECRET, free_port, serve
 
-WHISPIR_REPLY = (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+WHISPIR_REPLY = (
+    Path(__file__).parent.parent / "receiver" / "samples" / "whispir" / "reply_sms.json"
+).read_bytes()
 
 
 WHISPIR_QUERY = """

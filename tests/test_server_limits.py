@@ -23,7 +23,9 @@ from receiver.config import ServerLimits, config_from_dict
 from receiver.errors import ConfigError
 from receiver.server import Throttle
 
-WHISPIR_REPLY = (Path(__file__).parent / "payloads" / "whispir" / "reply_sms.json").read_bytes()
+WHISPIR_REPLY = (
+    Path(__file__).parent.parent / "receiver" / "samples" / "whispir" / "reply_sms.json"
+).read_bytes()
 
 CONFIG = """
 journal = "none"

@@ -1,6 +1,6 @@
 """Tests for the Whispir callback parser: every documented variant, normalized.
 
-The samples in tests/payloads/whispir/ are written from Whispir's callback documents
+The samples in receiver/samples/whispir/ are written from Whispir's callback documents
 (replies, undeliverable notices, status changes, report completion; JSON and XML, in
 every spelling the documents use). Each one has a full expected normalization in
 ``EXPECTED``; the focused tests below pin one behaviour each.
@@ -23,7 +23,7 @@ import pytest
 from receiver import Contact, Event, EventType, PayloadError, UnsupportedPayload
 from receiver.providers import WhispirProvider
 
-SAMPLES = Path(__file__).parent / "payloads" / "whispir"
+SAMPLES = Path(__file__).parent.parent / "receiver" / "samples" / "whispir"
 RECEIVED_AT = datetime(2024, 3, 14, 9, 6, 30, tzinfo=UTC)
 EVENT_ID = "0190e7a1-2b3c-7d4e-8f90-a1b2c3d4e5f6"
 CHANNEL = "whispir-au"
