@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import msgspec
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest

@@ -377,9 +377,7 @@ def expand_config_secrets(
     return data
 
 
-def expand_secret(
-    value: Any, source: str, path: str, *, unset: list[str] | None = None
-) -> Any:
+def expand_secret(value: Any, source: str, path: str, *, unset: list[str] | None = None) -> Any:
     """``value`` with ``${VAR}`` replaced by the environment variable and a whole
     ``file:/path`` by the file's text (stripped); lists and tables are walked.
 
@@ -397,8 +395,7 @@ def expand_secret(
         }
     if isinstance(value, list):
         return [
-            expand_secret(item, source, f"{path}[{i}]", unset=unset)
-            for i, item in enumerate(value)
+            expand_secret(item, source, f"{path}[{i}]", unset=unset) for i, item in enumerate(value)
         ]
     if not isinstance(value, str):
         return value
@@ -552,9 +549,7 @@ def _fits(value: Any, info: msgspec.inspect.Type) -> bool:
     if isinstance(value, str):
         return isinstance(info, inspect.StrType)
     if isinstance(value, dict):
-        return isinstance(
-            info, inspect.StructType | inspect.DataclassType | inspect.DictType
-        )
+        return isinstance(info, inspect.StructType | inspect.DataclassType | inspect.DictType)
     if isinstance(value, list):
         return isinstance(info, inspect.ListType | inspect.SetType | inspect.VarTupleType)
     return False

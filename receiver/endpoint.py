@@ -48,8 +48,8 @@ from receiver.plugins import (
     PluginManager,
     check_settings,
     make_plugin_manager,
-    typed_settings,
     provider_classes,
+    typed_settings,
 )
 from receiver.providers.base import Provider
 from receiver.redelivery import Observer, Redelivery

@@ -1,14 +1,11 @@
 """receiver's first-party plugins, each off unless the app has its settings table.
 
-=================== ===================================================== ==========
-name                what it does                                          table
-=================== ===================================================== ==========
-``keyword_replies`` answers Message/Keyword callbacks from canned replies ``[settings.keyword_replies]``
-``opt_outs``        keeps the numbers that texted STOP in a SQLite file   ``[settings.opt_outs]``
-``forward``         re-posts every event as JSON to another HTTP service  ``[settings.forward]``
-``whispir_replies`` sends replies to Whispir callbacks through its API    ``[settings.whispir_replies]``
-=================== ===================================================== ==========
+- ``keyword_replies``: answers Message/Keyword callbacks from canned replies;
+- ``opt_outs``: keeps the numbers that texted STOP in a SQLite file;
+- ``forward``: re-posts every event as JSON to another HTTP service;
+- ``whispir_replies``: sends replies to Whispir callbacks through Whispir's messages API.
 
+Each is on in an app whose configuration has its ``[settings.<name>]`` table.
 Each is a class; every app that has the table gets its own instance (two apps in one
 process share nothing), registered under the name above and listed by
 ``receiver plugins``. ``disabled_plugins = ["<name>"]`` keeps one out even with its
