@@ -22,12 +22,17 @@ class Posted(NamedTuple):
 
 class Sink:
     """Answers each POST with :attr:`status` after :attr:`delay` seconds (a 3xx with a
-    ``Location``) and keeps it in :attr:`requests`. Serve it with :func:`running_sink`."""
+    ``Location``) and keeps it in :attr:`requests`. Serve it with :func:`running_sink`.
+
+    :attr:`statuses`, when not empty, answers the next requests first, one each, in
+    order; :attr:`headers` are added to every answer."""
 
     def __init__(self) -> None:
         self.requests: list[Posted] = []
         self.status = 204
         self.delay = 0.0
+        self.statuses: list[int] = []
+        self.headers: dict[str, str] = {}
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,9 +42,12 @@ class Sink:
                 body = self.rfile.read(length)
                 sink.requests.append(Posted(self.path, dict(self.headers), body, head))
                 time.sleep(sink.delay)
-                self.send_response(sink.status)
-                if 300 <= sink.status < 400:
+                status = sink.statuses.pop(0) if sink.statuses else sink.status
+                self.send_response(status)
+                if 300 <= status < 400:
                     self.send_header("Location", "/elsewhere")
+                for name, value in sink.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -56,7 +64,7 @@ class Sink:
 def running_sink() -> Iterator[Sink]:
     """A :class:`Sink` serving in a thread until the block ends."""
     sink = Sink()
-    thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
+    thread = threading.Thread(target=sink.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield sink
