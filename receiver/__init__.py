@@ -1,11 +1,20 @@
 """receiver: one well-made endpoint for SMS and messaging platforms' callbacks."""
 
-from receiver.app import create_app
-from receiver.config import Channel, Config, Secret, load_config
-from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
-from receiver.events import Contact, Event, EventType, Reply
-from receiver.hookspecs import hookimpl
-from receiver.plugins import blocking
+# The names below are imported on first use (PEP 562), so that importing a submodule
+# alone (receiver.testing, which pytest loads in every run where receiver is installed)
+# does not import the app, Starlette and the providers.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from receiver.app import create_app
+    from receiver.config import Channel, Config, Secret, load_config
+    from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
+    from receiver.events import Contact, Event, EventType, Reply
+    from receiver.hookspecs import hookimpl
+    from receiver.plugins import blocking
 
 __all__ = [
     "Channel",
@@ -24,3 +33,33 @@ __all__ = [
     "load_config",
 ]
 __version__ = "0.1.0"
+
+_WHERE = {
+    "create_app": "receiver.app",
+    "Channel": "receiver.config",
+    "Config": "receiver.config",
+    "Secret": "receiver.config",
+    "load_config": "receiver.config",
+    "ConfigError": "receiver.errors",
+    "PayloadError": "receiver.errors",
+    "UnsupportedPayload": "receiver.errors",
+    "Contact": "receiver.events",
+    "Event": "receiver.events",
+    "EventType": "receiver.events",
+    "Reply": "receiver.events",
+    "hookimpl": "receiver.hookspecs",
+    "blocking": "receiver.plugins",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'receiver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -638,3 +638,48 @@ def test_hmac_forwarded_port_from_an_untrusted_peer_changes_nothing(way: str) ->
     assert _through_proxy(way, headers, f"http://127.0.0.1:8443{PORT_TARGET}", peer) == 401
     # The same header from the trusted proxy does count.
     assert _through_proxy(way, headers, f"http://127.0.0.1:8000{PORT_TARGET}") == 200
+
+
+# --------------------------------------------------------------------------- receiver.testing
+
+
+@pytest.mark.parametrize(("hmac_hash", "key_encoding", "body"), OPTIONS)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_hmac_reference_sign_onepoint_agrees(
+    case: Case, method: str, hmac_hash: str, key_encoding: str, body: str
+) -> None:
+    # receiver.testing.sign_onepoint (what tests and `receiver send` sign with) computes
+    # the reference client's value for every URL case and option above.
+    from receiver.providers.onepoint_signature import OnePointOptions
+    from receiver.testing import sign_onepoint
+
+    secret = SECRET if key_encoding == "base64" else TEXT_SECRET
+    content = BODY if method == "POST" else None
+    expected = reference_signature(
+        method=method,
+        absolute_uri=case.signed,
+        content=content,
+        secret=secret,
+        hmac_hash=hmac_hash,
+        hmac_key_encoding=key_encoding,
+        hmac_body=body,
+    )
+    options = OnePointOptions(
+        hmac_hash=hmac_hash,  # type: ignore[arg-type]
+        hmac_key_encoding=key_encoding,  # type: ignore[arg-type]
+        hmac_body=body,  # type: ignore[arg-type]
+        hmac_uri="lower-urlencoded",
+    )
+    value = sign_onepoint(
+        method,
+        case.signed,
+        content or b"",
+        app_id=APP_ID,
+        secret=secret,
+        options=options,
+        nonce=NONCE,
+        timestamp=TIMESTAMP,
+        scheme="X-DIY-Signature",
+    )
+    assert {"Authorization": value} == authorization(expected)
