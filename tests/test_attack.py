@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import sqlite3
 import time
 from contextlib import closing
@@ -16,34 +14,39 @@ from recorder import EventRecorder
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, create_app
+from receiver.providers.onepoint_signature import OnePointOptions
+from receiver.testing import sign_onepoint
 
 # ------------------------------------------------------------------ HMAC, lower-urlencoded
 
 APP_ID = "demo-app"
 SECRET_B64 = base64.b64encode(b"attack-secret-0123456789").decode()
 NONCE = "5d41402abc4b2a76b9719d911017c592"
-_SAFE = set(b"!()*-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+ASPNET = OnePointOptions(
+    credentials={APP_ID: SECRET_B64},
+    hmac_hash="sha256",
+    hmac_key_encoding="base64",
+    hmac_body="md5",
+    hmac_uri="lower-urlencoded",
+)
 
 
-def dotnet_url_encode(text: str) -> str:
-    """HttpUtility.UrlEncode (UTF-8, lowercase hex, space as '+')."""
-    out = []
-    for byte in text.encode("utf-8"):
-        if byte in _SAFE:
-            out.append(chr(byte))
-        elif byte == 0x20:
-            out.append("+")
-        else:
-            out.append(f"%{byte:02x}")
-    return "".join(out)
-
-
-def aspnet_signature(method: str, url: str, timestamp: str, body: bytes = b"") -> str:
-    """The ASP.NET sample's signer: sha256, base64 key, md5 body, lower-urlencoded URI."""
-    body_part = base64.b64encode(hashlib.md5(body).digest()).decode() if body else ""
-    message = f"{APP_ID}{method}{dotnet_url_encode(url.lower())}{timestamp}{NONCE}{body_part}"
-    mac = hmac.new(base64.b64decode(SECRET_B64), message.encode(), hashlib.sha256).digest()
-    return base64.b64encode(mac).decode()
+def aspnet_signature(
+    method: str, url: str, timestamp: str, body: bytes = b"", nonce: str = NONCE
+) -> str:
+    """The ASP.NET sample's signature (sha256, base64 key, md5 body, lower-urlencoded URI),
+    by receiver.testing.sign_onepoint: the Signature part of its Authorization value."""
+    value = sign_onepoint(
+        method,
+        url,
+        body,
+        app_id=APP_ID,
+        secret=SECRET_B64,
+        options=ASPNET,
+        nonce=nonce,
+        timestamp=timestamp,
+    )
+    return value.split(":")[1]
 
 
 def aspnet_app(tmp_path: Path) -> tuple[TestClient, EventRecorder, Path]:

@@ -61,19 +61,7 @@ def test_attack2_onepoint_partly_failed_reply_not_given_to_a_resent_callback(
 
 def _signed_get(query: str, timestamp: str, nonce: str = NONCE) -> dict[str, str]:
     """test_attack.aspnet_signature's signer, with a Nonce of the caller's choice."""
-    import base64
-    import hashlib
-    import hmac
-
-    from test_attack import SECRET_B64, dotnet_url_encode
-
-    url = dotnet_url_encode(f"http://testserver/sms?{query}".lower())
-    message = f"{APP_ID}GET{url}{timestamp}{nonce}"
-    mac = hmac.new(base64.b64decode(SECRET_B64), message.encode(), hashlib.sha256).digest()
-    signature = base64.b64encode(mac).decode()
-    assert nonce != NONCE or signature == aspnet_signature(
-        "GET", f"http://testserver/sms?{query}", timestamp
-    )
+    signature = aspnet_signature("GET", f"http://testserver/sms?{query}", timestamp, nonce=nonce)
     return {"Authorization": f"X-DIY-Signature {APP_ID}:{signature}:{nonce}:{timestamp}"}
 
 

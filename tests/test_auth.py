@@ -1,14 +1,14 @@
 """Callback authentication: one contract for every auth mode, then HMAC in detail.
 
-Every signature here is computed in the test, from OnePoint's documented rules, by
-:func:`sign` below (hmac/hashlib/base64 only): never a pasted value, never receiver's own
-signer. The app is driven through Starlette's TestClient.
+Every signature here is computed in the test by :func:`sign` below, with
+:func:`receiver.testing.sign_onepoint` (never a pasted value); that signer is checked
+against an independent implementation of OnePoint's reference client in
+test_hmac_reference.py. The app is driven through Starlette's TestClient.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import itertools
 import json
@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
+import msgspec
 import pytest
 from samples import payload
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, create_app
+from receiver.providers.onepoint_signature import OnePointOptions
+from receiver.testing import sign_onepoint
 
 BASE_URL = "https://hooks.example.com"
 WHISPIR_BODY = payload("whispir", "reply_sms.json")
@@ -59,19 +62,31 @@ def sign(
     hmac_body: str = "raw",
     hmac_uri: str = "as-sent",
 ) -> str:
-    """OnePoint's X-OPG-Signature, from the documented rules.
+    """The Signature part of OnePoint's X-OPG-Signature (receiver.testing.sign_onepoint),
+    for tests that present it in altered headers.
 
     Base64(HMAC-<hash>(Secret, AppId + METHOD + URI + Timestamp + Nonce + Base64(body))).
     """
-    key = base64.b64decode(secret) if hmac_key_encoding == "base64" else secret.encode("utf-8")
-    signed_body = hashlib.md5(body).digest() if hmac_body == "md5" else body
-    if hmac_uri == "lower-urlencoded":
-        uri = quote_plus(uri.lower(), safe="").lower()
-    message = (
-        app_id + method + uri + timestamp + nonce + base64.b64encode(signed_body).decode("ascii")
+    options = msgspec.convert(
+        {
+            "hmac_hash": hmac_hash,
+            "hmac_key_encoding": hmac_key_encoding,
+            "hmac_body": hmac_body,
+            "hmac_uri": hmac_uri,
+        },
+        OnePointOptions,
     )
-    digest = hashlib.sha256 if hmac_hash == "sha256" else hashlib.sha1
-    return base64.b64encode(hmac.new(key, message.encode("utf-8"), digest).digest()).decode()
+    value = sign_onepoint(
+        method,
+        uri,
+        body,
+        app_id=app_id,
+        secret=secret,
+        options=options,
+        nonce=nonce,
+        timestamp=timestamp,
+    )
+    return value.split(":")[1]
 
 
 def signature_header(

@@ -1,14 +1,11 @@
 """End to end over real HTTP: a uvicorn server on 127.0.0.1, requests sent with httpx2.
 
 One server serves every test in this module (started once, in a background thread).
-HMAC signatures are computed here from OnePoint's documented rules.
+HMAC signatures are made with receiver.testing.sign_onepoint.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import socket
 import threading
 import time
@@ -21,6 +18,7 @@ import uvicorn
 from samples import payload
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.testing import sign_onepoint
 
 WHISPIR_KEY = "e2e-whispir-7d1c0b9a"
 QUERY_KEY = "e2e-query-5a4f3e2d"
@@ -30,13 +28,6 @@ SECRET = "e2e-s3cr3t-8e7d6c5b"
 MAX_BODY = 64 * 1024
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
-
-
-def sign(app_id: str, secret: str, method: str, uri: str, body: bytes, nonce: str, ts: str) -> str:
-    """Base64(HMAC-SHA1(Secret, AppId + METHOD + URI + Timestamp + Nonce + Base64(body)))."""
-    message = app_id + method + uri + ts + nonce + base64.b64encode(body).decode("ascii")
-    mac = hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha1)
-    return base64.b64encode(mac.digest()).decode("ascii")
 
 
 class Recorder:
@@ -192,16 +183,14 @@ def test_e2e_whispir_url_check(server: Server) -> None:
 
 def test_e2e_onepoint_message_reply(server: Server) -> None:
     body = payload("onepoint", "message_inbound.json")
-    nonce, ts = "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0", str(int(time.time()))
+    nonce = "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0"
     # The URL exactly as the app sees it: scheme, Host header as sent, path.
-    signature = sign(APP_ID, SECRET, "POST", f"{server.base_url}/sms", body, nonce, ts)
+    url = f"{server.base_url}/sms"
+    authorization = sign_onepoint("POST", url, body, app_id=APP_ID, secret=SECRET, nonce=nonce)
     response = server.client.post(
         "/sms",
         content=body,
-        headers={
-            "Content-Type": JSON_TYPE,
-            "Authorization": f"X-OPG-Signature {APP_ID}:{signature}:{nonce}:{ts}",
-        },
+        headers={"Content-Type": JSON_TYPE, "Authorization": authorization},
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].split(";")[0] == JSON_TYPE
@@ -227,15 +216,14 @@ def test_e2e_onepoint_message_reply(server: Server) -> None:
 
 def test_e2e_onepoint_bad_signature_rejected(server: Server) -> None:
     body = payload("onepoint", "message_inbound.json")
-    nonce, ts = "e2e1e2e1e2e1e2e1e2e1e2e1e2e1e2e1", str(int(time.time()))
-    signature = sign(APP_ID, SECRET, "POST", f"{server.base_url}/sms", b"{}", nonce, ts)
+    nonce = "e2e1e2e1e2e1e2e1e2e1e2e1e2e1e2e1"
+    url = f"{server.base_url}/sms"  # signed over another body
+    authorization = sign_onepoint("POST", url, b"{}", app_id=APP_ID, secret=SECRET, nonce=nonce)
+    signature = authorization.split(":")[1]
     response = server.client.post(
         "/sms",
         content=body,
-        headers={
-            "Content-Type": JSON_TYPE,
-            "Authorization": f"X-OPG-Signature {APP_ID}:{signature}:{nonce}:{ts}",
-        },
+        headers={"Content-Type": JSON_TYPE, "Authorization": authorization},
     )
     assert response.status_code == 401
     assert response.json() == {"error": "wrong credentials: signature does not match"}

@@ -8,10 +8,8 @@ mounted app includes the mount prefix.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +20,7 @@ from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, EventType, Reply, create_app, hookimpl
 from receiver.errors import ConfigError
+from receiver.testing import sign_onepoint
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 WHISPIR_REPLY = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
@@ -46,10 +45,15 @@ def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def diy_signature(
     method: str, url: str, body: bytes, *, nonce: str = "9a8b7c6d5e4f30211203f4e5d6c7b8a9"
 ) -> str:
-    timestamp = str(int(time.time()))
-    message = f"{DIY_APP_ID}{method}{url}{timestamp}{nonce}{base64.b64encode(body).decode()}"
-    digest = hmac.new(DIY_SECRET.encode(), message.encode(), hashlib.sha1).digest()
-    return f"X-DIY-Signature {DIY_APP_ID}:{base64.b64encode(digest).decode()}:{nonce}:{timestamp}"
+    return sign_onepoint(
+        method,
+        url,
+        body,
+        app_id=DIY_APP_ID,
+        secret=DIY_SECRET,
+        nonce=nonce,
+        scheme="X-DIY-Signature",
+    )
 
 
 # --- the mount examples ------------------------------------------------------------------

@@ -26,8 +26,6 @@ the query of the request it refused (a GET callback's query holds numbers and te
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import sqlite3
 import time
@@ -52,6 +50,7 @@ from receiver.auth import CallbackRequest, build_authenticator, without_key_para
 from receiver.cli import main
 from receiver.errors import NotAuthenticated
 from receiver.providers import DiyProvider
+from receiver.testing import sign_onepoint
 
 KEY = "k3y-SWEEP-7a1f"
 USER = "hooks"
@@ -121,16 +120,17 @@ class Case:
     """Request values besides the key that must not appear in the logs."""
 
 
-def _hmac_signature(method: str, url: str, body: bytes, secret: str = KEY) -> str:
-    message = f"{APP_ID}{method}{url}{TIMESTAMP}{NONCE}".encode() + base64.b64encode(body)
-    digest = hmac.new(secret.encode(), message, hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
-
-
 def _hmac_call(method: str, query: str, body: bytes, status: int, secret: str = KEY) -> Call:
     path = f"/hmac?{query}" if query else "/hmac"
-    signature = _hmac_signature(method, f"http://testserver{path}", body, secret)
-    authorization = f"X-OPG-Signature {APP_ID}:{signature}:{NONCE}:{TIMESTAMP}"
+    authorization = sign_onepoint(
+        method,
+        f"http://testserver{path}",
+        body,
+        app_id=APP_ID,
+        secret=secret,
+        nonce=NONCE,
+        timestamp=TIMESTAMP,
+    )
     headers = {"Authorization": authorization, **(JSON if body else {})}
     return Call(method, path, status, headers, body)
 

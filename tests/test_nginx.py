@@ -8,9 +8,6 @@ receiver's trusted-proxy handling fit together.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import re
 import shutil
@@ -20,6 +17,8 @@ from pathlib import Path
 
 import httpx2
 from serving import free_port, serve
+
+from receiver.testing import sign_onepoint
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "nginx.conf"
 SECRET = "nginx-test-secret"
@@ -31,13 +30,8 @@ credentials = {{ nginx-app = "{SECRET}" }}
 """
 
 
-def sign(
-    url: str, body: bytes, nonce: str = "1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f", timestamp: str = ""
-) -> str:
-    timestamp = timestamp or str(int(time.time()))
-    message = f"nginx-appPOST{url}{timestamp}{nonce}{base64.b64encode(body).decode()}"
-    digest = hmac.new(SECRET.encode(), message.encode(), hashlib.sha1).digest()
-    return f"X-OPG-Signature nginx-app:{base64.b64encode(digest).decode()}:{nonce}:{timestamp}"
+def sign(url: str, body: bytes) -> str:
+    return sign_onepoint("POST", url, body, app_id="nginx-app", secret=SECRET)
 
 
 def nginx_config(tmp_path: Path, http_port: int, https_port: int, upstream: int) -> Path:

@@ -9,9 +9,6 @@ with a message that says what to write. Signatures here are computed by the test
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +19,8 @@ from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from receiver import Channel, Config, ConfigError, Event, create_app, hookimpl, load_config
+from receiver.providers.onepoint_signature import OnePointOptions
+from receiver.testing import sign_onepoint
 
 APP_ID = "opt-app"
 SECRET = "opt-s3cret-41c7"
@@ -37,10 +36,18 @@ def _no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def sha256_signature(url: str, body: bytes, secret: str = SECRET) -> dict[str, str]:
     """OnePoint's scheme with hmac_hash = sha256, a utf8 key, raw body, URL as sent."""
-    message = f"{APP_ID}POST{url}{TIMESTAMP}{NONCE}".encode() + base64.b64encode(body)
-    mac = hmac.new(secret.encode(), message, hashlib.sha256).digest()
-    signature = base64.b64encode(mac).decode()
-    return {"Authorization": f"X-OPG-Signature {APP_ID}:{signature}:{NONCE}:{TIMESTAMP}"}
+    options = OnePointOptions(hmac_hash="sha256")
+    value = sign_onepoint(
+        "POST",
+        url,
+        body,
+        app_id=APP_ID,
+        secret=secret,
+        options=options,
+        nonce=NONCE,
+        timestamp=TIMESTAMP,
+    )
+    return {"Authorization": value}
 
 
 class Recorder:
