@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -551,3 +552,18 @@ def test_testing_make_event_unit_tests_a_hook() -> None:
     assert Answering().on_message(make_event(text="hi")) == Reply(
         text="Got: hi", metadata={"Ref": "7"}
     )
+
+
+# --------------------------------------------------------------------------- the example package
+
+
+def test_testing_example_plugin_package_tests_pass(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # examples/plugin_package/tests, run in that folder as its README says.
+    package = Path(__file__).parent.parent / "examples" / "plugin_package"
+    copy = pytester.path / "plugin_package"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    monkeypatch.chdir(copy)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", str(copy))
+    result.assert_outcomes(passed=7)

@@ -1,55 +1,72 @@
-"""The example plugin, driven through a real receiver app (run: pytest, in this folder)."""
+"""The example plugin, driven through a real receiver app (run: pytest, in this folder).
+
+The fixtures come from receiver.testing, a pytest plugin installed with receiver:
+``receiver_client`` builds an app with only the plugins given, sends it callbacks as the
+provider sends them (signed, for an ``hmac`` channel) and records what was dispatched.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 
 import pytest
 from receiver_example_plugin import DEFAULT_JOIN_REPLY, StopAndKeyword
-from starlette.testclient import TestClient
 
-from receiver import Channel, Config, ConfigError, create_app
+from receiver import ConfigError
+from receiver.testing import ReceiverClient, make_event
 
-STOP = {"Type": "Stop", "Source": "447700900654", "Destination": "60777", "Message": "STOP"}
-JOIN = {"Type": "Keyword", "Source": "447700900654", "Destination": "60777", "Message": "join"}
-CHANNELS = {"sms": Channel(provider="onepoint", auth="none")}
+Client = Callable[..., ReceiverClient]
 
 
-def make_client(**settings: object) -> tuple[TestClient, StopAndKeyword]:
-    plugin = StopAndKeyword()
-    config = Config(channels=CHANNELS, settings={"stop_and_keyword": settings})
-    # autoload=False: only the plugins given (this one is also installed, once pip-installed)
-    return TestClient(create_app(config, plugins=[plugin], autoload=False)), plugin
+def make_client(receiver_client: Client, **settings: object) -> ReceiverClient:
+    return receiver_client(
+        channels={"sms": "onepoint:hmac"},  # signed as OnePoint signs, with a test secret
+        settings={"stop_and_keyword": settings},
+        plugins=[StopAndKeyword],
+    )
 
 
-def test_join_is_answered() -> None:
-    client, _ = make_client()
-    response = client.post("/sms", content=json.dumps(JOIN))
+def test_join_is_answered(receiver_client: Client) -> None:
+    client = make_client(receiver_client)
+    response = client.send("sms", "keyword", set={"Message": "join", "Source": "447700900654"})
     assert response.status_code == 200
-    assert response.json() == {
-        "Source": "60777",
-        "Destination": "447700900654",
-        "Message": DEFAULT_JOIN_REPLY,
-    }
+    client.assert_reply(text=DEFAULT_JOIN_REPLY, destination="447700900654")
 
 
-def test_join_reply_from_settings() -> None:
-    client, _ = make_client(join_reply="Hi!")
-    assert client.post("/sms", content=json.dumps(JOIN)).json()["Message"] == "Hi!"
+def test_other_keyword_is_not_answered(receiver_client: Client) -> None:
+    client = make_client(receiver_client)
+    client.send("sms", "keyword", set={"Message": "HOURS"})
+    client.assert_dispatched("keyword", text="HOURS")
+    client.assert_no_reply()
 
 
-def test_stop_is_recorded() -> None:
-    client, plugin = make_client()
-    assert client.post("/sms", content=json.dumps(STOP)).status_code == 200
-    assert plugin.stopped == ["447700900654"]
+def test_join_reply_from_settings(receiver_client: Client) -> None:
+    client = make_client(receiver_client, join_reply="Hi!")
+    client.send("sms", "keyword", set={"Message": "JOIN spring"})
+    client.assert_reply(text="Hi!")
 
 
-def test_bad_setting_names_the_key() -> None:
+def test_stop_is_recorded(receiver_client: Client) -> None:
+    client = make_client(receiver_client)
+    client.send("sms", "stop", set={"Source": "447700900111"})
+    client.assert_dispatched("stop", source="447700900111")
+    assert client.plugin("stop_and_keyword").stopped == ["447700900111"]
+
+
+def test_bad_setting_names_the_key(receiver_client: Client) -> None:
     with pytest.raises(ConfigError, match=r"settings\.stop_and_keyword\.join_reply"):
-        make_client(join_reply=1)
+        make_client(receiver_client, join_reply=1)
 
 
-def test_secret_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_setting_comes_from_the_environment(
+    receiver_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CRM_TOKEN", "t0ken")
-    _, plugin = make_client(crm_token="${CRM_TOKEN}")
-    assert plugin.settings.crm_token == "t0ken"
+    client = make_client(receiver_client, crm_token="${CRM_TOKEN}")
+    assert client.plugin("stop_and_keyword").settings.crm_token == "t0ken"
+
+
+def test_on_keyword_without_http() -> None:
+    plugin = StopAndKeyword()
+    assert plugin.on_keyword(make_event("keyword", text="join")).text == DEFAULT_JOIN_REPLY
+    assert plugin.on_keyword(make_event("keyword", text="later")) is None
