@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+import receiver
 from receiver.config import Config, duration, load_config, replace_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Receive Whispir, OnePoint and DIY Surveys callbacks: authenticate, "
         "normalize, dispatch to plugins.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {receiver.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> None:
