@@ -52,9 +52,6 @@ _NOT_COPIED = shutil.ignore_patterns(
 # Written into the copy to prove they stay out of the archives: a virtual environment and
 # a byte-compiled file inside the package.
 DECOYS = (".venv/lib/python3/site-packages/decoy.py", "receiver/__pycache__/decoy.cpython.pyc")
-# Written into the copy only when the checkout has no sample corpus yet, so that the
-# package-data configuration is exercised either way.
-PLACEHOLDER_SAMPLE = "receiver/samples/placeholder/message.json"
 
 
 @dataclass(frozen=True)
@@ -90,10 +87,6 @@ def source_copy(destination: Path) -> Path:
     for decoy in DECOYS:
         (destination / decoy).parent.mkdir(parents=True, exist_ok=True)
         (destination / decoy).write_text("# must not be packaged\n")
-    if not (ROOT / "receiver" / "samples").is_dir():
-        sample = destination / PLACEHOLDER_SAMPLE
-        sample.parent.mkdir(parents=True)
-        sample.write_text('{"placeholder": true}\n')
     return destination
 
 
