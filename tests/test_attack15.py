@@ -1,0 +1,124 @@
+"""Attacks on issue 15's work (plugins named, typed settings, secrets only where secrets
+go, first-party plugins per app, whispir_replies). Each test uses real parts: create_app
+and TestClient, TOML files in tmp_path, the real CLI in a subprocess, real local HTTP
+servers standing in for Whispir."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import msgspec
+import pytest
+from samples import payload
+from starlette.testclient import TestClient
+
+from receiver import Config, Event, Reply, create_app, hookimpl, load_config
+from receiver.config import Secret
+
+RECEIVER = [sys.executable, "-m", "receiver"]
+REPLY_SMS = payload("whispir", "reply_sms.json")
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def run(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+    full = {**os.environ, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
+    return subprocess.run(
+        RECEIVER + args, capture_output=True, text=True, env=full, cwd=cwd, timeout=60
+    )
+
+
+class Replier:
+    name = "replier"
+
+    @hookimpl
+    def on_message(self, event: Event) -> Reply | str:
+        return "thanks"
+
+
+# --- whispir_replies: a server that trickles its answer -------------------------------
+
+
+@pytest.fixture
+def trickling_whispir() -> Iterator[str]:
+    """A stand-in for Whispir that accepts, then sends its status line and one header byte
+    every 0.2 s for 6 s (each read well within the plugin's timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+                    for _ in range(30):
+                        if stop.is_set():
+                            break
+                        time.sleep(0.2)
+                        conn.sendall(b"a")
+                    conn.sendall(b"\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_whispir_replies_timeout_bounds_a_trickling_answer(
+    trickling_whispir: str, tmp_path: Path
+) -> None:
+    """``timeout`` is "seconds to wait for Whispir per attempt" and the worst case is
+    checked against Whispir's 60 s; a server that trickles its answer must not hold the
+    callback far past timeout * (retries + 1)."""
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        f"""
+journal = "none"
+reply_timeout = 30
+[channels.w]
+provider = "whispir"
+auth = "none"
+[settings.whispir_replies]
+base_url = "{trickling_whispir}"
+api_key = "k"
+username = "u"
+password = "p"
+timeout = 0.5
+retries = 0
+""",
+        encoding="utf-8",
+    )
+    app = create_app(load_config(toml), plugins=[Replier()])
+    plugin = app.state.plugin_manager.get_plugin("whispir_replies")
+    assert plugin.worst_case == 0.5
+    with TestClient(app) as client:
+        started = time.monotonic()
+        client.post("/w", content=REPLY_SMS, headers={"content-type": "application/json"})
+        took = time.monotonic() - started
+    assert took < 3.0, f"a 0.5 s timeout (worst case 0.5 s) held the callback {took:.1f} s"
