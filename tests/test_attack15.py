@@ -122,3 +122,108 @@ retries = 0
         client.post("/w", content=REPLY_SMS, headers={"content-type": "application/json"})
         took = time.monotonic() - started
     assert took < 3.0, f"a 0.5 s timeout (worst case 0.5 s) held the callback {took:.1f} s"
+
+
+# --- Secret fields a plugin declares: expanded wherever the type says so ----------------
+
+TOKEN = "t0ken-from-the-environment"
+
+
+class Plain(msgspec.Struct, tag="plain"):
+    token: str
+
+
+class Vault(msgspec.Struct, tag="vault"):
+    token: Secret
+
+
+class TokenPair(TypedDict):
+    token: Secret
+
+
+class Positional(msgspec.Struct, array_like=True):
+    token: Secret
+
+
+class Kept:
+    """A plugin that keeps the settings its configure hook gets."""
+
+    Settings: Any = None
+
+    def __init__(self, name: str, settings: Any) -> None:
+        self.name = name
+        self.Settings = settings
+        self.got: Any = None
+
+    @hookimpl
+    def configure(self, config: Config) -> None:
+        self.got = config.settings.get(self.name)
+
+
+def typed_app(tmp_path: Path, plugin: Kept, table: str) -> Any:
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(f'journal = "none"\n[settings.{plugin.name}]\n{table}\n', encoding="utf-8")
+    create_app(load_config(toml), plugins=[plugin])
+    return plugin.got
+
+
+def test_secret_in_second_member_of_tagged_union_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", TOKEN)
+
+    class Settings(msgspec.Struct):
+        store: Plain | Vault
+
+    got = typed_app(tmp_path, Kept("p", Settings), 'store = { type = "vault", token = "${TOKEN}" }')
+    assert got.store.token == TOKEN
+
+
+def test_text_in_tagged_union_member_is_not_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain ``str`` field is text: "Reply ${TOKEN}" stays as written, even when an
+    earlier member of the union has a Secret field of the same name."""
+    monkeypatch.setenv("TOKEN", TOKEN)
+
+    class Settings(msgspec.Struct):
+        store: Vault | Plain
+
+    got = typed_app(tmp_path, Kept("p", Settings), 'store = { type = "plain", token = "${TOKEN}" }')
+    assert got.store.token == "${TOKEN}"
+
+
+def test_secret_in_typeddict_settings_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", TOKEN)
+
+    class Settings(msgspec.Struct):
+        crm: TokenPair
+
+    got = typed_app(tmp_path, Kept("p", Settings), 'crm = { token = "${TOKEN}" }')
+    assert got.crm["token"] == TOKEN
+
+
+def test_secret_in_tuple_settings_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", TOKEN)
+
+    class Settings(msgspec.Struct):
+        pair: tuple[str, Secret]
+
+    got = typed_app(tmp_path, Kept("p", Settings), 'pair = ["user", "${TOKEN}"]')
+    assert got.pair == ("user", TOKEN)
+
+
+def test_secret_in_array_like_struct_settings_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", TOKEN)
+
+    class Settings(msgspec.Struct):
+        crm: Positional
+
+    got = typed_app(tmp_path, Kept("p", Settings), 'crm = ["${TOKEN}"]')
+    assert got.crm.token == TOKEN
