@@ -227,3 +227,62 @@ def test_secret_in_array_like_struct_settings_is_expanded(
 
     got = typed_app(tmp_path, Kept("p", Settings), 'crm = ["${TOKEN}"]')
     assert got.crm.token == TOKEN
+
+
+# --- ${NAME} where it used to be expanded ------------------------------------------------
+
+
+def test_state_dir_reference_is_expanded_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``state_dir = "${STATE_DIRECTORY}"`` (systemd's StateDirectory= sets it) was
+    expanded before issue 15. Now it silently becomes a folder literally named
+    ``${STATE_DIRECTORY}`` next to the file: ``serve`` opens a new, empty journal there
+    and the events waiting in the real one are never retried. Expanded, or a
+    ConfigError naming the key, but never a literal folder."""
+    state = tmp_path / "var-lib-receiver"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    toml = tmp_path / "receiver.toml"
+    toml.write_text('state_dir = "${STATE_DIRECTORY}"\n', encoding="utf-8")
+    try:
+        config = load_config(toml)
+    except Exception as exc:  # refused loudly: fine
+        assert "state_dir" in str(exc)
+        return
+    assert "${" not in config.state_dir
+    assert config.state_dir == str(state)
+
+
+# --- operator commands need the journal, not the keys ------------------------------------
+
+
+def test_events_runs_without_a_plugin_secret(tmp_path: Path) -> None:
+    """README: "They need the journal, not the keys: a channel's ${VAR} that is not set
+    ... is only a warning for events, replay, prune, plugins and check-config". A
+    whispir_replies API key (a plugin Secret) unset on the operator's shell stops
+    ``receiver events`` (exit 2) although reading the journal needs no key."""
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        f"""
+journal = "sqlite:///{tmp_path / 'r.db'}"
+[channels.w]
+provider = "whispir"
+auth = "header"
+keys = ["${{A15_UNSET_CHANNEL_KEY}}"]
+[settings.whispir_replies]
+base_url = "https://api.au.whispir.com"
+api_key = "${{A15_UNSET_API_KEY}}"
+username = "u"
+password = "p"
+""",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A15_")}
+    result = subprocess.run(
+        [*RECEIVER, "events", "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        env={**env, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
