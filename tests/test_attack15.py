@@ -286,3 +286,39 @@ password = "p"
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- two apps in one process: plugins = ["dotted.module"] --------------------------------
+
+
+def test_dotted_module_plugins_two_apps_answer_with_their_own_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/plugins/vip.py (the repository's own example, module globals) listed in
+    ``plugins = [...]`` by two apps with different greetings: the module object is shared,
+    so the app built last configures both, and app A greets with app B's text.
+    README documents per-app state for classes and plugins_dir files only; a dotted module
+    is the first kind example/receiver.toml offers (``plugins = []``)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    vip = (Path(__file__).parent.parent / "examples" / "plugins" / "vip.py").read_text()
+    (site / "a15_vip.py").write_text(vip.replace('get("vip")', 'get("a15_vip")'))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "a15_vip", raising=False)
+    apps = []
+    for who, greeting in (("a", "Hello {name}, app A here"), ("b", "Hello {name}, app B here")):
+        toml = tmp_path / f"{who}.toml"
+        toml.write_text(
+            'journal = "none"\nplugins = ["a15_vip"]\n'
+            '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+            f'[settings.a15_vip]\nnumbers = {{ "447700900123" = "Ada" }}\ngreeting = "{greeting}"\n',
+            encoding="utf-8",
+        )
+        apps.append(TestClient(create_app(load_config(toml))))
+    import json
+
+    message = json.loads(payload("onepoint", "keyword.json"))
+    message.update(Type="Message", Source="447700900123", Message="hi")
+    body = json.dumps(message).encode()
+    first = apps[0].post("/sms", content=body, headers={"content-type": "application/json"})
+    assert first.json()["Message"] == "Hello Ada, app A here"
