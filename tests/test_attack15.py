@@ -360,3 +360,26 @@ def test_forward_url_with_credentials_reaches_target_or_is_refused(tmp_path: Pat
         assert len(sink.requests) == 1, "the forward never reached the target"
         expected = "Basic " + b64encode(b"fuser:fw-pass").decode()
         assert sink.requests[0].headers.get("Authorization") == expected
+
+
+def test_opt_outs_database_reference_is_expanded_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[settings.opt_outs] database = "${STATE_DIRECTORY}/opt_outs.db"`` was expanded
+    before issue 15 (every string was). Now the app silently opens a new, empty database
+    under a folder literally named ``${STATE_DIRECTORY}``: everyone who texted STOP is
+    forgotten (and texted again) with no error and no warning."""
+    state = tmp_path / "var-lib-receiver"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        'journal = "none"\n[settings.opt_outs]\ndatabase = "${STATE_DIRECTORY}/opt_outs.db"\n',
+        encoding="utf-8",
+    )
+    try:
+        app = create_app(load_config(toml))
+    except Exception as exc:  # refused loudly: fine
+        assert "settings.opt_outs.database" in str(exc)
+        return
+    database = app.state.plugin_manager.get_plugin("opt_outs").database
+    assert database == state / "opt_outs.db"
