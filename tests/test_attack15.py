@@ -264,7 +264,7 @@ def test_events_runs_without_a_plugin_secret(tmp_path: Path) -> None:
     toml = tmp_path / "receiver.toml"
     toml.write_text(
         f"""
-journal = "sqlite:///{tmp_path / 'r.db'}"
+journal = "sqlite:///{tmp_path / "r.db"}"
 [channels.w]
 provider = "whispir"
 auth = "header"
@@ -383,3 +383,102 @@ def test_opt_outs_database_reference_is_expanded_or_refused(
         return
     database = app.state.plugin_manager.get_plugin("opt_outs").database
     assert database == state / "opt_outs.db"
+
+
+# --- a secret with a trailing newline (an env var filled from a file) ------------------
+
+
+@pytest.mark.parametrize("plugin", ["whispir_replies", "forward"])
+def test_secret_with_newline_never_in_logs_or_journal(
+    plugin: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An API key / header secret from the environment with a trailing newline (a
+    Kubernetes secret file turned into an env var keeps it; ``file:`` strips, ``${}`` does
+    not). http.client refuses the header with ``ValueError: Invalid header value
+    b'<the secret>\\n'``; the plugins log that reason and raise it: the secret is then in
+    the log lines, the journal's attempts and last_error, and ``receiver events`` output.
+    Served for real (``receiver serve``), then read with ``receiver events --json`` and
+    ``receiver events show``."""
+    secret = "S3CRET-api-key-value"
+    port_probe = socket.socket()
+    port_probe.bind(("127.0.0.1", 0))
+    port = port_probe.getsockname()[1]
+    port_probe.close()
+    from sink import running_sink
+
+    with running_sink() as sink:
+        sink.status = 202
+        base = sink.url.removesuffix("/events")
+        table = (
+            f'[settings.whispir_replies]\nbase_url = "{base}"\napi_key = "${{A15_SECRET}}"\n'
+            'username = "u"\npassword = "p"\nretries = 0\n'
+            '[settings.keyword_replies]\ndefault = "thanks"\n'
+            if plugin == "whispir_replies"
+            else f'[settings.forward]\nurl = "{sink.url}"\n'
+            'headers = { Authorization = "Bearer ${A15_SECRET}" }\n'
+        )
+        toml = tmp_path / "receiver.toml"
+        toml.write_text(
+            f'journal = "sqlite:///{tmp_path / "r.db"}"\nretry_delays = [60]\n'
+            f'[channels.w]\nprovider = "whispir"\nauth = "none"\n{table}',
+            encoding="utf-8",
+        )
+        env = {**os.environ, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1", "A15_SECRET": secret + "\n"}
+        server = subprocess.Popen(
+            [
+                *RECEIVER,
+                "serve",
+                "--config",
+                str(toml),
+                "--port",
+                str(port),
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            import urllib.request
+
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "serve did not start"
+                    time.sleep(0.1)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/w",
+                data=REPLY_SMS,
+                headers={"content-type": "application/json"},
+                method="POST",
+            )
+            urllib.request.urlopen(request, timeout=10).read()
+            time.sleep(1)
+        finally:
+            server.terminate()
+            log, _ = server.communicate(timeout=20)
+    events = subprocess.run(
+        [*RECEIVER, "events", "--config", str(toml), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert events.returncode == 0, events.stderr
+    import json
+
+    event_id = json.loads(events.stdout.splitlines()[0])["id"]
+    shown = subprocess.run(
+        [*RECEIVER, "events", "show", event_id, "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert secret not in log.decode(), "the secret is in serve's log"
+    assert secret not in events.stdout, "the secret is in receiver events --json"
+    assert secret not in shown.stdout, "the secret is in receiver events show"
