@@ -482,3 +482,44 @@ def test_secret_with_newline_never_in_logs_or_journal(
     assert secret not in log.decode(), "the secret is in serve's log"
     assert secret not in events.stdout, "the secret is in receiver events --json"
     assert secret not in shown.stdout, "the secret is in receiver events show"
+
+
+# --- mistakes an operator makes in first-party settings ----------------------------------
+
+
+def test_check_config_first_party_table_typo_names_the_plugin(tmp_path: Path) -> None:
+    """``[settings.forwrd]`` (or ``whispir_reply``): the operator believes forwarding is
+    on. check-config says ok with a warning whose ``closest_plugin`` is None: the
+    first-party names are not candidates because a first-party plugin is only loaded when
+    its table is spelled right. The warning should point at ``forward``."""
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        'journal = "none"\n[settings.forwrd]\nurl = "http://127.0.0.1:9/x"\n'
+        '[settings.whispir_reply]\nbase_url = "https://api.au.whispir.com"\n',
+        encoding="utf-8",
+    )
+    result = run(["check-config", "--config", str(toml)])
+    assert "forward" in result.stderr.replace("forwrd", ""), result.stderr
+    assert "whispir_replies" in result.stderr, result.stderr
+
+
+def test_check_config_refuses_channels_that_do_not_exist(tmp_path: Path) -> None:
+    """``channels = ["whispr"]`` (a typo of the [channels.whispir] name) in
+    keyword_replies or whispir_replies: check-config says ok and no warning is logged;
+    in service no keyword is ever answered and no Whispir reply ever sent."""
+    for plugin, table in (
+        ("keyword_replies", 'default = "hi"\nchannels = ["whispr"]\n'),
+        (
+            "whispir_replies",
+            'base_url = "https://api.au.whispir.com"\napi_key = "a"\nusername = "u"\n'
+            'password = "p"\nchannels = ["whispr"]\n',
+        ),
+    ):
+        toml = tmp_path / f"{plugin}.toml"
+        toml.write_text(
+            'journal = "none"\n[channels.whispir]\nprovider = "whispir"\nauth = "none"\n'
+            f"[settings.{plugin}]\n{table}",
+            encoding="utf-8",
+        )
+        result = run(["check-config", "--config", str(toml)])
+        assert result.returncode != 0 or "whispr" in result.stderr, (plugin, result.stderr)
