@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 import pytest
@@ -311,7 +311,8 @@ def test_dotted_module_plugins_two_apps_answer_with_their_own_settings(
         toml.write_text(
             'journal = "none"\nplugins = ["a15_vip"]\n'
             '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
-            f'[settings.a15_vip]\nnumbers = {{ "447700900123" = "Ada" }}\ngreeting = "{greeting}"\n',
+            '[settings.a15_vip]\nnumbers = { "447700900123" = "Ada" }\n'
+            f'greeting = "{greeting}"\n',
             encoding="utf-8",
         )
         apps.append(TestClient(create_app(load_config(toml))))
