@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    -> a standalone receiver on examples/receiver.toml
+#   make run    -> a standalone receiver on examples/receiver.toml, port $RECEIVER_PORT (8000)
 #   make test   -> the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -18,8 +18,14 @@ $(BIN)/receiver: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Where `make run` serves: RECEIVER_PORT=9000 make run, or make run RECEIVER_PORT=9000
+# (the same variables `receiver serve` reads).
+RECEIVER_HOST ?= 127.0.0.1
+RECEIVER_PORT ?= 8000
+
 run: $(BIN)/receiver
-	$(BIN)/receiver serve --config examples/receiver.toml
+	@echo "receiver on http://$(RECEIVER_HOST):$(RECEIVER_PORT) (examples/receiver.toml; another port: RECEIVER_PORT=N make run)"
+	$(BIN)/receiver serve --config examples/receiver.toml --host $(RECEIVER_HOST) --port $(RECEIVER_PORT)
 
 test: $(BIN)/receiver tools
 	$(BIN)/pytest

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+import receiver
 from receiver.config import Config, duration, load_config, replace_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Receive Whispir, OnePoint and DIY Surveys callbacks: authenticate, "
         "normalize, dispatch to plugins.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {receiver.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> None:
@@ -62,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(_env("PORT", 8000)), help="default 8000")
     serve.add_argument(
         "--workers", type=int, default=int(_env("WORKERS", 1)), help="worker processes"
+    )
+    serve.add_argument(
+        "--fd",
+        type=int,
+        default=int(_env("FD")) if _env("FD") else None,
+        help="serve on this inherited listening socket (systemd's LISTEN_FDS is honoured "
+        "without it); --host/--port are then not used",
+    )
+    serve.add_argument(
+        "--uds", default=_env("UDS"), help="serve on this Unix socket instead of --host/--port"
     )
     serve.add_argument(
         "--log-format",
@@ -182,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver.logs import configure_logging
 
     log_format = configure_logging(args.log_format, args.log_level)
+    listen = _listening_socket(args)
     config = _load(args, standalone=True)
     if args.workers > 1 and config.journal != "none":
         raise ConfigError(
@@ -191,18 +204,17 @@ def _serve(args: argparse.Namespace) -> int:
     _refuse_unwritable_journal(app)
     http_protocol = _server_limits(config)
     if log_format == "console":  # in JSON, every line is JSON: the "serving" line says it
-        print(f"receiver listening on http://{args.host}:{args.port}", file=sys.stderr)
+        print(f"receiver listening on {listen['url']}", file=sys.stderr)
         print(_channel_table(config), file=sys.stderr, flush=True)
     log.info(
         "serving",
-        url=f"http://{args.host}:{args.port}",
+        url=listen["url"],
         channels={name: channel.provider for name, channel in config.channels.items()},
         workers=args.workers,
         journal=config.journal,
     )
     options: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
+        **listen["uvicorn"],
         "access_log": False,  # the receiver logs each callback itself, without secrets
         "proxy_headers": False,  # trusted_proxies are applied by the app itself
         "log_config": None,
@@ -222,6 +234,52 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(app, **options)
     return 0
+
+
+SD_LISTEN_FDS_START = 3
+"""The first descriptor systemd passes to a socket-activated service (sd_listen_fds(3))."""
+
+
+def _listening_socket(args: argparse.Namespace) -> dict[str, Any]:
+    """Where ``serve`` listens: ``--fd``, ``--uds``, systemd's socket (``LISTEN_FDS`` and
+    ``LISTEN_PID`` naming this process, as sd_listen_fds(3) reads them; the variables are
+    then removed so that no child takes them for its own), else ``--host``/``--port``.
+    Returns ``{"url": for logs, "uvicorn": uvicorn.run's keyword arguments}``.
+
+    With an inherited socket, the socket outlives the process: while one receiver is
+    replaced by the next, connections wait in the kernel's backlog instead of being
+    refused (README: "Restarts that refuse nothing").
+
+    Raises:
+        ConfigError: the descriptor is not an open listening stream socket.
+    """
+    fd = args.fd
+    if fd is None and args.uds is None:
+        count, pid = os.environ.get("LISTEN_FDS"), os.environ.get("LISTEN_PID")
+        if count and pid == str(os.getpid()):
+            for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+                os.environ.pop(name, None)
+            if count != "1":
+                log.warning("systemd passed several sockets: serving on the first", count=count)
+            fd = SD_LISTEN_FDS_START
+    if fd is not None:
+        import socket
+
+        try:
+            with socket.socket(fileno=os.dup(fd)) as probe:
+                listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                kind = probe.type
+        except OSError as exc:
+            raise ConfigError(f"--fd {fd}: not an open socket ({exc.strerror})") from None
+        if not listening or kind != socket.SOCK_STREAM:
+            raise ConfigError(f"--fd {fd}: not a listening stream socket")
+        return {"url": f"fd://{fd}", "uvicorn": {"fd": fd}}
+    if args.uds is not None:
+        return {"url": f"unix:{args.uds}", "uvicorn": {"uds": args.uds}}
+    return {
+        "url": f"http://{args.host}:{args.port}",
+        "uvicorn": {"host": args.host, "port": args.port},
+    }
 
 
 def _refuse_unwritable_journal(app: Any) -> None:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -34,9 +33,10 @@ from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event
 from receiver.hookspecs import hookimpl
+from receiver.httpclient import redact, urlopen
 from receiver.plugins import blocking
 
-__all__ = ["Forward", "ForwardError", "redact", "urlopen"]
+__all__ = ["Forward", "ForwardError"]
 
 log = structlog.get_logger()
 
@@ -45,28 +45,6 @@ USER_AGENT = "receiver-forward/1"
 
 class ForwardError(Exception):
     """The event could not be forwarded (the message names the URL, never headers)."""
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib would turn a redirected POST into a GET without the body: refuse instead."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-urlopen = urllib.request.build_opener(_NoRedirects()).open
-"""``urllib``'s ``urlopen`` that follows no redirect (a 3xx is an :class:`HTTPError`)."""
-
-
-def redact(url: str) -> str:
-    """``url`` as it may be logged: scheme, host, port and path; no credentials, query or
-    fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class Forward:

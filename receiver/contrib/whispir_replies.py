@@ -82,6 +82,7 @@ from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event, Reply
 from receiver.hookspecs import hookimpl
+from receiver.httpclient import redact, urlopen
 from receiver.plugins import blocking
 
 __all__ = ["MEDIA_TYPE", "Settings", "WhispirReplies", "WhispirReplyError"]
@@ -160,13 +161,6 @@ class WhispirReplyError(Exception):
     credentials or query, never a header, secret, address or the text)."""
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib would turn a redirected POST into a GET without the body: refuse instead."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class _Attempt(Exception):
     """One failed attempt: ``retryable`` says whether another may succeed."""
 
@@ -174,16 +168,6 @@ class _Attempt(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
-
-
-def _redact(url: str) -> str:
-    """``url`` without user info, query or fragment (for logs and errors)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _masked(address: str | None) -> str | None:
@@ -213,7 +197,6 @@ class WhispirReplies:
         self.worst_case = 0.0
         """Seconds one ``send_reply`` call may take at most (all attempts, all waits)."""
         self._headers: dict[str, str] = {}
-        self._opener = urllib.request.build_opener(_NoRedirects())
         self._sent: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._lock = threading.Lock()
         self.sleep = time.sleep
@@ -247,7 +230,7 @@ class WhispirReplies:
             self.url = f"{base}/workspaces/{quote(settings.workspace, safe='')}/messages"
         else:
             self.url = f"{base}/messages"
-        self.safe_url = _redact(self.url)
+        self.safe_url = redact(self.url)
         basic = base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
         self._headers = {
             "User-Agent": USER_AGENT,
@@ -384,7 +367,7 @@ class WhispirReplies:
         """
         request = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
         try:
-            with self._opener.open(request, timeout=timeout) as response:
+            with urlopen(request, timeout=timeout) as response:
                 status = response.status
                 location = response.headers.get("Location")
                 response.read(MAX_ANSWER_BYTES)
@@ -402,4 +385,4 @@ class WhispirReplies:
             raise _Attempt(f"{type(exc).__name__}: {reason}", retryable=True) from None
         if not 200 <= status < 300:
             raise _Attempt(f"answered {status}", retryable=status in RETRYABLE_STATUS)
-        return _redact(location) if location else None
+        return redact(location) if location else None
