@@ -17,6 +17,7 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
+from installed_wheel import clean_env, installed_wheel, run, run_in_venv
 
 from receiver import Channel, Config, ConfigError, Event, Reply, hookimpl, samples
 from receiver.events import EventType
@@ -567,3 +568,19 @@ def test_testing_example_plugin_package_tests_pass(
     monkeypatch.chdir(copy)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", str(copy))
     result.assert_outcomes(passed=7)
+
+
+def test_testing_readme_example_passes_with_the_installed_wheel(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # As a user would: the wheel (and pytest) in a fresh virtual environment, the README's
+    # test in a fresh folder, `pytest` with no configuration: the pytest11 entry point
+    # brings the fixtures.
+    venv = installed_wheel(tmp_path_factory)
+    user = tmp_path_factory.mktemp("readme_user")
+    (user / "test_hours.py").write_text(readme_test())
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "pytest>=8"]
+    run([*pip, "httpx2>=2.0"], cwd=user, env=clean_env(venv))
+    result = run_in_venv(venv, ["pytest", "-q", "-p", "no:cacheprovider"], cwd=user)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
