@@ -244,9 +244,8 @@ def _short(event: Event) -> str:
 
 
 def _reply_fields(reply: Reply, wanted: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: getattr(reply, name, _UNSET) for name in ("text", *wanted) if name != "text"} | {
-        "text": reply.text
-    }
+    shown = {name: getattr(reply, name, _UNSET) for name in wanted if name != "text"}
+    return {"text": reply.text, **shown}
 
 
 # Channels and configurations ---------------------------------------------------------------

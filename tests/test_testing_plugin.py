@@ -239,16 +239,29 @@ def test_testing_import_is_cheap() -> None:
     ]
 
 
-def test_testing_fixtures_are_few_receiver_named_and_not_autouse(pytester: pytest.Pytester) -> None:
-    import receiver.testing
+def test_testing_fixtures_are_few_receiver_named_and_not_autouse(user: pytest.Pytester) -> None:
+    # Loaded in every pytest run where receiver is installed: it must not reach into tests
+    # that do not ask for it.
+    user.makepyfile(
+        test_user="""
+        import receiver.testing
 
-    fixtures = {
-        name: getattr(receiver.testing, name)
-        for name in dir(receiver.testing)
-        if type(getattr(receiver.testing, name)).__name__ == "FixtureFunctionDefinition"
-    }
-    assert set(fixtures) == {"receiver_client", "receiver_app"}
-    assert not [name for name in dir(receiver.testing) if name.startswith("pytest_")]
+        def test_nothing_autouse(request):
+            assert request.fixturenames == ["request"]
+
+        def test_only_receiver_named(request):
+            manager = request.config.pluginmanager
+            assert manager.get_plugin("receiver.testing") is receiver.testing
+            names = {
+                name
+                for name in dir(receiver.testing)
+                if type(getattr(receiver.testing, name)).__name__ == "FixtureFunctionDefinition"
+            }
+            assert names == {"receiver_client", "receiver_app"}
+            assert not [name for name in dir(receiver.testing) if name.startswith("pytest_")]
+        """
+    )
+    user.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 # --------------------------------------------------------------------------- builders
