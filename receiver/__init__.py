@@ -1,7 +1,7 @@
 """receiver: one well-made endpoint for SMS and messaging platforms' callbacks."""
 
 from receiver.app import create_app
-from receiver.config import Channel, Config, Secret, load_config
+from receiver.config import Channel, Config, Expanded, Secret, load_config
 from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
 from receiver.events import Contact, Event, EventType, Reply
 from receiver.hookspecs import hookimpl
@@ -14,6 +14,7 @@ __all__ = [
     "Contact",
     "Event",
     "EventType",
+    "Expanded",
     "PayloadError",
     "Reply",
     "Secret",

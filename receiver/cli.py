@@ -158,7 +158,11 @@ def _age(text: str) -> float:
 
 
 def _load(
-    args: argparse.Namespace, *, standalone: bool = False, channel_secrets: bool = True
+    args: argparse.Namespace,
+    *,
+    standalone: bool = False,
+    channel_secrets: bool = True,
+    plugin_secrets: bool | None = None,
 ) -> Config:
     """The configuration, with the command line's overrides.
 
@@ -166,7 +170,9 @@ def _load(
     under ``state_dir`` unless the configuration says otherwise. ``channel_secrets``
     False: for commands that never serve (the channels' keys need not be set).
     """
-    config = load_config(args.config, channel_secrets=channel_secrets)
+    config = load_config(
+        args.config, channel_secrets=channel_secrets, plugin_secrets=plugin_secrets
+    )
     if args.plugins_dir:
         config = replace_config(config, plugins_dir=args.plugins_dir)
     if standalone:
@@ -372,7 +378,10 @@ def _operator(name: str) -> Callable[[argparse.Namespace], int]:
         from receiver import operations
 
         command: Callable[[argparse.Namespace, Config], int] = getattr(operations, name)
-        return command(args, _load(args, standalone=True, channel_secrets=False))
+        # The journal needs no channel key; a replay runs the plugins: it needs theirs.
+        plugin_secrets = name == "replay"
+        config = _load(args, standalone=True, channel_secrets=False, plugin_secrets=plugin_secrets)
+        return command(args, config)
 
     return run
 

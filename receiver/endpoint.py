@@ -191,7 +191,16 @@ class CallbackEndpoint:
             first_party=[name for name in FIRST_PARTY if name in config.settings],
         )
         config = typed_settings(manager, config)
-        manager.hook.configure(config=config, manager=manager)
+        try:
+            manager.hook.configure(config=config, manager=manager)
+        except ConfigError:
+            raise
+        except Exception as exc:  # one line for check-config and serve, not a traceback
+            log.exception("plugin configure failed")
+            raise ConfigError(
+                f"{config.source}: a plugin's configure hook failed: {type(exc).__name__} "
+                "(the traceback is in the log)"
+            ) from None
         check_settings(manager, config.settings)
         journal = open_journal(
             config.journal,
