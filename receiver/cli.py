@@ -2,7 +2,9 @@
 sample to a running receiver; the operator commands (events, replay, prune) are
 :mod:`receiver.operations`.
 
-Every option also comes from a ``RECEIVER_*`` environment variable (the flag wins).
+Every option of ``serve`` and the configuration's ``--config``/``--plugins-dir`` also
+come from a ``RECEIVER_*`` environment variable (the flag wins); ``send`` reads
+``RECEIVER_HOST``/``RECEIVER_PORT`` as ``serve`` does, to find the receiver.
 """
 
 from __future__ import annotations
