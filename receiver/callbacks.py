@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import json
 import re
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from receiver import httpclient
 from receiver.config import Channel, convert
+from receiver.httpclient import Answer, NoAnswer
 from receiver.providers.onepoint_signature import OnePointOptions, sign_onepoint
 
-__all__ = ["Answer", "Callback", "build_callback", "freshen", "post", "set_fields"]
+__all__ = ["Answer", "Callback", "NoAnswer", "build_callback", "freshen", "post", "set_fields"]
 
 _KEY_HEADERS = {"whispir": "X-Whispir-Callback-Key"}
 """The header ``auth = "header"`` reads by default, by provider (Provider.key_header)."""
@@ -302,42 +301,18 @@ def _set_xml(text: str, name: str, value: str, every: bool = False) -> tuple[str
 # Sending -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What the receiver answered: status, headers (lower-case names) and body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_open = urllib.request.build_opener(_NoRedirects()).open
-
-
 def post(callback: Callback, timeout: float = 10.0) -> Answer:
     """Send ``callback`` and return the answer, whatever its status (redirects are not
-    followed).
+    followed), the whole exchange within ``timeout`` seconds.
 
     Raises:
-        OSError: no answer (refused, timed out, reset, or not HTTP).
+        NoAnswer: refused, timed out, reset, or not HTTP (the message says which).
     """
-    request = urllib.request.Request(
-        callback.url, data=callback.body or None, headers=callback.headers, method=callback.method
+    return httpclient.post(
+        callback.url,
+        callback.body,
+        callback.headers,
+        timeout=timeout,
+        method=callback.method,
+        max_bytes=16 * 1024 * 1024,
     )
-    try:
-        with _open(request, timeout=timeout) as response:
-            return Answer(
-                response.status,
-                {k.lower(): v for k, v in response.headers.items()},
-                response.read(),
-            )
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
-    except http.client.HTTPException as exc:  # not HTTP: a bad status line, a cut-off body
-        raise OSError(f"no HTTP answer ({type(exc).__name__}: {exc})") from exc

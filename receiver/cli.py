@@ -28,7 +28,7 @@ from receiver.samples import FORMATS
 if TYPE_CHECKING:
     import asyncio
 
-    from receiver.callbacks import Answer
+    from receiver.httpclient import Answer
 
 __all__ = ["main"]
 
@@ -516,10 +516,8 @@ def _send(args: argparse.Namespace) -> int:
         raise _Usage(str(exc)) from None
     try:
         answer = callbacks.post(callback, timeout=args.timeout)
-    except OSError as exc:
-        reason = getattr(exc, "reason", exc)  # urllib's URLError wraps the socket's error
-        text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-        print(f"receiver send: cannot reach {url}: {text}", file=sys.stderr)
+    except callbacks.NoAnswer as exc:
+        print(f"receiver send: cannot reach {url}: {exc}", file=sys.stderr)
         return 3
     _print_answer(answer)
     return 0 if 200 <= answer.status < 300 else 1

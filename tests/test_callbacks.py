@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, parse_qsl
 import pytest
 
 from receiver import samples
-from receiver.callbacks import Callback, build_callback, freshen, post, set_fields
+from receiver.callbacks import Callback, NoAnswer, build_callback, freshen, post, set_fields
 from receiver.config import Channel
 
 # set_fields ---------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_callbacks_post_something_not_http_is_an_oserror() -> None:
     thread = threading.Thread(target=answer_garbage)
     thread.start()
     try:
-        with pytest.raises(OSError, match="no HTTP answer"):
+        with pytest.raises(NoAnswer):
             post(Callback("POST", f"http://127.0.0.1:{port}/c", {}, b"{}"), timeout=5)
     finally:
         thread.join(5)

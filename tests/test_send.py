@@ -333,7 +333,8 @@ def test_send_unreachable_receiver_is_one_line_exit_3(
     assert main(["send", "--config", config, "--url", url, "onepoint-none"]) == 3
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"receiver send: cannot reach {url}/onepoint-none: Connection refused\n"
+    reason = "ConnectionRefusedError: Connection refused"
+    assert err == f"receiver send: cannot reach {url}/onepoint-none: {reason}\n"
 
 
 def test_send_list_names_the_samples_per_provider(
