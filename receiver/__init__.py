@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from receiver.app import create_app
-    from receiver.config import Channel, Config, Secret, load_config
+    from receiver.config import Channel, Config, Expanded, Secret, load_config
     from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
     from receiver.events import Contact, Event, EventType, Reply
     from receiver.hookspecs import hookimpl
@@ -23,6 +23,7 @@ __all__ = [
     "Contact",
     "Event",
     "EventType",
+    "Expanded",
     "PayloadError",
     "Reply",
     "Secret",
@@ -38,6 +39,7 @@ _WHERE = {
     "create_app": "receiver.app",
     "Channel": "receiver.config",
     "Config": "receiver.config",
+    "Expanded": "receiver.config",
     "Secret": "receiver.config",
     "load_config": "receiver.config",
     "ConfigError": "receiver.errors",

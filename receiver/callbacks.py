@@ -11,21 +11,22 @@ expects (:func:`build_callback`): its key in the channel's header, query paramet
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from receiver import httpclient
 from receiver.config import Channel, convert
+from receiver.httpclient import Answer, NoAnswer
 from receiver.providers.onepoint_signature import OnePointOptions, sign_onepoint
 
-__all__ = ["Answer", "Callback", "build_callback", "freshen", "post", "set_fields"]
+__all__ = ["Answer", "Callback", "NoAnswer", "build_callback", "freshen", "post", "set_fields"]
 
 _KEY_HEADERS = {"whispir": "X-Whispir-Callback-Key"}
 """The header ``auth = "header"`` reads by default, by provider (Provider.key_header)."""
@@ -77,7 +78,8 @@ def build_callback(
 
     Raises:
         ValueError: the channel's auth mode needs a key it does not have, or is a mode
-            receiver cannot build (a plugin provider's own).
+            receiver cannot build (a plugin provider's own), or the secret is not Base64
+            where ``hmac_key_encoding = "base64"``.
     """
     given = dict(credentials or {})
     headers: dict[str, str] = {}
@@ -88,7 +90,7 @@ def build_callback(
         headers["Content-Type"] = content_type
     auth = channel.auth
     if auth in ("header", "query", "basic", "bearer"):
-        key = given.get("key") or next((k for k in channel.keys if k), None)
+        key = given["key"] if "key" in given else next((k for k in channel.keys if k), None)
         if key is None:
             raise ValueError(f"auth = {auth!r} and the channel has no key")
         if auth == "header":
@@ -107,24 +109,27 @@ def build_callback(
     full_url = f"{url}?{query}" if query else url
     if auth == "hmac":
         options = convert(channel.options, OnePointOptions, "options")
-        app_id = given.get("app_id") or next(iter(options.credentials), None)
+        app_id = given["app_id"] if "app_id" in given else next(iter(options.credentials), None)
         if app_id is None:
             raise ValueError("auth = 'hmac' and the channel has no credentials")
-        secret = given.get("secret") or options.credentials.get(app_id, "")
+        secret = given["secret"] if "secret" in given else options.credentials.get(app_id, "")
         scheme = "X-DIY-Signature" if channel.provider == "diy" else "X-OPG-Signature"
         target = full_url
         if options.public_url:  # the receiver checks the URL the provider was given
             target = options.public_url + (f"?{query}" if query else "")
-        headers["Authorization"] = sign_onepoint(
-            method,
-            target,
-            body,
-            app_id=app_id,
-            secret=secret,
-            options=options,
-            timestamp=timestamp,
-            scheme=scheme,
-        )
+        try:
+            headers["Authorization"] = sign_onepoint(
+                method,
+                target,
+                body,
+                app_id=app_id,
+                secret=secret,
+                options=options,
+                timestamp=timestamp,
+                scheme=scheme,
+            )
+        except binascii.Error:  # never the secret itself in the message
+            raise ValueError("hmac_key_encoding = 'base64' and the secret is not Base64") from None
     elif auth not in ("none", "header", "query", "basic", "bearer"):
         raise ValueError(f"cannot authenticate auth = {auth!r} (a plugin provider's own mode)")
     return Callback(method, full_url, headers, body)
@@ -152,7 +157,7 @@ def set_fields(body: bytes, format: str, changes: Mapping[str, str]) -> bytes:
             _set_json(data, name.split("."), value)
         return json.dumps(data, ensure_ascii=False).encode()
     if format in ("form", "query"):
-        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+        pairs = parse_qsl(_form_text(body), keep_blank_values=True)
         for name, value in changes.items():
             at = [i for i, (key, _) in enumerate(pairs) if key.lower() == name.lower()]
             if at:
@@ -175,18 +180,20 @@ def freshen(body: bytes, format: str, provider: str) -> bytes:
     does not answer it as a duplicate of the last one.
 
     OnePoint/DIY: ``MessageID`` (``MS`` and 13 digits) and ``Timestamp`` (ISO 8601, UTC);
-    Whispir: ``messageid`` (20 hex digits, also where the old one appears in a location
-    URL) and every ``timestamp``/``acknowledged`` (``dd/mm/yy HH:MM``, UTC).
+    Whispir: ``messageid`` or ``reportid`` (20 hex digits, also where the old one appears
+    in another value: a location URL) and every ``timestamp``/``acknowledged``/
+    ``undeliverable`` (``dd/mm/yy HH:MM``, UTC).
 
     Raises:
         ValueError: the body is not of its format.
     """
     now = datetime.now(UTC)
-    if provider == "whispir":
+    whispir = provider == "whispir"
+    if whispir:
         new_id = secrets.token_hex(10).upper()
         stamp = now.strftime("%d/%m/%y %H:%M")
-        ids: tuple[str, ...] = ("messageid",)
-        times: tuple[str, ...] = ("timestamp", "acknowledged")
+        ids: tuple[str, ...] = ("messageid", "reportid")
+        times: tuple[str, ...] = ("timestamp", "acknowledged", "undeliverable")
     else:
         new_id = "MS" + str(secrets.randbelow(10**13)).zfill(13)
         stamp = now.isoformat(timespec="microseconds")
@@ -197,26 +204,36 @@ def freshen(body: bytes, format: str, provider: str) -> bytes:
         old_ids: list[str] = []
         _walk_json(data, ids, new_id, old_ids)
         _walk_json(data, times, stamp, [])
-        text = json.dumps(data, ensure_ascii=False)
-        for old in old_ids:
-            text = text.replace(old, new_id)  # e.g. in messageLocation
-        return text.encode()
+        if whispir:  # the old id inside another value: messageLocation's URL
+            data = _replace_json(data, [old for old in old_ids if old.strip()], new_id)
+        return json.dumps(data, ensure_ascii=False).encode()
     if format in ("form", "query"):
-        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+        pairs = parse_qsl(_form_text(body), keep_blank_values=True)
         changes = {key: new_id for key, _ in pairs if key.lower() in ids}
         changes.update({key: stamp for key, _ in pairs if key.lower() in times})
         return set_fields(body, format, changes)
     if format == "xml":
         text = body.decode("utf-8")
-        old_id = _xml_text(text, "messageid")
+        old_xml = [m[2].strip() for name in ids for m in _element(name).finditer(text)]
         for name in ids:
             text = _set_xml(text, name, new_id, every=True)[0]
         for name in times:
             text = _set_xml(text, name, stamp, every=True)[0]
-        if old_id:
-            text = text.replace(old_id, new_id)
+        if whispir:
+            for old in old_xml:
+                if old:
+                    text = text.replace(old, new_id)
         return text.encode("utf-8")
     raise ValueError(f"unknown format {format!r}")
+
+
+def _form_text(body: bytes) -> str:
+    """A form's text: UTF-8 (so a byte sent unescaped is kept as its character, not
+    escaped twice), else Latin-1."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("latin-1")
 
 
 def _json(body: bytes) -> Any:
@@ -256,6 +273,18 @@ def _walk_json(data: Any, names: tuple[str, ...], value: str, old: list[str]) ->
             _walk_json(item, names, value, old)
 
 
+def _replace_json(data: Any, old: list[str], new: str) -> Any:
+    """``data`` with each of ``old`` replaced by ``new`` inside every string value."""
+    if isinstance(data, dict):
+        return {key: _replace_json(value, old, new) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_replace_json(item, old, new) for item in data]
+    if isinstance(data, str):
+        for text in old:
+            data = data.replace(text, new)
+    return data
+
+
 def _element(name: str) -> re.Pattern[str]:
     tag = r"(?:[A-Za-z_][\w.-]*:)?" + re.escape(name)
     return re.compile(rf"(<{tag}(?:\s[^>]*)?>)([^<]*)(</{tag}\s*>)", re.IGNORECASE)
@@ -269,48 +298,21 @@ def _set_xml(text: str, name: str, value: str, every: bool = False) -> tuple[str
     return new, count > 0
 
 
-def _xml_text(text: str, name: str) -> str | None:
-    match = _element(name).search(text)
-    return match[2].strip() if match and match[2].strip() else None
-
-
 # Sending -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the receiver answered: status, headers (lower-case names) and body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_open = urllib.request.build_opener(_NoRedirects()).open
 
 
 def post(callback: Callback, timeout: float = 10.0) -> Answer:
     """Send ``callback`` and return the answer, whatever its status (redirects are not
-    followed).
+    followed), the whole exchange within ``timeout`` seconds.
 
     Raises:
-        OSError: no answer (refused, timed out, reset).
+        NoAnswer: refused, timed out, reset, or not HTTP (the message says which).
     """
-    request = urllib.request.Request(
-        callback.url, data=callback.body or None, headers=callback.headers, method=callback.method
+    return httpclient.post(
+        callback.url,
+        callback.body,
+        callback.headers,
+        timeout=timeout,
+        method=callback.method,
+        max_bytes=16 * 1024 * 1024,
     )
-    try:
-        with _open(request, timeout=timeout) as response:
-            return Answer(
-                response.status,
-                {k.lower(): v for k, v in response.headers.items()},
-                response.read(),
-            )
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())

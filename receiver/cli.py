@@ -1,7 +1,10 @@
-"""The ``receiver`` command: serve, check a configuration, list plugins; the operator
-commands (events, replay, prune) are :mod:`receiver.operations`.
+"""The ``receiver`` command: serve, check a configuration, list plugins, send a signed
+sample to a running receiver; the operator commands (events, replay, prune) are
+:mod:`receiver.operations`.
 
-Every option also comes from a ``RECEIVER_*`` environment variable (the flag wins).
+Every option of ``serve`` and the configuration's ``--config``/``--plugins-dir`` also
+come from a ``RECEIVER_*`` environment variable (the flag wins); ``send`` reads
+``RECEIVER_HOST``/``RECEIVER_PORT`` as ``serve`` does, to find the receiver.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import receiver
 from receiver.config import Config, duration, load_config, replace_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
+from receiver.samples import FORMATS
 
 if TYPE_CHECKING:
     import asyncio
+
+    from receiver.httpclient import Answer
 
 __all__ = ["main"]
 
@@ -145,6 +151,79 @@ def _parser() -> argparse.ArgumentParser:
     with_config(prune)
     prune.add_argument("--older-than", type=_age, required=True, help="e.g. 30d")
     prune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+
+    send = commands.add_parser(
+        "send",
+        help="send a sample callback, authenticated as the provider would, to a running receiver",
+        description="Build a callback for CHANNEL's provider (a named sample, a FILE, or - for "
+        "stdin), authenticate it with the channel's configured credentials exactly as the "
+        "provider does, send it to a running receiver and print what it answered: "
+        "'STATUS REASON  request-id=ID', then 'duplicate of EVENT_ID' when the receiver "
+        "answered it as a re-send of an earlier callback (nothing dispatched), then the "
+        "reply body if any. Exit status: 0 for a 2xx answer, 1 for any other status, "
+        "2 for a usage or configuration error, 3 when the receiver cannot be reached.",
+        epilog="--set auth.key=VALUE, auth.app_id=VALUE and auth.secret=VALUE replace the "
+        "channel's key (header, query, basic, bearer) or its HMAC AppId and Secret, e.g. to "
+        "see a wrong one refused with 401; every other --set NAME=VALUE changes a field of "
+        "the body (a dotted name reaches into JSON objects: responseMessage.content).",
+    )
+    with_config(send)
+    send.add_argument("channel", nargs="?", metavar="CHANNEL", help="a configured channel")
+    send.add_argument(
+        "sample",
+        nargs="?",
+        default="message",
+        metavar="SAMPLE|FILE|-",
+        help="a sample name (default message; see --list), a file (.json, .xml, .form, "
+        ".query, or name --format), or - for stdin",
+    )
+    send.add_argument(
+        "--list", action="store_true", help="name the samples of each provider, send nothing"
+    )
+    send.add_argument(
+        "--url",
+        help="the receiver's base URL, the channel path appended (default: "
+        "http://HOST:PORT from --host/--port); include a mount prefix: "
+        "https://example.com/hooks",
+    )
+    send.add_argument(
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="the receiver's host, as given to serve (default 127.0.0.1, $RECEIVER_HOST)",
+    )
+    send.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", 8000)),
+        help="the receiver's port (default 8000, $RECEIVER_PORT)",
+    )
+    send.add_argument(
+        "--set",
+        dest="changes",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a body field, or a credential: auth.key, auth.app_id, auth.secret",
+    )
+    send.add_argument(
+        "--fresh",
+        action="store_true",
+        help="a new message id and timestamp, so it is not answered as a duplicate",
+    )
+    send.add_argument(
+        "--method",
+        type=str.upper,
+        choices=["GET", "POST"],
+        help="default: as the provider sends the sample; GET sends a form's fields as a query",
+    )
+    send.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        help="the format of a FILE without a known extension, or of stdin (default json)",
+    )
+    send.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)"
+    )
     return parser
 
 
@@ -158,7 +237,11 @@ def _age(text: str) -> float:
 
 
 def _load(
-    args: argparse.Namespace, *, standalone: bool = False, channel_secrets: bool = True
+    args: argparse.Namespace,
+    *,
+    standalone: bool = False,
+    channel_secrets: bool = True,
+    plugin_secrets: bool | None = None,
 ) -> Config:
     """The configuration, with the command line's overrides.
 
@@ -166,7 +249,9 @@ def _load(
     under ``state_dir`` unless the configuration says otherwise. ``channel_secrets``
     False: for commands that never serve (the channels' keys need not be set).
     """
-    config = load_config(args.config, channel_secrets=channel_secrets)
+    config = load_config(
+        args.config, channel_secrets=channel_secrets, plugin_secrets=plugin_secrets
+    )
     if args.plugins_dir:
         config = replace_config(config, plugins_dir=args.plugins_dir)
     if standalone:
@@ -372,9 +457,145 @@ def _operator(name: str) -> Callable[[argparse.Namespace], int]:
         from receiver import operations
 
         command: Callable[[argparse.Namespace, Config], int] = getattr(operations, name)
-        return command(args, _load(args, standalone=True, channel_secrets=False))
+        # The journal needs no channel key; a replay runs the plugins: it needs theirs.
+        plugin_secrets = name == "replay"
+        config = _load(args, standalone=True, channel_secrets=False, plugin_secrets=plugin_secrets)
+        return command(args, config)
 
     return run
+
+
+class _Usage(Exception):
+    """A command used wrongly: one line, exit status 2."""
+
+
+_CREDENTIALS = {"auth.key": "key", "auth.app_id": "app_id", "auth.secret": "secret"}
+"""``--set`` names that replace a credential instead of a body field."""
+
+
+def _send(args: argparse.Namespace) -> int:
+    """``receiver send``: one callback to a running receiver; its answer printed."""
+    from receiver import callbacks
+
+    if args.list:
+        return _list_samples(args)
+    if not args.channel:
+        raise _Usage("receiver send needs a CHANNEL (or --list)")
+    fields: dict[str, str] = {}
+    credentials: dict[str, str] = {}
+    for change in args.changes:
+        name, equals, value = change.partition("=")
+        if not equals or not name:
+            raise _Usage(f"--set {change!r}: write NAME=VALUE")
+        if name.lower().startswith("auth."):
+            if name.lower() not in _CREDENTIALS:
+                raise _Usage(f"--set {name}: the credentials are {', '.join(_CREDENTIALS)}")
+            credentials[_CREDENTIALS[name.lower()]] = value
+        else:
+            fields[name] = value
+    config = _load(args)  # the channel's real keys: it is authenticated as the provider would
+    channel = config.channels.get(args.channel)
+    if channel is None:
+        raise ConfigError(
+            f"no channel {args.channel!r}: one of {', '.join(config.channels) or '(none)'}"
+        )
+    body, format = _sample_body(args, channel.provider)
+    method = args.method or FORMATS[format][0]
+    if method == "GET" and format not in ("form", "query"):
+        raise _Usage(f"--method GET sends a form or query sample's fields, not {format}")
+    content_type = FORMATS["form" if format == "query" else format][1]
+    url = _send_url(args) + "/" + args.channel
+    try:
+        if args.fresh:
+            body = callbacks.freshen(body, format, channel.provider)
+        body = callbacks.set_fields(body, format, fields)
+        callback = callbacks.build_callback(
+            channel, url, body, method=method, content_type=content_type, credentials=credentials
+        )
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    try:
+        answer = callbacks.post(callback, timeout=args.timeout)
+    except callbacks.NoAnswer as exc:
+        print(f"receiver send: cannot reach {url}: {exc}", file=sys.stderr)
+        return 3
+    _print_answer(answer)
+    return 0 if 200 <= answer.status < 300 else 1
+
+
+def _list_samples(args: argparse.Namespace) -> int:
+    from receiver import samples
+
+    providers = samples.providers()
+    if args.channel:  # only that channel's provider
+        channel = _load(args, channel_secrets=False).channels.get(args.channel)
+        if channel is None:
+            raise ConfigError(f"no channel {args.channel!r}")
+        if channel.provider not in providers:
+            raise _Usage(f"no samples for provider {channel.provider!r}: send a FILE")
+        providers = [channel.provider]
+    for provider in providers:
+        print(f"{provider}: {' '.join(samples.variants(provider))}")
+    return 0
+
+
+def _sample_body(args: argparse.Namespace, provider: str) -> tuple[bytes, str]:
+    """The body and format ``args.sample`` names: stdin, a file, or a named sample."""
+    from receiver import samples
+
+    name: str = args.sample
+    if name == "-":
+        return sys.stdin.buffer.read(), args.format or "json"
+    if os.path.isfile(name) or os.sep in name:
+        format = args.format or name.rpartition(".")[2].lower()
+        if format not in FORMATS:
+            raise _Usage(
+                f"{name}: name its format with --format ({', '.join(FORMATS)}), "
+                "or use one of those extensions"
+            )
+        try:
+            with open(name, "rb") as file:
+                return file.read(), format
+        except OSError as exc:
+            raise _Usage(f"{name}: {exc.strerror}") from None
+    try:
+        sample = samples.find(provider, name)
+    except KeyError as exc:
+        raise _Usage(f"{exc.args[0]} (or a file)") from None
+    return sample.body, args.format or sample.format
+
+
+def _send_url(args: argparse.Namespace) -> str:
+    """The receiver's base URL, without a trailing slash."""
+    if args.url:
+        if not str(args.url).lower().startswith(("http://", "https://")):
+            raise _Usage(f"--url {args.url!r}: an http:// or https:// URL")
+        if "?" in args.url or "#" in args.url:
+            raise _Usage("--url is the receiver's base URL: no query or fragment")
+        return str(args.url).rstrip("/")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(args.host, args.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{args.port}"
+
+
+def _print_answer(answer: Answer) -> None:
+    from http import HTTPStatus
+
+    from receiver.endpoint import DUPLICATE_HEADER
+
+    try:
+        phrase = HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = ""
+    request_id = answer.headers.get("x-request-id", "-")
+    print(f"{answer.status} {phrase}".rstrip() + f"  request-id={request_id}")
+    original = answer.headers.get(DUPLICATE_HEADER.decode())
+    if original:
+        print(f"duplicate of {original} (not dispatched again; --fresh sends a new one)")
+    if answer.body:
+        text = answer.body.decode("utf-8", "replace")
+        print(text if text.endswith("\n") else text + "\n", end="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": _operator("events"),
         "replay": _operator("replay"),
         "prune": _operator("prune"),
+        "send": _send,
     }[args.command]
     if args.command != "serve":  # serve sets up its own logging; here: warnings, to stderr
         from receiver.logs import configure_logging
@@ -396,6 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         print(f"receiver: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except _Usage as exc:
+        print(f"receiver {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "KEY_MODES",
     "Channel",
     "Config",
+    "Expanded",
     "Secret",
     "ServerLimits",
     "convert",
@@ -52,6 +53,12 @@ when the app is built. Any other field is taken as written. Declare it in the pl
         url: str
         token: receiver.Secret
 """
+
+Expanded = Annotated[str, msgspec.Meta(extra={"variables": True})]
+"""The type of a plugin settings field in which ``${NAME}`` is replaced by the environment
+variable when the app is built, without being a secret: a path
+(``"${STATE_DIRECTORY}/opt_outs.db"``). ``file:`` means nothing here."""
+
 
 KEY_MODES = ("header", "query", "basic", "bearer")
 """The generic auth modes that compare a shared key: they need ``keys``."""
@@ -204,6 +211,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
         return str(vars(self).get("_source", "config"))
 
     @property
+    def secrets_optional(self) -> bool:
+        """True when read for a command that never serves (``load_config(...,
+        channel_secrets=False)``): a plugin secret that is not set is then a warning."""
+        return bool(vars(self).get("_secrets_optional", False))
+
+    @property
     def retention_seconds(self) -> float | None:
         """:attr:`retention` in seconds (None: unset), never less than the duplicate
         windows: an entry is what a re-send (or a replayed signed request) is recognized
@@ -274,7 +287,10 @@ def _check_networks(networks: list[str], where: str) -> None:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, *, channel_secrets: bool = True
+    path: str | os.PathLike[str] | None = None,
+    *,
+    channel_secrets: bool = True,
+    plugin_secrets: bool | None = None,
 ) -> Config:
     """Read and validate a TOML configuration.
 
@@ -282,6 +298,9 @@ def load_config(
     the file are relative to its folder (:func:`resolve_paths`). ``channel_secrets``
     False: a channel secret whose variable is unset or file unreadable does not stop the
     load (see :func:`expand_secret`); the operator commands read the journal so.
+    ``plugin_secrets`` (default: as ``channel_secrets``) False: the same for the
+    :data:`Secret` fields of plugin settings, when the app is built (``replay`` runs the
+    plugins, so it needs theirs).
 
     Raises:
         ConfigError: no file, unreadable TOML, unknown keys or wrong types (with path).
@@ -309,7 +328,10 @@ def load_config(
         )
     resolve_paths(data, Path(path).resolve().parent)
     apply_environment(data)
-    return config_from_dict(data, str(path))
+    config = config_from_dict(data, str(path))
+    if not (channel_secrets if plugin_secrets is None else plugin_secrets):
+        vars(config)["_secrets_optional"] = True
+    return config
 
 
 def resolve_paths(data: dict[str, Any], folder: Path) -> None:
@@ -347,6 +369,10 @@ SECRET_PLACES = ("journal", "channels.<name>.keys", "channels.<name>.options")
 """Where a configuration file's ``${NAME}`` and ``file:/path`` are expanded (with the
 fields of plugin settings declared :data:`Secret`); everywhere else text is text."""
 
+PATH_PLACES = ("state_dir", "plugins_dir")
+"""Paths in which ``${NAME}`` (only) is expanded, as in plugin settings declared
+:data:`Expanded`."""
+
 
 def expand_config_secrets(
     data: dict[str, Any], source: str, *, unset: list[str] | None = None
@@ -362,6 +388,9 @@ def expand_config_secrets(
     data = dict(data)
     if "journal" in data:
         data["journal"] = expand_secret(data["journal"], source, "journal")
+    for key in PATH_PLACES:  # paths: ${NAME} (systemd's $STATE_DIRECTORY), never file:
+        if key in data:
+            data[key] = expand_secret(data[key], source, key, files=False)
     channels = data.get("channels")
     if isinstance(channels, dict):
         expanded = {}
@@ -377,34 +406,39 @@ def expand_config_secrets(
     return data
 
 
-def expand_secret(value: Any, source: str, path: str, *, unset: list[str] | None = None) -> Any:
+def expand_secret(
+    value: Any, source: str, path: str, *, unset: list[str] | None = None, files: bool = True
+) -> Any:
     """``value`` with ``${VAR}`` replaced by the environment variable and a whole
-    ``file:/path`` by the file's text (stripped); lists and tables are walked.
+    ``file:/path`` by the file's text (both stripped of surrounding line breaks); lists
+    and tables are walked. ``files`` False: ``${VAR}`` only (in a path, ``file:`` would
+    be part of a name).
 
     So a configuration can be committed while its keys live in the environment or in
     mounted secret files. An expanded value is never expanded again. A variable that is
     not set, or a file that cannot be read, is a :class:`ConfigError` naming the key
-    path (never the value); with ``unset`` a list, one under ``channels.`` (a channel's
-    keys or credentials, which only serving needs) is instead replaced by a random value
-    that no request will present, and its key path is appended to ``unset``.
+    path (never the value); with ``unset`` a list (a command that never serves: channel
+    keys and plugin secrets are not needed to read the journal), the value is instead
+    replaced by a random one that no request will present, and its key path is appended
+    to ``unset``.
     """
     if isinstance(value, dict):
         return {
-            key: expand_secret(item, source, f"{path}.{key}", unset=unset)
+            key: expand_secret(item, source, f"{path}.{key}", unset=unset, files=files)
             for key, item in value.items()
         }
     if isinstance(value, list):
         return [
-            expand_secret(item, source, f"{path}[{i}]", unset=unset) for i, item in enumerate(value)
+            expand_secret(item, source, f"{path}[{i}]", unset=unset, files=files)
+            for i, item in enumerate(value)
         ]
     if not isinstance(value, str):
         return value
-    lenient = unset is not None and path.startswith("channels.")
-    if value.startswith("file:"):
+    if files and value.startswith("file:"):
         try:
             return Path(value[5:]).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            if lenient and unset is not None:
+            if unset is not None:
                 unset.append(path)
                 return _stand_in()
             raise ConfigError(
@@ -414,11 +448,13 @@ def expand_secret(value: Any, source: str, path: str, *, unset: list[str] | None
     def lookup(match: re.Match[str]) -> str:
         found = os.environ.get(match[1])
         if found is None:
-            if lenient and unset is not None:
+            if unset is not None:
                 unset.append(path)
                 return _stand_in()
             raise ConfigError(f"{source}: {path}: environment variable {match[1]} is not set")
-        return found
+        # As a file's text is stripped: a trailing newline (a secret exported from a
+        # file, a Kubernetes secret) would never match and breaks HTTP headers.
+        return found.strip("\r\n")
 
     return _REFERENCE.sub(lookup, value)
 
@@ -498,7 +534,9 @@ def replace_config(config: Config, **changes: Any) -> Config:
     return copy
 
 
-def expand_declared(value: Any, kind: Any, source: str, path: str) -> Any:
+def expand_declared(
+    value: Any, kind: Any, source: str, path: str, unset: list[str] | None = None
+) -> Any:
     """``value`` (plain data for ``kind``, a type) with the strings that ``kind`` declares
     :data:`Secret` expanded (:func:`expand_secret`), in structs, tables, lists and
     unions of them; everything else as it is.
@@ -506,52 +544,94 @@ def expand_declared(value: Any, kind: Any, source: str, path: str) -> Any:
     Raises:
         ConfigError: a variable not set, a file not readable (naming the key path).
     """
-    return _expand_info(value, msgspec.inspect.type_info(kind), source, path)
+    return _expand_info(value, msgspec.inspect.type_info(kind), source, path, unset)
 
 
-def _expand_info(value: Any, info: msgspec.inspect.Type, source: str, path: str) -> Any:
+def _expand_info(
+    value: Any,
+    info: msgspec.inspect.Type,
+    source: str,
+    path: str,
+    unset: list[str] | None = None,
+) -> Any:
     inspect = msgspec.inspect
     if isinstance(info, inspect.Metadata):
-        if isinstance(value, str) and (info.extra or {}).get("secret"):
-            return expand_secret(value, source, path)
-        return _expand_info(value, info.type, source, path)
+        extra = info.extra or {}
+        if isinstance(value, str) and extra.get("secret"):
+            return expand_secret(value, source, path, unset=unset)
+        if isinstance(value, str) and extra.get("variables"):
+            return expand_secret(value, source, path, files=False)
+        return _expand_info(value, info.type, source, path, unset)
     if isinstance(info, inspect.UnionType):
         for member in info.types:
             if _fits(value, member):
-                return _expand_info(value, member, source, path)
+                return _expand_info(value, member, source, path, unset)
         return value
-    if isinstance(info, inspect.StructType | inspect.DataclassType) and isinstance(value, dict):
+    if isinstance(info, inspect.StructType) and info.array_like and isinstance(value, list):
+        return _expand_items(value, [field.type for field in info.fields], source, path, unset)
+    if isinstance(
+        info, inspect.StructType | inspect.DataclassType | inspect.TypedDictType
+    ) and isinstance(value, dict):
         fields = {field.encode_name: field.type for field in info.fields}
         return {
-            key: _expand_info(item, fields[key], source, f"{path}.{key}") if key in fields else item
+            key: _expand_info(item, fields[key], source, f"{path}.{key}", unset)
+            if key in fields
+            else item
             for key, item in value.items()
         }
     if isinstance(info, inspect.DictType) and isinstance(value, dict):
         return {
-            key: _expand_info(item, info.value_type, source, f"{path}.{key}")
+            key: _expand_info(item, info.value_type, source, f"{path}.{key}", unset)
             for key, item in value.items()
         }
-    if isinstance(info, inspect.ListType | inspect.SetType | inspect.VarTupleType) and isinstance(
-        value, list
-    ):
-        return [
-            _expand_info(item, info.item_type, source, f"{path}[{i}]")
-            for i, item in enumerate(value)
-        ]
+    if isinstance(info, _SEQUENCES) and isinstance(value, list):
+        return _expand_items(value, [info.item_type] * len(value), source, path, unset)
+    if isinstance(info, inspect.TupleType) and isinstance(value, list):
+        return _expand_items(value, list(info.item_types), source, path, unset)
     return value
 
 
+def _expand_items(
+    values: list[Any],
+    kinds: list[msgspec.inspect.Type],
+    source: str,
+    path: str,
+    unset: list[str] | None,
+) -> list[Any]:
+    """A list whose items are of ``kinds`` (position by position; extra items as they are)."""
+    return [
+        _expand_info(item, kinds[i], source, f"{path}[{i}]", unset) if i < len(kinds) else item
+        for i, item in enumerate(values)
+    ]
+
+
+_SEQUENCES = (
+    msgspec.inspect.ListType,
+    msgspec.inspect.SetType,
+    msgspec.inspect.FrozenSetType,
+    msgspec.inspect.VarTupleType,
+)
+
+
 def _fits(value: Any, info: msgspec.inspect.Type) -> bool:
-    """Whether plain ``value`` could be of ``info``'s shape (to pick a union's member)."""
+    """Whether plain ``value`` could be of ``info``'s shape (to pick a union's member;
+    a tagged struct only when ``value`` carries its tag)."""
     inspect = msgspec.inspect
     if isinstance(info, inspect.Metadata):
         return _fits(value, info.type)
     if isinstance(value, str):
         return isinstance(info, inspect.StrType)
     if isinstance(value, dict):
-        return isinstance(info, inspect.StructType | inspect.DataclassType | inspect.DictType)
+        if isinstance(info, inspect.StructType) and info.tag_field is not None:
+            return bool(value.get(info.tag_field) == info.tag)
+        return isinstance(
+            info,
+            inspect.StructType | inspect.DataclassType | inspect.DictType | inspect.TypedDictType,
+        )
     if isinstance(value, list):
-        return isinstance(info, inspect.ListType | inspect.SetType | inspect.VarTupleType)
+        return isinstance(info, (*_SEQUENCES, inspect.TupleType)) or (
+            isinstance(info, inspect.StructType) and info.array_like
+        )
     return False
 
 

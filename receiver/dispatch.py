@@ -261,21 +261,40 @@ class Dispatcher:
     async def send_reply(self, event: Event, reply: Reply) -> bool:
         """Hand ``reply`` to the ``send_reply`` hook; False when no plugin took it.
 
+        Each implementation gets ``reply_timeout`` seconds (not counting a wait for a
+        thread); past it the delivery has failed (a ``@blocking`` one runs on in its
+        thread, unobserved), as when it raises.
+
         Raises:
-            HandlerError: a ``send_reply`` implementation raised.
+            HandlerError: a ``send_reply`` implementation raised or took too long.
         """
         if not self._fresh() or self._senders is None:
             self._senders = self.implementations("send_reply")
         for impl in self._senders:
+            timer: asyncio.Timeout | None = None
             try:
-                taken = await self._call(impl, event, reply)
-            except Exception as exc:
-                log.exception(
-                    "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
-                )
+                async with asyncio.timeout(self.reply_timeout) as timer:
+                    taken = await self._call(impl, event, reply, _Timer(timer))
+            except Exception as raised:
+                error: BaseException = raised
+                if timer is not None and timer.expired():
+                    # A @blocking one runs on in its thread: it may still deliver, so an
+                    # implementation must be safe to call again for the same reply.
+                    error = TimeoutError(f"send_reply took longer than {self.reply_timeout:g} s")
+                    log.error(
+                        "handler timed out",
+                        hook="send_reply",
+                        plugin=impl.plugin,
+                        event_id=event.id,
+                        timeout=self.reply_timeout,
+                    )
+                else:
+                    log.exception(
+                        "handler failed", hook="send_reply", plugin=impl.plugin, event_id=event.id
+                    )
                 raise HandlerError(
                     f"send_reply failed; see the log for event {event.id}",
-                    failures=[Failure.of(exc, plugin=impl.plugin, hook="send_reply")],
+                    failures=[Failure.of(error, plugin=impl.plugin, hook="send_reply")],
                 ) from None
             if taken is not None:
                 return True

@@ -54,13 +54,15 @@ from receiver.plugins import (
 from receiver.providers.base import Provider
 from receiver.redelivery import Observer, Redelivery
 
-__all__ = ["Answer", "BoundChannel", "CallbackEndpoint", "bind_channels"]
+__all__ = ["DUPLICATE_HEADER", "Answer", "BoundChannel", "CallbackEndpoint", "bind_channels"]
 
 log = structlog.get_logger()
 
 _METHODS = frozenset({"GET", "HEAD", "POST"})
 _ALLOW = (b"allow", b"GET, HEAD, POST")
 _JSON_TYPE = (b"content-type", b"application/json")
+DUPLICATE_HEADER = b"x-receiver-duplicate"
+"""The response header of a duplicate's answer: the id of the original event."""
 _encode = msgspec.json.Encoder().encode
 _KEPT_HEADERS = (b"content-type", b"user-agent", b"x-request-id", b"x-forwarded-for")
 
@@ -191,7 +193,16 @@ class CallbackEndpoint:
             first_party=[name for name in FIRST_PARTY if name in config.settings],
         )
         config = typed_settings(manager, config)
-        manager.hook.configure(config=config, manager=manager)
+        try:
+            manager.hook.configure(config=config, manager=manager)
+        except ConfigError:
+            raise
+        except Exception as exc:  # one line for check-config and serve, not a traceback
+            log.exception("plugin configure failed")
+            raise ConfigError(
+                f"{config.source}: a plugin's configure hook failed: {type(exc).__name__} "
+                "(the traceback is in the log)"
+            ) from None
         check_settings(manager, config.settings)
         journal = open_journal(
             config.journal,
@@ -401,12 +412,13 @@ class CallbackEndpoint:
                 ) from None
             reply = pending.reply
         log.info("duplicate", event_id=event.id, original=original, channel=bound.name)
+        marker = (DUPLICATE_HEADER, original.encode())
         if reply is None or not event.type.is_response_type:
-            return Answer(200, b"", [], Outcome.duplicate, event)
+            return Answer(200, b"", [marker], Outcome.duplicate, event)
         rendered = bound.provider.render_reply(event, reply)
         if rendered is None:
-            return Answer(200, b"", [], Outcome.duplicate, event)
-        return Answer(200, rendered, [_JSON_TYPE], Outcome.duplicate, event, True)
+            return Answer(200, b"", [marker], Outcome.duplicate, event)
+        return Answer(200, rendered, [_JSON_TYPE, marker], Outcome.duplicate, event, True)
 
 
 def _dropped(bound: BoundChannel, event: Event) -> None:

@@ -112,7 +112,9 @@ def send_reply(event: Event, reply: Reply) -> bool | None:
         as dropped and the callback is still answered 200. If it raises, the callback
         is answered 200 too (the handlers ran); with the journal the reply is kept and
         this hook is called again after each of ``retry_delays`` (the event's handlers
-        are not), so make it safe to call twice for one reply.
+        are not), so make it safe to call twice for one reply. It gets
+        ``reply_timeout`` seconds; past them the delivery has failed as if it raised (a
+        ``@blocking`` implementation runs on in its thread and may still deliver).
 
     Stops at first non-None result (firstresult).
     """

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +30,7 @@ __all__ = [
     "PluginManager",
     "blocking",
     "describe",
+    "known_channels",
     "make_plugin_manager",
     "provider_classes",
     "typed_settings",
@@ -184,8 +186,9 @@ def check_settings(manager: pluggy.PluginManager, settings: dict[str, Any]) -> l
         names.add(name)
         names.add(name.rpartition(".")[2])
     unknown = [f"settings.{table}" for table in settings if table not in names]
+    candidates = sorted(names | set(contrib.FIRST_PARTY))  # a first-party table misspelt
     for table in unknown:
-        close = difflib.get_close_matches(table.partition(".")[2], sorted(names), n=1)
+        close = difflib.get_close_matches(table.partition(".")[2], candidates, n=1)
         log.warning(
             "settings table for no loaded plugin: it is ignored",
             table=table,
@@ -215,12 +218,37 @@ def typed_settings(manager: pluggy.PluginManager, config: Config) -> Config:
         if value is None or isinstance(value, kind):
             continue
         where = f"settings.{table}"
-        value = expand_declared(value, kind, config.source, where)
+        unset: list[str] | None = [] if config.secrets_optional else None
+        value = expand_declared(value, kind, config.source, where, unset)
+        if unset:
+            log.warning(
+                "plugin secrets not set here: fine for reading the journal, serve needs them",
+                source=config.source,
+                keys=unset,
+            )
         try:
             settings[table] = convert(value, kind, where)
         except ConfigError as exc:
             raise ConfigError(f"{config.source}: {exc}") from None
     return replace_config(config, settings=settings)
+
+
+def known_channels(config: Config, names: list[str] | None, where: str) -> frozenset[str] | None:
+    """``names`` (a plugin's ``channels`` setting) as a set, None for all.
+
+    Raises:
+        ConfigError: a name that is no ``[channels.<name>]`` of ``config`` (a typo would
+            leave the plugin silently idle), naming ``where`` and the channels there are.
+    """
+    if names is None:
+        return None
+    unknown = [name for name in names if name not in config.channels]
+    if unknown:
+        raise ConfigError(
+            f"{where}: no channel named {', '.join(map(repr, unknown))} "
+            f"(channels: {', '.join(sorted(config.channels)) or 'none'})"
+        )
+    return frozenset(names)
 
 
 def stable_name(plugin: object) -> str:
@@ -269,6 +297,29 @@ def _register(manager: PluginManager, plugin: object, name: str | None, origin: 
         raise ConfigError(f"plugin {name or plugin!r} cannot be registered: {exc}") from exc
     if registered is not None:
         manager.origins[registered] = origin
+        if isinstance(plugin, ModuleType) and hasattr(plugin, "configure"):
+            _warn_if_shared(manager, plugin, registered)
+
+
+_MODULE_MANAGERS: weakref.WeakKeyDictionary[ModuleType, weakref.WeakSet[PluginManager]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _warn_if_shared(manager: PluginManager, module: ModuleType, name: str) -> None:
+    """A module is one object per process: a module plugin that keeps settings from its
+    ``configure`` in module globals, loaded by two live apps, answers both with the
+    settings of the one built last. Warn then (a class plugin gets an instance per app;
+    a ``plugins_dir`` file is imported afresh per app, so it never shares)."""
+    managers = _MODULE_MANAGERS.setdefault(module, weakref.WeakSet())
+    if any(other is not manager for other in managers):
+        log.warning(
+            "module plugin shared by two apps in this process: module-level state (its "
+            "settings) is shared too; write it as a class (an instance per app)",
+            plugin=name,
+            module=module.__name__,
+        )
+    managers.add(manager)
 
 
 def _import_file(path: Path) -> ModuleType:

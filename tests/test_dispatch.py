@@ -157,3 +157,58 @@ def test_dispatch_firstresult_is_what_the_hookspec_declares() -> None:
         (impl,) = [i for i in dispatcher.plan(event_type).impls if i.hook == hook]
         assert impl.answers is declared, hook
     assert {t.value for t in EventType if t.is_response_type} == {"message", "keyword"}
+
+
+class _SlowSender:
+    """Replies to every message; its send_reply hangs past reply_timeout."""
+
+    name = "slow_sender"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    @hookimpl
+    def on_message(self, event: Event) -> str:
+        return "thanks"
+
+    @hookimpl
+    @blocking
+    def send_reply(self, event: Event, reply: Any) -> bool:
+        import time
+
+        time.sleep(self.seconds)
+        return True
+
+
+def test_dispatch_send_reply_is_bounded_by_reply_timeout(tmp_path: Path) -> None:
+    """A send_reply that hangs does not hold the callback: past reply_timeout the
+    delivery has failed (kept with the entry for a retry), and Whispir gets its 200."""
+    import sqlite3
+    import time
+
+    from samples import payload
+    from starlette.testclient import TestClient
+
+    database = tmp_path / "r.db"
+    config = Config(
+        channels={"w": Channel(provider="whispir", auth="none")},
+        journal=f"sqlite:///{database}",
+        reply_timeout=0.3,
+        retry_delays=[60.0],
+    )
+    app = create_app(config, plugins=[_SlowSender(3.0)], autoload=False)
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.post(
+            "/w",
+            content=payload("whispir", "reply_sms.json"),
+            headers={"Content-Type": "application/json"},
+        )
+        took = time.monotonic() - started
+    assert response.status_code == 200
+    assert took < 2.0
+    with sqlite3.connect(database) as conn:
+        (state,) = conn.execute("SELECT state FROM events").fetchone()
+        errors = [row[0] for row in conn.execute("SELECT error_type FROM attempts")]
+    assert state == "reply_failed"
+    assert errors == ["TimeoutError"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +213,7 @@ def test_config_secrets_expanded_only_in_secret_places(
     assert config.channels["w"].keys == ["k3y"]
     assert config.channels["o"].options["credentials"] == {"app": "s3cret"}
     assert config.channels["w"].header == "X-${KEY}"  # not a secret: as written
-    assert config.state_dir.endswith("${STATE}")
+    assert config.state_dir == str(tmp_path / "j")  # a path: ${NAME} expanded, not file:
 
 
 def test_config_source_is_the_file(tmp_path: Path) -> None:
@@ -331,3 +332,63 @@ def test_readme_plugin_guide_example_works(monkeypatch: pytest.MonkeyPatch) -> N
     stop = client.post("/sms", content=payload("onepoint", "stop.json"), headers=headers)
     assert stop.status_code == 200
     assert unsubscribed == [("447700900654", "t0ken")]
+
+
+def test_replay_needs_plugin_secrets_events_does_not(tmp_path: Path) -> None:
+    """Reading the journal needs no key; a replay runs the plugins, so an unset plugin
+    secret stops it (exit 2, naming the key) instead of sending with a stand-in."""
+    file = toml(
+        tmp_path,
+        '[settings.forward]\nurl = "http://127.0.0.1:9/x"\n'
+        'headers = { Authorization = "${UNSET_FORWARD_TOKEN}" }\n',
+    )
+    file.write_text(f'journal = "sqlite:///{tmp_path / "r.db"}"\n' + file.read_text())
+    environment = {k: v for k, v in os.environ.items() if k != "UNSET_FORWARD_TOKEN"}
+    environment["RECEIVER_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "receiver", *command, "--config", str(file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment,
+        )
+
+    import asyncio  # the journal serve would have written
+
+    journal = create_app(Config(journal=f"sqlite:///{tmp_path / 'r.db'}")).state.journal
+    asyncio.run(journal.start())
+    asyncio.run(journal.stop())
+    events = run("events")
+    assert events.returncode == 0, events.stderr
+    assert "settings.forward.headers.Authorization" in events.stderr  # a warning
+    replay = run("replay", "--failed")
+    assert replay.returncode == 2
+    assert replay.stderr.strip().splitlines()[-1] == (
+        f"receiver: configuration error: {file}: settings.forward.headers.Authorization: "
+        "environment variable UNSET_FORWARD_TOKEN is not set"
+    )
+
+
+def test_plugin_configure_raising_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "boom.py").write_text(
+        "from receiver import hookimpl\n\n@hookimpl\ndef configure(config):\n"
+        "    raise KeyError('secret-ish detail')\n"
+    )
+    file = toml(tmp_path, "")
+    file.write_text(f'plugins_dir = "{folder}"\n' + file.read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver", "check-config", "--config", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"receiver: configuration error: {file}: a plugin's configure hook failed: "
+        "KeyError (the traceback is in the log)"
+    )

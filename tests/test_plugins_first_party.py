@@ -446,7 +446,7 @@ def test_forward_timeout_answers_500(sink: Sink) -> None:
 
 def test_forward_never_logs_header_values() -> None:
     port = closed_port()
-    url = f"http://user:pa55word@127.0.0.1:{port}/events?token=t0ken"
+    url = f"http://127.0.0.1:{port}/events?token=t0ken"
     settings = {"forward": {"url": url, "headers": {"Authorization": "Bearer s3cret"}}}
     with capture_logs() as logs:
         response = post(client_for(settings), body("stop.json"))
@@ -456,8 +456,14 @@ def test_forward_never_logs_header_values() -> None:
     assert failed[0]["url"] == f"http://127.0.0.1:{port}/events"
     text = repr(logs)
     assert "s3cret" not in text
-    assert "pa55word" not in text
     assert "t0ken" not in text
+
+
+def test_forward_url_with_credentials_is_refused_without_echoing_them() -> None:
+    url = "http://user:pa55word@127.0.0.1:9/events"
+    with pytest.raises(ConfigError, match=r"settings\.forward\.url: no user or password") as caught:
+        make_app({"forward": {"url": url}})
+    assert "pa55word" not in str(caught.value)
 
 
 def test_forward_off_without_table(sink: Sink) -> None:

@@ -22,8 +22,6 @@ library (``urllib.request``), in a worker thread.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import msgspec
@@ -33,7 +31,7 @@ from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event
 from receiver.hookspecs import hookimpl
-from receiver.httpclient import redact, urlopen
+from receiver.httpclient import NoAnswer, post, redact
 from receiver.plugins import blocking
 
 __all__ = ["Forward", "ForwardError"]
@@ -57,7 +55,7 @@ class Forward:
 
         Attributes:
             url: Where events are POSTed: an ``http://`` or ``https://`` URL.
-            timeout: Seconds to wait for the target (connect and each read), > 0.
+            timeout: Seconds the whole exchange with the target may take, > 0.
             headers: Extra request headers, ``Header-Name = "value"``; values are
                 :data:`~receiver.Secret` (never logged).
         """
@@ -83,6 +81,11 @@ class Forward:
             raise ConfigError(f"{where}.url: must be an http:// or https:// URL")
         if not parts.hostname:
             raise ConfigError(f"{where}.url: has no host")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"{where}.url: no user or password in the URL: send them as a header "
+                '(headers = { Authorization = "Basic ${FORWARD_BASIC}" })'
+            )
         if not settings.timeout > 0:
             raise ConfigError(f"{where}.timeout: must be a positive number of seconds")
         self.url, self.safe_url = settings.url, redact(settings.url)
@@ -107,26 +110,16 @@ class Forward:
     def on_event(self, event: Event) -> None:
         if self.url is None:
             return
-        request = urllib.request.Request(
-            self.url,
-            data=msgspec.json.encode(event),
-            headers={"User-Agent": USER_AGENT, **self.headers, "Content-Type": "application/json"},
-            method="POST",
-        )
+        headers = {"User-Agent": USER_AGENT, **self.headers, "Content-Type": "application/json"}
         try:
-            with urlopen(request, timeout=self.timeout) as response:
-                status = response.status
-                response.read()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            reason = f"answered {exc.code}"
-        except (OSError, ValueError) as exc:  # URLError, refused, timeout, bad response
-            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            answer = post(self.url, msgspec.json.encode(event), headers, timeout=self.timeout)
+        except NoAnswer as exc:
+            reason = str(exc)
         else:
-            if 200 <= status < 300:
+            if 200 <= answer.status < 300:
                 log.debug("event forwarded", plugin=self.name, url=self.safe_url, event_id=event.id)
                 return
-            reason = f"answered {status}"
+            reason = f"answered {answer.status}"
         log.error(
             "forward failed", plugin=self.name, url=self.safe_url, event_id=event.id, reason=reason
         )

@@ -29,6 +29,7 @@ from receiver.config import Config
 from receiver.errors import ConfigError
 from receiver.events import Event, EventType
 from receiver.hookspecs import hookimpl
+from receiver.plugins import known_channels
 
 __all__ = ["KeywordReplies", "first_word"]
 
@@ -92,7 +93,7 @@ class KeywordReplies:
             if text is not None and not text.strip():
                 raise ConfigError(f"{where}.{key}: must not be empty")
         self.keywords, self.default, self.help = keywords, settings.default, settings.help
-        self.channels = frozenset(settings.channels) if settings.channels is not None else None
+        self.channels = known_channels(config, settings.channels, f"{where}.channels")
         log.info(
             "plugin on",
             plugin=self.name,

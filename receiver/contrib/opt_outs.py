@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from receiver.config import Config
+from receiver.config import Config, Expanded
 from receiver.errors import ConfigError
 from receiver.events import Event
 from receiver.hookspecs import hookimpl
@@ -71,10 +71,12 @@ class OptOuts:
 
         Attributes:
             database: The SQLite file; a relative path is relative to the configuration
-                file's folder (the current folder for a configuration built in Python).
+                file's folder (the current folder for a configuration built in Python);
+                ``${NAME}`` is replaced by the environment variable
+                (``"${STATE_DIRECTORY}/opt_outs.db"``).
         """
 
-        database: str
+        database: Expanded
 
     def __init__(self) -> None:
         self.database: Path | None = None

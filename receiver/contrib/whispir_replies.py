@@ -65,12 +65,9 @@ worker thread (``@blocking``).
 from __future__ import annotations
 
 import base64
-import http.client
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -82,8 +79,8 @@ from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event, Reply
 from receiver.hookspecs import hookimpl
-from receiver.httpclient import redact, urlopen
-from receiver.plugins import blocking
+from receiver.httpclient import NoAnswer, post, redact
+from receiver.plugins import blocking, known_channels
 
 __all__ = ["MEDIA_TYPE", "Settings", "WhispirReplies", "WhispirReplyError"]
 
@@ -130,7 +127,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         subject: The message's ``subject`` (Whispir requires the field; for SMS it is
             sent before the text, for email it is the subject line). Default: empty
             for SMS, ``"Re: your message"`` for email.
-        timeout: Seconds to wait for Whispir per attempt (connect and answer).
+        timeout: Seconds one attempt may take in all (connecting, sending, the whole
+            answer: an answer that trickles in is cut at this deadline).
             Positive; default 5. ``send_reply`` runs before the callback is answered
             and Whispir waits 60 s for that answer: a worst case (all attempts and
             backoffs) of 60 s or more is logged as a warning when the app is built.
@@ -192,6 +190,7 @@ class WhispirReplies:
 
     def __init__(self) -> None:
         self.settings: Settings | None = None
+        self.channels: frozenset[str] | None = None
         self.url = ""
         self.safe_url = ""
         self.worst_case = 0.0
@@ -239,6 +238,7 @@ class WhispirReplies:
             "Content-Type": MEDIA_TYPE,
             "Accept": MEDIA_TYPE,
         }
+        self.channels = known_channels(config, settings.channels, f"{where}.channels")
         self.settings = settings
         self.worst_case = settings.timeout * (settings.retries + 1) + settings.backoff * (
             2**settings.retries - 1
@@ -316,7 +316,7 @@ class WhispirReplies:
         settings = self.settings
         if settings is None or event.provider != "whispir":
             return None
-        if settings.channels is not None and event.channel not in settings.channels:
+        if self.channels is not None and event.channel not in self.channels:
             return None
         message = self.message(event, reply)
         if message is None:
@@ -365,24 +365,14 @@ class WhispirReplies:
         Raises:
             _Attempt: it was not accepted.
         """
-        request = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
         try:
-            with urlopen(request, timeout=timeout) as response:
-                status = response.status
-                location = response.headers.get("Location")
-                response.read(MAX_ANSWER_BYTES)
-        except urllib.error.HTTPError as exc:
-            try:
-                exc.read(MAX_ANSWER_BYTES)  # the text may echo the message: never logged
-            except (OSError, ValueError, http.client.HTTPException):
-                pass
-            finally:
-                exc.close()
-            raise _Attempt(f"answered {exc.code}", retryable=exc.code in RETRYABLE_STATUS) from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            # URLError, refused, reset, timeout, a broken answer
-            reason = getattr(exc, "reason", exc)
-            raise _Attempt(f"{type(exc).__name__}: {reason}", retryable=True) from None
+            answer = post(
+                self.url, data, self._headers, timeout=timeout, max_bytes=MAX_ANSWER_BYTES
+            )
+        except NoAnswer as exc:  # refused, reset, timed out, a broken answer
+            raise _Attempt(str(exc), retryable=True) from None
+        status = answer.status  # an answer's text may echo the message: never logged
         if not 200 <= status < 300:
             raise _Attempt(f"answered {status}", retryable=status in RETRYABLE_STATUS)
+        location = answer.headers.get("location")
         return redact(location) if location else None
