@@ -10,10 +10,18 @@ Each factory imports what its scenario uses, when called: a server loads FastAPI
 pydantic only for ``naive`` and receiver only for receiver's scenarios, so the peak-RSS
 column compares like with like. Every channel is served at ``/sms``; the keys and secrets
 are the constants below, which ``bench/load.py`` uses to sign its requests.
+
+The ``mounted_*`` scenarios are receiver as a FastAPI app's owner mounts it (at
+``/hooks``, so the callback path is ``/hooks/sms``), in a host that has configured the
+standard library's ``logging`` (JSON lines to stderr through :class:`JsonLines`, a
+formatter such a host writes) and not structlog: the root logger at WARNING or at INFO.
 """
 
 import hmac
+import json
+import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -30,10 +38,14 @@ __all__ = [
     "APP_ID",
     "CHANNEL",
     "KEY_HEADER",
+    "MOUNT",
     "ONEPOINT_KEY",
     "SECRET",
     "WHISPIR_KEY",
+    "JsonLines",
     "baseline",
+    "mounted_info",
+    "mounted_warning",
     "naive",
     "onepoint_hmac",
     "onepoint_reply",
@@ -47,6 +59,7 @@ KEY_HEADER = "X-Callback-Key"
 ONEPOINT_KEY = "bench-onepoint-key"
 APP_ID = "bench"
 SECRET = "bench-secret"
+MOUNT = "/hooks"
 
 
 # -- baseline: the least an ASGI app can do with a callback ------------------------------
@@ -178,3 +191,64 @@ def onepoint_hmac() -> Starlette:
 
     channel = Channel(provider="onepoint", auth="hmac", options={"credentials": {APP_ID: SECRET}})
     return _receiver(channel, _plugin(None))
+
+
+# -- mounted: receiver in a FastAPI app that configured stdlib logging ----------------------
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and every field a record
+    carries besides the standard ones (``extra``: receiver's fields land there)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "timestamp": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _mounted(level: int) -> "FastAPI":
+    from fastapi import FastAPI
+
+    from receiver import Channel, Config, create_app
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    channel = Channel(provider="whispir", auth="header", keys=[WHISPIR_KEY])
+    config = Config(
+        channels={CHANNEL: channel},
+        journal=os.environ.get("BENCH_JOURNAL") or "none",
+        duplicate_window=0,
+        duplicate_body_window=0,
+    )
+    app = FastAPI()
+
+    @app.get("/")
+    async def home() -> dict[str, str]:
+        return {"app": "the host's own page"}
+
+    app.mount(MOUNT, create_app(config, plugins=[_plugin(None)]))
+    return app
+
+
+def mounted_warning() -> "FastAPI":
+    """receiver's Whispir channel mounted in FastAPI; the host's logging at WARNING."""
+    return _mounted(logging.WARNING)
+
+
+def mounted_info() -> "FastAPI":
+    """receiver's Whispir channel mounted in FastAPI; the host's logging at INFO."""
+    return _mounted(logging.INFO)

@@ -24,6 +24,8 @@ SCENARIOS = [
         for journal in ("off", "sqlite")
         for name in ("whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac")
     ],
+    ("mounted_warning", "off"),
+    ("mounted_info", "off"),
 ]
 
 
