@@ -11,8 +11,9 @@ pydantic only for ``naive`` and receiver only for receiver's scenarios, so the p
 column compares like with like. Every channel is served at ``/sms``; the keys and secrets
 are the constants below, which ``bench/load.py`` uses to sign its requests.
 
-The ``mounted_*`` scenarios are receiver as a FastAPI app's owner mounts it (at
-``/hooks``, so the callback path is ``/hooks/sms``), in a host that has configured the
+The ``mounted_*`` scenarios are receiver as an application's owner mounts it (at
+``/hooks``, so the callback path is ``/hooks/sms``) in a Starlette app (``mounted_*``) or
+a FastAPI app (``mounted_fastapi_*``) with one route of its own, which has configured the
 standard library's ``logging`` (JSON lines to stderr through :class:`JsonLines`, a
 formatter such a host writes) and not structlog: the root logger at WARNING or at INFO.
 """
@@ -44,6 +45,8 @@ __all__ = [
     "WHISPIR_KEY",
     "JsonLines",
     "baseline",
+    "mounted_fastapi_info",
+    "mounted_fastapi_warning",
     "mounted_info",
     "mounted_warning",
     "naive",
@@ -217,8 +220,10 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def _mounted(level: int) -> "FastAPI":
-    from fastapi import FastAPI
+def _mounted(level: int, host: str = "starlette") -> Starlette:
+    """receiver's Whispir channel at ``/hooks`` in a ``host`` app ("starlette" or
+    "fastapi") whose root logger writes :class:`JsonLines` to stderr at ``level``."""
+    from starlette.routing import Mount
 
     from receiver import Channel, Config, create_app
 
@@ -234,21 +239,36 @@ def _mounted(level: int) -> "FastAPI":
         duplicate_window=0,
         duplicate_body_window=0,
     )
-    app = FastAPI()
+    hooks = create_app(config, plugins=[_plugin(None)])
 
-    @app.get("/")
-    async def home() -> dict[str, str]:
-        return {"app": "the host's own page"}
+    async def home(request: Request) -> Response:
+        return Response("the host's own page")
 
-    app.mount(MOUNT, create_app(config, plugins=[_plugin(None)]))
-    return app
+    if host == "fastapi":
+        from fastapi import FastAPI
+
+        app = FastAPI()
+        app.add_api_route("/", home, methods=["GET"])
+        app.mount(MOUNT, hooks)
+        return app
+    return Starlette(routes=[Route("/", home), Mount(MOUNT, app=hooks)])
 
 
-def mounted_warning() -> "FastAPI":
-    """receiver's Whispir channel mounted in FastAPI; the host's logging at WARNING."""
+def mounted_warning() -> Starlette:
+    """receiver's Whispir channel mounted in a Starlette app; its logging at WARNING."""
     return _mounted(logging.WARNING)
 
 
-def mounted_info() -> "FastAPI":
-    """receiver's Whispir channel mounted in FastAPI; the host's logging at INFO."""
+def mounted_info() -> Starlette:
+    """receiver's Whispir channel mounted in a Starlette app; its logging at INFO."""
     return _mounted(logging.INFO)
+
+
+def mounted_fastapi_warning() -> Starlette:
+    """receiver's Whispir channel mounted in a FastAPI app; its logging at WARNING."""
+    return _mounted(logging.WARNING, "fastapi")
+
+
+def mounted_fastapi_info() -> Starlette:
+    """receiver's Whispir channel mounted in a FastAPI app; its logging at INFO."""
+    return _mounted(logging.INFO, "fastapi")

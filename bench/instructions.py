@@ -50,6 +50,8 @@ ROWS = (
     "onepoint_hmac",
     "mounted_warning",
     "mounted_info",
+    "mounted_fastapi_warning",
+    "mounted_fastapi_info",
 )
 WARM_UP = 300
 IN_FLIGHT = 64

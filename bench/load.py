@@ -13,9 +13,11 @@ to another. The scenarios:
   body), ``onepoint_hmac`` (a signed OnePoint receipt): receiver, each with the journal
   off and with the SQLite journal on, logging one JSON line per callback to a file.
 * ``mounted_warning``, ``mounted_info``: receiver's Whispir channel (journal off) mounted
-  at ``/hooks`` in a FastAPI app that configured the standard library's ``logging`` (JSON
-  lines to the file, by a plain ``logging.Formatter``) and not structlog, its root logger
-  at WARNING (no line per callback) or INFO (one line per callback through ``logging``).
+  at ``/hooks`` in a Starlette app that configured the standard library's ``logging``
+  (JSON lines to the file, by a plain ``logging.Formatter``) and not structlog, its root
+  logger at WARNING (no line per callback) or INFO (one line per callback through
+  ``logging``); ``mounted_fastapi_warning``, ``mounted_fastapi_info``: the same in a
+  FastAPI app (not judged: FastAPI's own routing costs more than receiver's logging).
 
 Baseline runs first, again after every three other scenarios, and last; each row's ratio
 to baseline is against the mean of the baseline runs just before and after it, because
@@ -207,6 +209,8 @@ def scenarios() -> list[Scenario]:
     mounted = [
         Scenario("mounted_warning", whispir_json, json_type, whispir_key, path=path),
         Scenario("mounted_info", whispir_json, json_type, whispir_key, path=path),
+        Scenario("mounted_fastapi_warning", whispir_json, json_type, whispir_key, path=path),
+        Scenario("mounted_fastapi_info", whispir_json, json_type, whispir_key, path=path),
     ]
     return [*references, *receivers, *journaled, *mounted]
 
@@ -951,7 +955,7 @@ def main() -> int:
     print(f"server:   {server_cmd} (one worker)")
     print(
         f"load:     {' '.join([*pin.wrk, 'wrk', '-t1', f'-c{CONNECTIONS}', f'-d{seconds}s'])}"
-        f" --latency -s <scenario>.lua http://{HOST}:<port>/{CHANNEL}"
+        f" --latency -s <scenario>.lua http://{HOST}:<port>/{CHANNEL} (mounted: {MOUNT}/{CHANNEL})"
     )
     print("          (the Lua response() checks every answer in every scenario, baseline included)")
     level = os.environ.get("BENCH_LOG_LEVEL") or "info"
@@ -961,8 +965,9 @@ def main() -> int:
         "so wrk's identical bodies are stored, not answered as duplicates"
     )
     print(
-        f"mounted:  receiver at {MOUNT} in FastAPI, whose stdlib logging (root at WARNING or "
-        "INFO) writes JSON lines to the file; structlog not configured"
+        f"mounted:  receiver at {MOUNT} in Starlette (mounted_fastapi_*: FastAPI), whose stdlib "
+        "logging (root at WARNING or INFO) writes JSON lines to the file; structlog not "
+        "configured"
     )
     print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
     print()
