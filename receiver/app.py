@@ -26,7 +26,7 @@ from receiver.config import Config, load_config, replace_config
 from receiver.endpoint import Answer, BoundChannel, CallbackEndpoint
 from receiver.errors import Outcome
 from receiver.journal import Journal
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger, stdlib_logger
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
 from receiver.middleware import (
     FORWARDING_HEADERS,
@@ -40,7 +40,7 @@ from receiver.redelivery import Redelivery
 
 __all__ = ["Edge", "ReceiverApp", "create_app", "log_answer"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _EMPTY_LENGTH = (b"content-length", b"0")
 
@@ -124,16 +124,25 @@ class Edge:
 
 
 def _logger(bound: BoundChannel) -> Any:
-    """``bound``'s logger for callback lines, made at its first callback.
+    """``bound``'s logger for callback lines, made at its first callback (and again when
+    structlog's configured-or-not changes since; see :attr:`BoundChannel.logger_for`).
 
-    structlog's lazy proxy re-reads the configuration on every call unless
-    ``cache_logger_on_first_use`` is set; when it is (``receiver serve`` sets it), the
-    proxy is resolved here once, as structlog itself would at first use, which takes a
-    fifth off each line's cost.
+    structlog configured: structlog's lazy proxy re-reads the configuration on every call
+    unless ``cache_logger_on_first_use`` is set; when it is (``receiver serve`` sets it),
+    the proxy is resolved here once, as structlog itself would at first use, which takes
+    a fifth off each line's cost. Not configured: a logger to the standard library's
+    ``receiver.app`` (:func:`receiver.logs.stdlib_logger`).
     """
-    proxy = structlog.get_logger(channel=bound.name, provider=bound.provider.name)
-    logger = proxy.bind() if structlog.get_config()["cache_logger_on_first_use"] else proxy
-    bound.logger = logger
+    context = {"channel": bound.name, "provider": bound.provider.name}
+    if structlog.is_configured():
+        proxy = structlog.get_logger(__name__, **context)
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            logger, made_for = proxy.bind(), None
+        else:
+            logger, made_for = proxy, True
+    else:
+        logger, made_for = stdlib_logger(__name__, **context), False
+    bound.logger, bound.logger_for = logger, made_for
     return logger
 
 
@@ -150,7 +159,10 @@ def log_answer(
     event = answer.event
     if answer.reason is None:
         assert bound is not None  # answered: the channel exists
-        logger = bound.logger or _logger(bound)
+        logger = bound.logger
+        made_for = bound.logger_for
+        if logger is None or (made_for is not None and made_for is not structlog.is_configured()):
+            logger = _logger(bound)
         if event is None:  # a URL check
             logger.info(
                 "callback",

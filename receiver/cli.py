@@ -14,18 +14,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from receiver.config import Config, duration, load_config, replace_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
+from receiver.logs import get_logger
 
 if TYPE_CHECKING:
     import asyncio
 
 __all__ = ["main"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 # Settings the worker processes of ``serve --workers N`` read back from the environment.
 _WORKER_CONFIG = "RECEIVER_CONFIG"

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgspec
-import structlog
 
 from receiver.asgi import ClientGone, Receive, Scope, read_body
 from receiver.auth import Authenticator, CallbackRequest, build_authenticator, without_key_param
@@ -42,7 +41,7 @@ from receiver.errors import (
 )
 from receiver.events import Event, Reply
 from receiver.journal import Journal, Recorded, open_journal
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 from receiver.middleware import Networks
 from receiver.plugins import (
     PluginManager,
@@ -56,7 +55,7 @@ from receiver.redelivery import Observer, Redelivery
 
 __all__ = ["Answer", "BoundChannel", "CallbackEndpoint", "bind_channels"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _METHODS = frozenset({"GET", "HEAD", "POST"})
 _ALLOW = (b"allow", b"GET, HEAD, POST")
@@ -87,6 +86,9 @@ class BoundChannel:
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (made by the edge,
     :func:`receiver.app.log_answer`, at the channel's first callback)."""
+    logger_for: bool | None = None
+    """What ``structlog.is_configured()`` said when :attr:`logger` was made, to make it
+    again when that changes; None for a logger that stays (``receiver serve``'s)."""
 
 
 class Answer(NamedTuple):

@@ -28,17 +28,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
-import structlog
 
 from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event
 from receiver.hookspecs import hookimpl
+from receiver.logs import get_logger
 from receiver.plugins import blocking
 
 __all__ = ["Forward", "ForwardError", "redact", "urlopen"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 USER_AGENT = "receiver-forward/1"
 

@@ -19,12 +19,11 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
-import structlog
 
 from receiver.asgi import url_of
 from receiver.auth import Authenticator, CallbackRequest
 from receiver.errors import ConfigError, NotAuthenticated
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 
 if TYPE_CHECKING:
     from receiver.config import Channel
@@ -37,7 +36,7 @@ __all__ = [
     "signature_check",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 SIGNATURE_SCHEMES = (b"x-opg-signature", b"x-diy-signature")
 
