@@ -124,25 +124,31 @@ class Edge:
 
 
 def _logger(bound: BoundChannel) -> Any:
-    """``bound``'s logger for callback lines, made at its first callback (and again when
-    structlog's configured-or-not changes since; see :attr:`BoundChannel.logger_for`).
+    """``bound``'s logger for callback lines.
 
-    structlog configured: structlog's lazy proxy re-reads the configuration on every call
-    unless ``cache_logger_on_first_use`` is set; when it is (``receiver serve`` sets it),
-    the proxy is resolved here once, as structlog itself would at first use, which takes
-    a fifth off each line's cost. Not configured: a logger to the standard library's
-    ``receiver.app`` (:func:`receiver.logs.stdlib_logger`).
+    structlog configured with ``cache_logger_on_first_use`` (``receiver serve``): its lazy
+    proxy is resolved here once, as structlog itself would at first use, which takes a
+    fifth off each line's cost, and kept in ``bound.logger``, which the edge then uses
+    without calling here again. Otherwise (structlog's proxy, which reads the
+    configuration at every line; not configured: a logger to the standard library's
+    ``receiver.app``, :func:`receiver.logs.stdlib_logger`) it is kept in
+    ``bound.logger_made`` and made again when ``structlog.is_configured()`` changes (an
+    application that configures structlog after its first callback, or a test that
+    captures logs): this is called at every line, and costs a call and a check.
     """
+    configured = structlog.is_configured()
+    made = bound.logger_made
+    if made is not None and made[1] is configured:
+        return made[0]
     context = {"channel": bound.name, "provider": bound.provider.name}
-    if structlog.is_configured():
-        proxy = structlog.get_logger(__name__, **context)
-        if structlog.get_config()["cache_logger_on_first_use"]:
-            logger, made_for = proxy.bind(), None
-        else:
-            logger, made_for = proxy, True
+    if not configured:
+        logger = stdlib_logger(__name__, **context)
     else:
-        logger, made_for = stdlib_logger(__name__, **context), False
-    bound.logger, bound.logger_for = logger, made_for
+        logger = structlog.get_logger(__name__, **context)
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            logger = bound.logger = logger.bind()
+            return logger
+    bound.logger_made = (logger, configured)
     return logger
 
 
@@ -159,10 +165,7 @@ def log_answer(
     event = answer.event
     if answer.reason is None:
         assert bound is not None  # answered: the channel exists
-        logger = bound.logger
-        made_for = bound.logger_for
-        if logger is None or (made_for is not None and made_for is not structlog.is_configured()):
-            logger = _logger(bound)
+        logger = bound.logger or _logger(bound)
         if event is None:  # a URL check
             logger.info(
                 "callback",

@@ -85,10 +85,12 @@ class BoundChannel:
     journal's meta, whatever its name."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (made by the edge,
-    :func:`receiver.app.log_answer`, at the channel's first callback)."""
-    logger_for: bool | None = None
-    """What ``structlog.is_configured()`` said when :attr:`logger` was made, to make it
-    again when that changes; None for a logger that stays (``receiver serve``'s)."""
+    :func:`receiver.app.log_answer`, at the channel's first callback) when it is
+    ``receiver serve``'s: set once, kept. Any other (a mounted app's) is kept in
+    :attr:`logger_made` instead, and checked at every line."""
+    logger_made: tuple[Any, bool] | None = None
+    """A callback logger that is not :attr:`logger`, and what ``structlog.is_configured()``
+    said when it was made: it is made again when that changes."""
 
 
 class Answer(NamedTuple):
