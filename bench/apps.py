@@ -10,10 +10,19 @@ Each factory imports what its scenario uses, when called: a server loads FastAPI
 pydantic only for ``naive`` and receiver only for receiver's scenarios, so the peak-RSS
 column compares like with like. Every channel is served at ``/sms``; the keys and secrets
 are the constants below, which ``bench/load.py`` uses to sign its requests.
+
+The ``mounted_*`` scenarios are receiver as an application's owner mounts it (at
+``/hooks``, so the callback path is ``/hooks/sms``) in a Starlette app (``mounted_*``) or
+a FastAPI app (``mounted_fastapi_*``) with one route of its own, which has configured the
+standard library's ``logging`` (JSON lines to stderr through :class:`JsonLines`, a
+formatter such a host writes) and not structlog: the root logger at WARNING or at INFO.
 """
 
 import hmac
+import json
+import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -30,10 +39,16 @@ __all__ = [
     "APP_ID",
     "CHANNEL",
     "KEY_HEADER",
+    "MOUNT",
     "ONEPOINT_KEY",
     "SECRET",
     "WHISPIR_KEY",
+    "JsonLines",
     "baseline",
+    "mounted_fastapi_info",
+    "mounted_fastapi_warning",
+    "mounted_info",
+    "mounted_warning",
     "naive",
     "onepoint_hmac",
     "onepoint_reply",
@@ -47,6 +62,7 @@ KEY_HEADER = "X-Callback-Key"
 ONEPOINT_KEY = "bench-onepoint-key"
 APP_ID = "bench"
 SECRET = "bench-secret"
+MOUNT = "/hooks"
 
 
 # -- baseline: the least an ASGI app can do with a callback ------------------------------
@@ -178,3 +194,81 @@ def onepoint_hmac() -> Starlette:
 
     channel = Channel(provider="onepoint", auth="hmac", options={"credentials": {APP_ID: SECRET}})
     return _receiver(channel, _plugin(None))
+
+
+# -- mounted: receiver in a FastAPI app that configured stdlib logging ----------------------
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and every field a record
+    carries besides the standard ones (``extra``: receiver's fields land there)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "timestamp": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _mounted(level: int, host: str = "starlette") -> Starlette:
+    """receiver's Whispir channel at ``/hooks`` in a ``host`` app ("starlette" or
+    "fastapi") whose root logger writes :class:`JsonLines` to stderr at ``level``."""
+    from starlette.routing import Mount
+
+    from receiver import Channel, Config, create_app
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    channel = Channel(provider="whispir", auth="header", keys=[WHISPIR_KEY])
+    config = Config(
+        channels={CHANNEL: channel},
+        journal=os.environ.get("BENCH_JOURNAL") or "none",
+        duplicate_window=0,
+        duplicate_body_window=0,
+    )
+    hooks = create_app(config, plugins=[_plugin(None)])
+
+    async def home(request: Request) -> Response:
+        return Response("the host's own page")
+
+    if host == "fastapi":
+        from fastapi import FastAPI
+
+        app = FastAPI()
+        app.add_api_route("/", home, methods=["GET"])
+        app.mount(MOUNT, hooks)
+        return app
+    return Starlette(routes=[Route("/", home), Mount(MOUNT, app=hooks)])
+
+
+def mounted_warning() -> Starlette:
+    """receiver's Whispir channel mounted in a Starlette app; its logging at WARNING."""
+    return _mounted(logging.WARNING)
+
+
+def mounted_info() -> Starlette:
+    """receiver's Whispir channel mounted in a Starlette app; its logging at INFO."""
+    return _mounted(logging.INFO)
+
+
+def mounted_fastapi_warning() -> Starlette:
+    """receiver's Whispir channel mounted in a FastAPI app; its logging at WARNING."""
+    return _mounted(logging.WARNING, "fastapi")
+
+
+def mounted_fastapi_info() -> Starlette:
+    """receiver's Whispir channel mounted in a FastAPI app; its logging at INFO."""
+    return _mounted(logging.INFO, "fastapi")

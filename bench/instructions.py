@@ -9,9 +9,10 @@ app's ASGI callable directly (no server, no sockets: the part of a request that 
 app's own) in a loop, under ``valgrind --tool=cachegrind``, twice: with ``--requests``
 requests and with one. The difference divided by the count is the app's instructions per
 request, repeatable to a fraction of a percent. Rows: ``baseline`` (the bare Starlette
-route of ``bench/apps.py``) and the four journal-off receiver scenarios, each with the
-same request bytes as in ``bench/load.py``; the ratio column is baseline's count over the
-row's (higher is better, 1.0 = as cheap as the bare route).
+route of ``bench/apps.py``), the four journal-off receiver scenarios and the two mounted
+ones (receiver in FastAPI, the host's stdlib logging at WARNING and at INFO), each with
+the same request bytes as in ``bench/load.py``; the ratio column is baseline's count over
+the row's (higher is better, 1.0 = as cheap as the bare route).
 
 ``--journal`` adds two rows: Whispir JSON with 64 requests in flight, with the journal
 off and on (SQLite in a temporary folder, duplicate windows 0 as in the load benchmark):
@@ -41,7 +42,17 @@ if str(ROOT) not in sys.path:  # run as a script: make ``bench`` importable
 
 from bench.load import HOST, Scenario, scenarios  # noqa: E402
 
-ROWS = ("baseline", "whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac")
+ROWS = (
+    "baseline",
+    "whispir_json",
+    "whispir_xml",
+    "onepoint_reply",
+    "onepoint_hmac",
+    "mounted_warning",
+    "mounted_info",
+    "mounted_fastapi_warning",
+    "mounted_fastapi_info",
+)
 WARM_UP = 300
 IN_FLIGHT = 64
 _IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
@@ -84,7 +95,8 @@ async def _drive(name: str, count: int, in_flight: int = 1) -> None:
             scope = {
                 "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                 "server": (HOST, 8000), "client": (HOST, 50000), "scheme": "http",
-                "method": "POST", "root_path": "", "path": "/sms", "raw_path": b"/sms",
+                "method": "POST", "root_path": "", "path": scenario.path,
+                "raw_path": scenario.path.encode(),
                 "query_string": b"", "headers": list(headers), "state": {},
             }  # fmt: skip
             await app(scope, receive, send)

@@ -26,7 +26,7 @@ from receiver.config import Config, load_config, replace_config
 from receiver.endpoint import Answer, BoundChannel, CallbackEndpoint
 from receiver.errors import Outcome
 from receiver.journal import Journal
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger, stdlib_logger
 from receiver.metrics import CONTENT_TYPE_LATEST, Metrics
 from receiver.middleware import (
     FORWARDING_HEADERS,
@@ -40,7 +40,7 @@ from receiver.redelivery import Redelivery
 
 __all__ = ["Edge", "ReceiverApp", "create_app", "log_answer"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _EMPTY_LENGTH = (b"content-length", b"0")
 
@@ -124,16 +124,31 @@ class Edge:
 
 
 def _logger(bound: BoundChannel) -> Any:
-    """``bound``'s logger for callback lines, made at its first callback.
+    """``bound``'s logger for callback lines.
 
-    structlog's lazy proxy re-reads the configuration on every call unless
-    ``cache_logger_on_first_use`` is set; when it is (``receiver serve`` sets it), the
+    structlog configured with ``cache_logger_on_first_use`` (``receiver serve``): its lazy
     proxy is resolved here once, as structlog itself would at first use, which takes a
-    fifth off each line's cost.
+    fifth off each line's cost, and kept in ``bound.logger``, which the edge then uses
+    without calling here again. Otherwise (structlog's proxy, which reads the
+    configuration at every line; not configured: a logger to the standard library's
+    ``receiver.app``, :func:`receiver.logs.stdlib_logger`) it is kept in
+    ``bound.logger_made`` and made again when ``structlog.is_configured()`` changes (an
+    application that configures structlog after its first callback, or a test that
+    captures logs): this is called at every line, and costs a call and a check.
     """
-    proxy = structlog.get_logger(channel=bound.name, provider=bound.provider.name)
-    logger = proxy.bind() if structlog.get_config()["cache_logger_on_first_use"] else proxy
-    bound.logger = logger
+    configured = structlog.is_configured()
+    made = bound.logger_made
+    if made is not None and made[1] is configured:
+        return made[0]
+    context = {"channel": bound.name, "provider": bound.provider.name}
+    if not configured:
+        logger = stdlib_logger(__name__, **context)
+    else:
+        logger = structlog.get_logger(__name__, **context)
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            logger = bound.logger = logger.bind()
+            return logger
+    bound.logger_made = (logger, configured)
     return logger
 
 

@@ -21,11 +21,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import unquote_plus
 
-import structlog
-
 from receiver.asgi import header_index
 from receiver.config import KEY_MODES, Channel
 from receiver.errors import ConfigError, NotAuthenticated
+from receiver.logs import get_logger
 
 if TYPE_CHECKING:
     from receiver.providers.base import Provider
@@ -41,7 +40,7 @@ __all__ = [
     "without_key_param",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 class CallbackRequest:

@@ -17,12 +17,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 import receiver
 from receiver.config import Config, duration, load_config, replace_config
 from receiver.errors import ConfigError
 from receiver.journal import STATES
+from receiver.logs import get_logger
 from receiver.samples import FORMATS
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 # Settings the worker processes of ``serve --workers N`` read back from the environment.
 _WORKER_CONFIG = "RECEIVER_CONFIG"

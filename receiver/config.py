@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-import structlog
 
 from receiver.errors import ConfigError
+from receiver.logs import get_logger
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -36,7 +36,7 @@ __all__ = [
     "load_config",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics"})

@@ -24,15 +24,15 @@ from typing import Any, NamedTuple, Protocol
 import anyio
 import anyio.to_thread
 import pluggy
-import structlog
 
 from receiver.errors import ConfigError, Failure, HandlerError, HandlerTimeout
 from receiver.events import Event, EventType, Reply
+from receiver.logs import get_logger
 from receiver.plugins import PluginManager
 
 __all__ = ["Dispatcher", "Running"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 class _Impl(NamedTuple):

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgspec
-import structlog
 
 from receiver.asgi import ClientGone, Receive, Scope, read_body
 from receiver.auth import Authenticator, CallbackRequest, build_authenticator, without_key_param
@@ -42,7 +41,7 @@ from receiver.errors import (
 )
 from receiver.events import Event, Reply
 from receiver.journal import Journal, Recorded, open_journal
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 from receiver.middleware import Networks
 from receiver.plugins import (
     PluginManager,
@@ -56,7 +55,7 @@ from receiver.redelivery import Observer, Redelivery
 
 __all__ = ["DUPLICATE_HEADER", "Answer", "BoundChannel", "CallbackEndpoint", "bind_channels"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _METHODS = frozenset({"GET", "HEAD", "POST"})
 _ALLOW = (b"allow", b"GET, HEAD, POST")
@@ -88,7 +87,12 @@ class BoundChannel:
     journal's meta, whatever its name."""
     logger: Any = None
     """The callback lines' logger, with channel and provider bound (made by the edge,
-    :func:`receiver.app.log_answer`, at the channel's first callback)."""
+    :func:`receiver.app.log_answer`, at the channel's first callback) when it is
+    ``receiver serve``'s: set once, kept. Any other (a mounted app's) is kept in
+    :attr:`logger_made` instead, and checked at every line."""
+    logger_made: tuple[Any, bool] | None = None
+    """A callback logger that is not :attr:`logger`, and what ``structlog.is_configured()``
+    said when it was made: it is made again when that changes."""
 
 
 class Answer(NamedTuple):

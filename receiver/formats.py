@@ -19,10 +19,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import structlog
-
 from receiver.errors import PayloadError
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 
 __all__ = [
     "MARKS",
@@ -36,7 +34,7 @@ __all__ = [
     "repair_json",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 MAX_XML_DEPTH = 32
 """Deepest XML nesting accepted; callbacks nest three or four levels."""

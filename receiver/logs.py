@@ -1,5 +1,22 @@
-"""Logging set-up for the command line (library code never configures logging), and
-:func:`bounded`, which every log line uses for a value taken from a request."""
+"""Logging set-up for the command line (library code never configures logging),
+:func:`get_logger`, which gives every receiver module its logger, and :func:`bounded`,
+which every log line uses for a value taken from a request.
+
+Where receiver's lines go:
+
+* structlog configured (by ``receiver serve``'s :func:`configure_logging`, or by the
+  application receiver is mounted in): through that configuration, as any structlog line;
+* structlog not configured (an application that set up only the standard library's
+  ``logging``, or nothing): to ``logging``, on the logger named after the module that
+  logs (``receiver.app``, ``receiver.endpoint``, ... children of ``receiver``), at the
+  line's level, with the message as the record's message (``"callback"``) and each field
+  as an attribute of the record (``record.event_id``), as ``extra=`` puts them. They then
+  follow the application's handlers, formatters and levels; a line below the logger's
+  effective level costs one level check.
+
+Nothing here configures anything process-wide unless the command line calls
+:func:`configure_logging`.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +33,7 @@ from typing import IO, Any, Literal, overload
 import msgspec
 import structlog
 
-__all__ = ["BatchedWriter", "bounded", "configure_logging", "flush_logs"]
+__all__ = ["BatchedWriter", "bounded", "configure_logging", "flush_logs", "get_logger"]
 
 LogFormat = Literal["json", "console"]
 
@@ -293,3 +310,122 @@ def flush_logs() -> None:
     """Write out batched log lines now (before exiting, or before reading the log)."""
     if _writer is not None:
         _writer.flush()
+
+
+# -- receiver's loggers -------------------------------------------------------------------
+
+_RECORD_ATTRIBUTES = (frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}) - set(
+    structlog.stdlib.LOG_KWARG_NAMES
+)
+"""A LogRecord's own attributes, which ``extra`` may not name (``logging`` raises),
+but for ``exc_info`` and ``stack_info``, which go to ``logging`` as such."""
+
+
+def _log_kwargs(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog's ``render_to_log_kwargs`` (message, ``extra``, ``exc_info``), a field that
+    would overwrite a LogRecord attribute (``name``, ``module``, ...) renamed with a
+    trailing underscore: ``logging`` raises KeyError for it, which would fail the request."""
+    if not _RECORD_ATTRIBUTES.isdisjoint(event):
+        for key in _RECORD_ATTRIBUTES.intersection(event):
+            event[f"{key}_"] = event.pop(key)
+    return structlog.stdlib.render_to_log_kwargs(logger, method, event)
+
+
+_STDLIB_PROCESSORS: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,  # the request id
+    _log_kwargs,
+]
+
+_STACK = 4
+"""``stacklevel`` for a record's caller (``pathname``, ``lineno``, ``funcName``): the
+receiver line that logged, past :class:`StdlibLogger`'s method and structlog's two."""
+
+
+def _checked(name: str, level: int) -> Any:
+    """A :class:`StdlibLogger` method: ``level`` checked before anything is built."""
+
+    def method(self: Any, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(level):
+            return None
+        kw["stacklevel"] = _STACK
+        return self._proxy_to_logger(name, event, *args, **kw)
+
+    method.__name__ = name
+    return method
+
+
+class StdlibLogger(structlog.stdlib.BoundLogger):
+    """structlog's bound logger for a ``logging.Logger``, which asks the logger whether
+    a line's level is enabled before building the line.
+
+    structlog's own ``BoundLogger`` builds the event dict and runs the processors, and
+    only ``filter_by_level`` (a processor) or ``logging`` itself drops the line; its
+    ``make_filtering_bound_logger`` decides once, at a fixed level, which would not follow
+    the application's later ``setLevel``. ``isEnabledFor`` is cached by ``logging``
+    itself, so a line below the level costs one call.
+    """
+
+    debug = _checked("debug", logging.DEBUG)
+    info = _checked("info", logging.INFO)
+    warning = warn = _checked("warning", logging.WARNING)
+    error = _checked("error", logging.ERROR)
+    critical = fatal = _checked("critical", logging.CRITICAL)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.ERROR):
+            return None
+        kw.setdefault("exc_info", True)
+        kw["stacklevel"] = _STACK
+        return self._proxy_to_logger("error", event, *args, **kw)
+
+
+def stdlib_logger(name: str, **context: Any) -> StdlibLogger:
+    """A logger whose lines go to ``logging.getLogger(name)`` (see the module's text)."""
+    # wrap_logger makes a lazy proxy, which would assemble a new bound logger at every
+    # line; bind() assembles it once, now.
+    logger: StdlibLogger = structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=_STDLIB_PROCESSORS,
+        wrapper_class=StdlibLogger,
+        **context,
+    ).bind()
+    return logger
+
+
+class ReceiverLogger:
+    """A receiver module's logger (:func:`get_logger`): at every call, structlog's own
+    logger when structlog is configured, else :func:`stdlib_logger`'s."""
+
+    __slots__ = ("_context", "_name", "_stdlib", "_structlog")
+
+    def __init__(self, name: str, context: dict[str, Any]) -> None:
+        self._name = name
+        self._context = context
+        # structlog's lazy proxy: it reads the configuration when used, not now.
+        self._structlog: Any = structlog.get_logger(name, **context)
+        self._stdlib: StdlibLogger | None = None
+
+    def resolve(self) -> Any:
+        """The logger to use now."""
+        if structlog.is_configured():
+            return self._structlog
+        if self._stdlib is None:
+            self._stdlib = stdlib_logger(self._name, **self._context)
+        return self._stdlib
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.resolve(), name)
+
+
+def get_logger(name: str, **context: Any) -> Any:
+    """The logger of receiver's module ``name`` (its ``__name__``), with ``context``
+    bound: ``log = get_logger(__name__)`` at the top of every module.
+
+    When structlog is configured, lines go through it (``structlog.get_logger(name)``,
+    the name passed on to the configured logger factory); when it is not, to the
+    standard library's ``logging.getLogger(name)``. Decided at every line, so an
+    application may configure either after importing receiver. Configures nothing.
+    """
+    return ReceiverLogger(name, context)

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import msgspec
 import pluggy
-import structlog
 
 from receiver import builtin, contrib, hookspecs
 from receiver.config import Config, convert, expand_declared, replace_config
 from receiver.errors import ConfigError
+from receiver.logs import get_logger
 from receiver.providers.base import Provider
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "typed_settings",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 

@@ -36,12 +36,11 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-import structlog
-
 from receiver.dispatch import Dispatcher, Running
 from receiver.errors import Failure, HandlerError, HandlerTimeout
 from receiver.events import Event, Reply
 from receiver.journal import Entry, Journal
+from receiver.logs import get_logger
 
 __all__ = ["Observer", "Redelivery"]
 
@@ -66,7 +65,7 @@ class Observer(Protocol):
         """A journal transaction took ``seconds`` (called by the journal's writer thread)."""
 
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 class Redelivery:

@@ -40,10 +40,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
-import structlog
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from receiver.config import DEFAULT_MAX_BODY_BYTES, ServerLimits
+from receiver.logs import get_logger
 
 __all__ = [
     "DESCRIPTOR_RESERVE",
@@ -54,7 +54,7 @@ __all__ = [
     "use_limits",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 DESCRIPTOR_RESERVE = 100
 """Descriptors kept free of connections: the journal, log files, plugins' own sockets."""

@@ -25,18 +25,18 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import msgspec
-import structlog
 
 from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event
 from receiver.hookspecs import hookimpl
 from receiver.httpclient import NoAnswer, post, redact
+from receiver.logs import get_logger
 from receiver.plugins import blocking
 
 __all__ = ["Forward", "ForwardError"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 USER_AGENT = "receiver-forward/1"
 

@@ -23,17 +23,17 @@ from __future__ import annotations
 import re
 
 import msgspec
-import structlog
 
 from receiver.config import Config
 from receiver.errors import ConfigError
 from receiver.events import Event, EventType
 from receiver.hookspecs import hookimpl
+from receiver.logs import get_logger
 from receiver.plugins import known_channels
 
 __all__ = ["KeywordReplies", "first_word"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _FIRST_WORD = re.compile(r"\s*([^\s,;:]+)")
 

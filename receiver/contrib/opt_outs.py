@@ -30,18 +30,17 @@ from datetime import UTC
 from pathlib import Path
 
 import msgspec
-import structlog
 
 from receiver.config import Config, Expanded
 from receiver.errors import ConfigError
 from receiver.events import Event
 from receiver.hookspecs import hookimpl
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 from receiver.plugins import blocking
 
 __all__ = ["OptOuts", "mask"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS opt_outs (
     number TEXT PRIMARY KEY,

@@ -73,18 +73,18 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
-import structlog
 
 from receiver.config import Config, Secret
 from receiver.errors import ConfigError
 from receiver.events import Event, Reply
 from receiver.hookspecs import hookimpl
 from receiver.httpclient import NoAnswer, post, redact
+from receiver.logs import get_logger
 from receiver.plugins import blocking, known_channels
 
 __all__ = ["MEDIA_TYPE", "Settings", "WhispirReplies", "WhispirReplyError"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 NAME = "whispir_replies"
 MEDIA_TYPE = "application/vnd.whispir.message-v1+json"

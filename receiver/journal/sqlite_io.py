@@ -52,9 +52,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from receiver.errors import ConfigError, JournalUnavailable
+from receiver.logs import get_logger
 
 __all__ = [
     "DoneLedger",
@@ -67,7 +66,7 @@ __all__ = [
     "storage_fault",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _T = TypeVar("_T")
 

@@ -24,13 +24,12 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import msgspec
-import structlog
 
 from receiver.auth import AuthenticatorFactory
 from receiver.errors import PayloadError
 from receiver.events import Event, EventType, Reply, new_event_id
 from receiver.formats import TOO_DEEP, BodyFormat
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 from receiver.normalize import canonical, parse_iso_timestamp, snake, squash
 from receiver.providers.base import Provider
 from receiver.providers.onepoint_metadata import INT_MAX, INT_MIN, decode_metadata, flatten_metadata
@@ -38,7 +37,7 @@ from receiver.providers.onepoint_signature import OnePointOptions, signature_che
 
 __all__ = ["STATUSES", "TYPES", "DiyProvider", "OnePointProvider"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 TYPES: dict[str, EventType] = {
     "receipt": EventType.receipt,

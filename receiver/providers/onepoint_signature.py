@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-import structlog
 
 from receiver.asgi import url_of
 from receiver.auth import Authenticator, CallbackRequest
 from receiver.errors import ConfigError, NotAuthenticated
-from receiver.logs import bounded
+from receiver.logs import bounded, get_logger
 
 if TYPE_CHECKING:
     from receiver.config import Channel
@@ -41,7 +40,7 @@ __all__ = [
     "signature_check",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 SIGNATURE_SCHEMES = (b"x-opg-signature", b"x-diy-signature")
 
