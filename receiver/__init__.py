@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from receiver.errors import ConfigError, PayloadError, UnsupportedPayload
     from receiver.events import Contact, Event, EventType, Reply
     from receiver.hookspecs import hookimpl
+    from receiver.logs import get_logger
     from receiver.plugins import blocking
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "UnsupportedPayload",
     "blocking",
     "create_app",
+    "get_logger",
     "hookimpl",
     "load_config",
 ]
@@ -50,6 +52,7 @@ _WHERE = {
     "EventType": "receiver.events",
     "Reply": "receiver.events",
     "hookimpl": "receiver.hookspecs",
+    "get_logger": "receiver.logs",
     "blocking": "receiver.plugins",
 }
 

@@ -15,11 +15,10 @@ app): see README's "Writing a plugin".
 from __future__ import annotations
 
 import msgspec
-import structlog
 
-from receiver import Config, ConfigError, Event, Reply, hookimpl
+from receiver import Config, ConfigError, Event, Reply, get_logger, hookimpl
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

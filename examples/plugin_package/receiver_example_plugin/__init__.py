@@ -11,11 +11,10 @@ all optional, are a ``[settings.stop_and_keyword]`` table (the plugin's name)::
 from __future__ import annotations
 
 import msgspec
-import structlog
 
-from receiver import Config, ConfigError, Event, Reply, Secret, hookimpl
+from receiver import Config, ConfigError, Event, Reply, Secret, get_logger, hookimpl
 
-log = structlog.get_logger()  # never configure logging in a plugin
+log = get_logger(__name__)  # never configure logging in a plugin
 
 DEFAULT_JOIN_REPLY = "Welcome! Reply STOP to opt out."
 
