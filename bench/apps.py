@@ -45,6 +45,7 @@ __all__ = [
     "WHISPIR_KEY",
     "JsonLines",
     "baseline",
+    "host_baseline",
     "mounted_fastapi_info",
     "mounted_fastapi_warning",
     "mounted_info",
@@ -252,6 +253,18 @@ def _mounted(level: int, host: str = "starlette") -> Starlette:
         app.mount(MOUNT, hooks)
         return app
     return Starlette(routes=[Route("/", home), Mount(MOUNT, app=hooks)])
+
+
+def host_baseline() -> Starlette:
+    """The bare route of :func:`baseline` mounted as receiver is in ``mounted_*``: what the
+    host's own routing costs, without receiver (so a mounted row can be judged against the
+    same host with a bare endpoint too)."""
+    from starlette.routing import Mount
+
+    async def home(request: Request) -> Response:
+        return Response("the host's own page")
+
+    return Starlette(routes=[Route("/", home), Mount(MOUNT, app=baseline())])
 
 
 def mounted_warning() -> Starlette:

@@ -48,6 +48,7 @@ ROWS = (
     "whispir_xml",
     "onepoint_reply",
     "onepoint_hmac",
+    "host_baseline",
     "mounted_warning",
     "mounted_info",
     "mounted_fastapi_warning",

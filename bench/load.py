@@ -207,6 +207,7 @@ def scenarios() -> list[Scenario]:
     journaled = [dataclasses.replace(s, journal=True) for s in receivers]
     path = f"{MOUNT}/{CHANNEL}"
     mounted = [
+        Scenario("host_baseline", whispir_json, json_type, whispir_key, receiver=False, path=path),
         Scenario("mounted_warning", whispir_json, json_type, whispir_key, path=path),
         Scenario("mounted_info", whispir_json, json_type, whispir_key, path=path),
         Scenario("mounted_fastapi_warning", whispir_json, json_type, whispir_key, path=path),
