@@ -19,7 +19,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from receiver.asgi import ClientGone, Receive, Scope, Send, header_index
 from receiver.config import Config, load_config, replace_config
@@ -277,7 +277,7 @@ def create_app(
     if metrics is not None:
         endpoint.observe(metrics)
     edge = Edge(endpoint, metrics)
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
     ]

@@ -382,7 +382,8 @@ def expand_config_secrets(
     """``data`` (a decoded file) with its secrets expanded, in :data:`SECRET_PLACES`
     only: the ``journal`` URL, each channel's ``keys`` and every string under its
     ``options`` (credentials, signing secrets; older files' ``credentials`` on the
-    channel itself too), and the ``[console]`` table (its ``token``). A keyword reply ``"Reply ${NAME} to join"`` stays as written.
+    channel itself too), and the ``[console]`` table (its ``token``). A keyword reply
+    ``"Reply ${NAME} to join"`` stays as written.
 
     Raises:
         ConfigError: see :func:`expand_secret`.

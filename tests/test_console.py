@@ -24,8 +24,9 @@ from serving import SECRET, Server, serve
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "console-token-5b1e9d2c7a"
 SAMPLE = json.loads(
-    (Path(__file__).parent.parent / "receiver" / "samples" / "whispir" / "reply_sms.json")
-    .read_bytes()
+    (
+        Path(__file__).parent.parent / "receiver" / "samples" / "whispir" / "reply_sms.json"
+    ).read_bytes()
 )
 CONFIG = """
 plugins_dir = "plugins"
@@ -108,7 +109,9 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def send(server: Server, text: str, message_id: str, mobile: str = "61412345678", channel: str = "w") -> int:
+def send(
+    server: Server, text: str, message_id: str, mobile: str = "61412345678", channel: str = "w"
+) -> int:
     body = json.loads(json.dumps(SAMPLE))
     body["messageId"] = message_id
     body["messageLocation"] = f"https://api.au.whispir.com/messages/{message_id}"
@@ -130,7 +133,9 @@ def log_in(page: Any, server: Server) -> None:
     page.wait_for_selector("table#events")
 
 
-def test_console_login_with_the_token_sets_a_strict_cookie(page: Any, server: Server, shots: Path) -> None:
+def test_console_login_with_the_token_sets_a_strict_cookie(
+    page: Any, server: Server, shots: Path
+) -> None:
     page.goto(server.base + "/console/")
     page.screenshot(path=str(shots / "login.png"))
     page.fill("input[name=token]", "not-the-token-at-all")
@@ -180,7 +185,9 @@ def test_console_filters_narrow_the_list(page: Any, server: Server, shots: Path)
     assert "No entries match" in page.inner_text("table#events")
 
 
-def test_console_event_page_shows_raw_and_normalized(page: Any, server: Server, shots: Path) -> None:
+def test_console_event_page_shows_raw_and_normalized(
+    page: Any, server: Server, shots: Path
+) -> None:
     assert send(server, "Show me whole", "SHOW0001") == 200
     log_in(page, server)
     page.goto(server.base + "/console/?q=SHOW0001")
@@ -285,7 +292,10 @@ def test_console_routes_are_all_listed_here(server: Server) -> None:
 
     del server
     endpoint = CallbackEndpoint.from_config(_config_with_journal())
-    listed = {(m, "/console" + p.replace("{id}", "anything").replace("{name}", "x")) for m, p, _ in Console(ConsoleConfig(token=TOKEN), endpoint).routes()}
+    listed = {
+        (m, "/console" + p.replace("{id}", "anything").replace("{name}", "x"))
+        for m, p, _ in Console(ConsoleConfig(token=TOKEN), endpoint).routes()
+    }
     covered = {(m, p.replace("console.js", "x").replace("console.css", "x")) for m, p in ROUTES}
     assert listed <= covered
 
@@ -337,3 +347,80 @@ def test_console_pages_carry_a_strict_content_security_policy(page: Any, server:
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert "default-src 'none'" in policy
+
+
+# -- the journal's look-ups (no browser) ---------------------------------------------------
+
+
+def _event(number: int, at: float, channel: str = "w", source: str = "61400000000") -> Any:
+    from datetime import UTC, datetime
+
+    from receiver.events import Event, EventType
+
+    return Event(
+        id=f"evt-{number:05d}",
+        received_at=datetime.fromtimestamp(at, UTC),
+        channel=channel,
+        provider="whispir",
+        type=EventType.message,
+        raw=b"{}",
+        message_id=f"MSG{number:05d}",
+        source=source,
+        text=f"hello {number}",
+    )
+
+
+def test_console_journal_browse_pages_filters_and_stays_bounded(tmp_path: Path) -> None:
+    import asyncio
+
+    from receiver.journal import SQLiteJournal
+
+    async def run() -> None:
+        journal = SQLiteJournal(tmp_path / "j.db", duplicate_window=0, body_window=0)
+        await journal.start()
+        now = time.time()
+        for number in range(120):
+            channel = "a" if number % 2 else "b"
+            event = _event(number, now - 1000 + number, channel, f"6140000{number:04d}")
+            await journal.record(event, {}, None)
+        first = await journal.browse(limit=50)
+        assert [e.id for e in first.entries][:2] == ["evt-00119", "evt-00118"]
+        assert len(first.entries) == 50 and first.older is not None
+        second = await journal.browse(limit=50, before=first.older)
+        assert second.entries[0].id == "evt-00069"
+        only_a = await journal.browse(channel="a", limit=500)
+        assert len(only_a.entries) == 60 and only_a.older is None
+        found = await journal.browse(search="61400000042")
+        assert [e.id for e in found.entries] == ["evt-00042"]
+        assert [e.id for e in (await journal.browse(search="msg00007")).entries] == ["evt-00007"]
+        # The scan bound: only the 30 newest are looked at; Older goes on from the 30th.
+        bounded = await journal.browse(search="61400000042", scan=30)
+        assert bounded.entries == [] and bounded.scanned == 30
+        assert bounded.older == pytest.approx(now - 1000 + 90)
+        counts = await journal.per_minute(now - 3600)
+        assert sum(counts.values()) == 120
+        await journal.stop()
+
+    asyncio.run(run())
+
+
+def test_console_journal_queries_use_the_time_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    from receiver.journal import sqlite as store
+
+    connection = sqlite3.connect(tmp_path / "plan.db")
+    store._migrate(connection)
+    query, params = store._browse_query(
+        channel="w", provider="whispir", type="message", state="failed", search="614"
+    )
+    plans = {
+        "page": (query, [0.0, 1e12, 5000, *params, 51]),
+        "edge": (store._WINDOW_EDGE, [0.0, 1e12, 5000]),
+        "chart": (store._PER_MINUTE, [0.0]),
+    }
+    for name, (sql, values) in plans.items():
+        plan = " | ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", values))
+        assert "events_received" in plan, (name, plan)
+        assert "SCAN events" not in plan.replace("SCAN events USING", ""), (name, plan)
+    connection.close()

@@ -25,6 +25,7 @@ text with ``textContent`` only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -172,7 +173,7 @@ def _tail_item(seq: int, at: float, name: str, answer: Answer, original: str | N
             "person": person(event),
             "text": _first_words(event.text if event is not None else None),
             "event_id": (original or event.id) if event is not None else "",
-            "journaled": event is not None and answer.outcome is not Outcome.duplicate
+            "journaled": (event is not None and answer.outcome is not Outcome.duplicate)
             or original is not None,
         }
     )
@@ -253,10 +254,9 @@ class Console:
         item = (self.seq, now, name, answer, original)
         self.recent.append(item)
         for queue in self.listeners:
-            try:
+            # A page that does not read loses what does not fit; it reconnects later.
+            with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(item)
-            except asyncio.QueueFull:  # a page that does not read: it reconnects later
-                pass
 
     # -- authentication -------------------------------------------------------------
 
@@ -334,9 +334,7 @@ class Console:
             if request.method == "POST" and nonce is not None:
                 form = await read_form(request)
                 given = form.get("csrf")
-                if not isinstance(given, str) or not hmac.compare_digest(
-                    given, self.csrf(nonce)
-                ):
+                if not isinstance(given, str) or not hmac.compare_digest(given, self.csrf(nonce)):
                     return Response(
                         "403: no valid CSRF token\n",
                         status_code=403,
@@ -351,7 +349,9 @@ class Console:
         form = await read_form(request)
         token = form.get("token")
         if not isinstance(token, str) or not self._token_ok(token):
-            log.warning("console: wrong token", client=request.client.host if request.client else None)
+            log.warning(
+                "console: wrong token", client=request.client.host if request.client else None
+            )
             return self._login(request, failed=True)
         given = form.get("csrf")
         expected = request.cookies.get(_LOGIN_COOKIE, "")
@@ -569,9 +569,23 @@ class Console:
                 if value:
                     h = value / peak * (height - 20)
                     y -= h
-                    bars.append((round(x, 2), round(y, 2), round(max(bar, 1.0), 2), round(h, 2), COLOURS[outcome]))
+                    bars.append(
+                        (
+                            round(x, 2),
+                            round(y, 2),
+                            round(max(bar, 1.0), 2),
+                            round(h, 2),
+                            COLOURS[outcome],
+                        )
+                    )
         svg = self.templates.get_template("chart.svg").render(
-            bars=bars, width=width, height=height, peak=peak, span=span, outcomes=OUTCOMES, colours=COLOURS
+            bars=bars,
+            width=width,
+            height=height,
+            peak=peak,
+            span=span,
+            outcomes=OUTCOMES,
+            colours=COLOURS,
         )
         return Response(svg, headers=_SECURITY_HEADERS, media_type="image/svg+xml")
 

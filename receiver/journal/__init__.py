@@ -302,9 +302,7 @@ class Journal(abc.ABC):
         if before is not None:
             found = [e for e in found if e.received_at < before]
         chosen = [
-            e
-            for e in found
-            if (provider is None or e.provider == provider) and matches(e, search)
+            e for e in found if (provider is None or e.provider == provider) and matches(e, search)
         ]
         page = chosen[:limit]
         if len(chosen) > limit:

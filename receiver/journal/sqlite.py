@@ -411,29 +411,10 @@ class SQLiteJournal(Journal):
             before if before is not None else float("inf"),
             scan,
         ]
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("channel", channel),
-            ("provider", provider),
-            ("type", type),
-            ("state", state),
-        ):
-            if value is not None:
-                clauses.append(f"events.{column} = ?")
-                params.append(value)
-        if search:
-            # A first cut in SQL (the message id, or anywhere in the stored event), then
-            # exactly in Python (source, destination: inside the stored event).
-            clauses.append(
-                "(instr(lower(events.message_id), ?) > 0 "
-                "OR instr(lower(CAST(events.event AS TEXT)), ?) > 0)"
-            )
-            params += [search.lower(), search.lower()]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"{_WINDOW} SELECT {_PAGE_COLUMNS} FROM window {_PAGE_JOIN} {where} "
-        query += "ORDER BY window.received_at DESC LIMIT ?"
-        edge = f"{_WINDOW} SELECT COUNT(*), MIN(received_at) FROM window"
+        query, params = _browse_query(
+            channel=channel, provider=provider, type=type, state=state, search=search
+        )
+        edge = _WINDOW_EDGE
 
         def read(connection: sqlite3.Connection) -> Browsed:
             rows = connection.execute(query, [*window_params, *params, limit + 1]).fetchall()
@@ -494,6 +475,44 @@ _WINDOW = (
 
 _PAGE_COLUMNS = ", ".join(f"events.{c.strip()}" for c in _COLUMNS.split(","))
 _PAGE_JOIN = "JOIN events ON events.rowid = window.row"
+
+_WINDOW_EDGE = f"{_WINDOW} SELECT COUNT(*), MIN(received_at) FROM window"
+"""How many entries the window holds, and the oldest one's time."""
+
+
+def _browse_query(
+    *,
+    channel: str | None,
+    provider: str | None,
+    type: str | None,
+    state: str | None,
+    search: str | None,
+) -> tuple[str, list[Any]]:
+    """The console's page query (:meth:`SQLiteJournal.browse`) and its filter parameters
+    (after the window's three: since, before, scan; then the page's limit)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("channel", channel),
+        ("provider", provider),
+        ("type", type),
+        ("state", state),
+    ):
+        if value is not None:
+            clauses.append(f"events.{column} = ?")
+            params.append(value)
+    if search:
+        # A first cut in SQL (the message id, or anywhere in the stored event), then
+        # exactly in Python (source, destination: inside the stored event).
+        clauses.append(
+            "(instr(lower(events.message_id), ?) > 0 "
+            "OR instr(lower(CAST(events.event AS TEXT)), ?) > 0)"
+        )
+        params += [search.lower(), search.lower()]
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    query = f"{_WINDOW} SELECT {_PAGE_COLUMNS} FROM window {_PAGE_JOIN} {where} "
+    return query + "ORDER BY window.received_at DESC LIMIT ?", params
+
 
 _PER_MINUTE = (
     "SELECT CAST(received_at / 60 AS INTEGER) AS minute, state, COUNT(*) FROM events "
