@@ -423,4 +423,9 @@ def test_console_journal_queries_use_the_time_index(tmp_path: Path) -> None:
         plan = " | ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", values))
         assert "events_received" in plan, (name, plan)
         assert "SCAN events" not in plan.replace("SCAN events USING", ""), (name, plan)
+        assert "channel_" not in plan and "events_due" not in plan, (name, plan)
+    page_plan = " | ".join(
+        row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {query}", plans["page"][1])
+    )
+    assert "INTEGER PRIMARY KEY (rowid=?)" in page_plan, page_plan
     connection.close()

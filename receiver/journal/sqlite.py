@@ -474,7 +474,7 @@ _WINDOW = (
 """The console's look-up window: the newest entries of a time range, on events_received."""
 
 _PAGE_COLUMNS = ", ".join(f"events.{c.strip()}" for c in _COLUMNS.split(","))
-_PAGE_JOIN = "JOIN events ON events.rowid = window.row"
+_PAGE_JOIN = "CROSS JOIN events ON events.rowid = window.row"  # this order: window first
 
 _WINDOW_EDGE = f"{_WINDOW} SELECT COUNT(*), MIN(received_at) FROM window"
 """How many entries the window holds, and the oldest one's time."""
