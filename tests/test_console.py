@@ -429,3 +429,36 @@ def test_console_journal_queries_use_the_time_index(tmp_path: Path) -> None:
     )
     assert "INTEGER PRIMARY KEY (rowid=?)" in page_plan, page_plan
     connection.close()
+
+
+def test_console_token_is_a_secret_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from receiver.config import SECRET_PLACES, load_config
+    from receiver.errors import ConfigError
+
+    assert "console" in SECRET_PLACES
+    monkeypatch.setenv("CONSOLE_TOKEN_TEST", "from-the-environment-123")
+    (tmp_path / "token").write_text("from-a-file-4567890\n")
+    path = tmp_path / "receiver.toml"
+    path.write_text('[console]\ntoken = "${CONSOLE_TOKEN_TEST}"\n')
+    config = load_config(path)
+    assert config.console is not None
+    assert config.console.token == "from-the-environment-123"
+    path.write_text(f'[console]\ntoken = "file:{tmp_path / "token"}"\n')
+    config = load_config(path)
+    assert config.console is not None and config.console.token == "from-a-file-4567890"
+    path.write_text('[console]\ntoken = "short"\n')
+    with pytest.raises(ConfigError, match="console.token"):
+        load_config(path).validate()
+    path.write_text('[console]\ntoken = "${NOT_SET_ANYWHERE_CONSOLE}"\n')
+    with pytest.raises(ConfigError, match="console.token"):
+        load_config(path)
+    assert load_config(path, channel_secrets=False).console is not None  # operator commands
+
+
+def test_console_name_is_reserved_for_channels() -> None:
+    from receiver.config import Channel, Config
+    from receiver.errors import ConfigError
+
+    config = Config(channels={"console": Channel(provider="whispir", auth="none")})
+    with pytest.raises(ConfigError, match="channels.console"):
+        config.validate()
