@@ -447,10 +447,10 @@ def test_console_token_is_a_secret_place(tmp_path: Path, monkeypatch: pytest.Mon
     config = load_config(path)
     assert config.console is not None and config.console.token == "from-a-file-4567890"
     path.write_text('[console]\ntoken = "short"\n')
-    with pytest.raises(ConfigError, match="console.token"):
+    with pytest.raises(ConfigError, match=r"console\.token"):
         load_config(path).validate()
     path.write_text('[console]\ntoken = "${NOT_SET_ANYWHERE_CONSOLE}"\n')
-    with pytest.raises(ConfigError, match="console.token"):
+    with pytest.raises(ConfigError, match=r"console\.token"):
         load_config(path)
     assert load_config(path, channel_secrets=False).console is not None  # operator commands
 
@@ -460,5 +460,5 @@ def test_console_name_is_reserved_for_channels() -> None:
     from receiver.errors import ConfigError
 
     config = Config(channels={"console": Channel(provider="whispir", auth="none")})
-    with pytest.raises(ConfigError, match="channels.console"):
+    with pytest.raises(ConfigError, match=r"channels\.console"):
         config.validate()
