@@ -70,10 +70,10 @@ REPLAY_MAX = 500
 """Most entries one Replay of a filter takes."""
 TAIL = 64
 """Callbacks the tail keeps for a page that (re)connects."""
-STREAM_SECONDS = 30.0
+STREAM_SECONDS = 10.0
 """A server-sent events stream ends after this (the browser reconnects at once, with the
 last id it saw): a shutdown never waits on an open console."""
-KEEPALIVE_SECONDS = 10.0
+KEEPALIVE_SECONDS = 4.0
 SPANS = {"hour": 3600, "day": 86400}
 OUTCOMES = ("accepted", "duplicate", "rejected", "failed")
 COLOURS = {
@@ -159,22 +159,45 @@ def raw_view(entry: Entry) -> tuple[str, Any]:
     return "text", text
 
 
-def _tail_item(seq: int, at: float, name: str, answer: Answer, original: str | None) -> str:
-    event = answer.event
+Told = tuple[
+    int,
+    float,
+    str,
+    int,
+    str,
+    str | None,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    bool | None,
+    str | None,
+    str | None,
+]
+"""What the tail keeps of a callback: seq, time, channel, status, outcome, event id, type,
+message id, source, destination, inbound, text, the original's id (a duplicate). Plain
+values only, never the event: nothing of a request outlives it in the collector's care."""
+
+
+def _tail_item(item: Told) -> str:
+    seq, at, channel, status, outcome, event_id, type_, message_id = item[:8]
+    source, destination, inbound, text, original = item[8:]
+    first, second = (destination, source) if inbound is False else (source, destination)
+    who = first or second or ""
+    journaled = event_id is not None and (outcome != "duplicate" or original is not None)
     return json.dumps(
         {
             "seq": seq,
             "at": _when(at),
-            "channel": name,
-            "type": event.type.value if event is not None else "",
-            "outcome": answer.outcome.value,
-            "status": answer.status,
-            "message_id": event.message_id or "" if event is not None else "",
-            "person": person(event),
-            "text": _first_words(event.text if event is not None else None),
-            "event_id": (original or event.id) if event is not None else "",
-            "journaled": (event is not None and answer.outcome is not Outcome.duplicate)
-            or original is not None,
+            "channel": channel,
+            "type": type_,
+            "outcome": outcome,
+            "status": status,
+            "message_id": message_id or "",
+            "person": who,
+            "text": _first_words(text),
+            "event_id": original or event_id or "",
+            "journaled": journaled,
         }
     )
 
@@ -188,8 +211,8 @@ class Console:
         self._token = config.token.encode()
         self.endpoint = endpoint
         self.journal: Journal = endpoint.journal
-        self.recent: deque[tuple[int, float, str, Answer, str | None]] = deque(maxlen=TAIL)
-        self.listeners: set[asyncio.Queue[tuple[int, float, str, Answer, str | None]]] = set()
+        self.recent: deque[Told] = deque(maxlen=TAIL)
+        self.listeners: set[asyncio.Queue[Told]] = set()
         self.seq = 0
         self.duplicate_minutes: dict[int, int] = {}
         self.duplicates: dict[str, list[tuple[float, str]]] = {}
@@ -211,9 +234,11 @@ class Console:
         handle = self.endpoint.handle
         tell = self.tell
 
-        async def handle_and_tell(*args: Any) -> Answer:
-            answer = await handle(*args)
-            tell(args[3], answer)
+        async def handle_and_tell(
+            scope: Any, receive: Any, bound: Any, name: str, headers: Any
+        ) -> Answer:
+            answer = await handle(scope, receive, bound, name, headers)
+            tell(name, answer)
             return answer
 
         record = self.journal.record
@@ -238,25 +263,37 @@ class Console:
                 del kept[next(iter(kept))]
 
     def tell(self, name: str, answer: Answer) -> None:
-        """One callback answered: into the tail, to every open Now page."""
+        """One callback answered: into the tail, to every open Now page (the whole cost
+        of an idle console per callback: a time, a tuple, a deque append)."""
         now = time.time()
-        original = None
-        if answer.outcome is Outcome.duplicate:
-            minute = int(now // 60)
-            counts = self.duplicate_minutes
-            if minute not in counts:
-                for old in [m for m in counts if m < minute - 1440]:
-                    del counts[old]
-            counts[minute] = counts.get(minute, 0) + 1
-            if answer.event is not None:
-                original = self._original.pop(answer.event.id, None)
+        outcome = answer.outcome
+        original = self._duplicate(now, answer) if outcome is Outcome.duplicate else None
         self.seq += 1
-        item = (self.seq, now, name, answer, original)
+        event = answer.event
+        item: Told
+        if event is None:
+            item = (self.seq, now, name, answer.status, outcome.value, None, "", None, None, None,
+                    None, None, None)  # fmt: skip
+        else:
+            item = (self.seq, now, name, answer.status, outcome.value, event.id, event.type.value,
+                    event.message_id, event.source, event.destination, event.inbound, event.text,
+                    original)  # fmt: skip
         self.recent.append(item)
-        for queue in self.listeners:
-            # A page that does not read loses what does not fit; it reconnects later.
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(item)
+        if self.listeners:
+            for queue in self.listeners:
+                # A page that does not read loses what does not fit; it reconnects later.
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(item)
+
+    def _duplicate(self, now: float, answer: Answer) -> str | None:
+        """Count a duplicate in its minute; the id of the original it pointed at."""
+        minute = int(now // 60)
+        counts = self.duplicate_minutes
+        if minute not in counts:
+            for old in [m for m in counts if m < minute - 1440]:
+                del counts[old]
+        counts[minute] = counts.get(minute, 0) + 1
+        return self._original.pop(answer.event.id, None) if answer.event is not None else None
 
     # -- authentication -------------------------------------------------------------
 
@@ -437,6 +474,7 @@ class Console:
             older=older,
             newest=newest,
             scanned=page.scanned,
+            scan=SCAN,
             channels=sorted(self.endpoint.channels),
             providers=sorted({b.provider.name for b in self.endpoint.channels.values()}),
             types=[t.value for t in EventType],
@@ -519,7 +557,7 @@ class Console:
         span = request.query_params.get("span", "hour")
         if span not in SPANS:
             span = "hour"
-        recent = [json.loads(_tail_item(*item)) for item in reversed(self.recent)]
+        recent = [json.loads(_tail_item(item)) for item in reversed(self.recent)]
         return self._render(
             request,
             "now.html",
@@ -590,7 +628,7 @@ class Console:
         return Response(svg, headers=_SECURITY_HEADERS, media_type="image/svg+xml")
 
     async def stream(self, request: Request, nonce: str | None) -> Response:
-        queue: asyncio.Queue[tuple[int, float, str, Answer, str | None]] = asyncio.Queue(256)
+        queue: asyncio.Queue[Told] = asyncio.Queue(256)
         last = _number(request.headers.get("last-event-id"))
         missed = [item for item in self.recent if last is not None and item[0] > last]
         self.listeners.add(queue)
@@ -599,7 +637,7 @@ class Console:
             try:
                 yield "retry: 1000\n\n"
                 for item in missed:
-                    yield f"id: {item[0]}\ndata: {_tail_item(*item)}\n\n"
+                    yield f"id: {item[0]}\ndata: {_tail_item(item)}\n\n"
                 deadline = time.monotonic() + STREAM_SECONDS
                 while (left := deadline - time.monotonic()) > 0:
                     try:
@@ -608,7 +646,7 @@ class Console:
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    yield f"id: {item[0]}\ndata: {_tail_item(*item)}\n\n"
+                    yield f"id: {item[0]}\ndata: {_tail_item(item)}\n\n"
             finally:
                 self.listeners.discard(queue)
 
