@@ -8,8 +8,8 @@ confirmed first; the same code as ``receiver replay``) and Now (a live tail by
 server-sent events, a chart of callbacks per minute by outcome).
 
 The callback path: with the console off nothing of it exists. On, :meth:`Console.install`
-wraps the endpoint's ``handle`` (and the journal's ``record``, to see which original a
-duplicate pointed at) in one more await and a deque append per callback, for the tail;
+wraps the endpoint's ``handle`` in one more await and a deque append per callback, for
+the tail (and its ``_duplicate``, taken by duplicates only, to see their original);
 the pages read the journal through :class:`~receiver.journal.Journal`, in bounded
 look-ups, off the event loop.
 
@@ -82,6 +82,8 @@ COLOURS = {
     "rejected": "#ef6c00",
     "failed": "#c62828",
 }
+_time = time.time
+_DUPLICATE = Outcome.duplicate
 _SINCE = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 _FORBIDDEN_META = re.compile(r"auth|key|secret|token|signature|cookie|password", re.IGNORECASE)
 
@@ -230,7 +232,7 @@ class Console:
     # -- the callback path (on only) ---------------------------------------------
 
     def install(self) -> None:
-        """Hook the tail into the endpoint: its ``handle`` and its journal's ``record``."""
+        """Hook the tail into the endpoint: its ``handle`` and ``_duplicate``."""
         handle = self.endpoint.handle
         tell = self.tell
 
@@ -241,17 +243,17 @@ class Console:
             tell(name, answer)
             return answer
 
-        record = self.journal.record
+        # Only a duplicate takes this way (``_duplicate``): nothing for the others.
+        duplicate = self.endpoint._duplicate
         noted = self._noted
 
-        async def record_and_note(event: Event, meta: dict[str, str], key: str | None) -> Recorded:
-            recorded = await record(event, meta, key)
+        async def note_duplicate(bound: Any, event: Event, recorded: Recorded) -> Answer:
             if recorded.duplicate_of is not None:
                 noted(event.id, recorded.duplicate_of)
-            return recorded
+            return await duplicate(bound, event, recorded)
 
         setattr(self.endpoint, "handle", handle_and_tell)  # noqa: B010 (an instance's own)
-        setattr(self.journal, "record", record_and_note)  # noqa: B010
+        setattr(self.endpoint, "_duplicate", note_duplicate)  # noqa: B010
 
     def _noted(self, duplicate: str, original: str) -> None:
         self._original[duplicate] = original
@@ -263,21 +265,24 @@ class Console:
                 del kept[next(iter(kept))]
 
     def tell(self, name: str, answer: Answer) -> None:
-        """One callback answered: into the tail, to every open Now page (the whole cost
-        of an idle console per callback: a time, a tuple, a deque append)."""
-        now = time.time()
-        outcome = answer.outcome
-        original = self._duplicate(now, answer) if outcome is Outcome.duplicate else None
-        self.seq += 1
+        """One callback answered: into the tail, to every open Now page.
+
+        The whole per-callback cost of an idle console, so kept lean (measured with
+        ``bench/instructions.py``): no enum ``.value`` (the members are ``str``s), no
+        class attribute look-up, a tuple of what the event already holds."""
         event = answer.event
+        outcome = answer.outcome
+        self.seq = seq = self.seq + 1
         item: Told
         if event is None:
-            item = (self.seq, now, name, answer.status, outcome.value, None, "", None, None, None,
+            item = (seq, _time(), name, answer.status, outcome, None, "", None, None, None,
                     None, None, None)  # fmt: skip
         else:
-            item = (self.seq, now, name, answer.status, outcome.value, event.id, event.type.value,
+            item = (seq, _time(), name, answer.status, outcome, event.id, event.type,
                     event.message_id, event.source, event.destination, event.inbound, event.text,
-                    original)  # fmt: skip
+                    None)  # fmt: skip
+            if outcome is _DUPLICATE:
+                item = (*item[:12], self._duplicate(item[1], event.id))
         self.recent.append(item)
         if self.listeners:
             for queue in self.listeners:
@@ -285,7 +290,7 @@ class Console:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(item)
 
-    def _duplicate(self, now: float, answer: Answer) -> str | None:
+    def _duplicate(self, now: float, event_id: str) -> str | None:
         """Count a duplicate in its minute; the id of the original it pointed at."""
         minute = int(now // 60)
         counts = self.duplicate_minutes
@@ -293,7 +298,7 @@ class Console:
             for old in [m for m in counts if m < minute - 1440]:
                 del counts[old]
         counts[minute] = counts.get(minute, 0) + 1
-        return self._original.pop(answer.event.id, None) if answer.event is not None else None
+        return self._original.pop(event_id, None)
 
     # -- authentication -------------------------------------------------------------
 
