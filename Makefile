@@ -31,11 +31,13 @@ test: $(BIN)/receiver tools
 	$(BIN)/pytest
 
 # Tests drive real tools: wrk (the load benchmark's smoke test), nginx and openssl
-# (examples/nginx.conf in front of receiver serve). Debian packages.
+# (examples/nginx.conf in front of receiver serve), chromium (the console's browser tests,
+# driven by Playwright: never `playwright install`). Debian packages.
 tools:
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 \
-		&& command -v openssl >/dev/null 2>&1 || { apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx openssl; }
+		&& command -v openssl >/dev/null 2>&1 && test -x /usr/bin/chromium \
+		|| { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx openssl chromium; }
 
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples bench plugins

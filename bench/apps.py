@@ -149,14 +149,17 @@ def _plugin(answer: str | None) -> object:
 
 def _receiver(channel: "Channel", plugin: object) -> Starlette:
     from receiver import Config, create_app
+    from receiver.config import Console
     from receiver.logs import configure_logging
 
     configure_logging("json", os.environ.get("BENCH_LOG_LEVEL") or "info")
+    console = Console(token="bench-console-token") if os.environ.get("BENCH_CONSOLE") else None
     config = Config(
         channels={CHANNEL: channel},
         journal=os.environ.get("BENCH_JOURNAL") or "none",
         duplicate_window=0,
         duplicate_body_window=0,
+        console=console,
     )
     return create_app(config, plugins=[plugin])
 

@@ -14,6 +14,9 @@ ones (receiver in FastAPI, the host's stdlib logging at WARNING and at INFO), ea
 the same request bytes as in ``bench/load.py``; the ratio column is baseline's count over
 the row's (higher is better, 1.0 = as cheap as the bare route).
 
+``--console`` adds two rows: Whispir JSON, one in flight, journal on, with the operator
+console off and on (idle: no page open; ``$BENCH_CONSOLE``).
+
 ``--journal`` adds two rows: Whispir JSON with 64 requests in flight, with the journal
 off and on (SQLite in a temporary folder, duplicate windows 0 as in the load benchmark):
 in flight, the journal's writer commits many callbacks at a time, as under load.
@@ -109,7 +112,9 @@ async def _drive(name: str, count: int, in_flight: int = 1) -> None:
     await lifespan
 
 
-def _count(name: str, requests: int, in_flight: int = 1, journal: bool = False) -> int:
+def _count(
+    name: str, requests: int, in_flight: int = 1, journal: bool = False, console: bool = False
+) -> int:
     """Instructions of a whole process that serves ``requests`` requests to ``name``
     (``in_flight`` at a time; with ``journal``, to a new SQLite journal)."""
     with tempfile.TemporaryDirectory(prefix="receiver-instructions-") as temp:
@@ -119,6 +124,7 @@ def _count(name: str, requests: int, in_flight: int = 1, journal: bool = False) 
             "BENCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL") or "info",
             "BENCH_JOURNAL": f"sqlite:///{temp}/journal.db" if journal else "none",
             "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1",
+            "BENCH_CONSOLE": "1" if console else "",
         }
         done = subprocess.run(
             ["valgrind", "--tool=cachegrind", "--cache-sim=no",
@@ -143,6 +149,11 @@ def main() -> int:
         help=f"add Whispir JSON rows with {IN_FLIGHT} requests in flight, "
         "journal off and on (SQLite, group commit)",
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="add Whispir JSON rows, journal on, with the operator console off and on (idle)",
+    )
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     parser.add_argument("--in-flight", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,15 +171,21 @@ def main() -> int:
           f"logs at {level}; Python {python}")  # fmt: skip
     print(f"{'scenario':<28}{'instructions/request':>22}{'x base':>9}")
     base = None
-    runs = [(name, name, 1, False) for name in rows]
+    runs = [(name, name, 1, False, False) for name in rows]
     if args.journal:
         runs += [
-            (f"whispir_json, {IN_FLIGHT} in flight", "whispir_json", IN_FLIGHT, False),
-            ("  the same, journal on", "whispir_json", IN_FLIGHT, True),
+            (f"whispir_json, {IN_FLIGHT} in flight", "whispir_json", IN_FLIGHT, False, False),
+            ("  the same, journal on", "whispir_json", IN_FLIGHT, True, False),
         ]
-    for label, name, in_flight, journal in runs:
-        total = _count(name, args.requests, in_flight, journal)
-        per_request = (total - _count(name, 1, in_flight, journal)) / (args.requests - 1)
+    if args.console:
+        runs += [
+            ("whispir_json, journal on", "whispir_json", 1, True, False),
+            ("  the same, console on", "whispir_json", 1, True, True),
+        ]
+    for label, name, in_flight, journal, console in runs:
+        total = _count(name, args.requests, in_flight, journal, console)
+        one = _count(name, 1, in_flight, journal, console)
+        per_request = (total - one) / (args.requests - 1)
         base = base or per_request
         print(f"{label:<28}{per_request:>22,.0f}{base / per_request:>9.2f}")
     return 0

@@ -19,7 +19,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from receiver.asgi import ClientGone, Receive, Scope, Send, header_index
 from receiver.config import Config, load_config, replace_config
@@ -275,7 +275,8 @@ def create_app(
             passes its plugins explicitly.
 
     The app serves ``GET|HEAD|POST /{channel}`` relative to where it is mounted,
-    ``GET /healthz``, ``GET /readyz`` and, when ``config.metrics`` is on, ``GET /metrics``.
+    ``GET /healthz``, ``GET /readyz``, when ``config.metrics`` is on ``GET /metrics``, and
+    with a ``[console]`` table the operator console under ``/console/``.
     Its plugin manager is ``app.state.plugin_manager``.
 
     Raises:
@@ -291,12 +292,18 @@ def create_app(
     if metrics is not None:
         endpoint.observe(metrics)
     edge = Edge(endpoint, metrics)
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
     ]
     if metrics is not None:
         routes.append(Route("/metrics", _metrics, methods=["GET"]))
+    console = None
+    if config.console is not None:  # off: nothing of it is imported or built
+        from receiver.console import mount
+
+        console, console_route = mount(config.console, endpoint)
+        routes.append(console_route)
     routes.append(Route("/{channel}", edge))
     app = ReceiverApp(edge, config, routes=routes, lifespan=_lifespan)
     app.state.config = endpoint.config  # plugin settings typed
@@ -305,6 +312,7 @@ def create_app(
     app.state.redelivery = endpoint.redelivery
     app.state.metrics = metrics
     app.state.journal = endpoint.journal
+    app.state.console = console
     return app
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Channel",
     "Config",
     "Expanded",
+    "Console",
     "Secret",
     "ServerLimits",
     "convert",
@@ -39,7 +40,7 @@ __all__ = [
 log = get_logger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics"})
+RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "console"})
 
 _T = TypeVar("_T")
 
@@ -141,6 +142,23 @@ class ServerLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"{source}: server.{key} must be positive")
 
 
+class Console(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The operator console (the ``[console]`` table): pages under ``/console/`` of the
+    app to see what came in, why it failed, and replay it (README: Operator console).
+
+    Attributes:
+        token: The secret an operator types once (kept then in an HttpOnly cookie) or a
+            script sends as ``Authorization: Bearer <token>``. Write it ``"${NAME}"`` or
+            ``"file:/path"``; at least 16 characters. Never rendered, logged or journaled.
+    """
+
+    token: str
+
+    def validate(self, source: str) -> None:
+        if len(self.token) < 16:
+            raise ConfigError(f"{source}: console.token: use at least 16 characters")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     """A receiver's whole configuration.
 
@@ -182,6 +200,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
             recovered and dead entries older than this, at start and then hourly
             (unset: never; ``receiver prune`` does it by hand); never sooner than the
             duplicate windows (see :attr:`retention_seconds`).
+        console: The operator console (:class:`Console`, the ``[console]`` table);
+            None (the default): off, nothing of it is built.
     """
 
     channels: dict[str, Channel] = {}
@@ -203,6 +223,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     retry_delays: list[float] = msgspec.field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0])
     server: ServerLimits = msgspec.field(default_factory=ServerLimits)
     retention: str | None = None
+    console: Console | None = None
 
     @property
     def source(self) -> str:
@@ -246,6 +267,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
         self.server.validate(source)
+        if self.console is not None:
+            self.console.validate(source)
         for table, value in self.settings.items():
             if not isinstance(value, dict | msgspec.Struct):
                 raise ConfigError(f"{source}: settings.{table}: must be a table")
@@ -365,7 +388,12 @@ _ENV_OPTIONS = (
 )
 
 
-SECRET_PLACES = ("journal", "channels.<name>.keys", "channels.<name>.options")
+SECRET_PLACES = (
+    "journal",
+    "channels.<name>.keys",
+    "channels.<name>.options",
+    "console",
+)
 """Where a configuration file's ``${NAME}`` and ``file:/path`` are expanded (with the
 fields of plugin settings declared :data:`Secret`); everywhere else text is text."""
 
@@ -380,7 +408,8 @@ def expand_config_secrets(
     """``data`` (a decoded file) with its secrets expanded, in :data:`SECRET_PLACES`
     only: the ``journal`` URL, each channel's ``keys`` and every string under its
     ``options`` (credentials, signing secrets; older files' ``credentials`` on the
-    channel itself too). A keyword reply ``"Reply ${NAME} to join"`` stays as written.
+    channel itself too), and the ``[console]`` table (its ``token``). A keyword reply
+    ``"Reply ${NAME} to join"`` stays as written.
 
     Raises:
         ConfigError: see :func:`expand_secret`.
@@ -403,6 +432,8 @@ def expand_config_secrets(
                         channel[key] = expand_secret(channel[key], source, path, unset=unset)
             expanded[name] = channel
         data["channels"] = expanded
+    if "console" in data:
+        data["console"] = expand_secret(data["console"], source, "console", unset=unset)
     return data
 
 

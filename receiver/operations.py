@@ -23,7 +23,7 @@ from receiver.errors import ConfigError, PayloadError
 from receiver.events import Event
 from receiver.journal import Entry, Journal
 
-__all__ = ["events", "prune", "replay"]
+__all__ = ["events", "prune", "replay", "replay_entries", "unloaded_plugins"]
 
 
 def _journal(config: Config) -> tuple[CallbackEndpoint, Journal]:
@@ -238,7 +238,7 @@ async def _replay_chosen(
     ordered = sorted(chosen.values(), key=lambda e: e.received_at)
     entries = [e for e in ordered if e.event is not None]
     rejects = [e for e in ordered if e.state == "rejected"]
-    unloaded = _unloaded_plugins(endpoint, entries)
+    unloaded = unloaded_plugins(endpoint, entries)
     if unloaded and not args.only_loaded:
         for entry_id, names in unloaded.items():
             print(
@@ -271,7 +271,7 @@ async def _replay_chosen(
     return await _replay_all(endpoint, journal, entries, rejects)
 
 
-def _unloaded_plugins(endpoint: CallbackEndpoint, entries: list[Entry]) -> dict[str, list[str]]:
+def unloaded_plugins(endpoint: CallbackEndpoint, entries: list[Entry]) -> dict[str, list[str]]:
     """Entry id -> the plugins it failed in (``failed_plugins``) that are not loaded now:
     replaying without them would mark the entry done with its failed work never redone."""
     unloaded = {}
@@ -336,12 +336,14 @@ async def _replay_all(
     await journal.start()
     failed = still = recovered = 0
     show_progress = sys.stderr.isatty()
+
+    def progress(done: int) -> None:
+        if show_progress:
+            print(f"\rreplayed {done}/{len(entries)}", end="", file=sys.stderr, flush=True)
+
     try:
-        for done, entry in enumerate(entries, 1):
-            if not await redelivery.retry(entry, all_plugins=True):
-                failed += 1
-            if show_progress:
-                print(f"\rreplayed {done}/{len(entries)}", end="", file=sys.stderr, flush=True)
+        outcomes = await replay_entries(endpoint, entries, progress)
+        failed = sum(1 for succeeded in outcomes.values() if not succeeded)
         if show_progress and entries:
             print(file=sys.stderr)
         for entry in rejects:
@@ -379,6 +381,26 @@ async def _replay_all(
     if rejects:
         print(f"recovered {recovered} of {len(rejects)} rejected entries, {still} still rejected")
     return 1 if failed or still else 0
+
+
+async def replay_entries(
+    endpoint: CallbackEndpoint,
+    entries: list[Entry],
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, bool]:
+    """Dispatch ``entries`` again, oldest first, as ``receiver replay`` does (every plugin,
+    :meth:`Redelivery.retry <receiver.redelivery.Redelivery.retry>` with ``all_plugins``);
+    entry id -> True when it succeeded. The caller refuses first what
+    :func:`unloaded_plugins` names, and starts the journal (the console: serve's own).
+    ``progress`` is told how many are done after each."""
+    redelivery = endpoint.redelivery
+    assert redelivery is not None  # a journal is on
+    outcomes: dict[str, bool] = {}
+    for done, entry in enumerate(sorted(entries, key=lambda e: e.received_at), 1):
+        outcomes[entry.id] = await redelivery.retry(entry, all_plugins=True)
+        if progress is not None:
+            progress(done)
+    return outcomes
 
 
 _PRUNED = ("done", "rejected", "recovered", "dead")

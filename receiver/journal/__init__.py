@@ -49,6 +49,7 @@ __all__ = [
     "REPLY_ONLY",
     "STATES",
     "Attempt",
+    "Browsed",
     "Entry",
     "Journal",
     "Recorded",
@@ -117,6 +118,34 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     error_type: str
     message: str
     traceback: str | None
+
+
+class Browsed(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of :meth:`Journal.browse`.
+
+    Attributes:
+        entries: The entries found, newest first (at most the ``limit`` asked for).
+        older: Where the next page starts (``before`` for the next call): the time of the
+            last entry shown when more may follow, or of the oldest entry looked at when
+            the scan bound stopped the look-up first; None when nothing older is left.
+        scanned: How many entries were looked at.
+    """
+
+    entries: list[Entry]
+    older: float | None
+    scanned: int
+
+
+OUTCOME_OF_STATE = {
+    "received": "accepted",
+    "done": "accepted",
+    "failed": "failed",
+    "reply_failed": "failed",
+    "dead": "failed",
+    "rejected": "rejected",
+    "recovered": "rejected",
+}
+"""The console chart's outcome of an entry in each state (duplicates are not entries)."""
 
 
 class Recorded(msgspec.Struct, frozen=True):
@@ -249,6 +278,51 @@ class Journal(abc.ABC):
                 journal that is there; it does not create one).
         """
 
+    async def browse(
+        self,
+        *,
+        channel: str | None = None,
+        provider: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        scan: int = 5000,
+    ) -> Browsed:
+        """A page of entries for the console, newest first: received at or after
+        ``since`` and before ``before``, filtered, ``search`` a part of the message id,
+        source or destination. A bounded look-up: at most the ``scan`` newest entries of
+        the time range are looked at (:attr:`Browsed.older` says where to go on).
+
+        This default reads :meth:`entries`; an implementation does it in one query.
+        """
+        found = await self.entries(channel=channel, type=type, state=state, since=since, limit=scan)
+        if before is not None:
+            found = [e for e in found if e.received_at < before]
+        chosen = [
+            e for e in found if (provider is None or e.provider == provider) and matches(e, search)
+        ]
+        page = chosen[:limit]
+        if len(chosen) > limit:
+            older: float | None = page[-1].received_at
+        elif len(found) >= scan:
+            older = found[-1].received_at
+        else:
+            older = None
+        return Browsed(entries=page, older=older, scanned=len(found))
+
+    async def per_minute(self, since: float) -> dict[tuple[int, str], int]:
+        """How many entries were received each minute since ``since``, by state:
+        (minute, that is seconds since the epoch // 60; state) -> count. One look-up on
+        the time index; this default reads :meth:`entries`."""
+        counts: dict[tuple[int, str], int] = {}
+        for entry in await self.entries(since=since, limit=None):
+            key = int(entry.received_at // 60), entry.state
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     @abc.abstractmethod
     async def prune(self, older_than: float) -> int:
         """Delete done, rejected, recovered and dead entries received before ``older_than``
@@ -272,6 +346,21 @@ class Journal(abc.ABC):
         writes, a deleted or replaced file, an unwritable (or immutable) file or folder,
         too little free space. Creates nothing."""
         return None
+
+
+def matches(entry: Entry, search: str | None) -> bool:
+    """``search`` (None or blank: anything) is a part of the entry's message id, or of its
+    event's source or destination (case-insensitive)."""
+    if not search:
+        return True
+    needle = search.casefold()
+    event = entry.event
+    values = (
+        entry.message_id,
+        event.source if event is not None else None,
+        event.destination if event is not None else None,
+    )
+    return any(value is not None and needle in value.casefold() for value in values)
 
 
 def open_journal(url: str | None, **options: Any) -> Journal | None:

@@ -24,7 +24,7 @@ import msgspec
 from receiver.config import DEFAULT_MAX_BODY_BYTES
 from receiver.errors import Failure
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
-from receiver.journal import REPLY_ONLY, Attempt, Entry, Journal, Recorded
+from receiver.journal import REPLY_ONLY, Attempt, Browsed, Entry, Journal, Recorded, matches
 from receiver.journal.sqlite_io import Reader, Writer, min_free_bytes
 
 __all__ = ["SQLiteJournal"]
@@ -389,6 +389,57 @@ class SQLiteJournal(Journal):
         )
         return await self._reader.select(query, params, _entry)
 
+    async def browse(
+        self,
+        *,
+        channel: str | None = None,
+        provider: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        scan: int = 5000,
+    ) -> Browsed:
+        # The time range is one range on events_received, newest first, cut at ``scan``
+        # rows (index only: rowid and received_at); the filters are applied to those
+        # rows alone, each looked up by rowid. So a look-up costs at most ``scan`` index
+        # steps and ``scan`` row reads, whatever the journal holds.
+        window_params: list[Any] = [
+            since if since is not None else float("-inf"),
+            before if before is not None else float("inf"),
+            scan,
+        ]
+        query, params = _browse_query(
+            channel=channel, provider=provider, type=type, state=state, search=search
+        )
+        edge = _WINDOW_EDGE
+
+        def read(connection: sqlite3.Connection) -> Browsed:
+            rows = connection.execute(query, [*window_params, *params, limit + 1]).fetchall()
+            found = [_entry(row) for row in rows]
+            scanned, oldest = connection.execute(edge, window_params).fetchone()
+            page = found[:limit]
+            older: float | None
+            if len(found) > limit:
+                older = page[-1].received_at
+            elif scanned >= scan:
+                older = oldest
+            else:
+                older = None
+            page = [entry for entry in page if matches(entry, search)]
+            return Browsed(entries=page, older=older, scanned=scanned)
+
+        return await self._reader.read(read)
+
+    async def per_minute(self, since: float) -> dict[tuple[int, str], int]:
+        def row(found: tuple[Any, ...]) -> tuple[int, str, int]:
+            return int(found[0]), str(found[1]), int(found[2])
+
+        rows = await self._reader.select(_PER_MINUTE, (since,), row)
+        return {(minute, state): count for minute, state, count in rows}
+
     async def attempts(self, event_id: str) -> list[Attempt]:
         query = (
             "SELECT attempt, at, plugin, hook, error_type, message, traceback FROM attempts "
@@ -414,6 +465,60 @@ class SQLiteJournal(Journal):
             return cursor.rowcount
 
         return await self._submit(operation)
+
+
+_WINDOW = (
+    "WITH window AS (SELECT rowid AS row, received_at FROM events "
+    "WHERE received_at >= ? AND received_at < ? ORDER BY received_at DESC LIMIT ?)"
+)
+"""The console's look-up window: the newest entries of a time range, on events_received."""
+
+_PAGE_COLUMNS = ", ".join(f"events.{c.strip()}" for c in _COLUMNS.split(","))
+_PAGE_JOIN = "CROSS JOIN events ON events.rowid = window.row"  # this order: window first
+
+_WINDOW_EDGE = f"{_WINDOW} SELECT COUNT(*), MIN(received_at) FROM window"
+"""How many entries the window holds, and the oldest one's time."""
+
+
+def _browse_query(
+    *,
+    channel: str | None,
+    provider: str | None,
+    type: str | None,
+    state: str | None,
+    search: str | None,
+) -> tuple[str, list[Any]]:
+    """The console's page query (:meth:`SQLiteJournal.browse`) and its filter parameters
+    (after the window's three: since, before, scan; then the page's limit)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("channel", channel),
+        ("provider", provider),
+        ("type", type),
+        ("state", state),
+    ):
+        if value is not None:
+            clauses.append(f"events.{column} = ?")
+            params.append(value)
+    if search:
+        # A first cut in SQL (the message id, or anywhere in the stored event), then
+        # exactly in Python (source, destination: inside the stored event).
+        clauses.append(
+            "(instr(lower(events.message_id), ?) > 0 "
+            "OR instr(lower(CAST(events.event AS TEXT)), ?) > 0)"
+        )
+        params += [search.lower(), search.lower()]
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    query = f"{_WINDOW} SELECT {_PAGE_COLUMNS} FROM window {_PAGE_JOIN} {where} "
+    return query + "ORDER BY window.received_at DESC LIMIT ?", params
+
+
+_PER_MINUTE = (
+    "SELECT CAST(received_at / 60 AS INTEGER) AS minute, state, COUNT(*) FROM events "
+    "WHERE received_at >= ? GROUP BY minute, state"
+)
+"""Entries per minute and state since a time: one range on events_received."""
 
 
 def _record(

@@ -758,6 +758,17 @@ class Reader:
             self.prepare(connection)
             return [row(found) for found in connection.execute(query, params).fetchall()]
 
+    async def read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """What ``work`` reads with a connection of its own (several queries, one
+        connection), in a worker thread as :meth:`select`."""
+        return await asyncio.to_thread(self._read, work)
+
+    def _read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        self.require()
+        with closing(connect(self.path)) as connection:
+            self.prepare(connection)
+            return work(connection)
+
     async def check(self, opened: tuple[int, int] | None = None) -> str | None:
         """None when the file can be read and written, else a short reason; creates
         nothing. ``opened``: the writer's file (``st_dev``, ``st_ino``), which the file at
