@@ -40,7 +40,8 @@ tools:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx openssl chromium; }
 
 lint: $(BIN)/receiver
-	$(BIN)/ruff check receiver tests examples bench plugins
+	$(BIN)/ruff check receiver tests examples bench
+	$(BIN)/ruff format --check receiver tests examples bench
 	$(BIN)/mypy receiver
 
 bench: $(BIN)/receiver tools
