@@ -3,19 +3,15 @@ operator. Each test names a problem found; they fail until it is fixed."""
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import socket
 import sqlite3
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import Server, serve
+from serving import serve
 from starlette.testclient import TestClient
 
 from receiver import hookimpl
@@ -100,7 +96,9 @@ def test_logout_revokes_the_session_cookie(client: TestClient) -> None:
     """Log out deletes the cookie in this browser only: its value (copied, stolen from a
     shared machine, a proxy log) stays valid for ever, until the token itself changes."""
     session = _login(client)
-    answer = client.post("/console/logout", data={"csrf": _page_csrf(client)}, follow_redirects=False)
+    answer = client.post(
+        "/console/logout", data={"csrf": _page_csrf(client)}, follow_redirects=False
+    )
     assert answer.status_code == 303
     client.cookies.clear()
     replayed = client.get("/console/", headers={"cookie": f"receiver_console={session}"})
@@ -113,9 +111,12 @@ def test_logout_revokes_the_session_cookie(client: TestClient) -> None:
 def test_event_page_of_a_deeply_nested_json_body_is_not_500(client: TestClient) -> None:
     """An unauthenticated sender posts ``[[[[...`` (20 KB): rejected and journaled, fine;
     the operator who opens it gets a 500 (json.loads raises RecursionError, not ValueError)."""
-    assert client.post(
-        "/w", content=b"[" * 20000, headers={"content-type": "application/json"}
-    ).status_code == 400
+    assert (
+        client.post(
+            "/w", content=b"[" * 20000, headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
     ids = re.findall(r'/console/events/([^"]+)"', client.get("/console/", headers=BEARER).text)
     assert len(ids) == 1
     answer = client.get(f"/console/events/{ids[0]}", headers=BEARER)
@@ -175,3 +176,77 @@ def test_events_filter_does_not_say_none_match_when_older_ones_do(tmp_path: Path
         assert answer.status_code == 200
         shown = answer.text.count('class="state-failed"')
         assert shown == 3 or "match this filter" not in answer.text
+
+
+# -- replay: a reload of the result page --------------------------------------------------
+
+
+def test_replay_confirmation_sent_twice_dispatches_once(tmp_path: Path) -> None:
+    """The result of a replay is the answer to the confirming POST (no redirect after it):
+    a double click, or a reload of the result page ("resend the form?"), replays the
+    entries again: an entry already done goes to every plugin a second time."""
+    calls: list[str] = []
+
+    class Crm:
+        @hookimpl
+        def on_message(self, event: Any) -> None:
+            calls.append(event.id)
+            if len(calls) == 1:
+                raise RuntimeError("the CRM is down")
+
+    config = _config(tmp_path, retry_delays=[3600.0])
+    with TestClient(create_app(config, plugins=[Crm()], autoload=False)) as client:
+        sent = client.post("/w", content=SAMPLE, headers={"content-type": "application/json"})
+        assert sent.status_code == 200
+        ids = re.findall(r'/console/events/([^"]+)"', client.get("/console/", headers=BEARER).text)
+        assert len(ids) == 1 and len(calls) == 1
+        confirm = {"confirm": "yes", "id": ids[0]}
+        first = client.post("/console/replay", data=confirm, headers=BEARER)
+        assert "1 succeeded" in first.text and len(calls) == 2
+        client.post("/console/replay", data=confirm, headers=BEARER)  # the reload
+        assert len(calls) == 2, "a done entry was dispatched again by a resent form"
+
+
+# -- paging --------------------------------------------------------------------------------
+
+
+def test_older_page_keeps_an_entry_with_the_same_received_time(tmp_path: Path) -> None:
+    """*Older* goes on strictly before the last row's received_at: an entry sharing that
+    time (a rejected entry recovered by ``receiver replay --rejected`` keeps its
+    received_at) is on neither page."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from receiver.events import Event, EventType
+    from receiver.journal import SQLiteJournal
+
+    async def run() -> list[str]:
+        journal = SQLiteJournal(tmp_path / "j.db", duplicate_window=0, body_window=0)
+        await journal.start()
+        now = time.time()
+        for number in range(60):
+            at = now - 1000 + (9 if number == 10 else number)  # 9 and 10: the same time
+            event = Event(
+                id=f"evt-{number:03d}",
+                received_at=datetime.fromtimestamp(at, UTC),
+                channel="w",
+                provider="whispir",
+                type=EventType.message,
+                raw=b"{}",
+                message_id=f"M{number}",
+            )
+            await journal.record(event, {}, None)
+        seen: list[str] = []
+        before = None
+        while True:
+            page = await journal.browse(limit=50, before=before)
+            seen += [e.id for e in page.entries]
+            if page.older is None:
+                break
+            before = page.older
+        await journal.stop()
+        return seen
+
+    seen = asyncio.run(run())
+    assert len(seen) == len(set(seen))
+    assert sorted(seen) == [f"evt-{n:03d}" for n in range(60)]
