@@ -200,11 +200,14 @@ def test_replay_confirmation_sent_twice_dispatches_once(tmp_path: Path) -> None:
         assert sent.status_code == 200
         ids = re.findall(r'/console/events/([^"]+)"', client.get("/console/", headers=BEARER).text)
         assert len(ids) == 1 and len(calls) == 1
-        confirm = {"confirm": "yes", "id": ids[0]}
+        asked = client.post("/console/replay", data={"id": ids[0]}, headers=BEARER)
+        (once,) = re.findall(r'name="once" value="([^"]+)"', asked.text)
+        confirm = {"confirm": "yes", "id": ids[0], "once": once}
         first = client.post("/console/replay", data=confirm, headers=BEARER)
         assert "1 succeeded" in first.text and len(calls) == 2
-        client.post("/console/replay", data=confirm, headers=BEARER)  # the reload
+        again = client.post("/console/replay", data=confirm, headers=BEARER)  # the reload
         assert len(calls) == 2, "a done entry was dispatched again by a resent form"
+        assert again.status_code == 409 and "already run" in again.text
 
 
 # -- paging --------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ from importlib import resources
 from typing import Any
 
 import msgspec
-import structlog
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,15 +50,19 @@ from receiver.config import Console as ConsoleConfig
 from receiver.endpoint import Answer, CallbackEndpoint
 from receiver.errors import ConfigError, Outcome
 from receiver.events import Event, EventType
-from receiver.journal import OUTCOME_OF_STATE, STATES, Entry, Journal, Recorded
+from receiver.journal import OUTCOME_OF_STATE, STATES, Entry, Journal, Recorded, matches
+from receiver.logs import get_logger
 from receiver.operations import replay_entries, unloaded_plugins
 
 __all__ = ["COOKIE", "Console", "mount"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 COOKIE = "receiver_console"
-"""The session cookie: ``<nonce>.<HMAC-SHA256(token, "session:" + nonce)>``."""
+"""The session cookie: ``<nonce>.<HMAC-SHA256(token, "session:" + nonce)>``, the nonce
+``<issued, Unix seconds>-<random>``."""
+SESSION_SECONDS = 12 * 3600
+"""How long a session lasts after logging in (then the token is asked again)."""
 _LOGIN_COOKIE = "receiver_console_login"
 """The login form's CSRF cookie (double submit: the form's hidden field must match)."""
 
@@ -144,6 +147,14 @@ def _pretty_xml(text: str) -> str:
     return "\n".join(out)
 
 
+def _same(given: str, expected: str | bytes) -> bool:
+    """Constant-time comparison of a value from the request with the expected one, any
+    characters (``hmac.compare_digest`` refuses non-ASCII ``str``: a 500 otherwise)."""
+    if isinstance(expected, str):
+        expected = expected.encode()
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
+
+
 def raw_view(entry: Entry) -> tuple[str, Any]:
     """How to show an entry's raw body: ("json"|"xml"|"text", str) or ("form", pairs)."""
     content_type = entry.meta.get("content-type", "").lower()
@@ -154,7 +165,7 @@ def raw_view(entry: Entry) -> tuple[str, Any]:
     if "json" in content_type or stripped.startswith(("{", "[")):
         try:
             return "json", json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             pass
     if "xml" in content_type or stripped.startswith("<"):
         return "xml", _pretty_xml(text)
@@ -220,6 +231,10 @@ class Console:
         self.duplicates: dict[str, list[tuple[float, str]]] = {}
         """Original event id -> (time, the duplicate's id), seen by this process."""
         self._original: dict[str, str] = {}
+        self._ended: dict[str, float] = {}
+        """Sessions logged out (nonce -> when), until they would have expired anyway."""
+        self._replays: dict[str, float] = {}
+        """Replay confirmations shown and not yet used (one-time token -> when)."""
         self.templates = Environment(
             loader=PackageLoader("receiver.console", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -306,7 +321,7 @@ class Console:
         return hmac.new(self._token, f"{purpose}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
     def _token_ok(self, given: str) -> bool:
-        return hmac.compare_digest(given.encode(), self._token)
+        return _same(given, self._token)
 
     def session(self, request: Request) -> tuple[bool, str | None]:
         """(authenticated, the cookie session's nonce: None for a Bearer script)."""
@@ -315,9 +330,14 @@ class Console:
             return self._token_ok(authorization[7:].strip()), None
         cookie = request.cookies.get(COOKIE, "")
         nonce, _, mac = cookie.partition(".")
-        if nonce and mac and hmac.compare_digest(mac, self._mac("session", nonce)):
-            return True, nonce
-        return False, None
+        if not (nonce and mac and _same(mac, self._mac("session", nonce))):
+            return False, None
+        issued, _, _ = nonce.partition("-")
+        if not issued.isdigit() or not 0 <= time.time() - int(issued) < SESSION_SECONDS:
+            return False, None  # expired (or from a future clock)
+        if nonce in self._ended:
+            return False, None  # logged out
+        return True, nonce
 
     def csrf(self, nonce: str | None) -> str:
         return self._mac("csrf", nonce) if nonce else ""
@@ -376,7 +396,7 @@ class Console:
             if request.method == "POST" and nonce is not None:
                 form = await read_form(request)
                 given = form.get("csrf")
-                if not isinstance(given, str) or not hmac.compare_digest(given, self.csrf(nonce)):
+                if not isinstance(given, str) or not _same(given, self.csrf(nonce)):
                     return Response(
                         "403: no valid CSRF token\n",
                         status_code=403,
@@ -397,19 +417,24 @@ class Console:
             return self._login(request, failed=True)
         given = form.get("csrf")
         expected = request.cookies.get(_LOGIN_COOKIE, "")
-        if not (isinstance(given, str) and expected and hmac.compare_digest(given, expected)):
+        if not (isinstance(given, str) and expected and _same(given, expected)):
             return Response("403: no valid CSRF token\n", 403, _SECURITY_HEADERS, "text/plain")
         target = form.get("next")
         base = self._base(request)
         if not (isinstance(target, str) and target.startswith(base + "/") and "//" not in target):
             target = base + "/"
-        nonce = secrets.token_urlsafe(16)
+        nonce = f"{int(time.time())}-{secrets.token_urlsafe(16)}"  # issued-random
         response = RedirectResponse(target, status_code=303, headers=_SECURITY_HEADERS)
         self._set_cookie(request, response, COOKIE, f"{nonce}.{self._mac('session', nonce)}")
         response.delete_cookie(_LOGIN_COOKIE, path=base + "/")
         return response
 
     async def logout(self, request: Request, nonce: str | None) -> Response:
+        if nonce is not None:  # this session's cookie no longer works, wherever it was copied
+            now = time.time()
+            for ended in [n for n, at in self._ended.items() if now - at > SESSION_SECONDS]:
+                del self._ended[ended]
+            self._ended[nonce] = now
         base = self._base(request)
         response = RedirectResponse(base + "/", status_code=303, headers=_SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path=base + "/")
@@ -459,6 +484,32 @@ class Console:
             limit=limit,
             scan=SCAN,
         )
+
+    async def _to_replay(self, filters: dict[str, str]) -> list[Entry]:
+        """The failed, reply_failed and dead entries of ``filters``, newest first, at most
+        :data:`REPLAY_MAX`: looked up by state over the whole journal (not the Events
+        page's window of the newest entries), the other filters applied to them."""
+        since, until = self._range(filters)
+        chosen: list[Entry] = []
+        for state in ("failed", "reply_failed", "dead"):
+            if filters["state"] and filters["state"] != state:
+                continue
+            found = await self.journal.entries(
+                channel=filters["channel"] or None,
+                type=filters["type"] or None,
+                state=state,
+                since=since,
+                limit=REPLAY_MAX * 10,
+            )
+            chosen += [
+                entry
+                for entry in found
+                if (until is None or entry.received_at < until)
+                and (not filters["provider"] or entry.provider == filters["provider"])
+                and matches(entry, filters["q"] or None)
+            ]
+        chosen.sort(key=lambda entry: entry.received_at, reverse=True)
+        return chosen[:REPLAY_MAX]
 
     async def events(self, request: Request, nonce: str | None) -> Response:
         filters = self._filters(request.query_params)
@@ -528,22 +579,30 @@ class Console:
         if ids:
             chosen = await self.journal.entries(ids=ids, limit=len(ids))
         elif form.get("scope") == "filter":
-            for state in ("failed", "reply_failed", "dead"):
-                if filters["state"] and filters["state"] != state:
-                    continue
-                page = await self._browse(filters, None, REPLAY_MAX, state)
-                chosen += page.entries
-            chosen = chosen[:REPLAY_MAX]
+            chosen = await self._to_replay(filters)
         replayable = [entry for entry in chosen if entry.event is not None]
+        now = time.time()
+        for old in [t for t, at in self._replays.items() if now - at > 3600]:
+            del self._replays[old]
         if form.get("confirm") != "yes":
+            once = secrets.token_urlsafe(16)  # the confirmation works once
+            self._replays[once] = now
             return self._render(
                 request,
                 "replay.html",
                 entries=replayable,
                 skipped=[e for e in chosen if e.event is None],
                 confirm=True,
+                once=once,
                 csrf=self.csrf(nonce),
             )
+        used = form.get("once")
+        # A page's confirmation works once (a double click, a reload of the result page
+        # would replay again); a script with the Bearer token may confirm without one.
+        if (used is not None or nonce is not None) and (
+            not isinstance(used, str) or self._replays.pop(used, None) is None
+        ):
+            return self._render(request, "replay.html", 409, confirm=False, used=True)
         refused = unloaded_plugins(self.endpoint, replayable)
         ready = [entry for entry in replayable if entry.id not in refused]
         log.info("console: replay", entries=len(ready), refused=len(refused))

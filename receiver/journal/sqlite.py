@@ -13,6 +13,7 @@ Duplicates: both look-ups are one query on one index each (``events_channel_dedu
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -424,6 +425,13 @@ class SQLiteJournal(Journal):
             older: float | None
             if len(found) > limit:
                 older = page[-1].received_at
+                if found[limit].received_at == older:
+                    # Entries with the same time (a recovered entry keeps the rejected
+                    # one's) straddle the page's end: they all go to the next page, whose
+                    # window ends just after that time, so none is skipped.
+                    kept = [entry for entry in page if entry.received_at != older]
+                    if kept:
+                        page, older = kept, math.nextafter(older, math.inf)
             elif scanned >= scan:
                 older = oldest
             else:
