@@ -267,3 +267,40 @@ def test_send_too_large_body_reports_413(tmp_path: Path) -> None:
         result = send(["op", str(big), "--port", port, "--fresh"], cwd=tmp_path)
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
     assert result.stdout.startswith("413"), result.stdout
+
+
+# --- receiver send: --format on a named sample; freshen keeps a sample's meaning -------------
+
+
+@pytest.mark.parametrize(
+    ("channel", "sample", "form"),
+    [("op", "message", "form"), ("op", "stop", "form"), ("wh", "message", "xml")],
+)
+def test_send_named_sample_format_converted_or_refused(
+    channel: str, sample: str, form: str, tmp_path: Path
+) -> None:
+    """README's synopsis offers `--format json|xml|form|query`; receiver.testing's
+    build_request(format=...) converts a sample. `receiver send op message --format form`
+    instead relabels the JSON bytes as a form (and --fresh parses JSON as a form):
+    the receiver answers 400 and send exits 1. It should convert (200) or refuse (2)."""
+    config = SEND_CONFIG.replace("${A16_SECRET}", SECRET).replace("${A16_KEY}", KEY)
+    with serve(tmp_path, config) as server:
+        port = server.base.rpartition(":")[2]
+        result = send([channel, sample, "--format", form, "--port", port, "--fresh"], cwd=tmp_path)
+    assert result.returncode in (0, 2), (result.returncode, result.stdout, result.stderr)
+    if result.returncode == 0:
+        assert result.stdout.startswith("200"), result.stdout
+
+
+def test_freshen_bad_timestamp_sample_keeps_its_timestamp_form() -> None:
+    """--fresh 'gives it a new message id and timestamp'; the onepoint sample
+    `bad-timestamp` exists for its non-ISO Timestamp (05/03/2024 14:22:31). freshen
+    writes an ISO one, so `receiver send op bad-timestamp --fresh` (and
+    client.send(..., "bad-timestamp"), fresh by default) no longer sends the variant."""
+    from receiver.callbacks import freshen
+
+    sample = samples.find("onepoint", "bad-timestamp")
+    fresh = json.loads(freshen(sample.body, sample.format, "onepoint"))
+    original = json.loads(sample.body)
+    assert fresh["MessageID"] != original["MessageID"]
+    assert "T" not in fresh["Timestamp"] and fresh["Timestamp"].count("/") == 2, fresh
