@@ -23,10 +23,24 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from receiver import httpclient
 from receiver.config import Channel, convert
-from receiver.httpclient import Answer, NoAnswer
-from receiver.providers.onepoint_signature import OnePointOptions, sign_onepoint
+from receiver.httpclient import Answer, NoAnswer, Unsendable
+from receiver.providers.onepoint_signature import (
+    OnePointOptions,
+    absolute_uri,
+    escape_url,
+    sign_onepoint,
+)
 
-__all__ = ["Answer", "Callback", "NoAnswer", "build_callback", "freshen", "post", "set_fields"]
+__all__ = [
+    "Answer",
+    "Callback",
+    "NoAnswer",
+    "Unsendable",
+    "build_callback",
+    "freshen",
+    "post",
+    "set_fields",
+]
 
 _KEY_HEADERS = {"whispir": "X-Whispir-Callback-Key"}
 """The header ``auth = "header"`` reads by default, by provider (Provider.key_header)."""
@@ -106,7 +120,8 @@ def build_callback(
             headers["Authorization"] = f"Basic {token}"
         else:
             headers["Authorization"] = f"Bearer {key}"
-    full_url = f"{url}?{query}" if query else url
+    # Sent (and signed) as an HTTP client sends it: spaces and non-ASCII escaped.
+    full_url = escape_url(f"{url}?{query}" if query else url)
     if auth == "hmac":
         options = convert(channel.options, OnePointOptions, "options")
         app_id = given["app_id"] if "app_id" in given else next(iter(options.credentials), None)
@@ -116,7 +131,7 @@ def build_callback(
         scheme = "X-DIY-Signature" if channel.provider == "diy" else "X-OPG-Signature"
         target = full_url
         if options.public_url:  # the receiver checks the URL the provider was given
-            target = options.public_url + (f"?{query}" if query else "")
+            target = absolute_uri(options.public_url) + (f"?{escape_url(query)}" if query else "")
         try:
             headers["Authorization"] = sign_onepoint(
                 method,

@@ -475,6 +475,7 @@ _CREDENTIALS = {"auth.key": "key", "auth.app_id": "app_id", "auth.secret": "secr
 def _send(args: argparse.Namespace) -> int:
     """``receiver send``: one callback to a running receiver; its answer printed."""
     from receiver import callbacks
+    from receiver.httpclient import redact
 
     if args.list:
         return _list_samples(args)
@@ -515,8 +516,11 @@ def _send(args: argparse.Namespace) -> int:
         raise _Usage(str(exc)) from None
     try:
         answer = callbacks.post(callback, timeout=args.timeout)
+    except callbacks.Unsendable as exc:  # nothing was sent: a usage error
+        print(f"receiver send: cannot send to {redact(url)}: {exc}", file=sys.stderr)
+        return 2
     except callbacks.NoAnswer as exc:
-        print(f"receiver send: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"receiver send: cannot reach {redact(url)}: {exc}", file=sys.stderr)
         return 3
     _print_answer(answer)
     return 0 if 200 <= answer.status < 300 else 1
@@ -561,7 +565,13 @@ def _sample_body(args: argparse.Namespace, provider: str) -> tuple[bytes, str]:
         sample = samples.find(provider, name)
     except KeyError as exc:
         raise _Usage(f"{exc.args[0]} (or a file)") from None
-    return sample.body, args.format or sample.format
+    if args.format and args.format != sample.format:
+        # --format names a FILE's or stdin's format; a sample is sent as it is stored.
+        raise _Usage(
+            f"sample {name!r} is {sample.format}: --format is for a FILE or stdin "
+            f"(see --list for the {provider} samples of each format)"
+        )
+    return sample.body, sample.format
 
 
 def _send_url(args: argparse.Namespace) -> str:

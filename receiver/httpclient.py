@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Answer", "NoAnswer", "post", "redact"]
+__all__ = ["Answer", "NoAnswer", "Unsendable", "post", "redact"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,15 @@ class Answer:
 
 
 class NoAnswer(Exception):
-    """No HTTP answer within the deadline: refused, reset, timed out, a broken answer,
-    or a request that could not be sent. ``str()`` is safe to log: it never holds a
-    header value, the body or a credential of the URL."""
+    """No whole HTTP answer within the deadline: refused, reset, timed out (an answer
+    cut off at the deadline too), a broken answer, or a request that could not be sent.
+    ``str()`` is safe to log: it never holds a header value, the body or a credential
+    of the URL."""
+
+
+class Unsendable(NoAnswer):
+    """The request could not be built (a header value with a line break, a URL that
+    is not one): nothing was sent."""
 
 
 def redact(url: str) -> str:
@@ -73,23 +79,35 @@ def post(
     _local.watch = watch
     timer.start()
     try:
-        try:
-            with _opener.open(request, timeout=timeout) as response:
-                return Answer(response.status, _headers(response.headers), response.read(max_bytes))
-        except urllib.error.HTTPError as exc:
-            with exc:
-                try:
-                    content = exc.read(max_bytes)
-                except (OSError, http.client.HTTPException):
-                    content = b""
-                return Answer(exc.code, _headers(exc.headers), content)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+        answer = _exchange(request, timeout, max_bytes)
+        cut = watch.finish()  # True: the deadline passed first and cut the answer short
+    except ValueError as exc:
+        if watch.expired:
+            raise NoAnswer(f"timed out: no whole answer within {timeout:g} s") from None
+        raise Unsendable(_reason(exc)) from None
+    except (OSError, http.client.HTTPException) as exc:
         if watch.expired:
             raise NoAnswer(f"timed out: no whole answer within {timeout:g} s") from None
         raise NoAnswer(_reason(exc)) from None
     finally:
         timer.cancel()
         _local.watch = None
+    if cut:  # a read cut short by the shutdown returns what had come, without an error
+        raise NoAnswer(f"timed out: no whole answer within {timeout:g} s")
+    return answer
+
+
+def _exchange(request: urllib.request.Request, timeout: float, max_bytes: int) -> Answer:
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return Answer(response.status, _headers(response.headers), response.read(max_bytes))
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                content = exc.read(max_bytes)
+            except (OSError, http.client.HTTPException):
+                content = b""
+            return Answer(exc.code, _headers(exc.headers), content)
 
 
 def _reason(exc: BaseException) -> str:
@@ -119,6 +137,7 @@ class _Watch:
     def __init__(self) -> None:
         self.sockets: list[socket.socket] = []
         self.expired = False
+        self.finished = False
         self._lock = threading.Lock()
 
     def add(self, sock: socket.socket) -> None:
@@ -128,8 +147,17 @@ class _Watch:
                     sock.shutdown(socket.SHUT_RDWR)
             self.sockets.append(sock)
 
+    def finish(self) -> bool:
+        """The exchange is over: no later deadline touches it. Whether it had passed."""
+        with self._lock:
+            finished_late = self.expired
+            self.finished = True
+            return finished_late
+
     def expire(self) -> None:
         with self._lock:
+            if self.finished:
+                return
             self.expired = True
             for sock in self.sockets:
                 with contextlib.suppress(OSError):

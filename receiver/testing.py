@@ -370,8 +370,13 @@ def build_request(
     else:
         source = samples.find(provider, sample)
         if format == "xml" and source.format != "xml":
+            # The same variant in XML: the shortest name that starts with its stem
+            # (Whispir's message, reply_sms, is reply_sms_ns2.xml in XML).
             stem = source.file.rpartition(".")[0]
-            source = samples.find(provider, f"{stem}.xml")
+            xml = [f for f in samples.names(provider) if f.startswith(stem) and f.endswith(".xml")]
+            if not xml:
+                raise ValueError(f"no XML sample of {sample!r} for {provider}")
+            source = samples.find(provider, min(xml, key=lambda f: (len(f), f)))
     want = "query" if method == "GET" else format or source.format
     if want == "query" and method is None:
         method = "GET"

@@ -497,12 +497,33 @@ def test_hmac_signature_vectors(target: str, signed: str, body: bytes) -> None:
 
 
 def test_hmac_signature_vector_with_public_url() -> None:
+    # The URL the provider calls, as written (its trailing "/" kept, as the sender's
+    # Uri keeps it); the same URL without the "/" passes the check too (see below).
     check = _check(public_url="https://Bücher.example/Hooks/diy/")
     request = _request(b"/diy?m=%C3%A9~", host=b"internal:8000", body=BODY)
     expected = reference_signature(
-        method="GET", absolute_uri="https://Bücher.example/Hooks/diy?m=%C3%A9~", content=BODY
+        method="GET", absolute_uri="https://Bücher.example/Hooks/diy/?m=%C3%A9~", content=BODY
     )
     assert check.signature(request, APP_ID, NONCE, TIMESTAMP) == expected.encode()
+
+
+@pytest.mark.parametrize(
+    ("public_url", "signed"),
+    [
+        ("https://example.com/hooks/diy/", "https://example.com/hooks/diy"),
+        ("https://example.com/hooks/diy/", "https://example.com/hooks/diy/"),
+        ("https://example.com/hooks/diy", "https://example.com/hooks/diy"),
+        ("https://EXAMPLE.com:443/hooks/diy", "https://example.com/hooks/diy"),
+    ],
+)
+def test_hmac_public_url_with_or_without_its_trailing_slash_passes(
+    public_url: str, signed: str
+) -> None:
+    check = _check(public_url=public_url)
+    request = _request(b"/diy?m=1", host=b"internal:8000", body=BODY)
+    good = reference_signature(method="GET", absolute_uri=f"{signed}?m=1", content=BODY)
+    header = authorization(good)["Authorization"].encode()
+    check.check(CallbackRequest(request.scope, request.body, {b"authorization": header}))
 
 
 def test_hmac_signature_vector_issue_example() -> None:

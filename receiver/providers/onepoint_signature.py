@@ -35,7 +35,9 @@ __all__ = [
     "HmacCheck",
     "OnePointOptions",
     "absolute_uri",
+    "escape_url",
     "lower_url_encode",
+    "public_base",
     "sign_onepoint",
     "signature_check",
 ]
@@ -127,9 +129,10 @@ def lower_url_encode(text: str) -> str:
 
 def absolute_uri(url: str) -> str:
     """``url`` as .NET's ``Uri.AbsoluteUri`` writes it (what the sender signs): scheme and
-    host in lower case, the scheme's default port left out, ``/`` for an empty path; the
-    path and query as they are."""
-    parts = urlsplit(url)
+    host in lower case, the scheme's default port left out, ``/`` for an empty path, a
+    space or a character beyond ASCII in the path or query as ``%XX`` of its UTF-8 (as an
+    HTTP client sends it); anything else as it is."""
+    parts = urlsplit(escape_url(url))
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
@@ -138,6 +141,29 @@ def absolute_uri(url: str) -> str:
         host = f"{host}:{parts.port}"
     query = f"?{parts.query}" if parts.query else ""
     return f"{scheme}://{host}{parts.path or '/'}{query}"
+
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]+")
+
+
+def escape_url(url: str) -> str:
+    """``url`` with each space, control character and character beyond ASCII of its path
+    and query written as ``%XX`` of its UTF-8 bytes (upper-case hex), as HTTP clients and
+    .NET's ``Uri`` send and sign it; ``%`` escapes already there, and the host, are kept."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    authority, slash, tail = rest.partition("/")
+    tail = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode()), tail)
+    return f"{scheme}{separator}{authority}{slash}{tail}"
+
+
+def public_base(url: str) -> str:
+    """A channel's ``public_url`` as the signature check uses it: :func:`absolute_uri`,
+    without a trailing ``/`` (the query is appended to it)."""
+    normalized = absolute_uri(url)
+    path = normalized.partition("://")[2].partition("/")[2]
+    return normalized[:-1] if normalized.endswith("/") and path else normalized
 
 
 def sign_onepoint(
@@ -242,30 +268,39 @@ class HmacCheck(Authenticator):
         self._used: collections.OrderedDict[str, tuple[bytes, float]] | None = (
             collections.OrderedDict() if self.lower_urlencoded else None
         )
-        self.public_url = options.public_url.rstrip("/") if options.public_url else None
+        # As the sender's Uri.AbsoluteUri writes it (host lowercase, no default port,
+        # "/" for no path, non-ASCII escaped): written any other way, every callback
+        # would be refused.
+        self.public_url = absolute_uri(options.public_url) if options.public_url else None
+        # Also the same URL without its trailing "/" (how earlier versions read it):
+        # a provider told ".../sms" and a public_url written ".../sms/" still match.
+        trimmed = public_base(options.public_url) if options.public_url else None
+        self._other_url = trimmed if trimmed != self.public_url else None
         self.window = options.hmac_window
         self.channel_name = channel_name
         # The encoded URL without its query, by URL: a channel is called at few URLs.
         self._encoded: dict[str, str] = {}
 
-    def url(self, request: CallbackRequest) -> str:
+    def url(self, request: CallbackRequest, public_url: str | None = None) -> str:
         """The URL the signature covers: ``public_url`` (plus the query) when set."""
-        if self.public_url is None:
+        public_url = public_url or self.public_url
+        if public_url is None:
             return url_of(request.scope, request.header(b"host"))
         query = request.scope.get("query_string", b"")
-        return f"{self.public_url}?{query.decode('latin-1')}" if query else self.public_url
+        return f"{public_url}?{query.decode('latin-1')}" if query else public_url
 
-    def signed_uri(self, request: CallbackRequest) -> str:
+    def signed_uri(self, request: CallbackRequest, public_url: str | None = None) -> str:
         """The URI part of the signed message (``hmac_uri`` applied to :meth:`url`)."""
-        url = self.url(request)
+        public_url = public_url or self.public_url
+        url = self.url(request, public_url)
         if not url.isascii():
             # Bytes beyond ASCII in the request (a .NET sender escapes them) are taken as
             # UTF-8, the text the sender would have had; url() decoded them as Latin-1.
-            if self.public_url is None:
+            if public_url is None:
                 url = url.encode("latin-1").decode("utf-8", "surrogateescape")
             else:
                 query = request.scope.get("query_string", b"")
-                url = self.public_url + ("?" + _utf8(query) if query else "")
+                url = public_url + ("?" + _utf8(query) if query else "")
         if not self.lower_urlencoded:
             return url
         base, mark, query_text = url.partition("?")
@@ -288,9 +323,15 @@ class HmacCheck(Authenticator):
         return binascii.b2a_base64(body, newline=False)
 
     def _sign(
-        self, request: CallbackRequest, app_id: str, nonce: str, timestamp: str, body_part: bytes
+        self,
+        request: CallbackRequest,
+        app_id: str,
+        nonce: str,
+        timestamp: str,
+        body_part: bytes,
+        public_url: str | None = None,
     ) -> bytes:
-        uri = self.signed_uri(request)
+        uri = self.signed_uri(request, public_url)
         mac = self.macs[app_id].copy()
         mac.update(
             f"{app_id}{request.scope['method']}{uri}{timestamp}{nonce}".encode(
@@ -340,6 +381,10 @@ class HmacCheck(Authenticator):
             # its server signs nothing: both forms of an empty body pass, both compared.
             other = self._sign(request, app_id, nonce, timestamp, _EMPTY_MD5)
             matched |= hmac.compare_digest(given, other)
+        if not matched and self._other_url is not None:
+            body_part = self._body(request.body)
+            other = self._sign(request, app_id, nonce, timestamp, body_part, self._other_url)
+            matched = hmac.compare_digest(given, other)
         if matched and self._used is not None:
             self._remember(request, f"{app_id}:{nonce.lower()}")
         if not matched:
