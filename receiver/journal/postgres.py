@@ -28,6 +28,7 @@ can serve once an operator has migrated).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import time
@@ -167,6 +168,10 @@ def _key(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big", signed=True)
 
 
+class _Unreachable(Exception):
+    """No connection to the database could be had (its cause says why)."""
+
+
 def _fault(error: BaseException) -> bool:
     """``error`` says the database cannot be reached or written now (a lost connection,
     a server shutting down or starting, a full disk, a read-only standby, a timeout), not
@@ -176,9 +181,11 @@ def _fault(error: BaseException) -> bool:
     exceptions = asyncpg.exceptions
     return isinstance(
         error,
-        OSError
+        _Unreachable
+        | OSError
         | TimeoutError
         | asyncpg.InterfaceError
+        | exceptions.InternalClientError
         | exceptions.PostgresConnectionError
         | exceptions.OperatorInterventionError
         | exceptions.InsufficientResourcesError
@@ -257,12 +264,44 @@ class PostgresJournal(Journal):
         return self._pool
 
     async def _run(self, work: Callable[[Any], Awaitable[_T]], *, write: bool = True) -> _T:
-        """``work`` with a connection, in one transaction; told to :attr:`on_commit`."""
+        """``work`` with a connection, in one transaction; told to :attr:`on_commit`.
+
+        A pooled connection whose server went away (a restart, ``pg_terminate_backend``)
+        fails at ``BEGIN``, before anything of ``work`` was sent: it is closed and the
+        transaction begun once more on another connection. A fault later closes the
+        connection (the pool opens a new one) and is raised.
+        """
         pool = await self._connections()
-        async with pool.acquire(timeout=self.connect_timeout) as connection:
-            started = time.perf_counter()
-            async with connection.transaction():
-                result = await work(connection)
+        for last in (False, True):
+            try:
+                connection = await pool.acquire(timeout=self.connect_timeout)
+            except Exception as exc:  # whatever stops a connection: the database is not there
+                raise _Unreachable(_why(exc)) from exc
+            try:
+                started = time.perf_counter()
+                transaction = connection.transaction()
+                try:
+                    await transaction.start()
+                except Exception as exc:
+                    if last or not _fault(exc):
+                        raise
+                    connection.terminate()
+                    continue
+                try:
+                    result = await work(connection)
+                except BaseException:
+                    if not connection.is_closed():
+                        with contextlib.suppress(Exception):
+                            await transaction.rollback()
+                    raise
+                await transaction.commit()
+            except Exception as exc:
+                if _fault(exc):
+                    connection.terminate()
+                raise
+            finally:
+                await pool.release(connection)
+            break
         if write:
             self.commits += 1
             observer = self.on_commit
@@ -405,7 +444,11 @@ class PostgresJournal(Journal):
         return int(found) if found is not None else None
 
     async def start(self) -> None:
-        await self.migrate()
+        try:
+            await self.migrate()
+        except BaseException:
+            await self.stop()  # nobody stops a journal that did not start
+            raise
 
     async def stop(self) -> None:
         keeper, self._keeper = self._keeper, None
