@@ -513,6 +513,7 @@ def test_postgres_events_command_reads_the_journal(
     with TestClient(pg_app(postgres_url)) as client:
         assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
     config = _config_file(tmp_path, monkeypatch, postgres_url)
+    capsys.readouterr()  # the app's log lines, if an earlier test sent logging to stdout
     assert main(["events", "--config", config, "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     listed = json.loads(line)
