@@ -32,12 +32,16 @@ test: $(BIN)/receiver tools
 
 # Tests drive real tools: wrk (the load benchmark's smoke test), nginx and openssl
 # (examples/nginx.conf in front of receiver serve), chromium (the console's browser tests,
-# driven by Playwright: never `playwright install`). Debian packages.
+# driven by Playwright: never `playwright install`), PostgreSQL (the PostgreSQL journal's
+# tests start its cluster themselves, tests/postgres.py; or set RECEIVER_TEST_POSTGRES).
+# Debian packages.
 tools:
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 \
 		&& command -v openssl >/dev/null 2>&1 && test -x /usr/bin/chromium \
+		&& { test -n "$$RECEIVER_TEST_POSTGRES" || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } \
 		|| { apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx openssl chromium; }
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx openssl chromium \
+			$$(test -n "$$RECEIVER_TEST_POSTGRES" || echo postgresql); }
 
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples bench

@@ -144,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
         "replay refuses, exit 2, and names the missing plugins)",
     )
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="create the journal's schema, or bring it up to this version's, and exit "
+        "(serve does it at start; for operators who migrate separately)",
+    )
+    with_config(migrate)
+
     prune = commands.add_parser(
         "prune", help="delete old done, rejected, recovered and dead entries"
     )
@@ -295,7 +302,7 @@ def _serve(args: argparse.Namespace) -> int:
         url=listen["url"],
         channels={name: channel.provider for name, channel in config.channels.items()},
         workers=args.workers,
-        journal=config.journal,
+        journal=_shown_journal(config.journal),
     )
     options: dict[str, Any] = {
         **listen["uvicorn"],
@@ -364,6 +371,44 @@ def _listening_socket(args: argparse.Namespace) -> dict[str, Any]:
         "url": f"http://{args.host}:{args.port}",
         "uvicorn": {"host": args.host, "port": args.port},
     }
+
+
+def _shown_journal(journal: str | None) -> str | None:
+    """The journal setting as logged: a URL without its password."""
+    if journal is not None and journal.startswith(("postgresql://", "postgres://")):
+        from receiver.journal.postgres import redact_url
+
+        return redact_url(journal)
+    return journal
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """``receiver migrate``: create or migrate the journal's schema (under the advisory
+    lock for PostgreSQL; a SQLite file is created or brought up to date), print it."""
+    import asyncio
+
+    from receiver.journal import open_journal
+
+    config = _load(args, standalone=True, channel_secrets=False, plugin_secrets=False)
+    journal = open_journal(config.journal)
+    if journal is None:
+        raise ConfigError("journal = 'none': there is no journal to migrate")
+
+    async def run() -> str:
+        try:
+            from receiver.journal.postgres import PostgresJournal
+
+            if isinstance(journal, PostgresJournal):
+                found, now = await journal.migrate()
+                was = "none" if found is None else str(found)
+                return f"{journal.where}: schema version {now} (was {was})"
+            await journal.start()
+            return f"{_shown_journal(config.journal)}: schema up to date"
+        finally:
+            await journal.stop()
+
+    print(asyncio.run(run()))
+    return 0
 
 
 def _refuse_unwritable_journal(app: Any) -> None:
@@ -617,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": _operator("events"),
         "replay": _operator("replay"),
         "prune": _operator("prune"),
+        "migrate": _migrate,
         "send": _send,
     }[args.command]
     if args.command != "serve":  # serve sets up its own logging; here: warnings, to stderr

@@ -184,8 +184,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
             :data:`Secret` fields expanded) in the ``config`` its ``configure`` hook gets;
             otherwise it gets the table as written.
         metrics: Serve ``GET /metrics`` (Prometheus text); ``receiver serve`` turns it on.
-        journal: ``"none"`` or ``"sqlite:///path/receiver.db"``: every authenticated
-            callback is stored durably before it is answered. Unset: none when mounted,
+        journal: ``"none"``, ``"sqlite:///path/receiver.db"`` or
+            ``"postgresql://user:${PASSWORD}@host/database"`` (asyncpg, the
+            ``postgresql`` extra): every authenticated callback is stored durably before
+            it is answered. Unset: none when mounted,
             ``sqlite:///<state_dir>/receiver.db`` for ``receiver serve``.
         state_dir: Where ``receiver serve`` keeps its state by default.
         duplicate_window: Seconds within which a re-sent callback (same provider key) is
@@ -251,9 +253,13 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
         if self.max_body_bytes <= 0:
             raise ConfigError(f"{source}: max_body_bytes must be positive")
         if self.journal is not None and not (
-            self.journal == "none" or self.journal.startswith("sqlite:///")
+            self.journal == "none"
+            or self.journal.startswith(("sqlite:///", "postgresql://", "postgres://"))
         ):
-            raise ConfigError(f"{source}: journal: use 'none' or 'sqlite:///path/to/file.db'")
+            raise ConfigError(
+                f"{source}: journal: use 'none', 'sqlite:///path/to/file.db' or "
+                "'postgresql://user:${PASSWORD}@host/database'"
+            )
         if self.retention is not None:
             try:
                 retention = duration(self.retention)

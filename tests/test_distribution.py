@@ -73,7 +73,7 @@ def test_the_distribution_is_named_receiver_webhooks_and_versioned_by_the_packag
     install = readme.split("## Install", 1)[1].split("\n## ", 1)[0]
     assert f"pip install {DISTRIBUTION}" in install
     assert f"pip install '{DISTRIBUTION}[test]'" in install
-    assert set(project["optional-dependencies"]) == {"test", "dev"}
+    assert set(project["optional-dependencies"]) == {"test", "dev", "postgresql"}
     assert set(project["optional-dependencies"]["test"]) <= set(
         project["optional-dependencies"]["dev"]
     )

@@ -5,8 +5,9 @@ method is a coroutine: the server awaits them on its event loop, and the operato
 (``receiver events``, ``replay``, ``prune``) run them under ``asyncio.run``, so that one
 implementation, with one driver, serves both. :class:`~receiver.journal.sqlite.SQLiteJournal`
 (``receiver/journal/sqlite.py``) is the embedded implementation: one file, one process. A
-journal shared by several replicas (PostgreSQL) is planned, not yet available; it would be
-one more module here implementing the same interface, without touching the request path.
+journal shared by several processes or machines is
+:class:`~receiver.journal.postgres.PostgresJournal` (``receiver/journal/postgres.py``,
+asyncpg), the same interface without touching the request path.
 
 Lifecycle of an entry: ``received`` (committed, being handled) -> ``done`` (handled, the
 reply stored with it) | ``failed`` (a handler raised; retried with backoff) -> ``dead``
@@ -363,13 +364,31 @@ def matches(entry: Entry, search: str | None) -> bool:
     return any(value is not None and needle in value.casefold() for value in values)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+"""The URL schemes of a PostgreSQL journal (libpq's)."""
+
+
 def open_journal(url: str | None, **options: Any) -> Journal | None:
-    """The journal a ``journal = "..."`` setting names: ``"none"`` or ``"sqlite:///path"``."""
+    """The journal a ``journal = "..."`` setting names: ``"none"``, ``"sqlite:///path"`` or
+    ``"postgresql://user:password@host/database"``."""
     if url is None or url == "none":
         return None
     if url.startswith("sqlite:///"):
         return SQLiteJournal(url.removeprefix("sqlite:///"), **options)
-    raise ConfigError(f"journal: {url!r} is not 'none' or 'sqlite:///path/to/file.db'")
+    if url.startswith(POSTGRES_SCHEMES):
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:  # pragma: no cover - the extra not installed
+            raise ConfigError(
+                "journal: a PostgreSQL journal needs asyncpg: "
+                "pip install 'receiver-webhooks[postgresql]'"
+            ) from None
+        from receiver.journal.postgres import PostgresJournal
+
+        return PostgresJournal(url, **options)
+    raise ConfigError(
+        "journal: use 'none', 'sqlite:///path/to/file.db' or 'postgresql://user@host/database'"
+    )
 
 
 # Last: the implementation imports the interface above (and is re-exported from here, so

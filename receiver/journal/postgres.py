@@ -1,0 +1,915 @@
+"""The shared journal: PostgreSQL, through asyncpg's connection pool.
+
+The same :class:`~receiver.journal.Journal` as :mod:`receiver.journal.sqlite`, with the same
+guarantees: a callback is committed (PostgreSQL's own WAL flush, ``synchronous_commit`` as
+the server has it) before it is answered; duplicates are found by ``(channel,
+dedupe_key)`` and ``(channel, body_hash)`` within their windows and answered with the
+original's reply; failed, reply_failed and dead entries keep their attempts.
+
+Each operation is one transaction on a pooled connection (PostgreSQL batches concurrent
+commits in its WAL itself: no group commit here). Two identical callbacks recorded at the
+same time are serialized by transaction-scoped advisory locks on their keys (the provider
+key and the body hash, per channel): the second waits for the first to commit and then
+finds it, in this process or in another one.
+
+Connection loss: a record or a rejected body that cannot be committed raises
+:class:`~receiver.errors.JournalUnavailable` (503); a state change of a stored event
+(done, failed) that cannot be written is kept in memory and written again with backoff, as
+the SQLite journal keeps it (``/readyz`` says so meanwhile). The pool replaces a broken
+connection at the next acquire: reconnection needs nothing else.
+
+The schema is versioned (table ``schema_version``): :meth:`PostgresJournal.migrate`, run at
+:meth:`~PostgresJournal.start` and by ``receiver migrate``, brings it up to
+:data:`SCHEMA_VERSION` under an advisory lock, so that replicas starting together create it
+once. A journal already at the current version is only read (a role without DDL rights
+can serve once an operator has migrated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from receiver.errors import ConfigError, Failure, JournalUnavailable
+from receiver.events import STATUS_RANK, Event, Reply, new_event_id
+from receiver.journal import REPLY_ONLY, Attempt, Browsed, Entry, Journal, Recorded, matches
+from receiver.journal.sqlite import _attempt, _encode, _entry, _kept_raw
+from receiver.logs import get_logger
+
+__all__ = ["SCHEMA_VERSION", "PostgresJournal", "redact_url"]
+
+log = get_logger(__name__)
+
+_T = TypeVar("_T")
+
+_LOCK_KEY = 0x7265_6365_6976_6572  # "receiver": the schema's advisory lock
+"""The advisory lock under which the schema is created or migrated."""
+
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    type TEXT,
+    message_id TEXT,
+    state TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    raw BYTEA NOT NULL,
+    meta BYTEA,
+    event BYTEA,
+    reply BYTEA,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failed_plugins BYTEA,
+    next_attempt_at DOUBLE PRECISION,
+    dedupe_key TEXT,
+    body_hash BYTEA,
+    recovered_as TEXT
+);
+CREATE INDEX events_channel_dedupe ON events (channel, dedupe_key, received_at)
+    WHERE dedupe_key IS NOT NULL;
+CREATE INDEX events_channel_body ON events (channel, body_hash, received_at);
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('failed', 'reply_failed');
+CREATE INDEX events_unfinished ON events (received_at) WHERE state = 'received';
+CREATE INDEX events_received ON events (received_at);
+CREATE TABLE attempts (
+    id BIGSERIAL PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    plugin TEXT,
+    hook TEXT,
+    error_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    traceback TEXT
+);
+CREATE INDEX attempts_event ON attempts (event_id, attempt);
+CREATE TABLE message_status (
+    provider TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    party TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (provider, message_id, party)
+);
+""",
+    ),
+)
+"""(version, SQL): each brings the schema from the version before it to its own."""
+
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+"""The schema version this receiver writes."""
+
+_COLUMNS = (
+    "id, channel, provider, type, message_id, state, received_at, raw, meta, event, reply, "
+    "error, attempts, failed_plugins, next_attempt_at, recovered_as"
+)
+
+_ORIGINAL = (
+    "(SELECT id, state, reply, 0 AS o FROM events "
+    "WHERE channel = $1 AND dedupe_key = $2 AND received_at >= $3 LIMIT 1) "
+    "UNION ALL (SELECT id, state, reply, 1 FROM events WHERE channel = $1 AND body_hash = $4 "
+    "AND received_at >= $5 AND state NOT IN ('rejected', 'recovered') LIMIT 1) "
+    "ORDER BY o LIMIT 1"
+)
+"""Both duplicate look-ups in one round trip, the provider key's first: one range on
+``events_channel_dedupe``, one on ``events_channel_body`` (a window of 0: a bound of
++inf)."""
+
+_INSERT = (
+    "INSERT INTO events (id, channel, provider, type, message_id, state, received_at, raw, "
+    "meta, event, dedupe_key, body_hash) "
+    "VALUES ($1, $2, $3, $4, $5, 'received', $6, $7, $8, $9, $10, $11)"
+)
+
+_LAST_ERROR = (
+    "(SELECT error_type || ': ' || message FROM attempts WHERE event_id = events.id "
+    "ORDER BY attempt DESC, id DESC LIMIT 1)"
+)
+
+_FINISHED = "('done', 'rejected', 'recovered', 'dead')"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (for logs and messages)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "postgresql://?"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _lock_keys(channel: str, dedupe_key: str | None, body_hash: bytes) -> list[int]:
+    """The advisory lock keys of a record's two duplicate look-ups, sorted (one order
+    for every transaction: no deadlock)."""
+    keys = {_key(b"body\0" + channel.encode() + b"\0" + body_hash)}
+    if dedupe_key is not None:
+        keys.add(_key(b"key\0" + channel.encode() + b"\0" + dedupe_key.encode()))
+    return sorted(keys)
+
+
+def _key(data: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big", signed=True)
+
+
+class _Unreachable(Exception):
+    """No connection to the database could be had (its cause says why)."""
+
+
+def _fault(error: BaseException) -> bool:
+    """``error`` says the database cannot be reached or written now (a lost connection,
+    a server shutting down or starting, a full disk, a read-only standby, a timeout), not
+    that an operation is wrong."""
+    import asyncpg
+
+    exceptions = asyncpg.exceptions
+    return isinstance(
+        error,
+        _Unreachable
+        | OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | exceptions.InternalClientError
+        | exceptions.PostgresConnectionError
+        | exceptions.OperatorInterventionError
+        | exceptions.InsufficientResourcesError
+        | exceptions.ReadOnlySQLTransactionError,
+    ) or type(error).__name__ in {"ConnectionDoesNotExistError", "ConnectionResetError"}
+
+
+def _why(error: BaseException) -> str:
+    """One line on a fault (never the URL: it may hold the password)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class PostgresJournal(Journal):
+    """The shared journal: PostgreSQL (see the module docstring).
+
+    Args:
+        url: A libpq URL, ``postgresql://user:password@host:port/database``.
+        duplicate_window: Seconds within which the same provider key is a duplicate.
+        body_window: Seconds within which the same raw body (SHA-256) is a duplicate.
+        pool_size: Most connections held open.
+        max_body_bytes: Accepted for the interface's sake (the server's disk is its own).
+    """
+
+    connect_timeout = 5.0
+    """Seconds to open a connection."""
+    command_timeout = 10.0
+    """Seconds a statement may take before the operation fails (503 for a record)."""
+    retry_min = 0.05
+    retry_max = 5.0
+    """Seconds between attempts at the kept state changes (doubling from the first)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        duplicate_window: float = 48 * 3600,
+        body_window: float = 600,
+        pool_size: int = 10,
+        max_body_bytes: int = 0,
+    ) -> None:
+        self.url = url
+        self.duplicate_window = duplicate_window
+        self.body_window = body_window
+        self.pool_size = pool_size
+        self._pool: Any = None
+        self._ready = False
+        self.failure: str | None = None
+        """The last fault, until an operation succeeds with nothing kept."""
+        self.kept: dict[str, Callable[[Any], Awaitable[None]]] = {}
+        """State changes not written yet, by event id."""
+        self._keeper: asyncio.Task[None] | None = None
+        self.commits = 0
+        """Transactions committed that wrote."""
+
+    @property
+    def where(self) -> str:
+        """The URL without its password."""
+        return redact_url(self.url)
+
+    # -- connections ----------------------------------------------------------------
+
+    async def _connections(self) -> Any:
+        """The pool (created on first use; it opens connections as they are needed)."""
+        if self._pool is None:
+            import asyncpg
+
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=0,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+                max_inactive_connection_lifetime=60.0,
+            )
+        return self._pool
+
+    async def _run(self, work: Callable[[Any], Awaitable[_T]], *, write: bool = True) -> _T:
+        """``work`` with a connection, in one transaction; told to :attr:`on_commit`.
+
+        A pooled connection whose server went away (a restart, ``pg_terminate_backend``)
+        fails at ``BEGIN``, before anything of ``work`` was sent: it is closed and the
+        transaction begun once more on another connection. A fault later closes the
+        connection (the pool opens a new one) and is raised.
+        """
+        pool = await self._connections()
+        for last in (False, True):
+            try:
+                connection = await pool.acquire(timeout=self.connect_timeout)
+            except Exception as exc:  # whatever stops a connection: the database is not there
+                raise _Unreachable(_why(exc)) from exc
+            try:
+                started = time.perf_counter()
+                transaction = connection.transaction()
+                try:
+                    await transaction.start()
+                except Exception as exc:
+                    if last or not _fault(exc):
+                        raise
+                    connection.terminate()
+                    continue
+                try:
+                    result = await work(connection)
+                except BaseException:
+                    if not connection.is_closed():
+                        with contextlib.suppress(Exception):
+                            await transaction.rollback()
+                    raise
+                await transaction.commit()
+            except Exception as exc:
+                if _fault(exc):
+                    connection.terminate()
+                raise
+            finally:
+                await pool.release(connection)
+            break
+        if write:
+            self.commits += 1
+            observer = self.on_commit
+            if observer is not None:
+                try:
+                    observer(time.perf_counter() - started)
+                except Exception:
+                    log.exception("journal commit observer failed")
+        if self.failure is not None and not self.kept:
+            log.info("journal writable again", journal=self.where)
+            self.failure = None
+        return result
+
+    async def _new(self, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Store new data (a record, a rejected body): a fault is
+        :class:`JournalUnavailable` (503), nothing stored."""
+        try:
+            return await self._run(work)
+        except Exception as exc:
+            if not _fault(exc):
+                raise
+            self._failed(exc)
+            raise JournalUnavailable() from None
+
+    async def _change(self, event_id: str | None, work: Callable[[Any], Awaitable[None]]) -> None:
+        """Change a stored event's state: a fault keeps the change (written again with
+        backoff) instead of failing the caller (``event_id`` None: not kept, 503)."""
+        if self.kept and event_id is not None:  # written after the ones kept before it
+            self.kept[event_id] = work
+            return
+        try:
+            await self._run(work)
+        except Exception as exc:
+            if not _fault(exc):
+                raise
+            self._failed(exc)
+            if event_id is None:
+                raise JournalUnavailable() from None
+            self.kept[event_id] = work
+            if self._keeper is None or self._keeper.done():
+                self._keeper = asyncio.get_running_loop().create_task(self._write_kept())
+
+    def _failed(self, error: BaseException) -> None:
+        reason = f"journal unreachable: {_why(error)}"
+        if reason != self.failure:
+            log.error("journal not writable", journal=self.where, reason=reason)
+        self.failure = reason
+
+    async def _write_kept(self) -> None:
+        """Write the kept state changes, oldest first, with backoff until they are in."""
+        delay = self.retry_min
+        while self.kept:
+            await asyncio.sleep(delay)
+            for event_id, work in list(self.kept.items()):
+                try:
+                    await self._run(work)
+                except Exception as exc:
+                    if _fault(exc):
+                        self._failed(exc)
+                        delay = min(delay * 2, self.retry_max)
+                        break
+                    log.exception("journal operation failed", event_id=event_id)
+                if self.kept.get(event_id) is work:
+                    del self.kept[event_id]
+            else:
+                delay = self.retry_min
+        log.info("journal writable again", journal=self.where)
+        self.failure = None
+
+    async def _require(self) -> None:
+        """An operator command reads a journal that is there: the database reachable and
+        its schema created (:class:`ConfigError` otherwise); creates nothing."""
+        if self._ready:
+            return
+        try:
+            version = await self._version()
+        except Exception as exc:
+            if not _fault(exc) and not _denied(exc):
+                raise
+            raise ConfigError(f"journal: {self.where}: {_why(exc)}") from None
+        if version is None:
+            raise ConfigError(
+                f"journal: {self.where} has no receiver schema (run `receiver migrate`)"
+            )
+        self._ready = True
+
+    async def _version(self) -> int | None:
+        """The schema version of the database (None: no schema)."""
+        pool = await self._connections()
+        async with pool.acquire(timeout=self.connect_timeout) as connection:
+            if await connection.fetchval("SELECT to_regclass('schema_version')") is None:
+                return None
+            found = await connection.fetchval("SELECT max(version) FROM schema_version")
+            return int(found) if found is not None else None
+
+    async def migrate(self) -> tuple[int | None, int]:
+        """Create the schema or bring it up to :data:`SCHEMA_VERSION`, under an advisory
+        lock (replicas starting together: one creates it, the others wait and find it).
+        Returns (the version found, the version now).
+
+        Raises:
+            ConfigError: the database cannot be reached, or has a newer schema.
+        """
+        try:
+            found = await self._version()
+            if found is None or found < SCHEMA_VERSION:
+                found = await self._run(self._migrate_locked, write=False)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            if not _fault(exc) and not _denied(exc):
+                raise
+            raise ConfigError(f"journal: {self.where}: {_why(exc)}") from None
+        if found is not None and found > SCHEMA_VERSION:
+            raise ConfigError(
+                f"journal: {self.where} has schema version {found}, newer than this "
+                f"receiver's {SCHEMA_VERSION}: upgrade receiver"
+            )
+        self._ready = True
+        return found, max(SCHEMA_VERSION, found or 0)
+
+    @staticmethod
+    async def _migrate_locked(connection: Any) -> int | None:
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        found = await connection.fetchval("SELECT max(version) FROM schema_version")
+        for version, sql in _MIGRATIONS:
+            if found is not None and version <= found:
+                continue
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                version,
+                time.time(),
+            )
+            log.info("journal schema migrated", version=version)
+        return int(found) if found is not None else None
+
+    async def start(self) -> None:
+        try:
+            await self.migrate()
+        except BaseException:
+            await self.stop()  # nobody stops a journal that did not start
+            raise
+
+    async def stop(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and not keeper.done():
+            try:  # one more chance for the kept states, not a wait for a dead server
+                await asyncio.wait_for(asyncio.shield(keeper), timeout=self.retry_max)
+            except (TimeoutError, asyncio.CancelledError):
+                keeper.cancel()
+        if self.kept:
+            log.error(
+                "journal stopped with handled events' states not stored",
+                journal=self.where,
+                count=len(self.kept),
+            )
+        pool, self._pool = self._pool, None
+        self._ready = False
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self.retry_max)
+            except Exception:
+                pool.terminate()
+
+    async def check(self) -> str | None:
+        if self.kept:
+            kept = len(self.kept)
+            return f"journal failing: {kept} handled events' states not stored yet ({self.failure})"
+        try:
+            pool = await self._connections()
+            async with pool.acquire(timeout=2.0) as connection:
+                standby, schema = await connection.fetchrow(
+                    "SELECT pg_is_in_recovery(), to_regclass('events') IS NOT NULL", timeout=2.0
+                )
+        except Exception as exc:
+            return f"journal unreachable: {_why(exc)}"
+        if standby:
+            return "journal not writable: the database is a read-only standby"
+        if not schema:
+            return "journal missing: no receiver schema in the database"
+        return None
+
+    # -- the request path ---------------------------------------------------------
+
+    async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
+        body_hash = hashlib.sha256(event.raw).digest()
+
+        async def work(connection: Any) -> Recorded:
+            return await self._record(connection, event, meta, dedupe_key, body_hash)
+
+        return await self._new(work)
+
+    async def _record(
+        self,
+        connection: Any,
+        event: Event,
+        meta: dict[str, str],
+        dedupe_key: str | None,
+        body_hash: bytes,
+    ) -> Recorded:
+        """Find the original of ``event`` on its channel, or store ``event``."""
+        received = event.received_at.timestamp()
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+            _lock_keys(event.channel, dedupe_key, body_hash),
+        )
+        key_since = received - self.duplicate_window if self.duplicate_window > 0 else math.inf
+        body_since = received - self.body_window if self.body_window > 0 else math.inf
+        original = await connection.fetchrow(
+            _ORIGINAL, event.channel, dedupe_key, key_since, body_hash, body_since
+        )
+        if original is not None:
+            reply = msgspec.msgpack.decode(original[2], type=Reply) if original[2] else None
+            return Recorded(event, original[0], original[1], reply)
+        recorded = event
+        if await _out_of_order(connection, event, received):
+            recorded = msgspec.structs.replace(event, out_of_order=True)
+        await connection.execute(
+            _INSERT,
+            event.id,
+            event.channel,
+            event.provider,
+            event.type.value,
+            event.message_id,
+            received,
+            event.raw,
+            _encode(meta),
+            _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
+            dedupe_key,
+            body_hash,
+        )
+        return Recorded(recorded)
+
+    async def recover(
+        self, entry_id: str, event: Event, meta: dict[str, str], dedupe_key: str | None
+    ) -> Recorded | None:
+        body_hash = hashlib.sha256(event.raw).digest()
+
+        async def work(connection: Any) -> Recorded | None:
+            state = await connection.fetchval(
+                "SELECT state FROM events WHERE id = $1 FOR UPDATE", entry_id
+            )
+            if state != "rejected":
+                return None
+            recorded = await self._record(connection, event, meta, dedupe_key, body_hash)
+            await connection.execute(
+                "UPDATE events SET state = 'recovered', recovered_as = $1 WHERE id = $2",
+                recorded.duplicate_of or event.id,
+                entry_id,
+            )
+            return recorded
+
+        return await self._new(work)
+
+    async def reject(
+        self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
+    ) -> str:
+        entry_id = new_event_id()
+        raw, meta = _kept_raw(raw, meta)
+
+        async def work(connection: Any) -> str:
+            await connection.execute(
+                "INSERT INTO events (id, channel, provider, state, received_at, raw, meta, "
+                "error, body_hash) VALUES ($1, $2, $3, 'rejected', $4, $5, $6, $7, $8)",
+                entry_id,
+                channel,
+                provider,
+                time.time(),
+                raw,
+                _encode(meta),
+                reason,
+                hashlib.sha256(raw).digest(),
+            )
+            return entry_id
+
+        return await self._new(work)
+
+    async def complete(self, event_id: str, reply: Reply | None) -> None:
+        encoded = _encode(reply) if reply is not None else None
+
+        async def work(connection: Any) -> None:
+            await connection.execute(
+                "UPDATE events SET state = 'done', reply = COALESCE($1, reply), error = NULL, "
+                "next_attempt_at = NULL, failed_plugins = NULL, attempts = attempts + 1 "
+                "WHERE id = $2",
+                encoded,
+                event_id,
+            )
+
+        await self._change(event_id, work)
+
+    async def fail(
+        self,
+        event_id: str,
+        error: str,
+        plugins: Sequence[str] | None,
+        retry_at: float | None,
+        failures: Sequence[Failure] = (),
+        reply: Reply | None = None,
+        delivered: bool = False,
+    ) -> None:
+        state = "failed" if retry_at is not None else "dead"
+        undelivered = reply is not None and not delivered
+        names = [*(plugins or ()), *([REPLY_ONLY] if undelivered else [])]
+        encoded = _encode(names) if names else None
+        kept_reply = _encode(reply) if reply is not None else None
+
+        async def work(connection: Any) -> None:
+            attempts = await connection.fetchval(
+                "UPDATE events SET state = $1, reply = COALESCE($2, reply), error = $3, "
+                "failed_plugins = $4, next_attempt_at = $5, attempts = attempts + 1 "
+                "WHERE id = $6 RETURNING attempts",
+                state,
+                kept_reply,
+                error,
+                encoded,
+                retry_at,
+                event_id,
+            )
+            await _keep_attempt(connection, event_id, attempts, failures)
+
+        await self._change(event_id, work)
+
+    async def undelivered(
+        self,
+        event_id: str,
+        reply: Reply,
+        error: str,
+        retry_at: float | None,
+        failures: Sequence[Failure] = (),
+    ) -> None:
+        state = "reply_failed" if retry_at is not None else "dead"
+        encoded = _encode(reply), _encode([REPLY_ONLY])
+
+        async def work(connection: Any) -> None:
+            attempts = await connection.fetchval(
+                "UPDATE events SET state = $1, reply = $2, error = $3, failed_plugins = $4, "
+                "next_attempt_at = $5, attempts = attempts + 1 WHERE id = $6 RETURNING attempts",
+                state,
+                encoded[0],
+                error,
+                encoded[1],
+                retry_at,
+                event_id,
+            )
+            await _keep_attempt(connection, event_id, attempts, failures)
+
+        await self._change(event_id, work)
+
+    async def note(self, event_id: str, failures: Sequence[Failure]) -> None:
+        if not failures:
+            return
+
+        async def work(connection: Any) -> None:
+            attempts = await connection.fetchval(
+                "SELECT attempts FROM events WHERE id = $1", event_id
+            )
+            await _keep_attempt(
+                connection, event_id, None if attempts is None else attempts + 1, failures
+            )
+
+        await self._change(None, work)
+
+    async def backlog(self) -> int:
+        async def work(connection: Any) -> int:
+            found = await connection.fetchval(
+                "SELECT COUNT(*) FROM events WHERE state IN ('failed', 'reply_failed')"
+            )
+            return int(found)
+
+        return await self._run(work, write=False)
+
+    async def due(self, now: float, limit: int = 100) -> list[Entry]:
+        where = (
+            "state IN ('failed', 'reply_failed') AND next_attempt_at <= $1 ORDER BY next_attempt_at"
+        )
+        query = f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT $2"
+        return await self._select(query, now, limit)
+
+    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
+        # "Received before this process started" is the whole ownership rule here (one
+        # process per journal); leases for several processes would replace this query.
+        where = "state = 'received' AND received_at < $1 ORDER BY received_at"
+        return await self._select(
+            f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT $2", before, limit
+        )
+
+    async def _select(self, query: str, *params: Any) -> list[Entry]:
+        async def work(connection: Any) -> list[Entry]:
+            return [_entry(tuple(row)) for row in await connection.fetch(query, *params)]
+
+        return await self._run(work, write=False)
+
+    # -- the operator commands --------------------------------------------------
+
+    async def entries(
+        self,
+        *,
+        channel: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[Entry]:
+        await self._require()
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("channel", channel), ("type", type), ("state", state)):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        if since is not None:
+            params.append(since)
+            clauses.append(f"received_at >= ${len(params)}")
+        if ids:
+            params.append(list(ids))
+            clauses.append(f"id = ANY(${len(params)}::text[])")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        bounded = ""
+        if limit is not None:
+            params.append(limit)
+            bounded = f"LIMIT ${len(params)}"
+        query = (
+            f"SELECT {_COLUMNS}, {_LAST_ERROR} FROM events {where} "
+            f"ORDER BY received_at DESC {bounded}"
+        )
+        return await self._select(query, *params)
+
+    async def browse(
+        self,
+        *,
+        channel: str | None = None,
+        provider: str | None = None,
+        type: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        scan: int = 5000,
+    ) -> Browsed:
+        await self._require()
+        # The newest ``scan`` entries of the time range (events_received), then the
+        # filters on those rows alone; the search exactly, in Python (the event is stored
+        # encoded), on the filtered rows of the window.
+        params: list[Any] = [
+            since if since is not None else -math.inf,
+            before if before is not None else math.inf,
+            scan,
+        ]
+        clauses: list[str] = []
+        for column, value in (
+            ("channel", channel),
+            ("provider", provider),
+            ("type", type),
+            ("state", state),
+        ):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        window = (
+            f"WITH window_ AS (SELECT {_COLUMNS} FROM events WHERE received_at >= $1 "
+            "AND received_at < $2 ORDER BY received_at DESC LIMIT $3)"
+        )
+        bounded = ""
+        if not search:
+            params.append(limit + 1)
+            bounded = f"LIMIT ${len(params)}"
+        query = f"{window} SELECT * FROM window_ {where} ORDER BY received_at DESC {bounded}"
+        edge = f"{window} SELECT COUNT(*), MIN(received_at) FROM window_"
+
+        async def work(connection: Any) -> Browsed:
+            rows = await connection.fetch(query, *params)
+            entries = (_entry(tuple(row)) for row in rows)
+            found = [entry for entry in entries if matches(entry, search)]
+            scanned, oldest = await connection.fetchrow(edge, *params[:3])
+            page = found[:limit]
+            older: float | None
+            if len(found) > limit:
+                older = page[-1].received_at
+                if found[limit].received_at == older:
+                    kept = [entry for entry in page if entry.received_at != older]
+                    if kept:
+                        page, older = kept, math.nextafter(older, math.inf)
+            elif scanned >= scan:
+                older = oldest
+            else:
+                older = None
+            return Browsed(entries=page, older=older, scanned=int(scanned))
+
+        return await self._run(work, write=False)
+
+    async def per_minute(self, since: float) -> dict[tuple[int, str], int]:
+        await self._require()
+
+        async def work(connection: Any) -> dict[tuple[int, str], int]:
+            rows = await connection.fetch(
+                "SELECT floor(received_at / 60)::bigint AS minute, state, COUNT(*) "
+                "FROM events WHERE received_at >= $1 GROUP BY minute, state",
+                since,
+            )
+            return {(int(row[0]), str(row[1])): int(row[2]) for row in rows}
+
+        return await self._run(work, write=False)
+
+    async def attempts(self, event_id: str) -> list[Attempt]:
+        await self._require()
+
+        async def work(connection: Any) -> list[Attempt]:
+            rows = await connection.fetch(
+                "SELECT attempt, at, plugin, hook, error_type, message, traceback FROM "
+                "attempts WHERE event_id = $1 ORDER BY attempt, id",
+                event_id,
+            )
+            return [_attempt(tuple(row)) for row in rows]
+
+        return await self._run(work, write=False)
+
+    async def prune(self, older_than: float) -> int:
+        await self._require()
+
+        async def work(connection: Any) -> int:
+            await connection.execute(
+                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events "
+                f"WHERE received_at < $1 AND state IN {_FINISHED})",
+                older_than,
+            )
+            status = await connection.execute(
+                f"DELETE FROM events WHERE received_at < $1 AND state IN {_FINISHED}",
+                older_than,
+            )
+            await connection.execute("DELETE FROM message_status WHERE updated_at < $1", older_than)
+            return int(status.split()[-1])
+
+        return await self._run(work)
+
+
+def _denied(error: BaseException) -> bool:
+    """A refusal that no retry mends: a wrong password, an unknown database or role, no
+    right to create the schema (a configuration error at start)."""
+    import asyncpg
+
+    exceptions = asyncpg.exceptions
+    return isinstance(
+        error,
+        exceptions.InvalidAuthorizationSpecificationError
+        | exceptions.InvalidCatalogNameError
+        | exceptions.InsufficientPrivilegeError,
+    )
+
+
+async def _keep_attempt(
+    connection: Any, event_id: str, number: int | None, failures: Sequence[Failure]
+) -> None:
+    """Store ``failures`` as attempt ``number`` at ``event_id`` (None: no such entry)."""
+    if not failures or number is None:
+        return
+    await connection.executemany(
+        "INSERT INTO attempts (event_id, attempt, at, plugin, hook, error_type, message, "
+        "traceback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            (
+                event_id,
+                number,
+                failure.at,
+                failure.plugin,
+                failure.hook,
+                failure.error_type,
+                failure.message,
+                failure.traceback,
+            )
+            for failure in failures
+        ],
+    )
+
+
+async def _out_of_order(connection: Any, event: Event, received: float) -> bool:
+    """Track the latest status per message and recipient; True when this one is older."""
+    if event.status is None or event.message_id is None:
+        return False
+    rank = STATUS_RANK.get(event.status)
+    if rank is None:
+        return False
+    party = event.destination or event.source or ""
+    # One statement: store this status unless a higher one is stored; the stored rank
+    # comes back either way (a row locked until the commit: concurrent statuses of one
+    # message are ordered).
+    stored = await connection.fetchval(
+        "INSERT INTO message_status (provider, message_id, party, status, rank, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, message_id, party) DO UPDATE "
+        "SET status = CASE WHEN excluded.rank < message_status.rank THEN message_status.status "
+        "ELSE excluded.status END, "
+        "rank = GREATEST(message_status.rank, excluded.rank), "
+        "updated_at = CASE WHEN excluded.rank < message_status.rank "
+        "THEN message_status.updated_at ELSE excluded.updated_at END "
+        "RETURNING rank",
+        event.provider,
+        event.message_id,
+        party,
+        event.status,
+        rank,
+        received,
+    )
+    return bool(rank < stored)

@@ -1,0 +1,545 @@
+"""The PostgreSQL journal: one contract table that the SQLite journal passes too, then what
+only PostgreSQL has (an app on it, connection loss, the schema under its advisory lock,
+``receiver migrate``, ``receiver events`` on it).
+
+The server is real (tests/postgres.py): each test gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postgres import admin, postgres_server, postgres_url, with_database
+from samples import PAYLOADS
+from starlette.testclient import TestClient
+
+import receiver.logs
+from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.cli import main
+from receiver.errors import Failure
+from receiver.events import EventType
+from receiver.journal import REPLY_ONLY, Journal, open_journal
+from receiver.journal.postgres import SCHEMA_VERSION, PostgresJournal
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, used by name
+
+ONEPOINT_MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
+ONEPOINT_DELIVERED = (PAYLOADS / "onepoint" / "receipt_delivered.json").read_bytes()
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each contract test runs on both journals."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'j.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def run(url: str, scenario: Callable[[Journal], Awaitable[Any]], **options: Any) -> Any:
+    """``scenario`` on a started journal (stopped after), in an event loop of its own."""
+
+    async def go() -> Any:
+        journal = open_journal(url, **options)
+        assert journal is not None
+        await journal.start()
+        try:
+            return await scenario(journal)
+        finally:
+            await journal.stop()
+
+    return asyncio.run(go())
+
+
+def event(
+    number: int,
+    *,
+    at: float | None = None,
+    channel: str = "sms",
+    raw: bytes | None = None,
+    status: str | None = None,
+    message_id: str | None = None,
+    type: EventType = EventType.message,
+    source: str = "61400000000",
+) -> Event:
+    return Event(
+        id=f"evt-{number:05d}-{time.monotonic_ns()}",
+        received_at=datetime.fromtimestamp(at if at is not None else time.time(), UTC),
+        channel=channel,
+        provider="onepoint",
+        type=type,
+        raw=raw if raw is not None else f'{{"n": {number}}}'.encode(),
+        message_id=message_id or f"MSG{number:05d}",
+        source=source,
+        status=status,
+        text=f"hello {number}",
+    )
+
+
+# -- the contract: both journals ---------------------------------------------------------
+
+
+def test_contract_duplicates_found_by_key_and_body_answered_with_original_reply(
+    journal_url: str,
+) -> None:
+    async def scenario(journal: Journal) -> None:
+        first = event(1, raw=b'{"a": 1}')
+        recorded = await journal.record(first, {"ip": "127.0.0.1"}, "key-1")
+        assert recorded.duplicate_of is None and recorded.event.id == first.id
+        await journal.complete(first.id, Reply(text="hi"))
+        by_key = await journal.record(event(2, raw=b'{"a": 2}'), {}, "key-1")
+        assert by_key.duplicate_of == first.id
+        assert by_key.state == "done" and by_key.reply == Reply(text="hi")
+        by_body = await journal.record(event(3, raw=b'{"a": 1}'), {}, None)
+        assert by_body.duplicate_of == first.id and by_body.reply == Reply(text="hi")
+        elsewhere = await journal.record(event(4, raw=b'{"a": 1}', channel="other"), {}, "key-1")
+        assert elsewhere.duplicate_of is None  # both look-ups are per channel
+        (stored,) = await journal.entries(ids=[first.id])
+        assert stored.state == "done" and stored.meta == {"ip": "127.0.0.1"}
+        assert stored.raw == b'{"a": 1}' and stored.event is not None
+        assert stored.event.raw == b'{"a": 1}' and stored.attempts == 1
+
+    run(journal_url, scenario)
+
+
+def test_contract_duplicates_only_within_their_windows(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        now = time.time()
+        await journal.record(event(1, at=now - 1000, raw=b"old"), {}, "k-old")
+        # body window 600 s: the same body 1000 s later is new; the key window 2000 s: not
+        assert (await journal.record(event(2, at=now, raw=b"old"), {}, None)).duplicate_of is None
+        again = await journal.record(event(3, at=now, raw=b"other"), {}, "k-old")
+        assert again.duplicate_of is not None
+
+    run(journal_url, scenario, duplicate_window=2000, body_window=600)
+
+
+def test_contract_windows_of_zero_are_off(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        await journal.record(event(1, raw=b"same"), {}, "k")
+        assert (await journal.record(event(2, raw=b"same"), {}, "k")).duplicate_of is None
+
+    run(journal_url, scenario, duplicate_window=0, body_window=0)
+
+
+def test_contract_concurrent_identical_callbacks_one_original(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        found = await asyncio.gather(
+            *(journal.record(event(n, raw=b"twin"), {}, "twin") for n in range(8))
+        )
+        originals = [r for r in found if r.duplicate_of is None]
+        assert len(originals) == 1
+        assert {r.duplicate_of for r in found if r.duplicate_of} == {originals[0].event.id}
+
+    run(journal_url, scenario)
+
+
+def test_contract_reject_then_recover_once(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        rejected = await journal.reject("sms", "onepoint", b"<not json", {"ip": "x"}, "bad")
+        (entry,) = await journal.entries(state="rejected")
+        assert entry.id == rejected and entry.raw == b"<not json" and entry.error == "bad"
+        parsed = event(1, raw=b"<not json")
+        recorded = await journal.recover(rejected, parsed, {}, None)
+        assert recorded is not None and recorded.duplicate_of is None
+        (entry,) = await journal.entries(ids=[rejected])
+        assert entry.state == "recovered" and entry.recovered_as == parsed.id
+        assert await journal.recover(rejected, event(2), {}, None) is None
+
+    run(journal_url, scenario)
+
+
+def test_contract_fail_due_retry_then_dead_keeps_attempts(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        now = time.time()
+        stored = event(1)
+        await journal.record(stored, {}, None)
+        boom = Failure.of(RuntimeError("boom 1"), plugin="p", hook="on_message")
+        await journal.fail(stored.id, "boom 1", ["p"], now - 1, [boom])
+        (due,) = await journal.due(now)
+        assert due.id == stored.id and due.state == "failed" and due.attempts == 1
+        assert due.failed_plugins == ["p"] and due.plugins_to_retry == ["p"]
+        assert await journal.due(now - 10) == []
+        assert await journal.backlog() == 1
+        await journal.note(stored.id, [Failure.of(TimeoutError("slow"))])
+        await journal.fail(stored.id, "boom 2", ["p"], None, [Failure.of(RuntimeError("boom 2"))])
+        assert await journal.due(now + 10) == []
+        assert await journal.backlog() == 0
+        (dead,) = await journal.entries(state="dead")
+        assert dead.attempts == 2 and dead.last_error == "RuntimeError: boom 2"
+        attempts = await journal.attempts(stored.id)
+        assert [(a.attempt, a.error_type) for a in attempts] == [
+            (1, "RuntimeError"),
+            (2, "TimeoutError"),
+            (2, "RuntimeError"),
+        ]
+        assert attempts[0].plugin == "p" and attempts[0].hook == "on_message"
+
+    run(journal_url, scenario)
+
+
+def test_contract_fail_keeps_another_plugins_reply_to_deliver(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        stored = event(1)
+        await journal.record(stored, {}, None)
+        await journal.fail(stored.id, "x", ["p"], time.time() - 1, [], Reply(text="kept"))
+        (entry,) = await journal.due(time.time())
+        assert entry.reply == Reply(text="kept") and entry.failed_plugins == ["p", REPLY_ONLY]
+        again = await journal.record(event(2, raw=stored.raw), {}, None)
+        assert again.reply == Reply(text="kept") and again.state == "failed"
+
+    run(journal_url, scenario)
+
+
+def test_contract_undelivered_reply_failed_then_done(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        stored = event(1)
+        await journal.record(stored, {}, None)
+        reply = Reply(text="to deliver")
+        await journal.undelivered(stored.id, reply, "send failed", time.time() - 1)
+        (entry,) = await journal.due(time.time())
+        assert entry.state == "reply_failed" and entry.reply_only and entry.reply == reply
+        assert await journal.backlog() == 1
+        await journal.complete(stored.id, None)
+        (entry,) = await journal.entries(ids=[stored.id])
+        assert entry.state == "done" and entry.reply == reply and entry.failed_plugins is None
+        other = event(2)
+        await journal.record(other, {}, None)
+        await journal.undelivered(other.id, reply, "send failed", None)
+        (entry,) = await journal.entries(ids=[other.id])
+        assert entry.state == "dead" and entry.reply_pending == reply
+
+    run(journal_url, scenario)
+
+
+def test_contract_unfinished_is_received_before_a_time(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        now = time.time()
+        handled, left = event(1, at=now - 5), event(2, at=now - 4)
+        later = event(3, at=now + 5)
+        for e in (handled, left, later):
+            await journal.record(e, {}, None)
+        await journal.complete(handled.id, None)
+        assert [e.id for e in await journal.unfinished(before=now)] == [left.id]
+
+    run(journal_url, scenario)
+
+
+def test_contract_entries_filters_newest_first(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        now = time.time()
+        stored = [
+            event(n, at=now - 100 + n, channel="a" if n % 2 else "b", type=EventType.message)
+            for n in range(6)
+        ]
+        for e in stored:
+            await journal.record(e, {}, None)
+        await journal.complete(stored[5].id, None)
+        assert [e.id for e in await journal.entries()] == [e.id for e in reversed(stored)]
+        assert [e.id for e in await journal.entries(channel="a")] == [
+            stored[5].id,
+            stored[3].id,
+            stored[1].id,
+        ]
+        assert [e.id for e in await journal.entries(state="done")] == [stored[5].id]
+        assert len(await journal.entries(since=now - 100 + 3.5)) == 2
+        assert len(await journal.entries(limit=2)) == 2
+        assert len(await journal.entries(limit=None)) == 6
+        assert len(await journal.entries(type="message")) == 6
+        assert await journal.entries(type="receipt") == []
+        ids = [stored[0].id, stored[2].id, "no-such-id"]
+        assert {e.id for e in await journal.entries(ids=ids)} == {stored[0].id, stored[2].id}
+
+    run(journal_url, scenario)
+
+
+def test_contract_prune_deletes_only_finished_old_entries(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        now = time.time()
+        old_done, old_dead, old_received, new_done = (
+            event(1, at=now - 100),
+            event(2, at=now - 100),
+            event(3, at=now - 100),
+            event(4, at=now),
+        )
+        for e in (old_done, old_dead, old_received, new_done):
+            await journal.record(e, {}, None)
+        await journal.complete(old_done.id, None)
+        await journal.fail(old_dead.id, "x", None, None, [Failure.of(RuntimeError("x"))])
+        await journal.complete(new_done.id, None)
+        await journal.reject("sms", "onepoint", b"?", {}, "bad")
+        assert await journal.prune(now - 50) == 2
+        left = {e.id for e in await journal.entries(limit=None)}
+        assert old_done.id not in left and old_dead.id not in left
+        assert {old_received.id, new_done.id} <= left and len(left) == 3
+        assert await journal.attempts(old_dead.id) == []
+
+    run(journal_url, scenario)
+
+
+def test_contract_out_of_order_status_flagged(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        receipt = EventType.receipt
+        kw: dict[str, Any] = {"type": receipt, "message_id": "M1"}
+        first = await journal.record(event(1, raw=b"d", status="delivered", **kw), {}, None)
+        late = await journal.record(event(2, raw=b"s", status="sent", **kw), {}, None)
+        read = await journal.record(event(3, raw=b"r", status="read", **kw), {}, None)
+        assert not first.event.out_of_order and late.event.out_of_order
+        assert not read.event.out_of_order
+
+    run(journal_url, scenario)
+
+
+def test_contract_browse_pages_filters_search_and_per_minute(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        now = time.time()
+        for n in range(120):
+            channel = "a" if n % 2 else "b"
+            e = event(n, at=now - 1000 + n, channel=channel, source=f"6140000{n:04d}")
+            await journal.record(e, {}, None)
+        first = await journal.browse(limit=50)
+        assert [e.message_id for e in first.entries][:2] == ["MSG00119", "MSG00118"]
+        assert len(first.entries) == 50 and first.older is not None
+        second = await journal.browse(limit=50, before=first.older)
+        assert second.entries[0].message_id == "MSG00069"
+        only_a = await journal.browse(channel="a", limit=500)
+        assert len(only_a.entries) == 60 and only_a.older is None
+        found = await journal.browse(search="61400000042")
+        assert [e.message_id for e in found.entries] == ["MSG00042"]
+        assert [e.message_id for e in (await journal.browse(search="msg00007")).entries] == [
+            "MSG00007"
+        ]
+        bounded = await journal.browse(search="61400000042", scan=30)
+        assert bounded.entries == [] and bounded.scanned == 30
+        assert bounded.older == pytest.approx(now - 1000 + 90)
+        minutes = await journal.per_minute(now - 2000)
+        assert sum(minutes.values()) == 120 and {s for _, s in minutes} == {"received"}
+
+    run(journal_url, scenario, duplicate_window=0, body_window=0)
+
+
+def test_contract_check_ready_on_a_working_journal(journal_url: str) -> None:
+    async def scenario(journal: Journal) -> str | None:
+        return await journal.check()
+
+    assert run(journal_url, scenario) is None
+
+
+# -- PostgreSQL only -------------------------------------------------------------------
+
+
+class CountingReplier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def on_message(self, event: Event) -> Reply:
+        self.calls += 1
+        return Reply(text=f"reply {self.calls}")
+
+
+def pg_app(url: str, plugins: Any = ()) -> Any:
+    channels = {"sms": Channel(provider="onepoint", auth="none")}
+    return create_app(Config(channels=channels, journal=url), plugins=plugins)
+
+
+def fetch(url: str, sql: str) -> list[Any]:
+    return asyncio.run(admin(url, sql))
+
+
+def test_postgres_app_stores_before_answering_and_duplicates_get_the_original_reply(
+    postgres_url: str,
+) -> None:
+    replier = CountingReplier()
+    with TestClient(pg_app(postgres_url, [replier])) as client:
+        first = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        (row,) = fetch(postgres_url, "SELECT state, raw FROM events")
+        assert row["raw"] == ONEPOINT_MESSAGE
+        again = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        ready = client.get("/readyz")
+    assert first.status_code == again.status_code == 200
+    assert first.json()["Message"] == "reply 1" and again.content == first.content
+    assert replier.calls == 1
+    assert ready.status_code == 200
+    (row,) = fetch(postgres_url, "SELECT state, attempts FROM events")
+    assert (row["state"], row["attempts"]) == ("done", 1)
+
+
+def _cut_off(url: str, database: str, allow: bool) -> None:
+    """Refuse (or allow again) connections to ``database`` and end those open."""
+    statements = [f"ALTER DATABASE {database} ALLOW_CONNECTIONS {str(allow).lower()}"]
+    if not allow:
+        statements.append(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+    asyncio.run(admin(url, *statements))
+
+
+def test_postgres_connection_loss_is_503_never_200_then_reconnects(
+    postgres_server: str, postgres_url: str
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    body = json.loads(ONEPOINT_DELIVERED)
+    with TestClient(pg_app(postgres_url)) as client:
+
+        def send(n: int) -> int:
+            payload = json.dumps({**body, "MessageId": f"lost-{n}"}).encode()
+            return client.post("/sms", content=payload, headers=JSON).status_code
+
+        assert send(1) == 200
+        _cut_off(postgres_server, database, allow=False)
+        try:
+            assert send(2) == 503  # its connection was terminated
+            assert send(3) == 503  # no new connection allowed
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert "journal unreachable" in " ".join(ready.json()["problems"])
+            assert "receiver-test-only" not in ready.text  # never the password
+        finally:
+            _cut_off(postgres_server, database, allow=True)
+        assert send(4) == 200  # the pool reconnected by itself
+        assert client.get("/readyz").status_code == 200
+    ids = [r["message_id"] for r in fetch(postgres_url, "SELECT message_id FROM events")]
+    assert sorted(ids) == ["lost-1", "lost-4"]
+
+
+def test_postgres_done_lost_with_the_connection_is_kept_and_written_later(
+    postgres_server: str, postgres_url: str
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+
+    async def scenario() -> None:
+        journal = PostgresJournal(postgres_url)
+        journal.retry_min = 0.05
+        await journal.start()
+        try:
+            stored = event(1)
+            await journal.record(stored, {}, None)
+            await asyncio.to_thread(_cut_off, postgres_server, database, False)
+            try:
+                await journal.complete(stored.id, Reply(text="r"))  # kept, not raised
+                problem = await journal.check()
+                assert problem is not None and "not stored yet" in problem
+            finally:
+                await asyncio.to_thread(_cut_off, postgres_server, database, True)
+            deadline = time.monotonic() + 10
+            while journal.kept and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            (entry,) = await journal.entries(ids=[stored.id])
+            assert entry.state == "done" and entry.reply == Reply(text="r")
+            assert await journal.check() is None
+        finally:
+            await journal.stop()
+
+    asyncio.run(scenario())
+
+
+def test_postgres_schema_created_once_when_several_start_together(postgres_url: str) -> None:
+    async def scenario() -> list[tuple[int | None, int]]:
+        journals = [PostgresJournal(postgres_url) for _ in range(4)]
+        try:
+            return await asyncio.gather(*(j.migrate() for j in journals))
+        finally:
+            for j in journals:
+                await j.stop()
+
+    found = asyncio.run(scenario())
+    assert sorted(found, key=str) == sorted(
+        [(None, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3, key=str
+    )
+    rows = fetch(postgres_url, "SELECT version FROM schema_version")
+    assert [r["version"] for r in rows] == [SCHEMA_VERSION]
+
+
+def test_postgres_newer_schema_is_refused(postgres_url: str) -> None:
+    from receiver.errors import ConfigError
+
+    run(postgres_url, lambda journal: asyncio.sleep(0))
+    fetch(postgres_url, "INSERT INTO schema_version VALUES (999, 0)")
+    with pytest.raises(ConfigError, match="newer"):
+        run(postgres_url, lambda journal: asyncio.sleep(0))
+
+
+def _config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> str:
+    user_host, database = url.removeprefix("postgresql://").rsplit("/", 1)
+    user, rest = user_host.split(":", 1)
+    password, host = rest.rsplit("@", 1)
+    monkeypatch.setenv("PG_TEST_PASSWORD", password)
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    for name in ("RECEIVER_CONFIG", "RECEIVER_JOURNAL", "RECEIVER_PLUGINS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    # The CLI configures process-wide logging (cached structlog loggers): keep it local.
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    path = tmp_path / "receiver.toml"
+    path.write_text(
+        f'journal = "postgresql://{user}:${{PG_TEST_PASSWORD}}@{host}/{database}"\n'
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    return str(path)
+
+
+def test_postgres_migrate_command_creates_then_finds_the_schema(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    postgres_url: str,
+) -> None:
+    config = _config_file(tmp_path, monkeypatch, postgres_url)
+    assert main(["events", "--config", config]) == 2  # no schema yet: nothing created
+    err = capsys.readouterr().err
+    assert "receiver migrate" in err and "receiver-test-only" not in err
+    assert main(["migrate", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert f"schema version {SCHEMA_VERSION} (was none)" in out and "***" in out
+    assert "receiver-test-only" not in out
+    assert main(["migrate", "--config", config]) == 0
+    assert f"(was {SCHEMA_VERSION})" in capsys.readouterr().out
+
+
+def test_postgres_events_command_reads_the_journal(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    postgres_url: str,
+) -> None:
+    with TestClient(pg_app(postgres_url)) as client:
+        assert client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON).status_code == 200
+    config = _config_file(tmp_path, monkeypatch, postgres_url)
+    capsys.readouterr()  # the app's log lines, if an earlier test sent logging to stdout
+    assert main(["events", "--config", config, "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    listed = json.loads(line)
+    assert listed["state"] == "done" and listed["channel"] == "sms"
+    assert main(["events", "--config", config, "show", listed["id"]]) == 0
+    assert listed["id"] in capsys.readouterr().out
+    assert main(["prune", "--config", config, "--older-than", "1s", "--dry-run"]) == 0
+
+
+def test_postgres_config_accepts_the_url_and_keeps_the_password_out_of_errors(
+    postgres_server: str,
+) -> None:
+    from receiver.errors import ConfigError
+
+    wrong = with_database(postgres_server, "no_such_database_here")
+    journal = open_journal(wrong)
+    assert isinstance(journal, PostgresJournal)
+
+    async def start() -> None:
+        try:
+            await journal.start()
+        finally:
+            await journal.stop()
+
+    with pytest.raises(ConfigError) as raised:
+        asyncio.run(start())
+    assert "receiver-test-only" not in str(raised.value) and "***" in str(raised.value)
+    with pytest.raises(ConfigError, match="postgresql://"):
+        Config(journal="mysql://x").validate()
