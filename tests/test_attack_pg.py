@@ -1,0 +1,130 @@
+"""Attacks on the PostgreSQL journal (receiver/journal/postgres.py): each test is a
+behaviour that should hold; a failing one is a finding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from postgres import admin, postgres_server, postgres_url, with_database
+from samples import PAYLOADS
+from starlette.testclient import TestClient
+
+from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+
+__all__ = ["postgres_server", "postgres_url"]
+
+ONEPOINT_MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
+ONEPOINT_DELIVERED = (PAYLOADS / "onepoint" / "receipt_delivered.json").read_bytes()
+JSON = {"content-type": "application/json"}
+
+
+def pg_app(url: str, plugins: Any = (), **config: Any) -> Any:
+    channels = config.pop("channels", None) or {"sms": Channel(provider="onepoint", auth="none")}
+    return create_app(Config(channels=channels, journal=url, **config), plugins=plugins)
+
+
+def fetch(url: str, sql: str) -> list[Any]:
+    return asyncio.run(admin(url, sql))
+
+
+def sqlite_app(tmp: Any) -> Any:
+    channels = {"sms": Channel(provider="onepoint", auth="none")}
+    return create_app(Config(channels=channels, journal=f"sqlite:///{tmp / 'j.db'}"))
+
+
+# -- odd input ------------------------------------------------------------------------
+
+
+def _message(**fields: Any) -> bytes:
+    body = json.loads(ONEPOINT_MESSAGE)
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "field", ["MessageID", "Message", "Source", "Destination", "Carrier"]
+)
+def test_nul_in_a_field_stored_or_4xx_never_500(postgres_url: str, field: str) -> None:
+    payload = _message(**{field: "ab\u0000cd"})
+    with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
+        answer = client.post("/sms", content=payload, headers=JSON)
+    assert answer.status_code < 500, (answer.status_code, answer.text)
+    if answer.status_code == 200:
+        rows = fetch(postgres_url, "SELECT raw FROM events")
+        assert [r["raw"] for r in rows] == [payload]
+
+
+def test_nul_in_message_id_stored_by_the_sqlite_reference(tmp_path: Any) -> None:
+    """The reference behaviour the PostgreSQL journal should match (this one passes)."""
+    payload = _message(MessageID="ab\u0000cd")
+    with TestClient(sqlite_app(tmp_path), raise_server_exceptions=False) as client:
+        assert client.post("/sms", content=payload, headers=JSON).status_code == 200
+
+
+def test_lone_surrogate_in_message_id_stored_or_4xx_never_500(postgres_url: str) -> None:
+    payload = ONEPOINT_MESSAGE.replace(b'"MS1312312312323"', b'"MS\\ud800x"')
+    with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
+        answer = client.post("/sms", content=payload, headers=JSON)
+    assert answer.status_code < 500, (answer.status_code, answer.text)
+
+
+@pytest.mark.parametrize("query", ["a=%00b", "a=%FF%FE", "x=" + "%00" * 100])
+def test_odd_query_stored_never_500(postgres_url: str, query: str) -> None:
+    with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
+        answer = client.post(f"/sms?{query}", content=ONEPOINT_MESSAGE, headers=JSON)
+    assert answer.status_code == 200, (answer.status_code, answer.text)
+    assert len(fetch(postgres_url, "SELECT id FROM events")) == 1
+
+
+def test_nul_in_an_unreadable_body_rejected_not_500(postgres_url: str) -> None:
+    payload = _message(Type="Mess\u0000age")
+    with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
+        answer = client.post("/sms", content=payload, headers=JSON)
+    assert answer.status_code < 500, (answer.status_code, answer.text)
+
+
+class NulRaiser:
+    @hookimpl
+    def on_message(self, event: Event) -> Reply:
+        raise ValueError("broken \u0000 here")
+
+
+def test_handler_error_with_nul_in_its_message_is_kept_for_a_retry(postgres_url: str) -> None:
+    with TestClient(pg_app(postgres_url, [NulRaiser()]), raise_server_exceptions=False) as client:
+        answer = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        time.sleep(0.5)
+    assert answer.status_code == 200, (answer.status_code, answer.text)
+    (row,) = fetch(postgres_url, "SELECT state, attempts FROM events")
+    assert row["state"] in ("failed", "dead"), dict(row)
+
+
+def test_long_message_text_stored_never_500(postgres_url: str) -> None:
+    """A 3,000-character inbound text (a long concatenated SMS in a non-Latin script is
+    of this size in UTF-8): onepoint's dedupe key holds the whole text, and a btree index
+    entry is at most 2704 bytes."""
+    import random
+
+    rng = random.Random(7)
+    text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(3000))
+    payload = _message(Message=text)
+    with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
+        answer = client.post("/sms", content=payload, headers=JSON)
+    assert answer.status_code == 200, (answer.status_code, answer.text[:200])
+    (row,) = fetch(postgres_url, "SELECT raw FROM events")
+    assert row["raw"] == payload
+
+
+def test_one_mib_body_and_long_channel_stored(postgres_url: str) -> None:
+    name = "c" * 200
+    channels = {name: Channel(provider="onepoint", auth="none")}
+    payload = _message(Message="x" * (1024 * 1024 - 2000))
+    app = pg_app(postgres_url, channels=channels, max_body_bytes=2 * 1024 * 1024)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post(f"/{name}", content=payload, headers=JSON)
+    assert answer.status_code == 200, (answer.status_code, answer.text[:200])
+    (row,) = fetch(postgres_url, "SELECT length(raw) AS n FROM events")
+    assert row["n"] == len(payload)
