@@ -128,3 +128,37 @@ def test_one_mib_body_and_long_channel_stored(postgres_url: str) -> None:
     assert answer.status_code == 200, (answer.status_code, answer.text[:200])
     (row,) = fetch(postgres_url, "SELECT length(raw) AS n FROM events")
     assert row["n"] == len(payload)
+
+
+# -- secrets --------------------------------------------------------------------------
+
+
+def test_password_in_the_url_query_never_printed_by_migrate(
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    postgres_url: str,
+) -> None:
+    """libpq (and asyncpg) take the password as ``?password=`` too; redact_url only
+    knows the ``user:password@`` form."""
+    import urllib.parse
+
+    import receiver.logs
+    from receiver.cli import main
+
+    parts = urllib.parse.urlsplit(postgres_url)
+    password = parts.password or ""
+    bare = parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}")
+    monkeypatch.setenv("PG_TEST_PASSWORD", password)
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    for name in ("RECEIVER_CONFIG", "RECEIVER_JOURNAL", "RECEIVER_PLUGINS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    config = tmp_path / "receiver.toml"
+    url = urllib.parse.urlunsplit(bare) + "?password=${PG_TEST_PASSWORD}"
+    config.write_text(
+        f'journal = "{url}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    assert main(["migrate", "--config", str(config)]) == 0  # the form works
+    captured = capsys.readouterr()
+    assert password not in captured.out + captured.err, captured.out
