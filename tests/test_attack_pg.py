@@ -14,6 +14,7 @@ from samples import PAYLOADS
 from starlette.testclient import TestClient
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.journal.postgres import PostgresJournal
 
 __all__ = ["postgres_server", "postgres_url"]
 
@@ -162,3 +163,59 @@ def test_password_in_the_url_query_never_printed_by_migrate(
     assert main(["migrate", "--config", str(config)]) == 0  # the form works
     captured = capsys.readouterr()
     assert password not in captured.out + captured.err, captured.out
+
+
+# -- data loss ------------------------------------------------------------------------
+
+
+class CountingReplier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def on_message(self, event: Event) -> Reply:
+        self.calls += 1
+        return Reply(text=f"reply {self.calls}")
+
+
+def test_commit_whose_acknowledgement_is_lost_is_still_dispatched(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT reaches the server but its answer is lost (the connection resets right
+    after: a network cut, a proxy, a failover). The record is answered 503, the row is
+    committed as ``received``; the provider's re-send finds it as the original and is
+    answered 200 as a duplicate, and nothing in this process ever dispatches the event
+    (resume only takes entries received before the process started; due() only failed
+    ones): a 200 for a callback not dispatched."""
+    import asyncpg.transaction
+
+    real_commit = asyncpg.transaction.Transaction.commit
+    cut = {"armed": False}
+
+    real_record = PostgresJournal.record
+
+    async def commit_then_reset(self: Any) -> None:
+        await real_commit(self)
+        if cut["armed"] and cut.get("task") is asyncio.current_task():
+            cut["armed"] = False
+            raise ConnectionResetError("connection reset by peer")
+
+    async def record(self: Any, *args: Any) -> Any:
+        cut["task"] = asyncio.current_task()  # only the callback's own transaction
+        return await real_record(self, *args)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "commit", commit_then_reset)
+    monkeypatch.setattr(PostgresJournal, "record", record)
+    replier = CountingReplier()
+    with TestClient(pg_app(postgres_url, [replier]), raise_server_exceptions=False) as client:
+        cut["armed"] = True
+        first = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        assert first.status_code == 503  # not answered 200: the provider sends it again
+        again = client.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON)
+        assert again.status_code == 200
+        deadline = time.monotonic() + 5
+        while replier.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    (row,) = fetch(postgres_url, "SELECT state FROM events")
+    assert replier.calls == 1, "answered 200 and never dispatched"
+    assert row["state"] == "done"
