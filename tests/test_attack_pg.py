@@ -219,3 +219,71 @@ def test_commit_whose_acknowledgement_is_lost_is_still_dispatched(
     (row,) = fetch(postgres_url, "SELECT state FROM events")
     assert replier.calls == 1, "answered 200 and never dispatched"
     assert row["state"] == "done"
+
+
+def test_concurrent_callbacks_and_identical_pairs_all_stored_one_original_each(
+    postgres_url: str,
+) -> None:
+    """200 different callbacks and 100 identical pairs at once on a pool of 10: every 200
+    has its row, each pair one original, no 5xx, nothing past reply_timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = json.loads(ONEPOINT_DELIVERED)
+    payloads = [json.dumps({**body, "MessageID": f"c-{n}"}).encode() for n in range(200)]
+    pairs = [json.dumps({**body, "MessageID": f"p-{n}"}).encode() for n in range(100)]
+    sent = payloads + pairs + pairs
+    with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
+
+        def post(payload: bytes) -> tuple[int, float]:
+            started = time.monotonic()
+            answer = client.post("/sms", content=payload, headers=JSON)
+            return answer.status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(post, sent))
+    codes = [code for code, _ in results]
+    assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    assert max(took for _, took in results) < 10
+    rows = fetch(postgres_url, "SELECT message_id, state FROM events")
+    ids = sorted(r["message_id"] for r in rows)
+    assert ids == sorted([f"c-{n}" for n in range(200)] + [f"p-{n}" for n in range(100)])
+
+
+def test_same_body_on_two_channels_both_originals(postgres_url: str) -> None:
+    channels = {
+        "a": Channel(provider="onepoint", auth="none"),
+        "b": Channel(provider="onepoint", auth="none"),
+    }
+    replier = CountingReplier()
+    with TestClient(pg_app(postgres_url, [replier], channels=channels)) as client:
+        first = client.post("/a", content=ONEPOINT_MESSAGE, headers=JSON)
+        second = client.post("/b", content=ONEPOINT_MESSAGE, headers=JSON)
+    assert first.status_code == second.status_code == 200
+    assert "x-receiver-duplicate-of" not in {k.lower() for k in second.headers}
+    assert replier.calls == 2
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+def test_tables_without_schema_version_refused_with_a_message_not_a_traceback(
+    postgres_url: str,
+) -> None:
+    """A database with receiver's tables but no schema_version (restored without it,
+    or created by hand): start must refuse with a ConfigError saying so, not crash with
+    asyncpg's DuplicateTableError."""
+    from receiver.errors import ConfigError
+
+    async def go() -> None:
+        journal = PostgresJournal(postgres_url)
+        await journal.start()
+        await journal.stop()
+        await admin(postgres_url, "DROP TABLE schema_version")
+        again = PostgresJournal(postgres_url)
+        try:
+            await again.start()
+        finally:
+            await again.stop()
+
+    with pytest.raises(ConfigError):
+        asyncio.run(go())
