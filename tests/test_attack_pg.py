@@ -287,3 +287,55 @@ def test_tables_without_schema_version_refused_with_a_message_not_a_traceback(
 
     with pytest.raises(ConfigError):
         asyncio.run(go())
+
+
+# -- state changes kept in memory --------------------------------------------------------
+
+
+def _psql_admin(server: str, sql: str) -> None:
+    import subprocess
+    import urllib.parse
+
+    port = str(urllib.parse.urlsplit(server).port)
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", "psql", "-p", port, "-qAtc", sql],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def test_done_kept_in_memory_then_process_stops_is_dispatched_at_next_start(
+    postgres_server: str, postgres_url: str
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+
+    class CutsOff:
+        calls = 0
+
+        @hookimpl
+        def on_message(self, event: Event) -> Reply:
+            CutsOff.calls += 1
+            if CutsOff.calls == 1:  # the database goes away while the handler runs
+                _psql_admin(postgres_server, f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+                _psql_admin(
+                    postgres_server,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{database}'",
+                )
+            return Reply(text="ok")
+
+    try:
+        with TestClient(pg_app(postgres_url, [CutsOff()]), raise_server_exceptions=False) as c:
+            assert c.post("/sms", content=ONEPOINT_MESSAGE, headers=JSON).status_code == 200
+    finally:
+        _psql_admin(postgres_server, f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    (row,) = fetch(postgres_url, "SELECT state FROM events")
+    assert row["state"] == "received"  # the done was never written
+    with TestClient(pg_app(postgres_url, [CutsOff()]), raise_server_exceptions=False):
+        deadline = time.monotonic() + 10
+        while CutsOff.calls < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert CutsOff.calls == 2  # dispatched again at the next start: nothing lost
+    (row,) = fetch(postgres_url, "SELECT state FROM events")
+    assert row["state"] == "done"
