@@ -339,3 +339,20 @@ def test_done_kept_in_memory_then_process_stops_is_dispatched_at_next_start(
     assert CutsOff.calls == 2  # dispatched again at the next start: nothing lost
     (row,) = fetch(postgres_url, "SELECT state FROM events")
     assert row["state"] == "done"
+
+
+def test_malformed_url_port_is_a_config_error_not_a_traceback() -> None:
+    """``receiver serve`` with ``...@127.0.0.1:abc/db`` exits 1 with asyncpg's ValueError
+    traceback (every other bad URL is a one-line configuration error, exit 2)."""
+    from receiver.errors import ConfigError
+
+    async def go() -> None:
+        journal = PostgresJournal("postgresql://u:Sup3rSecretPW@127.0.0.1:abc/db")
+        try:
+            await journal.start()
+        finally:
+            await journal.stop()
+
+    with pytest.raises(ConfigError) as raised:
+        asyncio.run(go())
+    assert "Sup3rSecretPW" not in str(raised.value)
