@@ -77,7 +77,7 @@ CREATE TABLE events (
     body_hash BYTEA,
     recovered_as TEXT
 );
-CREATE INDEX events_channel_dedupe ON events (channel, dedupe_key, received_at)
+CREATE INDEX events_channel_dedupe ON events (channel, md5(dedupe_key), received_at)
     WHERE dedupe_key IS NOT NULL;
 CREATE INDEX events_channel_body ON events (channel, body_hash, received_at);
 CREATE INDEX events_due ON events (next_attempt_at) WHERE state IN ('failed', 'reply_failed');
@@ -119,7 +119,8 @@ _COLUMNS = (
 
 _ORIGINAL = (
     "(SELECT id, state, reply, 0 AS o FROM events "
-    "WHERE channel = $1 AND dedupe_key = $2 AND received_at >= $3 LIMIT 1) "
+    "WHERE channel = $1 AND md5(dedupe_key) = md5($2) AND dedupe_key = $2 "
+    "AND received_at >= $3 LIMIT 1) "
     "UNION ALL (SELECT id, state, reply, 1 FROM events WHERE channel = $1 AND body_hash = $4 "
     "AND received_at >= $5 AND state NOT IN ('rejected', 'recovered') LIMIT 1) "
     "ORDER BY o LIMIT 1"
@@ -142,14 +143,25 @@ _LAST_ERROR = (
 _FINISHED = "('done', 'rejected', 'recovered', 'dead')"
 
 
+def _text(value: str | None) -> str | None:
+    """``value`` as a PostgreSQL text column can hold it: NUL (which it refuses) as U+FFFD.
+    (Raw bodies, events and meta are stored as bytes, exactly.)"""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password (for logs and messages)."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "postgresql://?"
+    if parts.query:  # libpq also takes ?password=... (and any other parameter)
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any(name.lower() == "password" for name, _ in pairs):
+            shown = [(n, "***" if n.lower() == "password" else v) for n, v in pairs]
+            parts = parts._replace(query=urllib.parse.urlencode(shown, safe="*"))
     if parts.password is None:
-        return url
+        return urllib.parse.urlunsplit(parts)
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
@@ -393,6 +405,12 @@ class PostgresJournal(Journal):
         pool = await self._connections()
         async with pool.acquire(timeout=self.connect_timeout) as connection:
             if await connection.fetchval("SELECT to_regclass('schema_version')") is None:
+                if await connection.fetchval("SELECT to_regclass('events')") is not None:
+                    raise ConfigError(
+                        f"journal: {self.where} has receiver's tables but no schema_version "
+                        "table (restored without it?): restore it, or migrate into an empty "
+                        "database"
+                    )
                 return None
             found = await connection.fetchval("SELECT max(version) FROM schema_version")
             return int(found) if found is not None else None
@@ -411,6 +429,8 @@ class PostgresJournal(Journal):
                 found = await self._run(self._migrate_locked, write=False)
         except ConfigError:
             raise
+        except ValueError:  # the driver could not read the URL (a port that is no number)
+            raise ConfigError(f"journal: {self.where}: not a usable PostgreSQL URL") from None
         except Exception as exc:
             if not _fault(exc) and not _denied(exc):
                 raise
@@ -497,7 +517,28 @@ class PostgresJournal(Journal):
         async def work(connection: Any) -> Recorded:
             return await self._record(connection, event, meta, dedupe_key, body_hash)
 
-        return await self._new(work)
+        try:
+            return await self._new(work)
+        except JournalUnavailable:
+            # The connection may have failed after the COMMIT reached the server, its
+            # answer lost: then the row is stored, and answering 503 would leave it
+            # handled by no one (the provider's re-send would find it as the original).
+            # Ask once more, on another connection.
+            if await self._stored(event.id):
+                log.warning("journal: a record's commit answer was lost; it is stored")
+                return Recorded(event)
+            raise
+
+    async def _stored(self, event_id: str) -> bool:
+        """Whether ``event_id`` is in the journal (False when that cannot be known)."""
+
+        async def look(connection: Any) -> bool:
+            return bool(await connection.fetchval("SELECT 1 FROM events WHERE id = $1", event_id))
+
+        try:
+            return await self._run(look)
+        except Exception:
+            return False
 
     async def _record(
         self,
@@ -509,6 +550,7 @@ class PostgresJournal(Journal):
     ) -> Recorded:
         """Find the original of ``event`` on its channel, or store ``event``."""
         received = event.received_at.timestamp()
+        dedupe_key = _text(dedupe_key)
         await connection.execute(
             "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
             _lock_keys(event.channel, dedupe_key, body_hash),
@@ -530,7 +572,7 @@ class PostgresJournal(Journal):
             event.channel,
             event.provider,
             event.type.value,
-            event.message_id,
+            _text(event.message_id),
             received,
             event.raw,
             _encode(meta),
@@ -621,7 +663,7 @@ class PostgresJournal(Journal):
                 "WHERE id = $6 RETURNING attempts",
                 state,
                 kept_reply,
-                error,
+                _text(error),
                 encoded,
                 retry_at,
                 event_id,
@@ -647,7 +689,7 @@ class PostgresJournal(Journal):
                 "next_attempt_at = $5, attempts = attempts + 1 WHERE id = $6 RETURNING attempts",
                 state,
                 encoded[0],
-                error,
+                _text(error),
                 encoded[1],
                 retry_at,
                 event_id,
@@ -876,9 +918,9 @@ async def _keep_attempt(
                 failure.at,
                 failure.plugin,
                 failure.hook,
-                failure.error_type,
-                failure.message,
-                failure.traceback,
+                _text(failure.error_type),
+                _text(failure.message),
+                _text(failure.traceback),
             )
             for failure in failures
         ],
@@ -906,8 +948,8 @@ async def _out_of_order(connection: Any, event: Event, received: float) -> bool:
         "THEN message_status.updated_at ELSE excluded.updated_at END "
         "RETURNING rank",
         event.provider,
-        event.message_id,
-        party,
+        _text(event.message_id),
+        _text(party),
         event.status,
         rank,
         received,
