@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from postgres import admin, postgres_server, postgres_url, with_database
+from postgres import admin, postgres_server, postgres_url
 from samples import PAYLOADS
 from starlette.testclient import TestClient
 
@@ -46,9 +46,7 @@ def _message(**fields: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-@pytest.mark.parametrize(
-    "field", ["MessageID", "Message", "Source", "Destination", "Carrier"]
-)
+@pytest.mark.parametrize("field", ["MessageID", "Message", "Source", "Destination", "Carrier"])
 def test_nul_in_a_field_stored_or_4xx_never_500(postgres_url: str, field: str) -> None:
     payload = _message(**{field: "ab\u0000cd"})
     with TestClient(pg_app(postgres_url), raise_server_exceptions=False) as client:
@@ -157,9 +155,7 @@ def test_password_in_the_url_query_never_printed_by_migrate(
     monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
     config = tmp_path / "receiver.toml"
     url = urllib.parse.urlunsplit(bare) + "?password=${PG_TEST_PASSWORD}"
-    config.write_text(
-        f'journal = "{url}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
-    )
+    config.write_text(f'journal = "{url}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n')
     assert main(["migrate", "--config", str(config)]) == 0  # the form works
     captured = capsys.readouterr()
     assert password not in captured.out + captured.err, captured.out
