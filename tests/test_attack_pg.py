@@ -355,3 +355,21 @@ def test_malformed_url_port_is_a_config_error_not_a_traceback() -> None:
     with pytest.raises(ConfigError) as raised:
         asyncio.run(go())
     assert "Sup3rSecretPW" not in str(raised.value)
+
+
+def test_operator_filters_with_nul_read_nothing_never_an_error(postgres_url: str) -> None:
+    """The console's and the operator commands' filters come from a person (a query
+    string): a NUL in them must find nothing, not raise PostgreSQL's text error (a 500)."""
+
+    async def go() -> None:
+        journal = PostgresJournal(postgres_url)
+        await journal.start()
+        try:
+            assert await journal.entries(channel="sms\x00", state="failed") == []
+            assert await journal.entries(ids=["no\x00such"], limit=1) == []
+            found = await journal.browse(channel="a\x00", provider="p\x00", type="t\x00")
+            assert found.entries == []
+        finally:
+            await journal.stop()
+
+    asyncio.run(go())

@@ -759,13 +759,13 @@ class PostgresJournal(Journal):
         params: list[Any] = []
         for column, value in (("channel", channel), ("type", type), ("state", state)):
             if value is not None:
-                params.append(value)
+                params.append(_text(value))  # an operator's filter: NUL would be an error
                 clauses.append(f"{column} = ${len(params)}")
         if since is not None:
             params.append(since)
             clauses.append(f"received_at >= ${len(params)}")
         if ids:
-            params.append(list(ids))
+            params.append([_text(one) for one in ids])
             clauses.append(f"id = ANY(${len(params)}::text[])")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         bounded = ""
@@ -808,7 +808,7 @@ class PostgresJournal(Journal):
             ("state", state),
         ):
             if value is not None:
-                params.append(value)
+                params.append(_text(value))
                 clauses.append(f"{column} = ${len(params)}")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         window = (
