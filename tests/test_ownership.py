@@ -360,3 +360,21 @@ def test_ownership_config_lease_bounds() -> None:
         with pytest.raises(ConfigError, match="journal_lease"):
             Config(journal_lease=bad).validate()  # type: ignore[call-arg]
     assert os.environ.get("RECEIVER_JOURNAL_LEASE") is None
+
+
+def test_ownership_owner_is_one_id_when_asked_from_threads_at_once(tmp_path: Path) -> None:
+    """The event loop and the writer thread may ask for the owner first at the same time:
+    one id, or the process registers twice and a peer takes the first for dead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(20):
+        journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}")
+        assert journal is not None
+        barrier = threading.Barrier(8)
+
+        def ask(_: int, journal: Journal = journal, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return journal.owner
+
+        with ThreadPoolExecutor(8) as pool:
+            assert len(set(pool.map(ask, range(8)))) == 1
