@@ -451,3 +451,43 @@ def test_ownership_out_of_order_status_across_processes(journal_url: str) -> Non
             await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_ownership_lease_failure_logged_once_until_it_works_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A journal that cannot be reached: one error line, not one every renewal; a line
+    again when the lease is renewed."""
+    from receiver.dispatch import Dispatcher
+    from receiver.plugins import make_plugin_manager
+    from receiver.redelivery import Redelivery
+
+    class Down:
+        lease = 0.06
+        calls = 0
+
+        async def renew(self, running: object = ()) -> None:
+            self.calls += 1
+            if self.calls <= 5:
+                raise ConnectionRefusedError("journal down")
+
+        async def take_over(self) -> list[Any]:
+            return []
+
+        async def due(self, now: float) -> list[Any]:
+            return []
+
+    async def scenario() -> int:
+        journal = Down()
+        redelivery = Redelivery(journal, Dispatcher(make_plugin_manager(autoload=False)), [1.0])  # type: ignore[arg-type]
+        redelivery.start()
+        while journal.calls < 8:
+            await asyncio.sleep(0.02)
+        await redelivery.stop()
+        return journal.calls
+
+    with caplog.at_level("INFO"):
+        assert asyncio.run(scenario()) >= 8
+    failed = [r for r in caplog.records if "renewing the lease failed" in r.getMessage()]
+    again = [r for r in caplog.records if "lease renewed again" in r.getMessage()]
+    assert len(failed) == 1 and len(again) == 1
