@@ -470,3 +470,89 @@ def test_ownership_lease_failure_logged_once_until_it_works_again(
     failed = [r for r in caplog.records if "renewing the lease failed" in r.getMessage()]
     again = [r for r in caplog.records if "lease renewed again" in r.getMessage()]
     assert len(failed) == 1 and len(again) == 1
+
+
+# -- replays: claimed, and the console's confirmation good in any process ----------------
+
+CONSOLE_TOKEN = "console-token-5b1e9d2c7a"
+BEARER = {"authorization": "Bearer " + CONSOLE_TOKEN}
+
+
+class FailsOnce:
+    """Raises at its first call, then counts."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def on_message(self, event: Event) -> None:
+        self.calls.append(event.id)
+        if len(self.calls) == 1:
+            raise RuntimeError("the CRM is down")
+
+
+def test_ownership_console_confirmation_works_in_another_process_once(
+    journal_url: str,
+) -> None:
+    """With several processes behind one console address, the confirmation page comes
+    from one and the click may reach another: it works there, and only once anywhere."""
+    import re
+
+    from receiver.config import Console
+
+    plugin = FailsOnce()
+    config = Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=journal_url,
+        retry_delays=[3600.0],
+        console=Console(token=CONSOLE_TOKEN),
+    )
+    first = create_app(config, plugins=[plugin], autoload=False)
+    second = create_app(config, plugins=[plugin], autoload=False)
+    with TestClient(first) as a, TestClient(second) as b:
+        assert a.post("/sms", content=MESSAGE, headers=JSON).status_code == 200
+        (entry_id,) = re.findall(
+            r'/console/events/([^"]+)"', a.get("/console/", headers=BEARER).text
+        )
+        asked = a.post("/console/replay", data={"id": entry_id}, headers=BEARER)
+        (once,) = re.findall(r'name="once" value="([^"]+)"', asked.text)
+        confirm = {"confirm": "yes", "id": entry_id, "once": once}
+        done = b.post("/console/replay", data=confirm, headers=BEARER)
+        assert done.status_code == 200 and "1 succeeded" in done.text
+        again = a.post("/console/replay", data=confirm, headers=BEARER)
+        assert again.status_code == 409
+    assert len(plugin.calls) == 2  # the first attempt, and one replay
+
+
+def test_ownership_replay_claims_each_entry_once(journal_url: str) -> None:
+    """Two replays of the same failed entry at once (two operators, a double click on two
+    processes): it is dispatched once; the other leaves it alone."""
+    from receiver.endpoint import CallbackEndpoint
+    from receiver.operations import replay_entries
+
+    slow = Counting(delay=0.3)
+
+    async def scenario() -> list[Any]:
+        config = Config(
+            channels={"sms": Channel(provider="onepoint", auth="none")},
+            journal=journal_url,
+            retry_delays=[3600.0],
+            autoload_plugins=False,
+        )
+        endpoints = [CallbackEndpoint.from_config(config, [slow]) for _ in range(2)]
+        journals = [endpoint.journal for endpoint in endpoints if endpoint.journal is not None]
+        for journal in journals:
+            await journal.start()
+        try:
+            failed = event(1)
+            await journals[0].record(failed, {}, None)
+            await journals[0].fail(failed.id, "boom", None, time.time() + 3600)
+            (entry,) = await journals[0].entries(ids=[failed.id])
+            return await asyncio.gather(*(replay_entries(e, [entry]) for e in endpoints))
+        finally:
+            for journal in journals:
+                await journal.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert sorted(str(o[next(iter(o))]) for o in outcomes) == ["None", "True"]
+    assert len(slow.handled) == 1
