@@ -556,3 +556,33 @@ def test_ownership_replay_claims_each_entry_once(journal_url: str) -> None:
     outcomes = asyncio.run(scenario())
     assert sorted(str(o[next(iter(o))]) for o in outcomes) == ["None", "True"]
     assert len(slow.handled) == 1
+
+
+def test_ownership_console_logout_ends_the_session_in_every_process(journal_url: str) -> None:
+    """Logged out at one process, the copied cookie no longer works at another either."""
+    import re
+
+    from receiver.config import Console
+
+    config = Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=journal_url,
+        console=Console(token=CONSOLE_TOKEN),
+    )
+    first = create_app(config, autoload=False)
+    second = create_app(config, autoload=False)
+    with TestClient(first) as a, TestClient(second) as b:
+        page = a.get("/console/", headers={"accept": "text/html"})
+        (login_csrf,) = re.findall(r'name="csrf" value="([^"]*)"', page.text)
+        answer = a.post(
+            "/console/login",
+            data={"token": CONSOLE_TOKEN, "csrf": login_csrf, "next": "/console/"},
+            follow_redirects=False,
+        )
+        session = str(answer.cookies["receiver_console"])
+        copied = {"cookie": f"receiver_console={session}"}
+        assert b.get("/console/", headers=copied).status_code == 200  # good everywhere
+        csrf = re.findall(r'name="csrf" value="([^"]*)"', a.get("/console/").text)[0]
+        assert a.post("/console/logout", data={"csrf": csrf}, follow_redirects=False).is_redirect
+        b.cookies.clear()
+        assert b.get("/console/", headers=copied).status_code == 401

@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS processes (
     since REAL NOT NULL,
     lease_until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ended_sessions (
+    key BLOB PRIMARY KEY,
+    until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -261,6 +265,21 @@ class SQLiteJournal(Journal):
             )
 
         return await self._submit(operation, durable=False)
+
+    async def end_session(self, key: bytes, until: float) -> None:
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM ended_sessions WHERE until < ?", (time.time(),))
+            connection.execute(
+                "INSERT OR REPLACE INTO ended_sessions (key, until) VALUES (?, ?)", (key, until)
+            )
+
+        await self._submit(operation, durable=False)
+
+    async def session_ended(self, key: bytes) -> bool:
+        found = await self._reader.select(
+            "SELECT 1 FROM ended_sessions WHERE key = ?", (key,), lambda row: row
+        )
+        return bool(found)
 
     # -- ownership ------------------------------------------------------------------
 
