@@ -50,7 +50,9 @@ def measure(url: str, seconds: float, rounds: int = 8) -> list[float]:
         for n in range(rounds):
             message_id = f"LAG-{seconds}-{n}-{time.time_ns()}"
             body = json.dumps({**sample, "MessageID": message_id}).encode()
-            original = threading.Thread(target=lambda: a.post("/sms", content=body, headers=JSON))
+            original = threading.Thread(
+                target=a.post, args=("/sms",), kwargs={"content": body, "headers": JSON}
+            )
             original.start()
             time.sleep(0.02)
             b.post("/sms", content=body, headers=JSON)
