@@ -120,6 +120,9 @@ class Redelivery:
         """Events whose handlers run on past their timeout (not retried meanwhile)."""
         self._retrying: str | None = None
         """The entry the worker is retrying now (its claim renewed with the lease)."""
+        self._claimed: set[str] = set()
+        """Due entries claimed and not retried yet (their claims renewed with the lease:
+        a long batch must not let them fall due again for another process)."""
         self._taken: list[Entry] = []
         """Entries taken over from owners that are gone, for the worker to handle."""
         self._woken = asyncio.Event()
@@ -421,7 +424,7 @@ class Redelivery:
         failing = False
         while True:
             try:
-                running = set(self._running)
+                running = self._running | self._claimed
                 if self._retrying is not None:
                     running.add(self._retrying)
                 await journal.renew(running)
@@ -454,7 +457,9 @@ class Redelivery:
             except Exception:
                 log.exception("journal worker: reading the journal failed")
                 due = []
+            self._claimed = {entry.id for entry in due}
             for entry in due:
+                self._claimed.discard(entry.id)
                 if entry.id not in self._running:
                     if self.observer is not None:
                         self.observer.retried(entry.channel)
