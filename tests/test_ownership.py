@@ -586,3 +586,19 @@ def test_ownership_console_logout_ends_the_session_in_every_process(journal_url:
         assert a.post("/console/logout", data={"csrf": csrf}, follow_redirects=False).is_redirect
         b.cookies.clear()
         assert b.get("/console/", headers=copied).status_code == 401
+
+
+def test_ownership_replay_leaves_a_live_owners_received_entry_takes_a_gone_ones(
+    journal_url: str,
+) -> None:
+    async def scenario() -> tuple[bool, bool]:
+        async with processes(journal_url, 0.3, 30) as (handling, operator):
+            left = event(1)
+            await handling.record(left, {}, None)
+            await handling.renew()
+            (entry,) = await operator.entries(ids=[left.id])
+            being_handled = await operator.claim(entry)
+            await asyncio.sleep(0.5)  # the owner's lease ran out
+            return being_handled, await operator.claim(entry)
+
+    assert asyncio.run(scenario()) == (False, True)
