@@ -260,12 +260,16 @@ def _load(
     )
     if args.plugins_dir:
         config = replace_config(config, plugins_dir=args.plugins_dir)
-    if standalone:
-        journal = config.journal
-        if journal is None:
-            journal = f"sqlite:///{os.path.abspath(os.path.join(config.state_dir, 'receiver.db'))}"
-        config = replace_config(config, metrics=True, journal=journal)
-    return config
+    return _standalone(config) if standalone else config
+
+
+def _standalone(config: Config) -> Config:
+    """``config`` as ``receiver serve`` (and each of its ``--workers``) runs it: metrics
+    on, and the SQLite journal under ``state_dir`` unless it says otherwise."""
+    journal = config.journal
+    if journal is None:
+        journal = f"sqlite:///{os.path.abspath(os.path.join(config.state_dir, 'receiver.db'))}"
+    return replace_config(config, metrics=True, journal=journal)
 
 
 def _channel_table(config: Config) -> str:
@@ -321,6 +325,9 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[_WORKER_CONFIG] = os.path.abspath(args.config)
         if args.plugins_dir:
             os.environ[_WORKER_PLUGINS_DIR] = os.path.abspath(args.plugins_dir)
+        # The command line's logging, as the workers read it (they parse no arguments).
+        os.environ["RECEIVER_LOG_FORMAT"] = log_format
+        os.environ["RECEIVER_LOG_LEVEL"] = args.log_level
         uvicorn.run("receiver.cli:worker_app", factory=True, workers=args.workers, **options)
     else:
         signal.signal(signal.SIGHUP, _hup_alone)
@@ -477,10 +484,10 @@ def worker_app() -> Any:
     from receiver.logs import configure_logging
 
     configure_logging(_env("LOG_FORMAT"), _env("LOG_LEVEL", "info"))
-    config = load_config(os.environ.get(_WORKER_CONFIG))
+    config = _standalone(load_config(os.environ.get(_WORKER_CONFIG)))
     _server_limits(config, worker=True)
     plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR) or config.plugins_dir
-    return create_app(replace_config(config, metrics=True, plugins_dir=plugins_dir))
+    return create_app(replace_config(config, plugins_dir=plugins_dir))
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -167,6 +167,7 @@ class CallbackEndpoint:
         if self.redelivery is not None:
             pending = self._pending
             self.redelivery.handling = lambda: len(pending)
+            self.redelivery.in_flight = pending.keys
         self.channels = bind_channels(config, manager)
 
     def observe(self, observer: Observer) -> None:

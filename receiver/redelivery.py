@@ -109,6 +109,8 @@ class Redelivery:
         self.observer: Observer | None = None
         """Told of retries, dead letters, undelivered replies, the backlog (metrics)."""
         self.handling: Callable[[], int] = lambda: 0
+        self.in_flight: Callable[[], Collection[str]] = tuple
+        """The ids of the received events being handled now (the endpoint's)."""
         """How many received events are being handled now (the endpoint's count): the
         backlog's ``received`` part."""
         self._next_prune = 0.0
@@ -123,6 +125,8 @@ class Redelivery:
         self._recheck: set[str] = set()
         """Events whose outcome could not be recorded, or whose record's fate is unknown
         (:meth:`recheck`): looked at again by the worker."""
+        self._stopping = False
+        """:meth:`stop` waits for late handlers: the lease is renewed, nothing taken over."""
         self._claimed: set[str] = set()
         """Due entries claimed and not retried yet (their claims renewed with the lease:
         a long batch must not let them fall due again for another process)."""
@@ -423,25 +427,42 @@ class Redelivery:
     async def stop(self, grace: float = 0.0) -> None:
         """Stop the worker (what it was dispatching is retried at the next start); give
         handlers running past their timeout ``grace`` seconds to finish and be recorded,
-        then cancel them (their events are handled again at the next start)."""
-        for task in (self._worker, self._keeper):
-            if task is not None and not task.done():  # a dead one said why (problem)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._worker = self._keeper = None
-        late = list(self._late)
-        if late:
-            log.info("waiting for handlers past their timeout", count=len(late), grace=grace)
-            _, pending = await asyncio.wait(late, timeout=grace) if grace > 0 else ((), late)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning(
-                    "handlers still running at shutdown: handled again at the next start",
-                    count=len(pending),
-                )
-                await asyncio.wait(pending)
+        then cancel them (their events are handled again at the next start). The lease
+        is renewed meanwhile (nothing more is taken over): their entries stay this
+        process's until they are recorded or it stops."""
+        self._stopping = True
+        try:
+            await _cancel(self._worker)
+            self._worker = None
+            late = list(self._late)
+            if late:
+                log.info("waiting for handlers past their timeout", count=len(late), grace=grace)
+                _, pending = await asyncio.wait(late, timeout=grace) if grace > 0 else ((), late)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    log.warning(
+                        "handlers still running at shutdown: handled again at the next start",
+                        count=len(pending),
+                    )
+                    await asyncio.wait(pending)
+        finally:
+            await _cancel(self._keeper)
+            self._keeper = None
+            self._stopping = False
+
+    async def _stranded(self) -> list[Entry]:
+        """This owner's received entries that nothing here is handling (never raises)."""
+        busy = {*self.in_flight(), *self._running, *self._recheck}
+        busy.update(entry.id for entry in self._taken)
+        if self._retrying is not None:
+            busy.add(self._retrying)
+        try:
+            mine = await self.journal.own_unfinished()
+        except Exception:
+            log.exception("journal lease keeper: looking for this process's entries failed")
+            return []
+        return [entry for entry in mine if entry.id not in busy]
 
     async def _keep_lease(self) -> None:
         """Renew the lease every third of it; take over what owners that are gone left
@@ -455,7 +476,7 @@ class Redelivery:
                 if self._retrying is not None:
                     running.add(self._retrying)
                 await journal.renew(running)
-                taken = await journal.take_over()
+                taken = [] if self._stopping else await journal.take_over()
             except Exception:
                 if not failing:  # once, not at every renewal while the journal is down
                     log.exception("journal lease keeper: renewing the lease failed")
@@ -464,6 +485,12 @@ class Redelivery:
                 if failing:
                     log.info("journal lease renewed again")
                     failing = False
+                    # What the journal lost or never answered meanwhile (a take-over whose
+                    # answer was lost, a state a database crash lost) is this process's
+                    # and received: look for it once.
+                    if not self._stopping:
+                        known = {entry.id for entry in taken}
+                        taken += [e for e in await self._stranded() if e.id not in known]
                 if taken:
                     log.warning(
                         "taking over unfinished work of a process that is gone",
@@ -553,6 +580,14 @@ class Redelivery:
                 )
         finally:
             self._retrying = None
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it (a dead one said why: :meth:`Redelivery.problem`)."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _stopped(worker: asyncio.Task[None]) -> None:

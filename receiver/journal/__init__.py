@@ -364,6 +364,12 @@ class Journal(abc.ABC):
         they are returned to be retried now."""
 
     @abc.abstractmethod
+    async def own_unfinished(self) -> list[Entry]:
+        """This owner's ``received`` entries, oldest first: what it should be handling. The
+        lease keeper looks once after the journal failed, for entries it claimed or kept
+        without hearing so (a lost answer, a database crash that lost a state)."""
+
+    @abc.abstractmethod
     async def claim(self, entry: Entry) -> bool:
         """Claim ``entry`` for a replay (``receiver replay``, the console): True when it
         is as it was read (same state, attempts and next attempt) and now this owner's,
@@ -474,6 +480,20 @@ class Journal(abc.ABC):
         writes, a deleted or replaced file, an unwritable (or immutable) file or folder,
         too little free space. Creates nothing."""
         return None
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as a journal can store it: lone surrogates (an exception's message about
+    bytes decoded with ``surrogateescape``, a plugin's text), which neither SQLite nor
+    PostgreSQL nor msgpack take, as U+FFFD. A failure that cannot be kept must not leave
+    its entry without a state."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def matches(entry: Entry, search: str | None) -> bool:

@@ -61,6 +61,7 @@ from receiver.journal import (
     Recorded,
     gone,
     matches,
+    storable,
 )
 from receiver.journal.sqlite import SINCE_MARGIN, _attempt, _encode, _entry, _kept_raw
 from receiver.logs import get_logger
@@ -205,8 +206,10 @@ _FINISHED = "('done', 'rejected', 'recovered', 'dead')"
 
 
 def _text(value: str | None) -> str | None:
-    """``value`` as a PostgreSQL text column can hold it: NUL (which it refuses) as U+FFFD.
-    (Raw bodies, events and meta are stored as bytes, exactly.)"""
+    """``value`` as a PostgreSQL text column can hold it: NUL (which it refuses) and lone
+    surrogates (:func:`~receiver.journal.storable`) as U+FFFD. (Raw bodies, events and
+    meta are stored as bytes, exactly.)"""
+    value = storable(value)
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
@@ -908,6 +911,13 @@ class PostgresJournal(Journal):
 
         return await self._run(work, write=False)
 
+    async def own_unfinished(self) -> list[Entry]:
+        return await self._select(
+            f"SELECT {_COLUMNS} FROM events WHERE owner = $1 AND state = 'received' "
+            "ORDER BY received_at",
+            self.owner,
+        )
+
     async def claim(self, entry: Entry) -> bool:
         owner = self.owner
         if not self._registered:
@@ -1206,8 +1216,8 @@ async def _keep_attempt(
                 event_id,
                 number,
                 failure.at,
-                failure.plugin,
-                failure.hook,
+                _text(failure.plugin),
+                _text(failure.hook),
                 _text(failure.error_type),
                 _text(failure.message),
                 _text(failure.traceback),

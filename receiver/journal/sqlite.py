@@ -35,6 +35,7 @@ from receiver.journal import (
     Recorded,
     gone,
     matches,
+    storable,
 )
 from receiver.journal.sqlite_io import Reader, Writer, min_free_bytes
 from receiver.logs import get_logger
@@ -254,6 +255,18 @@ class SQLiteJournal(Journal):
                 log.warning("journal: giving the lease up failed", path=str(self.path))
         await self._writer.stop()
         self._forget_owner()
+
+    async def own_unfinished(self) -> list[Entry]:
+        owner = self.owner
+        query = (
+            f"SELECT {_COLUMNS} FROM events WHERE owner = ? AND state = 'received' "
+            "AND received_at >= (SELECT since FROM processes WHERE id = ?) ORDER BY received_at"
+        )
+
+        def operation(connection: sqlite3.Connection) -> list[Entry]:
+            return [_entry(row) for row in connection.execute(query, (owner, owner))]
+
+        return await self._submit(operation, durable=False)
 
     async def claim(self, entry: Entry) -> bool:
         owner, until = self.owner, time.time() + self.lease
@@ -488,13 +501,13 @@ class SQLiteJournal(Journal):
                 connection.execute(
                     "UPDATE events SET state = ?, error = ?, failed_plugins = ?, "
                     "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
-                    (state, error, encoded, retry_at, event_id),
+                    (state, storable(error), encoded, retry_at, event_id),
                 )
             else:  # a reply still to deliver is kept with the failed entry
                 connection.execute(
                     "UPDATE events SET state = ?, reply = ?, error = ?, failed_plugins = ?, "
                     "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
-                    (state, _encode(reply), error, encoded, retry_at, event_id),
+                    (state, _encode(reply), storable(error), encoded, retry_at, event_id),
                 )
             _keep_attempt(connection, event_id, failures, ended=True)
 
@@ -515,7 +528,7 @@ class SQLiteJournal(Journal):
             connection.execute(
                 "UPDATE events SET state = ?, reply = ?, error = ?, failed_plugins = ?, "
                 "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
-                (state, encoded[0], error, encoded[1], retry_at, event_id),
+                (state, encoded[0], storable(error), encoded[1], retry_at, event_id),
             )
             _keep_attempt(connection, event_id, failures, ended=True)
 
@@ -809,11 +822,11 @@ def _keep_attempt(
                 event_id,
                 number,
                 failure.at,
-                failure.plugin,
-                failure.hook,
-                failure.error_type,
-                failure.message,
-                failure.traceback,
+                storable(failure.plugin),
+                storable(failure.hook),
+                storable(failure.error_type),
+                storable(failure.message),
+                storable(failure.traceback),
             )
             for failure in failures
         ],
