@@ -130,6 +130,24 @@ def receipt(message_id: str) -> bytes:
     ).encode()
 
 
+def request(message_id: str, path: str = f"/{CHANNEL}") -> bytes:
+    """The whole HTTP request of :func:`receipt` ``message_id``, ``Connection: close``."""
+    body = receipt(message_id)
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nX-Test-Key: {KEY}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def read_all(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One callback sent: its status, or the connection error (``status`` None)."""
@@ -242,12 +260,7 @@ class Load:
         await asyncio.gather(*running)
 
     async def _one(self, message_id: str, slots: asyncio.Semaphore) -> None:
-        body = receipt(message_id)
-        request = (
-            f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nX-Test-Key: {KEY}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode() + body
+        message = request(message_id, self.path)
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
@@ -255,7 +268,7 @@ class Load:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(*self.address)
                 try:
-                    writer.write(request)
+                    writer.write(message)
                     await writer.drain()
                     answer = await reader.read()  # until the server closes: Connection: close
                 finally:

@@ -9,15 +9,21 @@ that the dead process's unfinished work is handled by the survivor).
 
 from __future__ import annotations
 
+import signal
 import socket
+import time
 from pathlib import Path
 
 from availability import (
     Figures,
     Load,
     exactly_once,
+    free_port,
+    get,
     processes,
+    read_all,
     read_handled,
+    request,
     serve_command,
     sqlite_journal,
     sqlite_rows,
@@ -67,3 +73,34 @@ def test_availability_fd_replacement_refuses_nothing(tmp_path: Path) -> None:
     figures = Figures(outcomes, rows, read_handled(handled), load.finished - load.began)
     exactly_once(figures, "fd replacement x3")
     assert len({pid for _, pid in figures.handled}) == 4  # every process handled some
+
+
+def test_availability_shutdown_answers_a_connection_that_has_not_sent_yet(tmp_path: Path) -> None:
+    """The race behind a connection error at a restart, made certain: a connection the
+    stopping process accepted, whose request was not read yet, is answered (then closed),
+    not closed unanswered; an idle keep-alive connection is closed."""
+    handled = write_counting_plugin(tmp_path)
+    journal = sqlite_journal(tmp_path)
+    config = write_config(tmp_path, journal)
+    port = free_port()
+    address = ("127.0.0.1", port)
+    with processes(tmp_path) as started:
+        server = started.start(serve_command(config, "--port", str(port)), "serve")
+        wait_ready(address, server)
+        fresh = socket.create_connection(address, timeout=10)
+        idle = socket.create_connection(address, timeout=10)
+        with fresh, idle:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # kept alive, now idle
+            time.sleep(0.3)  # both accepted by the server's event loop
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the shutdown has begun: no new connection is accepted
+            assert get(address, "/healthz") is None
+            fresh.sendall(request("AV-000001"))
+            answer = read_all(fresh)
+            assert idle.recv(65536) == b""  # closed without a word
+        assert server.wait(timeout=30) == 0
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert sqlite_rows(journal) == [("AV-000001", "done")]
+    assert [m for m, _ in read_handled(handled)] == ["AV-000001"]
