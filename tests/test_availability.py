@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from availability import (
@@ -20,6 +21,7 @@ from availability import (
     exactly_once,
     free_port,
     get,
+    postgres_rows,
     processes,
     read_all,
     read_handled,
@@ -30,9 +32,13 @@ from availability import (
     stop,
     wait_ready,
     wait_settled,
+    workers,
     write_config,
     write_counting_plugin,
 )
+from postgres import postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, used by name
 
 RATE = 200.0
 """Callbacks a second."""
@@ -104,3 +110,55 @@ def test_availability_shutdown_answers_a_connection_that_has_not_sent_yet(tmp_pa
     assert b"connection: close" in answer.lower()
     assert sqlite_rows(journal) == [("AV-000001", "done")]
     assert [m for m, _ in read_handled(handled)] == ["AV-000001"]
+
+
+def workers_hup(tmp_path: Path, journal: str, rows: Callable[[], list[tuple[str, str]]]) -> None:
+    """``receiver serve --workers 2`` on ``journal``, under load; ``kill -HUP`` twice,
+    each time waiting until uvicorn's supervisor has replaced both workers (one at a time,
+    the new one serving before the old one is stopped)."""
+    handled = write_counting_plugin(tmp_path)
+    config = write_config(tmp_path, journal)
+    port = free_port()
+    address = ("127.0.0.1", port)
+    with processes(tmp_path) as started:
+        parent = started.start(
+            serve_command(config, "--port", str(port), "--workers", "2"), "serve"
+        )
+        wait_ready(address, parent)
+        generations = [wait_workers(parent.pid, set())]
+        with Load(address, rate=RATE) as load:
+            load.wait_answered(200)
+            for _ in range(2):
+                parent.send_signal(signal.SIGHUP)
+                generations.append(wait_workers(parent.pid, generations[-1]))
+                load.wait_answered(200)
+            outcomes = load.stop()
+        found = wait_settled(rows, len(outcomes))
+        assert stop(parent) == 0
+    figures = Figures(outcomes, found, read_handled(handled), load.finished - load.began)
+    exactly_once(figures, f"--workers 2, SIGHUP x2, {journal.split(':')[0]}")
+    every_worker = set().union(*generations)
+    assert len(every_worker) == 6  # three generations of two
+    assert {pid for _, pid in figures.handled} <= every_worker
+    assert len({pid for _, pid in figures.handled}) >= 4  # the new generations served too
+
+
+def wait_workers(parent: int, old: set[int], timeout: float = 30.0) -> set[int]:
+    """Wait until ``parent`` has two workers, none of them in ``old``; their pids."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = workers(parent)
+        if len(now) == 2 and not now & old:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers {now} after {timeout} s (before: {old})")
+        time.sleep(0.1)
+
+
+def test_availability_workers_hup_sqlite(tmp_path: Path) -> None:
+    journal = sqlite_journal(tmp_path)
+    workers_hup(tmp_path, journal, lambda: sqlite_rows(journal))
+
+
+def test_availability_workers_hup_postgres(tmp_path: Path, postgres_url: str) -> None:
+    workers_hup(tmp_path, postgres_url, lambda: postgres_rows(postgres_url))
