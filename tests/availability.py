@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -63,6 +65,7 @@ def sqlite_journal(tmp_path: Path) -> str:
 COUNTING_PLUGIN = """
 import asyncio
 import os
+import time
 
 from receiver import hookimpl
 
@@ -81,7 +84,8 @@ async def on_receipt(event):
     # number of processes appending to the file.
     descriptor = os.open(HANDLED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(descriptor, f"{{event.message_id}} {{os.getpid()}}\\n".encode())
+        line = f"{{event.message_id}} {{os.getpid()}} {{time.time():.3f}}\\n"
+        os.write(descriptor, line.encode())
     finally:
         os.close(descriptor)
 """
@@ -103,13 +107,18 @@ def write_counting_plugin(tmp_path: Path, slow_every: int = 0, slow_seconds: flo
 
 
 def read_handled(handled: Path) -> list[tuple[str, int]]:
-    """The (message id, pid) lines the counting plugin wrote, in order."""
+    """The (message id, pid) of each line the counting plugin wrote, in order."""
+    return [(message_id, pid) for message_id, pid, _ in read_handled_times(handled)]
+
+
+def read_handled_times(handled: Path) -> list[tuple[str, int, float]]:
+    """The (message id, pid, time.time() when handled) lines of the counting plugin."""
     if not handled.exists():
         return []
     lines = []
     for line in handled.read_text().splitlines():
-        message_id, pid = line.split()
-        lines.append((message_id, int(pid)))
+        message_id, pid, at = line.split()
+        lines.append((message_id, int(pid), float(at)))
     return lines
 
 
@@ -131,11 +140,12 @@ def receipt(message_id: str) -> bytes:
 
 
 def request(message_id: str, path: str = f"/{CHANNEL}") -> bytes:
-    """The whole HTTP request of :func:`receipt` ``message_id``, ``Connection: close``."""
+    """The whole HTTP request of :func:`receipt` ``message_id``, ``Connection: close``;
+    its ``X-Request-ID`` is the message id (nginx's access log names it)."""
     body = receipt(message_id)
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nX-Test-Key: {KEY}\r\n"
+        f"Content-Type: application/json\r\nX-Test-Key: {KEY}\r\nX-Request-ID: {message_id}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
@@ -527,3 +537,78 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return lines
+
+
+# nginx ------------------------------------------------------------------------------------
+
+NGINX = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    log_format availability '$http_x_request_id $status "$upstream_addr" "$upstream_status"';
+    access_log {tmp}/access.log availability;
+    upstream receivers {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://receivers;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            # What nginx passes to the other replica: a connection it could not make
+            # (refused: the replica is restarting or dead; or not made in time). A POST
+            # is not idempotent, so nginx never sends one again once any of it was sent
+            # (that takes "non_idempotent"): a replica that dies while it holds a request
+            # costs that request a 502, which the provider re-sends (OnePoint/DIY) and
+            # which nobody took for an acknowledgement.
+            proxy_next_upstream error timeout;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 30s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    """nginx, as tests/test_nginx.py finds it (``make tools`` installs it): a missing
+    nginx fails the test, never skips it."""
+    found = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(found).exists(), "nginx is not installed: `make test` installs it"
+    return found
+
+
+def nginx_config(tmp_path: Path, port: int, upstreams: Iterable[int]) -> Path:
+    """nginx on 127.0.0.1:``port`` in front of the receivers on ``upstreams`` (round
+    robin). ``max_fails=0``: a refused connection is passed to the other replica and
+    costs a microsecond on loopback, so no replica is ever marked down for
+    ``fail_timeout`` (with the default, one restart could leave both marked down, and
+    nginx answer 502 "no live upstreams" though one is up)."""
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in upstreams)
+    path = tmp_path / "nginx.conf"
+    path.write_text(NGINX.format(tmp=tmp_path, servers=servers, port=port))
+    checked = subprocess.run(
+        [nginx_binary(), "-t", "-c", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stderr
+    return path
+
+
+def nginx_routes(tmp_path: Path) -> dict[str, tuple[int, list[int], list[str]]]:
+    """From nginx's access log: request id -> (status, the upstream ports tried in order,
+    their statuses)."""
+    routes = {}
+    for line in (tmp_path / "access.log").read_text().splitlines():
+        found = re.fullmatch(r'(\S+) (\d+) "([^"]*)" "([^"]*)"', line)
+        assert found is not None, line
+        request_id, status, addresses, statuses = found.groups()
+        ports = [int(a.rsplit(":", 1)[1]) for a in addresses.split(", ") if ":" in a]
+        routes[request_id] = (int(status), ports, statuses.split(", "))
+    return routes
