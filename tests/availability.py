@@ -347,10 +347,11 @@ class Figures:
         return "\n".join(lines)
 
 
-def exactly_once(figures: Figures, name: str) -> None:
-    """Print the figures; assert 0 connection errors, 0 non-2xx, and every id sent
-    stored exactly once, done, and handled exactly once (nothing else stored or handled)."""
-    print("\n" + figures.summary(name))
+def exactly_once(figures: Figures, name: str, context: str = "") -> None:
+    """Print the figures (and ``context``, if any); assert 0 connection errors, 0 non-2xx,
+    and every id sent stored exactly once, done, and handled exactly once (nothing else
+    stored or handled)."""
+    print("\n" + figures.summary(name) + (f"\n{context}" if context else ""))
     assert figures.outcomes, "nothing was sent"
     assert not figures.errors, f"{len(figures.errors)} connection errors"
     assert not figures.refused, f"{len(figures.refused)} callbacks answered other than 2xx"
@@ -612,3 +613,11 @@ def nginx_routes(tmp_path: Path) -> dict[str, tuple[int, list[int], list[str]]]:
         ports = [int(a.rsplit(":", 1)[1]) for a in addresses.split(", ") if ":" in a]
         routes[request_id] = (int(status), ports, statuses.split(", "))
     return routes
+
+
+def nginx_errors(tmp_path: Path) -> str:
+    """nginx's error log but for its notices (start, stop) and the refused connections
+    it passed to the other replica: what went wrong upstream."""
+    lines = (tmp_path / "error.log").read_text(errors="replace").splitlines()
+    expected = ("[notice]", "connect() failed (111: Connection refused)")
+    return "\n".join(line for line in lines if not any(e in line for e in expected))
