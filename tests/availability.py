@@ -586,13 +586,20 @@ def nginx_binary() -> str:
     return found
 
 
-def nginx_config(tmp_path: Path, port: int, upstreams: Iterable[int]) -> Path:
+def nginx_config(
+    tmp_path: Path, port: int, upstreams: Iterable[int], down: Iterable[int] = ()
+) -> Path:
     """nginx on 127.0.0.1:``port`` in front of the receivers on ``upstreams`` (round
-    robin). ``max_fails=0``: a refused connection is passed to the other replica and
-    costs a microsecond on loopback, so no replica is ever marked down for
-    ``fail_timeout`` (with the default, one restart could leave both marked down, and
-    nginx answer 502 "no live upstreams" though one is up)."""
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in upstreams)
+    robin), those on ``down`` marked ``down`` (sent nothing: drained). ``max_fails=0``: a
+    refused connection is passed to the other replica and costs a microsecond on
+    loopback, so no replica is ever marked failed for ``fail_timeout`` (with the default,
+    one restart could leave both marked failed, and nginx answer 502 "no live upstreams"
+    though one is up)."""
+    drained = set(down)
+    servers = "\n".join(
+        f"        server 127.0.0.1:{p} max_fails=0{' down' if p in drained else ''};"
+        for p in upstreams
+    )
     path = tmp_path / "nginx.conf"
     path.write_text(NGINX.format(tmp=tmp_path, servers=servers, port=port))
     checked = subprocess.run(

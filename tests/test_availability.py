@@ -20,6 +20,7 @@ from availability import (
     Figures,
     Load,
     Processes,
+    children,
     exactly_once,
     free_port,
     get,
@@ -177,6 +178,7 @@ class Replicas:
     port, behind nginx (an upstream of both)."""
 
     def __init__(self, tmp_path: Path, config: Path, started: Processes) -> None:
+        self.tmp_path = tmp_path
         self.config = config
         self.started = started
         self.ports = [free_port(), free_port()]
@@ -197,14 +199,74 @@ class Replicas:
         self.replicas[n] = self.start(n, f"replica-{n}-again")
         wait_ready(("127.0.0.1", self.ports[n]), self.replicas[n])
 
+    def route(self, down: tuple[int, ...] = ()) -> None:
+        """Reload nginx with the replicas ``down`` (indexes) taken out of the upstream;
+        return once the workers of the old configuration have finished their requests
+        and exited (nothing more reaches those replicas)."""
+        nginx_config(self.tmp_path, self.front[1], self.ports, [self.ports[n] for n in down])
+        old = set(children(self.nginx.pid))
+        self.nginx.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while True:
+            now = set(children(self.nginx.pid))
+            if now and not now & old:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nginx workers {now} after the reload (before: {old})")
+            time.sleep(0.05)
+
 
 def test_availability_replicas_behind_nginx_rolling_restart(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """Two replicas behind nginx, restarted one after the other under load (SIGTERM,
-    start, ready, then the next). While one is down, nginx cannot connect to it and passes
-    the callback to the other (``proxy_next_upstream error``): nothing refused, nothing
-    handled twice."""
+    """Two replicas behind nginx, restarted one after the other under load: drain it
+    (nginx reloaded with the replica ``down``, its old workers' requests finished), SIGTERM,
+    start, wait for its /readyz, put it back; then the next. Nothing refused, nothing
+    handled twice, and nginx never had to pass a callback on (nothing reached a stopped
+    replica). Without the drain, see the next test."""
+    handled = write_counting_plugin(tmp_path)
+    config = write_config(tmp_path, postgres_url)
+    with processes(tmp_path) as started:
+        replicas = Replicas(tmp_path, config, started)
+        with Load(replicas.front, rate=RATE) as load:
+            load.wait_answered(200)
+            for n in (0, 1):
+                replicas.route(down=(n,))
+                replicas.restart(n)
+                replicas.route()
+                load.wait_answered(200)
+            outcomes = load.stop()
+        rows = wait_settled(lambda: postgres_rows(postgres_url), len(outcomes))
+    figures = Figures(outcomes, rows, read_handled(handled), load.finished - load.began)
+    routes = nginx_routes(tmp_path)
+    passed = [i for i, (_, ports, _) in routes.items() if len(ports) > 1]
+    print(f"\npassed to the other replica by nginx: {len(passed)}")
+    exactly_once(
+        figures, "2 replicas behind nginx, drained rolling restart", nginx_errors(tmp_path)
+    )
+    assert len({pid for _, pid in figures.handled}) == 4  # both replicas, both generations
+    assert {i for i, (status, _, _) in routes.items() if status == 200} >= figures.sent
+    assert not passed
+    assert nginx_errors(tmp_path) == ""
+
+
+RESET = "recv() failed (104: Connection reset by peer) while reading response header"
+
+
+def test_availability_replicas_behind_nginx_undrained_restart_fails_only_queued_connections(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The same rolling restart without the drain: SIGTERM a replica while nginx still
+    sends it callbacks. Connections nginx cannot make (refused: the replica is down) go to
+    the other replica (``proxy_next_upstream error``). One race remains, outside
+    receiver's reach: a connection the kernel completed in the stopping replica's accept
+    queue, not yet accepted by the process when it closes its listening socket, is reset
+    by the kernel; nginx had already sent the POST on it, so it does not send it again
+    and answers 502 (about one restart in ten at 200/s here). Such a callback was never
+    read: not stored, not handled, and not acknowledged (OnePoint/DIY re-send a 502;
+    Whispir does not, hence the drain above). Every other callback is stored and handled
+    exactly once; each 502 matches one such reset in nginx's error log, and nothing else
+    went wrong."""
     handled = write_counting_plugin(tmp_path)
     config = write_config(tmp_path, postgres_url)
     with processes(tmp_path) as started:
@@ -216,13 +278,22 @@ def test_availability_replicas_behind_nginx_rolling_restart(
                 load.wait_answered(200)
             outcomes = load.stop()
         rows = wait_settled(lambda: postgres_rows(postgres_url), len(outcomes))
-    figures = Figures(outcomes, rows, read_handled(handled), load.finished - load.began)
     routes = nginx_routes(tmp_path)
+    errors = nginx_errors(tmp_path).splitlines()
+    failed = {o.message_id for o in outcomes if o.status != 200}
     passed = [i for i, (_, ports, _) in routes.items() if len(ports) > 1]
-    print(f"\npassed to the other replica by nginx (connection refused): {len(passed)}")
-    exactly_once(figures, "2 replicas behind nginx, rolling restart", nginx_errors(tmp_path))
-    assert len({pid for _, pid in figures.handled}) == 4  # both replicas, both generations
-    assert {i for i, (status, _, _) in routes.items() if status == 200} >= figures.sent
+    print(
+        f"\npassed to the other replica by nginx (connection refused): {len(passed)}; "
+        f"502 for a connection reset in a stopping replica's accept queue: {len(failed)}"
+    )
+    answered = [o for o in outcomes if o.message_id not in failed]
+    figures = Figures(answered, rows, read_handled(handled), load.finished - load.began)
+    exactly_once(figures, "2 replicas behind nginx, undrained rolling restart, but those 502")
+    assert passed  # nginx did pass refused connections on
+    assert all(o.status == 502 for o in outcomes if o.message_id in failed)
+    assert all(routes[m][2] == ["502"] for m in failed)  # one upstream tried: not re-sent
+    assert len(errors) == len(failed) and all(RESET in line for line in errors), errors
+    assert not failed & {m for m, _ in rows}  # never read, so never stored
 
 
 def test_availability_replica_kill9_work_taken_over(tmp_path: Path, postgres_url: str) -> None:
