@@ -360,3 +360,62 @@ def test_ownership_config_lease_bounds() -> None:
         with pytest.raises(ConfigError, match="journal_lease"):
             Config(journal_lease=bad).validate()  # type: ignore[call-arg]
     assert os.environ.get("RECEIVER_JOURNAL_LEASE") is None
+
+
+def test_ownership_owner_is_one_id_when_asked_from_threads_at_once(tmp_path: Path) -> None:
+    """The event loop and the writer thread may ask for the owner first at the same time:
+    one id, or the process registers twice and a peer takes the first for dead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(20):
+        journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}")
+        assert journal is not None
+        barrier = threading.Barrier(8)
+
+        def ask(_: int, journal: Journal = journal, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return journal.owner
+
+        with ThreadPoolExecutor(8) as pool:
+            assert len(set(pool.map(ask, range(8)))) == 1
+
+
+# -- across processes: one original, statuses in order -----------------------------------
+
+
+def test_ownership_same_callback_at_two_processes_one_original(journal_url: str) -> None:
+    """The same callback recorded by several processes at once: exactly one original."""
+
+    async def scenario() -> None:
+        journals = [await opened(journal_url) for _ in range(4)]
+        try:
+            for n in range(5):
+                copies = [event(100 + n, raw=f'{{"same": {n}}}'.encode()) for _ in journals]
+                found = await asyncio.gather(
+                    *(j.record(c, {}, f"key-{n}") for j, c in zip(journals, copies, strict=True))
+                )
+                originals = [r for r in found if r.duplicate_of is None]
+                assert len(originals) == 1
+                assert {r.duplicate_of for r in found if r.duplicate_of} == {originals[0].event.id}
+        finally:
+            for journal in journals:
+                await journal.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_out_of_order_status_across_processes(journal_url: str) -> None:
+    async def scenario() -> None:
+        a, b = await opened(journal_url), await opened(journal_url)
+        try:
+            delivered = await a.record(event(1, status="delivered", message_id="M1"), {}, None)
+            sent = await b.record(event(2, status="sent", message_id="M1"), {}, None)
+            read = await b.record(event(3, status="read", message_id="M1"), {}, None)
+            assert not delivered.event.out_of_order
+            assert sent.event.out_of_order  # b sees what a stored
+            assert not read.event.out_of_order
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())

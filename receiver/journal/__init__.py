@@ -52,6 +52,7 @@ import abc
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -88,6 +89,7 @@ def _host() -> str:
     return f"{socket.gethostname()}:{namespace}"
 
 
+_OWNER_LOCK = threading.Lock()
 _OWNERS: set[str] = set()
 """The owners of the journals this process has open (two apps in one process are two)."""
 
@@ -246,9 +248,12 @@ class Journal(abc.ABC):
         """This journal object's owner id (module docstring), made on first use."""
         owner = vars(self).get("_owner")
         if owner is None:
-            owner, self._host, self._pid = new_owner()
-            self._owner: str = owner
-            _OWNERS.add(owner)
+            with _OWNER_LOCK:  # the event loop and a writer thread may both ask first
+                owner = vars(self).get("_owner")
+                if owner is None:
+                    owner, self._host, self._pid = new_owner()
+                    self._owner: str = owner
+                    _OWNERS.add(owner)
         return owner
 
     def _forget_owner(self) -> None:
