@@ -9,8 +9,11 @@ that the dead process's unfinished work is handled by the survivor).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -377,3 +380,40 @@ def test_availability_replica_kill9_work_taken_over(tmp_path: Path, postgres_url
     for message_id in twice:
         assert sorted(p for p, _ in handlings[message_id]) == sorted([victim.pid, survivor.pid])
     assert taken == len(orphans) + len(twice)
+
+
+def shm_lock_holder(journal: str) -> int | None:
+    """The pid holding SQLite's "dead man switch" lock on the journal's -shm (byte 128,
+    ``UNIX_SHM_DMS``: every connected process holds it shared), None if no process does."""
+    with open(journal.removeprefix("sqlite:///") + "-shm", "rb") as shm:
+        asked = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)
+        kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(shm, fcntl.F_GETLK, asked))
+    return None if kind == fcntl.F_UNLCK else pid
+
+
+def test_availability_readyz_keeps_sqlite_locks_another_process_relies_on(tmp_path: Path) -> None:
+    """A serving process's /readyz checks its journal's files. Opening and closing one of
+    them in that process released SQLite's POSIX locks on it (closing any descriptor of a
+    file does): the next process to connect (a new ``--workers`` worker, an operator
+    command) then took itself for the only one and truncated the -shm, and a process that
+    had it mapped died of SIGBUS (seen: a worker killed under load, its callbacks in
+    flight dropped). The serving process holds its lock through any number of /readyz."""
+    write_counting_plugin(tmp_path)
+    journal = sqlite_journal(tmp_path)
+    config = write_config(tmp_path, journal)
+    port = free_port()
+    address = ("127.0.0.1", port)
+    with processes(tmp_path) as started:
+        server = started.start(serve_command(config, "--port", str(port)), "serve")
+        wait_ready(address, server)
+        with socket.create_connection(address, timeout=10) as client:
+            client.sendall(request("AV-000001"))
+            assert read_all(client).startswith(b"HTTP/1.1 200")
+        before = shm_lock_holder(journal)
+        for _ in range(3):
+            assert get(address, "/readyz") == 200
+        after = shm_lock_holder(journal)
+        assert stop(server) == 0
+    assert before == server.pid
+    assert after == server.pid
+    assert sqlite_rows(journal) == [("AV-000001", "done")]
