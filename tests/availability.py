@@ -150,6 +150,24 @@ def request(message_id: str, path: str = f"/{CHANNEL}") -> bytes:
     ).encode() + body
 
 
+def read_response(connection: socket.socket) -> bytes:
+    """One whole response (its head and ``Content-Length`` bytes) from a connection that
+    stays open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed in the middle of a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    length = int(found.group(1)) if found else 0
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed in the middle of a response: {data!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def read_all(connection: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection."""
     chunks = []

@@ -37,6 +37,7 @@ from availability import (
     read_all,
     read_handled,
     read_handled_times,
+    read_response,
     request,
     serve_command,
     sqlite_journal,
@@ -109,7 +110,7 @@ def test_availability_shutdown_answers_a_connection_that_has_not_sent_yet(tmp_pa
         idle = socket.create_connection(address, timeout=10)
         with fresh, idle:
             idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # kept alive, now idle
+            assert read_response(idle).startswith(b"HTTP/1.1 200")  # kept alive, now idle
             time.sleep(0.3)  # both accepted by the server's event loop
             server.send_signal(signal.SIGTERM)
             time.sleep(0.5)  # the shutdown has begun: no new connection is accepted
