@@ -586,8 +586,10 @@ http {{
             # is not idempotent, so nginx never sends one again once any of it was sent
             # (that takes "non_idempotent"): a replica that dies while it holds a request
             # costs that request a 502, which the provider re-sends (OnePoint/DIY) and
-            # which nobody took for an acknowledgement.
-            proxy_next_upstream error timeout;
+            # which nobody took for an acknowledgement. With "non_idempotent" (as in
+            # examples/nginx-replicas.conf) it is sent to the other replica, where the
+            # journal answers it as a duplicate if the first one stored it.
+            proxy_next_upstream {next_upstream};
             proxy_connect_timeout 2s;
             proxy_read_timeout 30s;
         }}
@@ -605,10 +607,15 @@ def nginx_binary() -> str:
 
 
 def nginx_config(
-    tmp_path: Path, port: int, upstreams: Iterable[int], down: Iterable[int] = ()
+    tmp_path: Path,
+    port: int,
+    upstreams: Iterable[int],
+    down: Iterable[int] = (),
+    next_upstream: str = "error timeout",
 ) -> Path:
     """nginx on 127.0.0.1:``port`` in front of the receivers on ``upstreams`` (round
-    robin), those on ``down`` marked ``down`` (sent nothing: drained). ``max_fails=0``: a
+    robin), those on ``down`` marked ``down`` (sent nothing: drained); what nginx passes to
+    the next replica: ``proxy_next_upstream next_upstream``. ``max_fails=0``: a
     refused connection is passed to the other replica and costs a microsecond on
     loopback, so no replica is ever marked failed for ``fail_timeout`` (with the default,
     one restart could leave both marked failed, and nginx answer 502 "no live upstreams"
@@ -619,7 +626,9 @@ def nginx_config(
         for p in upstreams
     )
     path = tmp_path / "nginx.conf"
-    path.write_text(NGINX.format(tmp=tmp_path, servers=servers, port=port))
+    path.write_text(
+        NGINX.format(tmp=tmp_path, servers=servers, port=port, next_upstream=next_upstream)
+    )
     checked = subprocess.run(
         [nginx_binary(), "-t", "-c", str(path)], capture_output=True, text=True, check=False
     )

@@ -181,8 +181,15 @@ class Replicas:
     """Two ``receiver serve`` replicas on one PostgreSQL journal, each on its own loopback
     port, behind nginx (an upstream of both)."""
 
-    def __init__(self, tmp_path: Path, config: Path, started: Processes) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: Path,
+        started: Processes,
+        next_upstream: str = "error timeout",
+    ) -> None:
         self.tmp_path = tmp_path
+        self.next_upstream = next_upstream
         self.config = config
         self.started = started
         self.ports = [free_port(), free_port()]
@@ -190,7 +197,7 @@ class Replicas:
         for n in (0, 1):
             wait_ready(("127.0.0.1", self.ports[n]), self.replicas[n])
         self.front = ("127.0.0.1", free_port())
-        conf = nginx_config(tmp_path, self.front[1], self.ports)
+        conf = nginx_config(tmp_path, self.front[1], self.ports, (), next_upstream)
         self.nginx = started.start([nginx_binary(), "-c", str(conf), "-g", "daemon off;"], "nginx")
         wait_ready(self.front, self.nginx, "/healthz")
 
@@ -207,7 +214,8 @@ class Replicas:
         """Reload nginx with the replicas ``down`` (indexes) taken out of the upstream;
         return once the workers of the old configuration have finished their requests
         and exited (nothing more reaches those replicas)."""
-        nginx_config(self.tmp_path, self.front[1], self.ports, [self.ports[n] for n in down])
+        drained = [self.ports[n] for n in down]
+        nginx_config(self.tmp_path, self.front[1], self.ports, drained, self.next_upstream)
         old = set(children(self.nginx.pid))
         self.nginx.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
@@ -298,6 +306,39 @@ def test_availability_replicas_behind_nginx_undrained_restart_fails_only_queued_
     assert all(routes[m][2] == ["502"] for m in failed)  # one upstream tried: not re-sent
     assert len(errors) == len(failed) and all(RESET in line for line in errors), errors
     assert not failed & {m for m, _ in rows}  # never read, so never stored
+
+
+def test_availability_replicas_behind_nginx_non_idempotent_restart_refuses_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The undrained rolling restart with ``proxy_next_upstream error timeout
+    non_idempotent``, as examples/nginx-replicas.conf has it: a POST whose connection a
+    stopping replica reset is sent to the other replica too. Safe with receiver: a
+    callback the first replica stored would be answered by the journal as a duplicate
+    (the same body), never handled twice. Nothing refused, each callback stored and
+    handled exactly once."""
+    handled = write_counting_plugin(tmp_path)
+    config = write_config(tmp_path, postgres_url)
+    with processes(tmp_path) as started:
+        replicas = Replicas(tmp_path, config, started, "error timeout non_idempotent")
+        with Load(replicas.front, rate=RATE) as load:
+            load.wait_answered(200)
+            for n in (0, 1):
+                replicas.restart(n)
+                load.wait_answered(200)
+            outcomes = load.stop()
+        rows = wait_settled(lambda: postgres_rows(postgres_url), len(outcomes))
+    figures = Figures(outcomes, rows, read_handled(handled), load.finished - load.began)
+    routes = nginx_routes(tmp_path)
+    passed = [i for i, (_, ports, _) in routes.items() if len(ports) > 1]
+    resent = [line for line in nginx_errors(tmp_path).splitlines() if RESET in line]
+    print(
+        f"\npassed to the other replica by nginx: {len(passed)}, of which sent again after "
+        f"a reset in a stopping replica's accept queue: {len(resent)}"
+    )
+    exactly_once(figures, "2 replicas behind nginx, non_idempotent rolling restart")
+    assert passed
+    assert len({pid for _, pid in figures.handled}) == 4
 
 
 def test_availability_replica_kill9_work_taken_over(tmp_path: Path, postgres_url: str) -> None:
