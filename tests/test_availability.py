@@ -274,7 +274,7 @@ def test_availability_replicas_behind_nginx_undrained_restart_fails_only_queued_
     receiver's reach: a connection the kernel completed in the stopping replica's accept
     queue, not yet accepted by the process when it closes its listening socket, is reset
     by the kernel; nginx had already sent the POST on it, so it does not send it again
-    and answers 502 (about one restart in ten at 200/s here). Such a callback was never
+    and answers 502 (2 restarts in about 50 at 200/s here). Such a callback was never
     read: not stored, not handled, and not acknowledged (OnePoint/DIY re-send a 502;
     Whispir does not, hence the drain above). Every other callback is stored and handled
     exactly once; each 502 matches one such reset in nginx's error log, and nothing else
