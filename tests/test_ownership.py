@@ -214,32 +214,64 @@ def test_ownership_lost_lease_registers_again(journal_url: str) -> None:
     asyncio.run(scenario())
 
 
-def test_ownership_unowned_entries_taken_over(tmp_path: Path) -> None:
-    """Entries a receiver wrote before ownership existed have no owner: taken over."""
+def test_ownership_entries_of_a_journal_before_ownership_taken_over(tmp_path: Path) -> None:
+    """A journal written before ownership existed (no owner column, no processes table):
+    its unfinished entries are taken over by the first process to look, once."""
     import sqlite3
 
     url = f"sqlite:///{tmp_path / 'j.db'}"
 
-    async def record() -> str:
+    async def record() -> tuple[str, str]:
         journal = await opened(url)
-        left = event(1)
-        await journal.record(left, {}, None)
+        left, handled = event(1), event(2)
+        for e in (left, handled):
+            await journal.record(e, {}, None)
+        await journal.complete(handled.id, None)
         await journal.stop()
-        return left.id
+        return left.id, handled.id
 
-    left = asyncio.run(record())
-    with sqlite3.connect(tmp_path / "j.db") as db:
-        db.execute("UPDATE events SET owner = NULL")
-        db.execute("DELETE FROM processes")
+    left, _ = asyncio.run(record())
+    with sqlite3.connect(tmp_path / "j.db") as db:  # as the previous version wrote it
+        db.execute("ALTER TABLE events DROP COLUMN owner")
+        db.execute("DROP TABLE processes")
 
-    async def take() -> list[str]:
-        journal = await opened(url)
+    async def take() -> tuple[list[str], list[str]]:
+        first, second = await opened(url), await opened(url)
+        try:
+            return [e.id for e in await first.take_over()], await second.take_over()
+        finally:
+            await first.stop()
+            await second.stop()
+
+    assert asyncio.run(take()) == ([left], [])
+
+
+def test_ownership_postgres_schema_1_migrated_and_its_work_taken_over(postgres_url: str) -> None:
+    from receiver.journal.postgres import _MIGRATIONS
+
+    async def scenario() -> list[str]:
+        import asyncpg
+
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute(_MIGRATIONS[0][1])
+            await connection.execute(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                "applied_at DOUBLE PRECISION NOT NULL); "
+                "INSERT INTO schema_version VALUES (1, 0); "
+                "INSERT INTO events (id, channel, provider, state, received_at, raw) VALUES "
+                "('left', 'sms', 'onepoint', 'received', 100, ''), "
+                "('done', 'sms', 'onepoint', 'done', 101, '')"
+            )
+        finally:
+            await connection.close()
+        journal = await opened(postgres_url)  # migrates to the current version
         try:
             return [e.id for e in await journal.take_over()]
         finally:
             await journal.stop()
 
-    assert asyncio.run(take()) == [left]
+    assert asyncio.run(scenario()) == ["left"]
 
 
 def test_ownership_done_ledger_one_slot_per_process(tmp_path: Path) -> None:
@@ -419,3 +451,43 @@ def test_ownership_out_of_order_status_across_processes(journal_url: str) -> Non
             await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_ownership_lease_failure_logged_once_until_it_works_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A journal that cannot be reached: one error line, not one every renewal; a line
+    again when the lease is renewed."""
+    from receiver.dispatch import Dispatcher
+    from receiver.plugins import make_plugin_manager
+    from receiver.redelivery import Redelivery
+
+    class Down:
+        lease = 0.06
+        calls = 0
+
+        async def renew(self, running: object = ()) -> None:
+            self.calls += 1
+            if self.calls <= 5:
+                raise ConnectionRefusedError("journal down")
+
+        async def take_over(self) -> list[Any]:
+            return []
+
+        async def due(self, now: float) -> list[Any]:
+            return []
+
+    async def scenario() -> int:
+        journal = Down()
+        redelivery = Redelivery(journal, Dispatcher(make_plugin_manager(autoload=False)), [1.0])  # type: ignore[arg-type]
+        redelivery.start()
+        while journal.calls < 8:
+            await asyncio.sleep(0.02)
+        await redelivery.stop()
+        return journal.calls
+
+    with caplog.at_level("INFO"):
+        assert asyncio.run(scenario()) >= 8
+    failed = [r for r in caplog.records if "renewing the lease failed" in r.getMessage()]
+    again = [r for r in caplog.records if "lease renewed again" in r.getMessage()]
+    assert len(failed) == 1 and len(again) == 1
