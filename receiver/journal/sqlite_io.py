@@ -524,15 +524,22 @@ class Writer:
             self._watched.append((suffix or "database", fd))
 
     def _unwatch(self) -> None:
-        """Close what :meth:`_watch` opened (the connection is closed by now)."""
+        """Close what :meth:`_watch` opened (the connection is closed by now), but a
+        descriptor of a file another writer of this process still watches: closing it
+        would release that writer's SQLite locks (kept instead, as SQLite keeps its own)."""
         with _WATCHED_LOCK:
             for fd in self._held:
+                shared = False
                 for key, fds in list(_WATCHED.items()):
                     if fd in fds:
                         fds.remove(fd)
+                        shared = bool(fds)
                         if not fds:
                             del _WATCHED[key]
-                os.close(fd)
+                if shared:
+                    _KEPT.append(fd)
+                else:
+                    os.close(fd)
         self._held = []
         self._watched = []
 
