@@ -904,6 +904,27 @@ class PostgresJournal(Journal):
 
         return await self._run(work, write=False)
 
+    async def claim(self, entry: Entry) -> bool:
+        owner = self.owner
+        if not self._registered:
+            await self.renew()
+
+        async def work(connection: Any) -> bool:
+            found = await connection.fetchval(
+                "UPDATE events SET owner = $1, next_attempt_at = $2 WHERE id = $3 "
+                "AND state = $4 AND state <> 'received' AND attempts = $5 "
+                "AND next_attempt_at IS NOT DISTINCT FROM $6 RETURNING 1",
+                owner,
+                time.time() + self.lease,
+                entry.id,
+                entry.state,
+                entry.attempts,
+                entry.next_attempt_at,
+            )
+            return found is not None
+
+        return await self._run(work, durable=False)
+
     # -- ownership ------------------------------------------------------------------
 
     async def _register(self, connection: Any, since: float) -> None:

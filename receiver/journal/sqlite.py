@@ -245,6 +245,23 @@ class SQLiteJournal(Journal):
         await self._writer.stop()
         self._forget_owner()
 
+    async def claim(self, entry: Entry) -> bool:
+        owner, until = self.owner, time.time() + self.lease
+        if not self._registered:
+            await self.renew()
+
+        def operation(connection: sqlite3.Connection) -> bool:
+            return bool(
+                connection.execute(
+                    "UPDATE events SET owner = ?, next_attempt_at = ? WHERE id = ? "
+                    "AND state = ? AND state != 'received' AND attempts = ? "
+                    "AND next_attempt_at IS ?",
+                    (owner, until, entry.id, entry.state, entry.attempts, entry.next_attempt_at),
+                ).rowcount
+            )
+
+        return await self._submit(operation, durable=False)
+
     # -- ownership ------------------------------------------------------------------
 
     def _register(self, connection: sqlite3.Connection, since: float) -> None:
