@@ -192,6 +192,12 @@ message id, source, destination, inbound, text, the original's id (a duplicate).
 values only, never the event: nothing of a request outlives it in the collector's care."""
 
 
+def _session_key(nonce: str) -> bytes:
+    """What the journal keeps of a logged-out session: a hash of its nonce (the nonce is
+    no secret without its HMAC, but the journal needs no more than this)."""
+    return hashlib.sha256(b"console-session:" + nonce.encode()).digest()
+
+
 REPLAY_CONFIRM_SECONDS = 3600
 """How long a replay's confirmation page may wait for its click."""
 
@@ -345,9 +351,17 @@ class Console:
         issued, _, _ = nonce.partition("-")
         if not issued.isdigit() or not 0 <= time.time() - int(issued) < SESSION_SECONDS:
             return False, None  # expired (or from a future clock)
-        if nonce in self._ended:
-            return False, None  # logged out
         return True, nonce
+
+    async def _logged_out(self, nonce: str) -> bool:
+        """The session ``nonce`` was logged out, in this process or in any other sharing
+        the journal (``--workers N``, replicas)."""
+        if nonce in self._ended:
+            return True
+        if await self.journal.session_ended(_session_key(nonce)):
+            self._ended[nonce] = time.time()
+            return True
+        return False
 
     def csrf(self, nonce: str | None) -> str:
         return self._mac("csrf", nonce) if nonce else ""
@@ -394,6 +408,8 @@ class Console:
 
         async def guard(request: Request) -> Response:
             ok, nonce = self.session(request)
+            if ok and nonce is not None and await self._logged_out(nonce):
+                ok, nonce = False, None
             if not ok:
                 if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                     return self._login(request)
@@ -445,6 +461,8 @@ class Console:
             for ended in [n for n, at in self._ended.items() if now - at > SESSION_SECONDS]:
                 del self._ended[ended]
             self._ended[nonce] = now
+            issued = int(nonce.partition("-")[0])
+            await self.journal.end_session(_session_key(nonce), issued + SESSION_SECONDS)
         base = self._base(request)
         response = RedirectResponse(base + "/", status_code=303, headers=_SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path=base + "/")

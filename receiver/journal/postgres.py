@@ -138,6 +138,10 @@ CREATE TABLE processes (
     since DOUBLE PRECISION NOT NULL,
     lease_until DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE ended_sessions (
+    key BYTEA PRIMARY KEY,
+    until DOUBLE PRECISION NOT NULL
+);
 INSERT INTO processes (id, host, pid, since, lease_until)
     SELECT 'legacy', '', 0, COALESCE(MIN(received_at), 0), 0 FROM events
     WHERE state = 'received';
@@ -933,8 +937,10 @@ class PostgresJournal(Journal):
         async def work(connection: Any) -> bool:
             found = await connection.fetchval(
                 "UPDATE events SET owner = $1, next_attempt_at = $2 WHERE id = $3 "
-                "AND state = $4 AND state <> 'received' AND attempts = $5 "
-                "AND next_attempt_at IS NOT DISTINCT FROM $6 RETURNING 1",
+                "AND state = $4 AND attempts = $5 "
+                "AND next_attempt_at IS NOT DISTINCT FROM $6 AND (state <> 'received' "
+                "OR owner IS NULL OR owner NOT IN (SELECT id FROM processes "
+                f"WHERE lease_until > {_NOW})) RETURNING 1",
                 owner,
                 time.time() + self.lease,
                 entry.id,
@@ -945,6 +951,25 @@ class PostgresJournal(Journal):
             return found is not None
 
         return await self._run(work, durable=False)
+
+    async def end_session(self, key: bytes, until: float) -> None:
+        async def work(connection: Any) -> None:
+            await connection.execute("DELETE FROM ended_sessions WHERE until < $1", time.time())
+            await connection.execute(
+                "INSERT INTO ended_sessions (key, until) VALUES ($1, $2) "
+                "ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+                key,
+                until,
+            )
+
+        await self._run(work)
+
+    async def session_ended(self, key: bytes) -> bool:
+        async def work(connection: Any) -> bool:
+            found = await connection.fetchval("SELECT 1 FROM ended_sessions WHERE key = $1", key)
+            return found is not None
+
+        return await self._run(work, write=False)
 
     # -- ownership ------------------------------------------------------------------
 

@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS processes (
     since REAL NOT NULL,
     lease_until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ended_sessions (
+    key BLOB PRIMARY KEY,
+    until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -138,6 +142,12 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute(_LEGACY_OWNER, (LEGACY_OWNER,))
         connection.execute(_LEGACY_ENTRIES, (LEGACY_OWNER,))
 
+
+_NOT_BEING_HANDLED = (
+    "(state != 'received' OR owner IS NULL "
+    "OR owner NOT IN (SELECT id FROM processes WHERE lease_until > ?))"
+)
+"""A received entry is being handled while its owner's lease lasts (replays leave it)."""
 
 LEGACY_OWNER = "legacy"
 """The owner of the unfinished entries a receiver wrote before ownership existed: an
@@ -254,13 +264,36 @@ class SQLiteJournal(Journal):
             return bool(
                 connection.execute(
                     "UPDATE events SET owner = ?, next_attempt_at = ? WHERE id = ? "
-                    "AND state = ? AND state != 'received' AND attempts = ? "
-                    "AND next_attempt_at IS ?",
-                    (owner, until, entry.id, entry.state, entry.attempts, entry.next_attempt_at),
+                    "AND state = ? AND attempts = ? AND next_attempt_at IS ? "
+                    f"AND {_NOT_BEING_HANDLED}",
+                    (
+                        owner,
+                        until,
+                        entry.id,
+                        entry.state,
+                        entry.attempts,
+                        entry.next_attempt_at,
+                        time.time(),
+                    ),
                 ).rowcount
             )
 
         return await self._submit(operation, durable=False)
+
+    async def end_session(self, key: bytes, until: float) -> None:
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM ended_sessions WHERE until < ?", (time.time(),))
+            connection.execute(
+                "INSERT OR REPLACE INTO ended_sessions (key, until) VALUES (?, ?)", (key, until)
+            )
+
+        await self._submit(operation, durable=False)
+
+    async def session_ended(self, key: bytes) -> bool:
+        found = await self._reader.select(
+            "SELECT 1 FROM ended_sessions WHERE key = ?", (key,), lambda row: row
+        )
+        return bool(found)
 
     # -- ownership ------------------------------------------------------------------
 
