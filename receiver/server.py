@@ -203,6 +203,7 @@ class HttpProtocol(HttpToolsProtocol):
     _last_word: bytes | None = None  # _CLOSING: written once the due responses are out
     _charging = False  # the bytes being parsed were charged to _head_room
     _head_charged = True  # this request's head was charged from its start (else sized whole)
+    _last_request = False  # shutting down: the request coming is answered, then closed
 
     # -- uvicorn's protocol, extended -----------------------------------------------------
 
@@ -284,6 +285,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._deadline = None  # the body's is set once this read is parsed, if still due
         self.waiting.pop(self, None)
         _Base.on_headers_complete(self)
+        if self._last_request and self.cycle is not None:
+            self.cycle.keep_alive = False  # see shutdown()
 
     def on_chunk_header(self) -> None:
         """A chunked body: held to max_body_bytes of data, CHUNK_FRAMING bytes of framing
@@ -321,6 +324,27 @@ class HttpProtocol(HttpToolsProtocol):
         elif self._phase == _CLOSING:  # a limit tripped while this was answered
             self._end(self._last_word)
         # else an answer before the whole body: the body deadline runs on
+
+    def shutdown(self) -> None:
+        """The server is stopping (SIGTERM): uvicorn's closes every connection with no
+        request in progress. A connection that has not sent a whole request yet, and
+        either is new (has sent none before) or has begun its next one, is not idle: its
+        client connected or wrote to send a request, which may already be in the socket
+        unread, and closing it would drop that callback unanswered (a restart on an
+        inherited socket would refuse it). Such a connection gets its request answered
+        with ``Connection: close`` (its head within ``header_timeout``, as ever, so it
+        holds the shutdown up no longer than that). An idle keep-alive connection is
+        closed, as uvicorn does: a client writing its next request on it at that moment
+        cannot be helped by any server (a new connection per request can)."""
+        if (
+            self._phase == _HEAD
+            and not self._busy()
+            and (self._heads == 0 or self._head_room < self.max_head)
+            and not self.transport.is_closing()
+        ):
+            self._last_request = True
+            return
+        _Base.shutdown(self)
 
     def _next_in_pipeline(self) -> None:
         """Start the oldest queued request's cycle: its turn, so its body deadline starts

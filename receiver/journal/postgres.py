@@ -549,20 +549,29 @@ class PostgresJournal(Journal):
             )
         self._ready = True
 
-    async def _version(self) -> int | None:
-        """The schema version of the database (None: no schema)."""
+    async def _version(self, *, strict: bool = True) -> int | None:
+        """The schema version of the database (None: no schema). ``strict``: receiver's
+        tables without a ``schema_version`` table are a :class:`ConfigError`; else None
+        (:meth:`migrate` decides under its lock: another process may be creating the
+        schema right now, its tables appearing between two looks)."""
         pool = await self._connections()
         async with pool.acquire(timeout=self.connect_timeout) as connection:
             if await connection.fetchval("SELECT to_regclass('schema_version')") is None:
-                if await connection.fetchval("SELECT to_regclass('events')") is not None:
-                    raise ConfigError(
-                        f"journal: {self.where} has receiver's tables but no schema_version "
-                        "table (restored without it?): restore it, or migrate into an empty "
-                        "database"
-                    )
+                if strict:
+                    await self._refuse_tables_without_version(connection)
                 return None
             found = await connection.fetchval("SELECT max(version) FROM schema_version")
             return int(found) if found is not None else None
+
+    async def _refuse_tables_without_version(self, connection: Any) -> None:
+        """Raise :class:`ConfigError` when receiver's tables are there without a
+        ``schema_version`` table."""
+        if await connection.fetchval("SELECT to_regclass('events')") is not None:
+            raise ConfigError(
+                f"journal: {self.where} has receiver's tables but no schema_version "
+                "table (restored without it?): restore it, or migrate into an empty "
+                "database"
+            )
 
     async def migrate(self) -> tuple[int | None, int]:
         """Create the schema or bring it up to :data:`SCHEMA_VERSION`, under an advisory
@@ -573,7 +582,11 @@ class PostgresJournal(Journal):
             ConfigError: the database cannot be reached, or has a newer schema.
         """
         try:
-            found = await self._version()
+            # A look without the lock first: a database at the current version is only
+            # read. Replicas starting together on an empty database: one creates the
+            # schema under the lock, the others wait for it there and find it (their
+            # look may have seen half of it: no schema_version yet, events already).
+            found = await self._version(strict=False)
             if found is None or found < SCHEMA_VERSION:
                 found = await self._run(self._migrate_locked, write=False)
         except ConfigError:
@@ -592,9 +605,17 @@ class PostgresJournal(Journal):
         self._ready = True
         return found, max(SCHEMA_VERSION, found or 0)
 
-    @staticmethod
-    async def _migrate_locked(connection: Any) -> int | None:
+    async def _migrate_locked(self, connection: Any) -> int | None:
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        # Under the lock, whoever created the schema has committed. Read pg_class (this
+        # statement's snapshot), not to_regclass: the backend's cache still remembers the
+        # schema_version it did not find before the lock was granted.
+        tables = await connection.fetch(
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
+            "AND relname IN ('schema_version', 'events')"
+        )
+        if {row["relname"] for row in tables} == {"events"}:
+            await self._refuse_tables_without_version(connection)
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS schema_version "
             "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"

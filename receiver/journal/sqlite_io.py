@@ -117,8 +117,44 @@ def file_attribute(fd: int) -> str | None:
     return next((name for bit, name in _FLAGS if flags[0] & bit), None)
 
 
+_WATCHED: dict[tuple[int, int], list[int]] = {}
+"""Descriptors the writers of this process hold open on their journal's files (the file,
+its -wal, its -shm; :meth:`Writer._watch`), by (device, inode).
+
+Closing *any* descriptor of a file releases every POSIX lock the process holds on that
+file (fcntl(2)), SQLite's included. Once the lock SQLite holds on the -shm for as long as
+it is connected is gone, the next process that opens the journal (a new ``--workers``
+worker, an operator command) takes itself for the only one, truncates the -shm, and every
+process that has it mapped dies of SIGBUS at its next transaction. So a file a writer of
+this process has open is never opened and closed again here: its watched descriptor is
+asked (:func:`_ask_watched`)."""
+_WATCHED_LOCK = threading.Lock()
+_KEPT: list[int] = []
+"""Descriptors opened on a watched file that could not be closed (see :data:`_WATCHED`):
+kept until the process ends. Only when a writable file was found not writable a moment
+before: rare."""
+
+
+def _ask_watched(path: Path, ask: Callable[[int], _T]) -> tuple[bool, _T | None]:
+    """``(True, ask(fd))`` with a descriptor a writer of this process holds on the file at
+    ``path``; ``(False, None)`` when none does (nothing then holds SQLite's locks on it in
+    this process through a writer: it may be opened and closed)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return False, None
+    with _WATCHED_LOCK:  # the descriptor is not closed (and reused) meanwhile
+        fds = _WATCHED.get((found.st_dev, found.st_ino))
+        if not fds:
+            return False, None
+        return True, ask(fds[0])
+
+
 def _path_attribute(path: Path) -> str | None:
     """:func:`file_attribute` of the file at ``path`` (None: there is none)."""
+    watched, attribute = _ask_watched(path, file_attribute)
+    if watched:
+        return attribute
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -131,13 +167,27 @@ def _path_attribute(path: Path) -> str | None:
 
 def _not_writable(path: Path) -> str | None:
     """Why ``path`` cannot be opened for writing (None: it can, or does not exist);
-    opening, not :func:`os.access`, which says yes to root for an immutable file."""
+    opening, not :func:`os.access`, which says yes to root for an immutable file. A file
+    a writer of this process holds is not opened (:data:`_WATCHED`): its attributes are
+    read on the writer's descriptor, and :func:`os.access` tells the rest (permissions,
+    a read-only filesystem); only when that says no is it opened, to say why."""
+    watched, attribute = _ask_watched(path, file_attribute)
+    if watched:
+        if attribute is not None:
+            return attribute
+        if os.access(path, os.W_OK):
+            return None
     try:
-        os.close(os.open(path, os.O_RDWR))  # never O_CREAT
+        fd = os.open(path, os.O_RDWR)  # never O_CREAT
     except FileNotFoundError:
         return None
     except OSError as exc:
         return _path_attribute(path) or exc.strerror or str(exc)
+    if watched:
+        _KEPT.append(fd)  # closing it would release SQLite's locks (_WATCHED)
+    else:
+        os.close(fd)
+    return None
     return None
 
 
@@ -371,6 +421,7 @@ class Writer:
         """State changes not written yet, by event id (written by the thread only)."""
         self._retry_in = self.retry_min
         self._watched: list[tuple[str, int]] = []
+        self._held: list[int] = []  # every descriptor _watch opened (in _WATCHED)
         """(name, descriptor) of the files whose attributes are read before each
         transaction (those whose filesystem keeps attributes)."""
         self._flags = array.array("i", [0])
@@ -452,23 +503,44 @@ class Writer:
         return connection
 
     def _watch(self) -> None:
-        """Open the file, its -wal and its -shm (read only) for :meth:`_check_files`."""
+        """Open the file, its -wal and its -shm (read only) for :meth:`_check_files`.
+        Each is registered in :data:`_WATCHED` and held until :meth:`_unwatch` (also on
+        a filesystem without attributes, where it is not checked): no check of this
+        process opens and closes them while the connection holds SQLite's locks."""
         self._unwatch()
         for suffix in ("", *SIDECARS):
             try:
                 fd = os.open(self.path.with_name(self.path.name + suffix), os.O_RDONLY)
             except FileNotFoundError:
                 continue
+            found = os.fstat(fd)
+            with _WATCHED_LOCK:
+                _WATCHED.setdefault((found.st_dev, found.st_ino), []).append(fd)
+            self._held.append(fd)
             try:
                 fcntl.ioctl(fd, _GETFLAGS, self._flags)
             except OSError:  # a filesystem without attributes: nothing to watch
-                os.close(fd)
                 continue
             self._watched.append((suffix or "database", fd))
 
     def _unwatch(self) -> None:
-        for _, fd in self._watched:
-            os.close(fd)
+        """Close what :meth:`_watch` opened (the connection is closed by now), but a
+        descriptor of a file another writer of this process still watches: closing it
+        would release that writer's SQLite locks (kept instead, as SQLite keeps its own)."""
+        with _WATCHED_LOCK:
+            for fd in self._held:
+                shared = False
+                for key, fds in list(_WATCHED.items()):
+                    if fd in fds:
+                        fds.remove(fd)
+                        shared = bool(fds)
+                        if not fds:
+                            del _WATCHED[key]
+                if shared:
+                    _KEPT.append(fd)
+                else:
+                    os.close(fd)
+        self._held = []
         self._watched = []
 
     def _check_files(self) -> None:
