@@ -287,10 +287,8 @@ def _serve(args: argparse.Namespace) -> int:
     log_format = configure_logging(args.log_format, args.log_level)
     listen = _listening_socket(args)
     config = _load(args, standalone=True)
-    if args.workers > 1 and config.journal != "none":
-        raise ConfigError(
-            "the SQLite journal serves one process: use --workers 1, or journal = 'none'"
-        )
+    if args.workers < 1:
+        raise ConfigError("--workers: at least 1")
     app = create_app(config)  # fail here, in the parent, on any configuration error
     _refuse_unwritable_journal(app)
     http_protocol = _server_limits(config)
@@ -317,14 +315,26 @@ def _serve(args: argparse.Namespace) -> int:
     # handler that was there before it: make that a clean exit, not a death by signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     if args.workers > 1:
+        # uvicorn's supervisor: on SIGHUP it replaces the workers one at a time, each
+        # new one serving before the old one stops (README: "Deploying").
         if args.config:
             os.environ[_WORKER_CONFIG] = os.path.abspath(args.config)
         if args.plugins_dir:
             os.environ[_WORKER_PLUGINS_DIR] = os.path.abspath(args.plugins_dir)
         uvicorn.run("receiver.cli:worker_app", factory=True, workers=args.workers, **options)
     else:
+        signal.signal(signal.SIGHUP, _hup_alone)
         uvicorn.run(app, **options)
     return 0
+
+
+def _hup_alone(signum: int, frame: object) -> None:
+    """SIGHUP to a single process: not a reason to die (the default action) with
+    callbacks in flight."""
+    log.warning(
+        "SIGHUP ignored: replacing the process needs --workers 2 or more "
+        "(or a restart on an inherited socket: README, Deploying)"
+    )
 
 
 SD_LISTEN_FDS_START = 3

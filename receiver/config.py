@@ -196,6 +196,13 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
             (0: off).
         retry_delays: Seconds before each retry of a failed event; after the last one
             the event is a dead letter.
+        journal_lease: Seconds a process's lease on its work in the journal lasts (at
+            least 1): renewed every third of it; a process that has not renewed it for this
+            long (crashed, hung, cut off) is taken for dead, and its unfinished callbacks
+            are handled by another process sharing the journal (``serve --workers N``,
+            replicas on PostgreSQL). A process of the same machine that is gone is
+            taken over at once. Longer: fewer false alarms on a paused process; shorter:
+            its work is picked up sooner.
         server: ``receiver serve``'s limits on slow, idle and greedy clients
             (:class:`ServerLimits`, the ``[server]`` table).
         retention: A duration (``"30d"``, ``"12h"``): the server prunes done, rejected,
@@ -223,6 +230,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     duplicate_window: float = 48 * 3600.0
     duplicate_body_window: float = 600.0
     retry_delays: list[float] = msgspec.field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0])
+    journal_lease: float = 15.0
     server: ServerLimits = msgspec.field(default_factory=ServerLimits)
     retention: str | None = None
     console: Console | None = None
@@ -272,6 +280,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
         for key in ("reply_timeout", "handler_timeout", "blocking_threads"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
+        if not 1 <= self.journal_lease <= 24 * 3600:
+            raise ConfigError(f"{source}: journal_lease: seconds, from 1 to 86400")
         self.server.validate(source)
         if self.console is not None:
             self.console.validate(source)
@@ -391,6 +401,7 @@ _ENV_OPTIONS = (
     "journal",
     "state_dir",
     "retention",
+    "journal_lease",
 )
 
 

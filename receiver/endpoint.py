@@ -213,6 +213,7 @@ class CallbackEndpoint:
             duplicate_window=config.duplicate_window,
             body_window=config.duplicate_body_window,
             max_body_bytes=config.max_body_bytes,
+            lease=config.journal_lease,
         )
         return cls(config, manager, journal)
 
@@ -415,6 +416,10 @@ class CallbackEndpoint:
                     "the original of this duplicate is still being handled"
                 ) from None
             reply = pending.reply
+        elif recorded.state == "received" and event.type.is_response_type:
+            # Being handled by another process sharing the journal: its reply is what
+            # this re-send is answered with, once stored.
+            reply = await self._reply_of(original)
         log.info("duplicate", event_id=event.id, original=original, channel=bound.name)
         marker = (DUPLICATE_HEADER, original.encode())
         if reply is None or not event.type.is_response_type:
@@ -423,6 +428,28 @@ class CallbackEndpoint:
         if rendered is None:
             return Answer(200, b"", [marker], Outcome.duplicate, event)
         return Answer(200, rendered, [_JSON_TYPE, marker], Outcome.duplicate, event, True)
+
+    async def _reply_of(self, original: str) -> Reply | None:
+        """Wait for another process to finish handling ``original`` (polling the journal:
+        10 ms, doubling to 200 ms) and return its stored reply.
+
+        Raises:
+            HandlerTimeout: still being handled after ``reply_timeout`` (503: the provider
+                may send it again; the original is stored either way).
+        """
+        journal = self.journal
+        assert journal is not None
+        delay = 0.01
+        try:
+            async with asyncio.timeout(self.config.reply_timeout):
+                while True:
+                    await asyncio.sleep(delay)
+                    found = await journal.outcome(original)
+                    if found is None or found[0] != "received":
+                        return found[1] if found is not None else None
+                    delay = min(delay * 2, 0.2)
+        except TimeoutError:
+            raise HandlerTimeout("the original of this duplicate is still being handled") from None
 
 
 def _dropped(bound: BoundChannel, event: Event) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,8 +23,11 @@ from receiver.endpoint import CallbackEndpoint
 from receiver.errors import ConfigError, PayloadError
 from receiver.events import Event
 from receiver.journal import Entry, Journal
+from receiver.logs import get_logger
 
 __all__ = ["events", "prune", "replay", "replay_entries", "unloaded_plugins"]
+
+log = get_logger(__name__)
 
 
 def _journal(config: Config) -> tuple[CallbackEndpoint, Journal]:
@@ -334,6 +338,10 @@ async def _replay_all(
     redelivery = endpoint.redelivery
     assert redelivery is not None  # a journal is on
     await journal.start()
+    # The events this command records (recovered bodies) are its own while it handles
+    # them: its lease is renewed meanwhile, and a server sharing the journal takes them
+    # over only if this command dies.
+    lease = asyncio.get_running_loop().create_task(_hold_lease(journal))
     failed = still = recovered = 0
     show_progress = sys.stderr.isatty()
 
@@ -375,12 +383,25 @@ async def _replay_all(
     finally:
         timeouts = endpoint.config.reply_timeout, endpoint.config.handler_timeout
         await redelivery.stop(grace=max(timeouts))  # handlers past their timeout finish
-        await journal.stop()
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+        await journal.stop()  # gives the lease up
     if entries or not rejects:
         print(f"replayed {len(entries)} entries, {failed} failed")
     if rejects:
         print(f"recovered {recovered} of {len(rejects)} rejected entries, {still} still rejected")
     return 1 if failed or still else 0
+
+
+async def _hold_lease(journal: Journal) -> None:
+    """Renew ``journal``'s lease every third of it until cancelled (failures logged)."""
+    while True:
+        await asyncio.sleep(journal.lease / 3)
+        try:
+            await journal.renew()
+        except Exception:
+            log.exception("journal: renewing the lease failed")
 
 
 async def replay_entries(

@@ -1,6 +1,7 @@
 """Redelivery: what happens to a stored event after its callback was answered.
 
-Resume (events a previous process committed but never handled), retries with backoff
+Take-over (events a process that is gone committed but never handled: a previous
+process, or another one sharing the journal whose lease ran out), retries with backoff
 (``retry_delays``, calling only the plugins that failed), dead letters (out of
 attempts), and replay (an operator's ``receiver replay``) share one path,
 :meth:`Redelivery.retry`. It needs a journal and a dispatcher, not an ASGI app: the CLI
@@ -20,6 +21,12 @@ With a journal, nothing a handler produced is lost:
 
 What failed is kept per attempt in the journal (each plugin's exception type, message and
 traceback; a timeout; a ``send_reply`` that raised): ``receiver events show ID``.
+
+Ownership (several processes on one journal, :mod:`receiver.journal`): a second task, the
+lease keeper, renews this process's lease every third of :attr:`Journal.lease
+<receiver.journal.Journal.lease>` (keeping the claims on retries still running) and takes
+over the unfinished entries of owners that are gone, which the worker then handles. It is
+a task of its own so that a long batch of retries never delays a renewal.
 
 The worker also keeps the journal to its ``retention`` (pruning at start, then every
 :attr:`Redelivery.prune_interval`), and tells an :class:`Observer` (the app's metrics)
@@ -76,9 +83,6 @@ class Redelivery:
         dispatcher: Calls the plugins.
         retry_delays: Seconds before each retry after a failure; after the last, the
             event is a dead letter.
-        started: Events received before this time (seconds since the epoch) and not
-            handled are a dead process's, resumed by :meth:`start`'s worker (default:
-            now: later ones belong to live requests).
         retention: Seconds: the worker prunes done, rejected, recovered and dead entries
             received longer ago than this (None: never).
     """
@@ -96,13 +100,11 @@ class Redelivery:
         dispatcher: Dispatcher,
         retry_delays: Sequence[float],
         *,
-        started: float | None = None,
         retention: float | None = None,
     ) -> None:
         self.journal = journal
         self.dispatcher = dispatcher
         self.retry_delays = list(retry_delays)
-        self.started = time.time() if started is None else started
         self.retention = retention
         self.observer: Observer | None = None
         """Told of retries, dead letters, undelivered replies, the backlog (metrics)."""
@@ -112,9 +114,15 @@ class Redelivery:
         self._next_prune = 0.0
         self._next_count = 0.0
         self._worker: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()
         """Events whose handlers run on past their timeout (not retried meanwhile)."""
+        self._retrying: str | None = None
+        """The entry the worker is retrying now (its claim renewed with the lease)."""
+        self._taken: list[Entry] = []
+        """Entries taken over from owners that are gone, for the worker to handle."""
+        self._woken = asyncio.Event()
 
     def _retry_at(self, attempt: int) -> float | None:
         delays = self.retry_delays
@@ -360,34 +368,38 @@ class Redelivery:
         return True
 
     def start(self) -> None:
-        """Start the worker once (at start-up, or at the first callback when mounted)."""
+        """Start the worker and the lease keeper once (at start-up, or at the first
+        callback when mounted)."""
         if self._worker is None or self._worker.done():
             # A context of its own: started by a callback (a mounted app), the worker
             # would otherwise carry that request's id into every retry's log lines.
-            self._worker = asyncio.get_running_loop().create_task(
-                self._work(), context=contextvars.Context()
-            )
+            loop = asyncio.get_running_loop()
+            self._woken = asyncio.Event()
+            self._keeper = loop.create_task(self._keep_lease(), context=contextvars.Context())
+            self._keeper.add_done_callback(_stopped)
+            self._worker = loop.create_task(self._work(), context=contextvars.Context())
             self._worker.add_done_callback(_stopped)
 
     def problem(self) -> str | None:
-        """None while the worker runs (or was never started), else why it stopped."""
-        worker = self._worker
-        if worker is None or not worker.done() or worker.cancelled():
-            return None
-        error = worker.exception()
-        return (
-            f"journal retry worker stopped: {error!r}" if error else "journal retry worker stopped"
-        )
+        """None while the worker and the lease keeper run (or were never started), else
+        why one stopped."""
+        for task, name in ((self._worker, "retry worker"), (self._keeper, "lease keeper")):
+            if task is None or not task.done() or task.cancelled():
+                continue
+            error = task.exception()
+            return f"journal {name} stopped: {error!r}" if error else f"journal {name} stopped"
+        return None
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop the worker (what it was dispatching is retried at the next start); give
         handlers running past their timeout ``grace`` seconds to finish and be recorded,
         then cancel them (their events are handled again at the next start)."""
-        worker, self._worker = self._worker, None
-        if worker is not None and not worker.done():  # a dead one said why (problem)
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        for task in (self._worker, self._keeper):
+            if task is not None and not task.done():  # a dead one said why (problem)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._worker = self._keeper = None
         late = list(self._late)
         if late:
             log.info("waiting for handlers past their timeout", count=len(late), grace=grace)
@@ -401,13 +413,37 @@ class Redelivery:
                 )
                 await asyncio.wait(pending)
 
-    async def _work(self) -> None:
-        resumed = False
+    async def _keep_lease(self) -> None:
+        """Renew the lease every third of it; take over what owners that are gone left
+        (handed to the worker). Never raises (logged): a journal that cannot be reached
+        now is tried again at the next renewal."""
+        journal = self.journal
         while True:
             try:
-                if not resumed:
-                    await self._resume()
-                    resumed = True
+                running = set(self._running)
+                if self._retrying is not None:
+                    running.add(self._retrying)
+                await journal.renew(running)
+                taken = await journal.take_over()
+            except Exception:
+                log.exception("journal lease keeper: renewing the lease failed")
+            else:
+                if taken:
+                    log.warning(
+                        "taking over unfinished work of a process that is gone",
+                        entries=len(taken),
+                    )
+                    self._taken.extend(taken)
+                    self._woken.set()
+            await asyncio.sleep(journal.lease / 3)
+
+    async def _work(self) -> None:
+        while True:
+            while self._taken:  # a gone owner's work first: it is the oldest
+                entry = self._taken.pop(0)
+                if entry.id not in self._running:
+                    await self._retry_safely(entry)
+            try:
                 due = await self.journal.due(time.time())
             except Exception:
                 log.exception("journal worker: reading the journal failed")
@@ -418,7 +454,10 @@ class Redelivery:
                         self.observer.retried(entry.channel)
                     await self._retry_safely(entry)
             await self._keep()
-            await asyncio.sleep(self.poll_interval)
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._woken.wait()
 
     async def _keep(self) -> None:
         """The worker's housekeeping: prune past the retention (at start, then every
@@ -440,21 +479,10 @@ class Redelivery:
             except Exception:
                 log.exception("journal worker: counting the backlog failed")
 
-    async def _resume(self) -> None:
-        """Handle what a previous process committed but never handled (each entry once)."""
-        tried: set[str] = set()
-        while True:
-            found = await self.journal.unfinished(before=self.started)
-            batch = [entry for entry in found if entry.id not in tried]
-            if not batch:
-                return
-            for entry in batch:
-                tried.add(entry.id)
-                await self._retry_safely(entry)
-
     async def _retry_safely(self, entry: Entry) -> None:
         """:meth:`retry`, surviving anything it raises: logged, and the entry marked
         failed for a later attempt (a dead letter when out of attempts)."""
+        self._retrying = entry.id
         try:
             await self.retry(entry)
         except Exception as exc:
@@ -483,6 +511,8 @@ class Redelivery:
                 log.exception(
                     "journal worker: recording the failed retry failed", event_id=entry.id
                 )
+        finally:
+            self._retrying = None
 
 
 def _stopped(worker: asyncio.Task[None]) -> None:

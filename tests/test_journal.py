@@ -660,10 +660,11 @@ def test_journal_operation_that_raises_fails_only_its_own_callback(tmp_path: Pat
             blocker.execute("COMMIT")
             await ahead
             results = await asyncio.gather(*group, return_exceptions=True)
+            committed = journal.commits - commits  # (stop commits once more: the lease)
         finally:
             blocker.close()
             await journal.stop()
-        return results, journal.commits - commits
+        return results, committed
 
     results, commits = asyncio.run(scenario())
     assert isinstance(results[1], OverflowError)

@@ -22,6 +22,18 @@ Undelivered replies: ``received`` -> ``reply_failed`` when the handlers succeede
 backoff (the handlers never run again), -> ``done`` | ``dead``; such an entry keeps
 :data:`REPLY_ONLY` in ``failed_plugins``, so that replaying it re-sends only the reply.
 
+Ownership (several processes on one journal): every journal object is one *owner*
+(:attr:`Journal.owner`: host, pid namespace, pid and a random part) with a *lease* it
+renews (:meth:`Journal.renew`, every third of :attr:`Journal.lease` seconds). An entry
+being handled is owned: a new record by the process that received it, a due retry by the
+process whose :meth:`Journal.due` claimed it (its next attempt pushed a lease ahead, so
+no other process takes it meanwhile). When an owner's lease runs out (it crashed, or
+hung), or at once when it is a process on the same machine that no longer runs, the first
+process to look (:meth:`Journal.take_over`) claims its unfinished (``received``) entries
+and handles them; a process that stops cleanly gives its lease up, so that what it left
+is taken over at the next look. Entries written before ownership existed have no owner
+and are taken over by the first process to look.
+
 Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
 look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
 <receiver.providers.base.Provider.dedupe_key>`) within ``duplicate_window``, then the
@@ -37,7 +49,10 @@ never out of order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import os
+import secrets
+import socket
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -57,6 +72,49 @@ __all__ = [
     "SQLiteJournal",
     "open_journal",
 ]
+
+DEFAULT_LEASE = 15.0
+"""Seconds an owner's lease lasts (``journal_lease``): a process that has not renewed it
+for this long is taken for dead, and its unfinished work is taken over."""
+
+
+def _host() -> str:
+    """This machine and pid namespace: processes with the same host can see each other's
+    pids (a container has a pid namespace of its own)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}:{namespace}"
+
+
+_OWNERS: set[str] = set()
+"""The owners of the journals this process has open (two apps in one process are two)."""
+
+
+def new_owner() -> tuple[str, str, int]:
+    """A new owner id, with its host and pid: ``"host:pidns:pid:random"``."""
+    host, pid = _host(), os.getpid()
+    return f"{host}:{pid}:{secrets.token_hex(4)}", host, pid
+
+
+def gone(owner: str, host: str, pid: int) -> bool:
+    """Whether the owner ``owner`` (of ``host`` and ``pid``) is known not to run any more:
+    a process on this host whose pid is gone, or this very pid under another owner id (a
+    previous process, or a stopped journal of this one). False when it cannot be known
+    (another host: its lease says)."""
+    if host != _host():
+        return False
+    if pid == os.getpid():
+        return owner not in _OWNERS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: it runs
+        return False
+    return False
+
 
 STATES = ("received", "done", "failed", "reply_failed", "dead", "rejected", "recovered")
 """Every entry state (see the module docstring)."""
@@ -180,6 +238,45 @@ class Journal(abc.ABC):
     """Called with the seconds each transaction took (the app's metrics set it; may be
     called from another thread). None: nobody is told."""
 
+    lease: float = DEFAULT_LEASE
+    """Seconds this owner's lease lasts once renewed (see the module docstring)."""
+
+    @property
+    def owner(self) -> str:
+        """This journal object's owner id (module docstring), made on first use."""
+        owner = vars(self).get("_owner")
+        if owner is None:
+            owner, self._host, self._pid = new_owner()
+            self._owner: str = owner
+            _OWNERS.add(owner)
+        return owner
+
+    def _forget_owner(self) -> None:
+        """This owner is gone (the journal stopped): a new one at the next start."""
+        owner = vars(self).pop("_owner", None)
+        if owner is not None:
+            _OWNERS.discard(owner)
+
+    @abc.abstractmethod
+    async def renew(self, running: Collection[str] = ()) -> None:
+        """Register this owner, or renew its lease for :attr:`lease` seconds; keep the
+        claims on ``running`` (ids of retries whose handlers run on past their timeout)
+        for as long. The retry worker calls it every third of the lease; :meth:`record`
+        registers the owner with its first entry."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Give this owner's lease up (a clean stop, called by :meth:`stop`): what it
+        leaves unfinished is taken over at the next look, by another process or the next
+        start."""
+
+    @abc.abstractmethod
+    async def take_over(self, limit: int = 1000) -> list[Entry]:
+        """Claim the unfinished (``received``) entries of owners that are gone (lease
+        expired, or a process of this host that no longer runs; entries with no owner),
+        at most ``limit`` (call again for more): each is claimed by one process only.
+        Returns the claimed entries, oldest first, to handle now."""
+
     @abc.abstractmethod
     async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
         """Store a new event durably, or recognize it as a duplicate (stored nothing)."""
@@ -255,11 +352,17 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
-        """Failed and reply_failed entries whose next attempt is due."""
+        """Claim the failed and reply_failed entries whose next attempt is due: their next
+        attempt is moved :attr:`lease` seconds ahead (so no other process takes them
+        meanwhile; a process that dies while retrying leaves them due again then), and
+        they are returned to be retried now."""
 
-    @abc.abstractmethod
-    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
-        """Entries received before ``before`` but not handled: a dead process's work."""
+    async def outcome(self, event_id: str) -> tuple[str, Reply | None] | None:
+        """The state of ``event_id`` and its stored reply (None: no such entry): what a
+        duplicate received by another process waits for. This default reads
+        :meth:`entries`."""
+        found = await self.entries(ids=[event_id], limit=1)
+        return (found[0].state, found[0].reply) if found else None
 
     @abc.abstractmethod
     async def entries(

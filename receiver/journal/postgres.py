@@ -33,15 +33,25 @@ import hashlib
 import math
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
 from receiver.errors import ConfigError, Failure, JournalUnavailable
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
-from receiver.journal import REPLY_ONLY, Attempt, Browsed, Entry, Journal, Recorded, matches
-from receiver.journal.sqlite import _attempt, _encode, _entry, _kept_raw
+from receiver.journal import (
+    DEFAULT_LEASE,
+    REPLY_ONLY,
+    Attempt,
+    Browsed,
+    Entry,
+    Journal,
+    Recorded,
+    gone,
+    matches,
+)
+from receiver.journal.sqlite import SINCE_MARGIN, _attempt, _encode, _entry, _kept_raw
 from receiver.logs import get_logger
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal", "redact_url"]
@@ -106,8 +116,35 @@ CREATE TABLE message_status (
 );
 """,
     ),
+    (
+        2,
+        """
+ALTER TABLE events ADD COLUMN owner TEXT;
+CREATE INDEX events_unowned ON events (received_at) WHERE owner IS NULL AND state = 'received';
+CREATE TABLE processes (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    since DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+);
+""",
+    ),
 )
-"""(version, SQL): each brings the schema from the version before it to its own."""
+"""(version, SQL): each brings the schema from the version before it to its own (2:
+ownership, see :mod:`receiver.journal`)."""
+
+_NOW = "extract(epoch from clock_timestamp())::float8"
+"""The database's clock, in seconds since the epoch: leases are compared on one clock,
+whatever the replicas' clocks say."""
+
+_REGISTER = (
+    "INSERT INTO processes (id, host, pid, since, lease_until) "
+    f"VALUES ($1, $2, $3, $4, {_NOW} + $5) "
+    "ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until "
+    "RETURNING xmax = 0"
+)
+"""Register an owner or renew its lease; true when the row was inserted."""
 
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 """The schema version this receiver writes."""
@@ -131,8 +168,8 @@ _ORIGINAL = (
 
 _INSERT = (
     "INSERT INTO events (id, channel, provider, type, message_id, state, received_at, raw, "
-    "meta, event, dedupe_key, body_hash) "
-    "VALUES ($1, $2, $3, $4, $5, 'received', $6, $7, $8, $9, $10, $11)"
+    "meta, event, dedupe_key, body_hash, owner) "
+    "VALUES ($1, $2, $3, $4, $5, 'received', $6, $7, $8, $9, $10, $11, $12)"
 )
 
 _LAST_ERROR = (
@@ -220,6 +257,12 @@ class PostgresJournal(Journal):
         body_window: Seconds within which the same raw body (SHA-256) is a duplicate.
         pool_size: Most connections held open.
         max_body_bytes: Accepted for the interface's sake (the server's disk is its own).
+        lease: Seconds an owner's lease lasts (:attr:`Journal.lease`), on the database's
+            clock.
+
+    Any number of processes, on any number of machines, may share the database:
+    ownership (:mod:`receiver.journal`) says which one handles what; claims are row
+    locks (``FOR UPDATE SKIP LOCKED``), so no two processes claim one entry.
     """
 
     connect_timeout = 5.0
@@ -238,8 +281,11 @@ class PostgresJournal(Journal):
         body_window: float = 600,
         pool_size: int = 10,
         max_body_bytes: int = 0,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.url = url
+        self.lease = lease
+        self._registered = False
         self.duplicate_window = duplicate_window
         self.body_window = body_window
         self.pool_size = pool_size
@@ -471,6 +517,12 @@ class PostgresJournal(Journal):
             raise
 
     async def stop(self) -> None:
+        if self._registered and self._pool is not None:
+            try:
+                await asyncio.wait_for(self.release(), timeout=self.retry_max)
+            except Exception:  # an unreachable database: the lease runs out instead
+                log.warning("journal: giving the lease up failed", journal=self.where)
+        self._forget_owner()
         keeper, self._keeper = self._keeper, None
         if keeper is not None and not keeper.done():
             try:  # one more chance for the kept states, not a wait for a dead server
@@ -514,11 +566,17 @@ class PostgresJournal(Journal):
     async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
         body_hash = hashlib.sha256(event.raw).digest()
 
+        registered = self._registered
+
         async def work(connection: Any) -> Recorded:
+            if not registered:  # the owner's row with its first entry
+                await self._register(connection, event.received_at.timestamp())
             return await self._record(connection, event, meta, dedupe_key, body_hash)
 
         try:
-            return await self._new(work)
+            recorded = await self._new(work)
+            self._registered = True
+            return recorded
         except JournalUnavailable:
             # The connection may have failed after the COMMIT reached the server, its
             # answer lost: then the row is stored, and answering 503 would leave it
@@ -579,6 +637,7 @@ class PostgresJournal(Journal):
             _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
             dedupe_key,
             body_hash,
+            self.owner,
         )
         return Recorded(recorded)
 
@@ -593,6 +652,7 @@ class PostgresJournal(Journal):
             )
             if state != "rejected":
                 return None
+            await self._register(connection, event.received_at.timestamp())
             recorded = await self._record(connection, event, meta, dedupe_key, body_hash)
             await connection.execute(
                 "UPDATE events SET state = 'recovered', recovered_as = $1 WHERE id = $2",
@@ -601,7 +661,9 @@ class PostgresJournal(Journal):
             )
             return recorded
 
-        return await self._new(work)
+        recovered = await self._new(work)
+        self._registered = True
+        return recovered
 
     async def reject(
         self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
@@ -722,25 +784,119 @@ class PostgresJournal(Journal):
         return await self._run(work, write=False)
 
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
-        where = (
-            "state IN ('failed', 'reply_failed') AND next_attempt_at <= $1 ORDER BY next_attempt_at"
+        # Rows another process is claiming are skipped (SKIP LOCKED), and a claimed row's
+        # next attempt is a lease ahead: one process retries an entry at a time.
+        query = (
+            "UPDATE events SET next_attempt_at = $1, owner = $2 WHERE id IN (SELECT id FROM "
+            "events WHERE state IN ('failed', 'reply_failed') AND next_attempt_at <= $3 "
+            "ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_COLUMNS}"
         )
-        query = f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT $2"
-        return await self._select(query, now, limit)
+        owner = self.owner
 
-    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
-        # "Received before this process started" is the whole ownership rule here (one
-        # process per journal); leases for several processes would replace this query.
-        where = "state = 'received' AND received_at < $1 ORDER BY received_at"
-        return await self._select(
-            f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT $2", before, limit
-        )
+        async def work(connection: Any) -> list[Entry]:
+            rows = await connection.fetch(query, now + self.lease, owner, now, limit)
+            return [_entry(tuple(row)) for row in rows]
+
+        claimed = await self._run(work)
+        return sorted(claimed, key=lambda entry: entry.received_at)
 
     async def _select(self, query: str, *params: Any) -> list[Entry]:
         async def work(connection: Any) -> list[Entry]:
             return [_entry(tuple(row)) for row in await connection.fetch(query, *params)]
 
         return await self._run(work, write=False)
+
+    # -- ownership ------------------------------------------------------------------
+
+    async def _register(self, connection: Any, since: float) -> None:
+        """Insert this owner's row, or renew its lease (on the database's clock)."""
+        owner = self.owner
+        inserted = await connection.fetchval(
+            _REGISTER, owner, self._host, self._pid, since - SINCE_MARGIN, self.lease
+        )
+        if inserted and self._registered:
+            log.warning(
+                "journal lease lost: renewed too late, this process's unfinished work "
+                "may have been taken over (handled twice)",
+                owner=owner,
+            )
+
+    async def renew(self, running: Collection[str] = ()) -> None:
+        ids = list(running)
+
+        async def work(connection: Any) -> None:
+            await self._register(connection, time.time())
+            if ids:
+                await connection.execute(
+                    "UPDATE events SET next_attempt_at = $1 WHERE id = ANY($2::text[]) "
+                    "AND state IN ('failed', 'reply_failed')",
+                    time.time() + self.lease,
+                    ids,
+                )
+
+        await self._run(work)
+        self._registered = True
+
+    async def release(self) -> None:
+        owner = self.owner
+
+        async def work(connection: Any) -> None:
+            await connection.execute("UPDATE processes SET lease_until = 0 WHERE id = $1", owner)
+
+        await self._run(work)
+        self._registered = False
+
+    async def take_over(self, limit: int = 1000) -> list[Entry]:
+        owner = self.owner
+
+        async def work(connection: Any) -> list[Entry]:
+            now = await connection.fetchval(f"SELECT {_NOW}")
+            others = await connection.fetch(
+                "SELECT id, host, pid, lease_until FROM processes WHERE id <> $1", owner
+            )
+            claimed: list[Entry] = []
+            for other, host, pid, lease_until in others:
+                if len(claimed) >= limit:
+                    break
+                if lease_until > now and not gone(other, host, pid):
+                    continue
+                # Whoever deletes the row takes the owner's work: one process only.
+                since = await connection.fetchval(
+                    "DELETE FROM processes WHERE id = $1 RETURNING since", other
+                )
+                if since is None:
+                    continue
+                rows = await connection.fetch(
+                    f"UPDATE events SET owner = $1 WHERE owner = $2 AND state = 'received' "
+                    f"AND received_at >= $3 RETURNING {_COLUMNS}",
+                    owner,
+                    other,
+                    since,
+                )
+                claimed += [_entry(tuple(row)) for row in rows]
+            # Entries of a receiver before ownership (no owner), on events_unowned.
+            rows = await connection.fetch(
+                f"UPDATE events SET owner = $1 WHERE id IN (SELECT id FROM events "
+                f"WHERE owner IS NULL AND state = 'received' LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_COLUMNS}",
+                owner,
+                limit,
+            )
+            claimed += [_entry(tuple(row)) for row in rows]
+            if claimed:
+                await self._register(connection, now)
+                await connection.execute(
+                    "UPDATE processes SET since = LEAST(since, $1) WHERE id = $2",
+                    min(entry.received_at for entry in claimed),
+                    owner,
+                )
+            return claimed
+
+        claimed = await self._run(work)
+        if claimed:
+            self._registered = True
+        return sorted(claimed, key=lambda entry: entry.received_at)
 
     # -- the operator commands --------------------------------------------------
 

@@ -16,7 +16,7 @@ import hashlib
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,23 @@ import msgspec
 from receiver.config import DEFAULT_MAX_BODY_BYTES
 from receiver.errors import Failure
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
-from receiver.journal import REPLY_ONLY, Attempt, Browsed, Entry, Journal, Recorded, matches
+from receiver.journal import (
+    DEFAULT_LEASE,
+    REPLY_ONLY,
+    Attempt,
+    Browsed,
+    Entry,
+    Journal,
+    Recorded,
+    gone,
+    matches,
+)
 from receiver.journal.sqlite_io import Reader, Writer, min_free_bytes
+from receiver.logs import get_logger
 
 __all__ = ["SQLiteJournal"]
+
+log = get_logger(__name__)
 
 
 _SCHEMA = """
@@ -50,7 +63,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_attempt_at REAL,
     dedupe_key TEXT,
     body_hash BLOB,
-    recovered_as TEXT
+    recovered_as TEXT,
+    owner TEXT
 );
 DROP INDEX IF EXISTS events_dedupe;
 DROP INDEX IF EXISTS events_body;
@@ -72,6 +86,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     traceback TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, attempt);
+CREATE TABLE IF NOT EXISTS processes (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    since REAL NOT NULL,
+    lease_until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -84,7 +105,8 @@ CREATE TABLE IF NOT EXISTS message_status (
 """
 # (Journals written before the look-ups were scoped to the channel have the indexes
 # events_dedupe and events_body, dropped above, and no recovered_as column: _migrate.
-# Older journals get the attempts table here too.)
+# Older journals get the attempts and processes tables here too, and the owner column
+# from _migrate.)
 
 _BY_KEY = (
     "SELECT id, state, reply FROM events "
@@ -111,6 +133,20 @@ def _migrate(connection: sqlite3.Connection) -> None:
     columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
     if "recovered_as" not in columns:
         connection.execute("ALTER TABLE events ADD COLUMN recovered_as TEXT")
+    if "owner" not in columns:
+        connection.execute("ALTER TABLE events ADD COLUMN owner TEXT")
+    # Entries no process owns (written before ownership existed): none on the request
+    # path (every record has an owner), so this index costs a callback nothing.
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS events_unowned ON events (received_at) "
+        "WHERE owner IS NULL AND state = 'received'"
+    )
+
+
+SINCE_MARGIN = 600.0
+"""Seconds before its registration from which an owner's entries are looked for when it
+is taken over: a callback's ``received_at`` is when its request began, which may be before
+the record that registered the owner (a slow body)."""
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -134,6 +170,12 @@ class SQLiteJournal(Journal):
         max_body_bytes: The largest body a callback may have: the store counts as
             failing (``/readyz``) while its filesystem has less than
             :attr:`min_free_bytes` free, ``max(4 MiB, 4 * max_body_bytes)``.
+        lease: Seconds an owner's lease lasts (:attr:`Journal.lease`).
+
+    Several processes of one machine may share the file (``serve --workers N``): SQLite
+    locks it for each transaction, and ownership (:mod:`receiver.journal`) says which
+    process handles what. Not across machines: a network filesystem's locks are not
+    to be trusted with SQLite (use PostgreSQL).
     """
 
     def __init__(
@@ -145,8 +187,11 @@ class SQLiteJournal(Journal):
         max_batch: int = 512,
         done_ledger_bytes: int = 256 * 1024,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.path = Path(path)
+        self.lease = lease
+        self._registered = False
         self.duplicate_window = duplicate_window
         self.body_window = body_window
         self.min_free_bytes = min_free_bytes(max_body_bytes)
@@ -185,7 +230,103 @@ class SQLiteJournal(Journal):
         self._writer.ensure_started()
 
     async def stop(self) -> None:
+        if self._registered:
+            try:
+                await self.release()
+            except Exception:  # a failing store: the lease runs out instead
+                log.warning("journal: giving the lease up failed", path=str(self.path))
         await self._writer.stop()
+        self._forget_owner()
+
+    # -- ownership ------------------------------------------------------------------
+
+    def _register(self, connection: sqlite3.Connection, since: float) -> None:
+        """Insert this owner's row, or renew its lease (writer thread)."""
+        until = time.time() + self.lease
+        owner = self.owner
+        renewed = connection.execute(
+            "UPDATE processes SET lease_until = ? WHERE id = ?", (until, owner)
+        ).rowcount
+        if not renewed:
+            connection.execute(
+                "INSERT INTO processes (id, host, pid, since, lease_until) VALUES (?, ?, ?, ?, ?)",
+                (owner, self._host, self._pid, since - SINCE_MARGIN, until),
+            )
+            if self._registered:
+                log.warning(
+                    "journal lease lost: renewed too late, this process's unfinished work "
+                    "may have been taken over (handled twice)",
+                    owner=owner,
+                )
+
+    async def renew(self, running: Collection[str] = ()) -> None:
+        ids = list(running)
+
+        def operation(connection: sqlite3.Connection) -> None:
+            self._register(connection, time.time())
+            if ids:
+                connection.execute(
+                    f"UPDATE events SET next_attempt_at = ? WHERE id IN "
+                    f"({', '.join('?' for _ in ids)}) AND state IN ('failed', 'reply_failed')",
+                    (time.time() + self.lease, *ids),
+                )
+
+        await self._submit(operation, durable=False)
+        self._registered = True
+
+    async def release(self) -> None:
+        owner = self.owner
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute("UPDATE processes SET lease_until = 0 WHERE id = ?", (owner,))
+
+        await self._submit(operation, durable=False)
+        self._registered = False
+
+    async def take_over(self, limit: int = 1000) -> list[Entry]:
+        owner = self.owner
+
+        def operation(connection: sqlite3.Connection) -> list[Entry]:
+            now = time.time()
+            claimed: list[Entry] = []
+            others = connection.execute(
+                "SELECT id, host, pid, since, lease_until FROM processes WHERE id != ?", (owner,)
+            ).fetchall()
+            for other, host, pid, since, lease_until in others:
+                if len(claimed) >= limit:
+                    break
+                if lease_until > now and not gone(other, host, pid):
+                    continue
+                claimed += [
+                    _entry(row)
+                    for row in connection.execute(
+                        f"UPDATE events SET owner = ? WHERE owner = ? AND state = 'received' "
+                        f"AND received_at >= ? RETURNING {_COLUMNS}",
+                        (owner, other, since),
+                    )
+                ]
+                connection.execute("DELETE FROM processes WHERE id = ?", (other,))
+            # Entries of a receiver before ownership (no owner), on events_unowned.
+            claimed += [
+                _entry(row)
+                for row in connection.execute(
+                    f"UPDATE events SET owner = ? WHERE owner IS NULL AND state = 'received' "
+                    f"RETURNING {_COLUMNS}",
+                    (owner,),
+                )
+            ]
+            if claimed:
+                self._register(connection, now)
+                connection.execute(
+                    "UPDATE processes SET since = min(since, ?) WHERE id = ?",
+                    (min(entry.received_at for entry in claimed), owner),
+                )
+            return claimed
+
+        claimed = await self._submit(operation, durable=False)
+        if claimed:
+            self._registered = True
+        return sorted(claimed, key=lambda entry: entry.received_at)
 
     async def check(self) -> str | None:
         writer = self._writer
@@ -199,17 +340,29 @@ class SQLiteJournal(Journal):
     async def record(self, event: Event, meta: dict[str, str], dedupe_key: str | None) -> Recorded:
         body_hash = hashlib.sha256(event.raw).digest()
         windows = self.duplicate_window, self.body_window
+        owner = self.owner
+        if self._registered:
 
-        def operation(connection: sqlite3.Connection) -> Recorded:
-            return _record(connection, event, meta, dedupe_key, body_hash, windows)
+            def operation(connection: sqlite3.Connection) -> Recorded:
+                return _record(connection, event, meta, dedupe_key, body_hash, windows, owner)
 
-        return await self._submit(operation)
+            return await self._submit(operation)
+
+        def registering(connection: sqlite3.Connection) -> Recorded:
+            # The owner's row with its first entry: a process that dies now is taken over.
+            self._register(connection, event.received_at.timestamp())
+            return _record(connection, event, meta, dedupe_key, body_hash, windows, owner)
+
+        recorded = await self._submit(registering)
+        self._registered = True
+        return recorded
 
     async def recover(
         self, entry_id: str, event: Event, meta: dict[str, str], dedupe_key: str | None
     ) -> Recorded | None:
         body_hash = hashlib.sha256(event.raw).digest()
         windows = self.duplicate_window, self.body_window
+        owner = self.owner
 
         def operation(connection: sqlite3.Connection) -> Recorded | None:
             found = connection.execute(
@@ -217,14 +370,17 @@ class SQLiteJournal(Journal):
             ).fetchone()
             if found is None or found[0] != "rejected":
                 return None
-            recorded = _record(connection, event, meta, dedupe_key, body_hash, windows)
+            self._register(connection, event.received_at.timestamp())
+            recorded = _record(connection, event, meta, dedupe_key, body_hash, windows, owner)
             connection.execute(
                 "UPDATE events SET state = 'recovered', recovered_as = ? WHERE id = ?",
                 (recorded.duplicate_of or event.id, entry_id),
             )
             return recorded
 
-        return await self._submit(operation)
+        recorded = await self._submit(operation)
+        self._registered = True
+        return recorded
 
     async def reject(
         self, channel: str, provider: str, raw: bytes, meta: dict[str, str], reason: str
@@ -336,25 +492,20 @@ class SQLiteJournal(Journal):
         return await self._submit(operation, durable=False)
 
     async def due(self, now: float, limit: int = 100) -> list[Entry]:
-        # The state term as the index events_due says it, for SQLite to use that index.
-        where = (
-            "state IN ('failed', 'reply_failed') AND next_attempt_at <= ? ORDER BY next_attempt_at"
+        # Claimed in the writer's transaction (the file's write lock: one process at a
+        # time); the state term as the index events_due says it, for SQLite to use it.
+        query = (
+            "UPDATE events SET next_attempt_at = ?, owner = ? WHERE id IN (SELECT id FROM events "
+            "WHERE state IN ('failed', 'reply_failed') AND next_attempt_at <= ? "
+            f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_COLUMNS}"
         )
-        return await self._written(where, (now, limit))
-
-    async def unfinished(self, before: float, limit: int = 1000) -> list[Entry]:
-        where = "state = 'received' AND received_at < ? ORDER BY received_at"
-        return await self._written(where, (before, limit))
-
-    async def _written(self, where: str, params: tuple[float, int]) -> list[Entry]:
-        """The entries ``where`` finds (``LIMIT`` the last parameter), read by the writer:
-        the retry worker's reads see every write queued before them."""
-        query = f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT ?"
+        params = (now + self.lease, self.owner, now, limit)
 
         def operation(connection: sqlite3.Connection) -> list[Entry]:
             return [_entry(row) for row in connection.execute(query, params).fetchall()]
 
-        return await self._submit(operation, durable=False)
+        claimed = await self._submit(operation, durable=False)
+        return sorted(claimed, key=lambda entry: entry.received_at)
 
     # -- the operator commands --------------------------------------------------
 
@@ -536,10 +687,12 @@ def _record(
     dedupe_key: str | None,
     body_hash: bytes,
     windows: tuple[float, float],
+    owner: str,
 ) -> Recorded:
     """Find the original of ``event`` on its channel, or store ``event`` (writer thread).
 
-    ``windows``: the journal's ``duplicate_window`` and ``body_window``.
+    ``windows``: the journal's ``duplicate_window`` and ``body_window``; ``owner``: the
+    owner that handles it.
     """
     duplicate_window, body_window = windows
     received = event.received_at.timestamp()
@@ -562,8 +715,8 @@ def _record(
         recorded = msgspec.structs.replace(event, out_of_order=True)
     connection.execute(
         "INSERT INTO events (id, channel, provider, type, message_id, state, "
-        "received_at, raw, meta, event, dedupe_key, body_hash) "
-        "VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)",
+        "received_at, raw, meta, event, dedupe_key, body_hash, owner) "
+        "VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
         (
             event.id,
             event.channel,
@@ -576,6 +729,7 @@ def _record(
             _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
             dedupe_key,
             body_hash,
+            owner,
         ),
     )
     return Recorded(recorded)

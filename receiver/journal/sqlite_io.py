@@ -239,9 +239,35 @@ class DoneLedger:
         self._fd: int | None = None
         self._end = 0
 
+    slots = 64
+    """Most processes sharing the journal with a ledger each (more: at least once)."""
+
+    def _lock_slot(self) -> int | None:
+        """Open and lock (``flock``, held until closed) the first ledger file no running
+        process holds: ``<journal>-done``, then ``-done.1``, ``-done.2``... one per
+        process sharing the journal (``serve --workers N``). A slot is only ever read by
+        the process holding it: a dead process's ids are found by the next one to take
+        its slot. None when every slot is held."""
+        for slot in range(self.slots):
+            path = self.path if slot == 0 else self.path.with_name(f"{self.path.name}.{slot}")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        return None
+
     def open(self) -> list[str]:
         """Reserve the file's space; return the ids a previous process noted."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._lock_slot()
+        if fd is None:
+            log.warning("every done ledger slot is held: done states kept in memory only")
+            return []
         try:
             noted = os.pread(fd, self.size, 0).split(b"\0", 1)[0]
             if os.fstat(fd).st_size < self.size or noted:

@@ -1,0 +1,362 @@
+"""Ownership of the journal's work by several processes (issue 17, part 2): leases, claims,
+take-over of a gone process's unfinished entries, and duplicates across processes.
+
+The contract tests run on both journals (a real SQLite file, a real PostgreSQL server:
+tests/postgres.py). Several journal objects on one URL stand for several processes; a
+real process that records and dies without a word stands for a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postgres import postgres_server, postgres_url
+from samples import PAYLOADS
+from starlette.testclient import TestClient
+from test_journal_postgres import event, journal_url
+
+from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.journal import Journal, open_journal
+
+__all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
+
+
+async def opened(url: str, **options: Any) -> Journal:
+    journal = open_journal(url, **options)
+    assert journal is not None
+    await journal.start()
+    return journal
+
+
+def test_ownership_live_owner_work_is_not_taken(journal_url: str) -> None:
+    async def scenario() -> None:
+        mine, other = await opened(journal_url), await opened(journal_url)
+        try:
+            first = event(1)
+            await mine.record(first, {}, None)
+            await mine.renew()
+            assert await other.take_over() == []
+            assert await mine.take_over() == []  # its own work is not "taken over"
+        finally:
+            await mine.stop()
+            await other.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_expired_lease_work_taken_by_exactly_one(journal_url: str) -> None:
+    async def scenario() -> None:
+        gone = await opened(journal_url, lease=0.3)
+        peers = [await opened(journal_url) for _ in range(3)]
+        try:
+            left, handled = event(1), event(2)
+            for e in (left, handled):
+                await gone.record(e, {}, None)
+            await gone.complete(handled.id, None)
+            assert [await p.take_over() for p in peers] == [[], [], []]  # lease still on
+            await asyncio.sleep(0.5)  # it did not renew: the lease ran out
+            taken = await asyncio.gather(*(p.take_over() for p in peers))
+            assert sorted(len(found) for found in taken) == [0, 0, 1]
+            (entry,) = [e for found in taken for e in found]
+            assert entry.id == left.id and entry.state == "received"
+            assert [await p.take_over() for p in peers] == [[], [], []]  # claimed once
+        finally:
+            for journal in (gone, *peers):
+                await journal.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_stopped_process_work_taken_at_once(journal_url: str) -> None:
+    async def scenario() -> None:
+        stopping = await opened(journal_url, lease=60)
+        left = event(1)
+        await stopping.record(left, {}, None)
+        await stopping.stop()  # a clean stop gives the lease up
+        successor = await opened(journal_url, lease=60)
+        try:
+            assert [e.id for e in await successor.take_over()] == [left.id]
+        finally:
+            await successor.stop()
+
+    asyncio.run(scenario())
+
+
+_CRASH = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from receiver.journal import open_journal
+    from receiver.testing import make_event
+
+    async def main():
+        journal = open_journal(sys.argv[1], lease=3600.0)
+        await journal.start()
+        event = make_event("message", text="left behind", message_id="CRASHED")
+        await journal.record(event, {}, None)
+        print(event.id, flush=True)
+        os._exit(0)  # no stop, no release: as kill -9 would leave it
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_ownership_dead_process_of_this_machine_taken_at_once(journal_url: str) -> None:
+    """A real process records an entry and dies without a word, holding an hour's lease:
+    its pid is gone, so a process of the same machine takes its work over at once."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH, journal_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    left = done.stdout.strip()
+
+    async def scenario() -> list[str]:
+        successor = await opened(journal_url, lease=3600)
+        try:
+            return [e.id for e in await successor.take_over()]
+        finally:
+            await successor.stop()
+
+    assert asyncio.run(scenario()) == [left]
+
+
+def test_ownership_same_pid_other_owner_is_gone(journal_url: str) -> None:
+    """An owner id of this very pid that no open journal holds is a previous process's
+    (a container restarted with pid 1 again) or a stopped journal's: gone."""
+
+    async def scenario() -> None:
+        first = await opened(journal_url, lease=3600)
+        left = event(1)
+        await first.record(left, {}, None)
+        first._forget_owner()  # as if this process were a new one with the same pid
+        successor = await opened(journal_url, lease=3600)
+        try:
+            assert [e.id for e in await successor.take_over()] == [left.id]
+        finally:
+            await successor.stop()
+            await first.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_due_retries_claimed_by_one_process(journal_url: str) -> None:
+    async def scenario() -> None:
+        a, b = await opened(journal_url, lease=0.5), await opened(journal_url, lease=0.5)
+        try:
+            failed = [event(n) for n in range(6)]
+            now = time.time()
+            for e in failed:
+                await a.record(e, {}, None)
+                await a.fail(e.id, "boom", None, now - 1)
+            got_a, got_b = await asyncio.gather(a.due(time.time()), b.due(time.time()))
+            ids_a, ids_b = {e.id for e in got_a}, {e.id for e in got_b}
+            assert not ids_a & ids_b
+            assert ids_a | ids_b == {e.id for e in failed}
+            # Claimed: not due again while the claim lasts...
+            assert await a.due(time.time()) == [] and await b.due(time.time()) == []
+            # ...unless its retry is never recorded (the process died): due again then.
+            await asyncio.sleep(0.7)
+            assert {e.id for e in await b.due(time.time())} == {e.id for e in failed}
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_renew_keeps_a_running_retry_claimed(journal_url: str) -> None:
+    async def scenario() -> None:
+        a, b = await opened(journal_url, lease=0.6), await opened(journal_url, lease=0.6)
+        try:
+            slow, idle = event(1), event(2)
+            for e in (slow, idle):
+                await a.record(e, {}, None)
+                await a.fail(e.id, "boom", None, time.time() - 1)
+            assert len(await a.due(time.time())) == 2
+            for _ in range(3):  # its handlers run on past the lease: renewed meanwhile
+                await asyncio.sleep(0.3)
+                await a.renew({slow.id})
+            assert [e.id for e in await b.due(time.time())] == [idle.id]
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_lost_lease_registers_again(journal_url: str) -> None:
+    async def scenario() -> None:
+        a, b = await opened(journal_url, lease=0.3), await opened(journal_url, lease=30)
+        try:
+            left = event(1)
+            await a.record(left, {}, None)
+            await asyncio.sleep(0.5)  # a hung past its lease: b takes its work over
+            assert [e.id for e in await b.take_over()] == [left.id]
+            await a.renew()  # a wakes up: registered again (logged), not failing
+            await asyncio.sleep(0.1)
+            assert await b.take_over() == []  # its lease counts again
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_unowned_entries_taken_over(tmp_path: Path) -> None:
+    """Entries a receiver wrote before ownership existed have no owner: taken over."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+
+    async def record() -> str:
+        journal = await opened(url)
+        left = event(1)
+        await journal.record(left, {}, None)
+        await journal.stop()
+        return left.id
+
+    left = asyncio.run(record())
+    with sqlite3.connect(tmp_path / "j.db") as db:
+        db.execute("UPDATE events SET owner = NULL")
+        db.execute("DELETE FROM processes")
+
+    async def take() -> list[str]:
+        journal = await opened(url)
+        try:
+            return [e.id for e in await journal.take_over()]
+        finally:
+            await journal.stop()
+
+    assert asyncio.run(take()) == [left]
+
+
+def test_ownership_done_ledger_one_slot_per_process(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        url = f"sqlite:///{tmp_path / 'j.db'}"
+        a, b = await opened(url), await opened(url)
+        try:
+            await a.record(event(1), {}, None)
+            await b.record(event(2), {}, None)
+            assert (tmp_path / "j.db-done").exists() and (tmp_path / "j.db-done.1").exists()
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+# -- the worker: take-over in a running app -------------------------------------------
+
+MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
+
+
+class Counting:
+    """Counts what it handles; replies to messages after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.handled: list[str] = []
+
+    @hookimpl
+    async def on_message(self, event: Event) -> Reply:
+        await asyncio.sleep(self.delay)
+        self.handled.append(event.id)
+        return Reply(text=f"handled by {id(self)}")
+
+
+def config(url: str, **extra: Any) -> Config:
+    return Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=url,
+        journal_lease=1.0,
+        **extra,
+    )
+
+
+def test_ownership_app_handles_work_of_a_dead_process(journal_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH, journal_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    left = done.stdout.strip()
+    counting = Counting()
+    with TestClient(create_app(config(journal_url), plugins=[counting])):
+        deadline = time.monotonic() + 10
+        while left not in counting.handled and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert counting.handled == [left]
+
+
+def test_ownership_duplicate_at_another_process_gets_the_originals_reply(
+    journal_url: str,
+) -> None:
+    """Two apps on one journal stand for two processes: a re-send reaching the second
+    while the first still handles the original waits for the original's reply."""
+    slow, other = Counting(delay=0.8), Counting()
+    first = create_app(config(journal_url), plugins=[slow])
+    second = create_app(config(journal_url), plugins=[other])
+    answers: dict[str, Any] = {}
+    with TestClient(first) as a, TestClient(second) as b:
+
+        def send_original() -> None:
+            answers["original"] = a.post("/sms", content=MESSAGE, headers=JSON)
+
+        thread = threading.Thread(target=send_original)
+        thread.start()
+        time.sleep(0.3)  # the original is stored and being handled
+        answers["duplicate"] = b.post("/sms", content=MESSAGE, headers=JSON)
+        thread.join()
+    original, duplicate = answers["original"], answers["duplicate"]
+    assert original.status_code == duplicate.status_code == 200
+    assert f"handled by {id(slow)}" in original.text
+    assert duplicate.text == original.text  # the original's reply, not an empty 200
+    assert duplicate.headers["x-receiver-duplicate"]
+    assert len(slow.handled) == 1 and other.handled == []
+
+
+def test_ownership_duplicate_waits_no_longer_than_reply_timeout(journal_url: str) -> None:
+    slow, other = Counting(delay=3.0), Counting()
+    first = create_app(config(journal_url, reply_timeout=5.0), plugins=[slow])
+    second = create_app(config(journal_url, reply_timeout=0.5), plugins=[other])
+    answers: dict[str, Any] = {}
+    with TestClient(first) as a, TestClient(second) as b:
+        thread = threading.Thread(
+            target=lambda: answers.update(original=a.post("/sms", content=MESSAGE, headers=JSON))
+        )
+        thread.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        answers["duplicate"] = b.post("/sms", content=MESSAGE, headers=JSON)
+        waited = time.monotonic() - started
+        thread.join()
+    assert answers["duplicate"].status_code == 503  # still handled elsewhere: send it again
+    assert 0.4 < waited < 2.5
+    assert answers["original"].status_code == 200
+    assert other.handled == []
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_ownership_config_lease_bounds() -> None:
+    from receiver.errors import ConfigError
+
+    for bad in (0, 0.5, -1, 100000):
+        with pytest.raises(ConfigError, match="journal_lease"):
+            Config(journal_lease=bad).validate()  # type: ignore[call-arg]
+    assert os.environ.get("RECEIVER_JOURNAL_LEASE") is None
