@@ -11,7 +11,11 @@ to another. The scenarios:
 * ``naive``: FastAPI + a pydantic model of the Whispir reply + a callback-key check;
 * ``whispir_json``, ``whispir_xml``, ``onepoint_reply`` (answered "thanks" in the response
   body), ``onepoint_hmac`` (a signed OnePoint receipt): receiver, each with the journal
-  off and with the SQLite journal on, logging one JSON line per callback to a file.
+  off, with the SQLite journal on and with the PostgreSQL journal on, logging one JSON
+  line per callback to a file. The PostgreSQL rows run on ``bench/postgres.py``'s server
+  (a throwaway PostgreSQL of its own, or ``$RECEIVER_BENCH_POSTGRES``), a new database
+  each; a second table gives, per journaled callback, the receiver's CPU, PostgreSQL's
+  CPU (all its processes) and pg_stat_statements' statements, round trips and commits.
 * ``mounted_warning``, ``mounted_info``: receiver's Whispir channel (journal off) mounted
   at ``/hooks`` in a Starlette app that configured the standard library's ``logging``
   (JSON lines to the file, by a plain ``logging.Formatter``) and not structlog, its root
@@ -34,6 +38,10 @@ compares the server's RSS after the first ~10k and at the end.
 Exit status: 0 all correct (and, in a full run, every target met); 1 a scenario answered
 wrongly, failed or wrk reported errors; 2 wrk is not installed; 3 correct but a target
 was missed. ``--quick`` runs everything for 1 s and does not judge the targets.
+
+``--workers 1,2`` adds rows served by ``receiver serve --workers N`` (Whispir JSON,
+journal on SQLite and on PostgreSQL; alone, with baseline only): not pinned, so the
+workers, PostgreSQL and wrk share the machine's CPUs; CPU is the server's processes'.
 
 ``--compare-http MODULE:CLASS`` runs each journal-off receiver row a second time, just
 after the first, served by that uvicorn HTTP protocol class instead of httptools' (for
@@ -1065,7 +1073,7 @@ def main() -> int:
         metavar="N[,M...]",
         help="add rows served by `receiver serve --workers N` (Whispir JSON, journal on "
         "SQLite and on PostgreSQL), for each N; not pinned (server, PostgreSQL and wrk share "
-        "the CPUs)",
+        "the CPUs); alone, with baseline only",
     )
     args = parser.parse_args()
 
@@ -1089,8 +1097,10 @@ def main() -> int:
         parser.error("--workers counts must be at least 1")
     if names:
         selected = [s for s in every if s.name in names]
-    elif args.memory or workers:
+    elif args.memory:
         selected = []
+    elif workers:
+        selected = [s for s in every if s.name == "baseline"]
     else:
         selected = every
     if workers:
@@ -1121,7 +1131,8 @@ def main() -> int:
             except PostgresError as exc:
                 pg = str(exc)  # each PostgreSQL row fails, saying so
         for number, scenario in enumerate(interleave(selected, BASELINE_EVERY)):
-            workdir = tmp / f"{number:02d}-{scenario.title}-{scenario.journal_label}"
+            title = scenario.title.replace("/", "-")
+            workdir = tmp / f"{number:02d}-{title}-{scenario.journal_label}"
             workdir.mkdir()
             print(f"running {scenario.label} for {seconds} s ...", file=sys.stderr, flush=True)
             rows.append(run_scenario(scenario, pin, seconds, workdir, pg))
