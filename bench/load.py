@@ -1179,7 +1179,8 @@ def main() -> int:
     if pg_note is not None:
         print(
             f"postgres: {pg_note} (its data on {pg_fs} when of its own; pg_stat_statements.track "
-            "= all; fsync and synchronous_commit at their defaults, on); a new database per row"
+            "= all; other settings at their defaults unless said: fsync and synchronous_commit "
+            "on); a new database per row"
         )
     if workers:
         print(

@@ -6,8 +6,9 @@ binaries (``/usr/lib/postgresql/<version>/bin``, the ``postgresql`` package), ``
 into a temporary folder as the ``postgres`` user (``runuser``: initdb refuses root), on a
 free port on 127.0.0.1 with its unix socket in that folder, ``pg_stat_statements``
 preloaded with ``pg_stat_statements.track = all``, the server's other settings at their
-defaults (``fsync`` and ``synchronous_commit`` on: every commit waits for its WAL flush);
-stopped and removed at exit.
+defaults (``fsync`` and ``synchronous_commit`` on: every commit waits for its WAL flush)
+unless ``$RECEIVER_BENCH_POSTGRES_OPTIONS`` adds settings (``-c synchronous_commit=off``,
+for an experiment); stopped and removed at exit.
 
 Each benchmark row gets a database of its own (:meth:`Postgres.database`, dropped by
 :meth:`Postgres.drop`), so every row starts from an empty journal. What a row costs the
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ENV = "RECEIVER_BENCH_POSTGRES"
+OPTIONS = "RECEIVER_BENCH_POSTGRES_OPTIONS"  # more settings of a server of our own
 HOST = "127.0.0.1"
 
 
@@ -258,6 +260,7 @@ def server() -> Iterator[Postgres]:
                 f"-c unix_socket_directories={sockets}",
                 "-c shared_preload_libraries=pg_stat_statements",
                 "-c pg_stat_statements.track=all",
+                os.environ.get(OPTIONS, ""),
             ]
         )
         _run(
@@ -269,7 +272,8 @@ def server() -> Iterator[Postgres]:
             url = f"postgresql://postgres@{HOST}:{port}/postgres"
             _admin_sync(url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             version = bin_dir.parent.name
-            yield Postgres(url, postmaster, f"PostgreSQL {version} of its own, in {top}")
+            extra = f", with {os.environ[OPTIONS]}" if os.environ.get(OPTIONS) else ""
+            yield Postgres(url, postmaster, f"PostgreSQL {version} of its own, in {top}{extra}")
         finally:
             subprocess.run(
                 [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
