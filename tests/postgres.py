@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -87,6 +88,24 @@ def with_database(url: str, database: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path="/" + database))
 
 
+def run_sql(url: str, sql: str) -> None:
+    """:func:`admin` to its end, in a thread of its own: a test may hold an event loop in
+    this thread (Playwright's sync API does)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(admin(url, sql))
+        except BaseException as exc:  # raised again in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The URL of a PostgreSQL role that may create databases (see the module)."""
@@ -101,7 +120,7 @@ def postgres_server() -> str:
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             return _unavailable(str(exc))  # type: ignore[no-any-return]
     try:
-        asyncio.run(admin(url, "SELECT 1"))
+        run_sql(url, "SELECT 1")
     except Exception as exc:
         return _unavailable(f"{type(exc).__name__}: {exc}")  # type: ignore[no-any-return]
     return url
@@ -111,8 +130,8 @@ def postgres_server() -> str:
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A database of this test's own (``test_<random>``), dropped after it."""
     database = f"test_{secrets.token_hex(6)}"
-    asyncio.run(admin(postgres_server, f"CREATE DATABASE {database}"))
+    run_sql(postgres_server, f"CREATE DATABASE {database}")
     try:
         yield with_database(postgres_server, database)
     finally:
-        asyncio.run(admin(postgres_server, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        run_sql(postgres_server, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import postgres_server, postgres_url
 from serving import SECRET, Server, serve
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, used by name
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "console-token-5b1e9d2c7a"
@@ -345,3 +348,42 @@ def test_console_pages_carry_a_strict_content_security_policy(page: Any, server:
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert "default-src 'none'" in policy
+
+
+def test_console_on_the_postgresql_journal_lists_shows_and_replays(
+    browser: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    """The same pages on the PostgreSQL journal (issue 17): list, search, the event page,
+    a replay from it."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "flaky.py").write_text(FLAKY_PLUGIN)
+    os.environ["CONSOLE_TOKEN"] = TOKEN
+    os.environ["CONSOLE_PG_URL"] = postgres_url
+    try:
+        config = 'journal = "${CONSOLE_PG_URL}"\n' + CONFIG
+        with serve(tmp_path, config) as running:
+            assert send(running, "hello from postgres", "PGOK0001") == 200
+            assert send(running, "boom on postgres", "PGFAIL01") == 200
+            context = browser.new_context()
+            page = context.new_page()
+            try:
+                log_in(page, running)
+                listed = page.inner_text("table#events")
+                assert "PGOK0001" in listed and "PGFAIL01" in listed
+                page.goto(running.base + "/console/?q=PGFAIL01")
+                page.click("table#events tbody tr a")
+                assert page.inner_text("#state") == "failed"
+                assert "the CRM is down" in page.inner_text("#attempts")
+                (tmp_path / "plugins" / "fixed").touch()
+                page.click("#replay")
+                page.wait_for_selector("#confirm")
+                page.click("#confirm")
+                page.wait_for_selector("#result")
+                assert "1 succeeded" in page.inner_text("#result")
+                page.click("table.events tbody tr a")
+                assert page.inner_text("#state") == "done"
+            finally:
+                context.close()
+    finally:
+        os.environ.pop("CONSOLE_TOKEN", None)
+        os.environ.pop("CONSOLE_PG_URL", None)

@@ -214,32 +214,64 @@ def test_ownership_lost_lease_registers_again(journal_url: str) -> None:
     asyncio.run(scenario())
 
 
-def test_ownership_unowned_entries_taken_over(tmp_path: Path) -> None:
-    """Entries a receiver wrote before ownership existed have no owner: taken over."""
+def test_ownership_entries_of_a_journal_before_ownership_taken_over(tmp_path: Path) -> None:
+    """A journal written before ownership existed (no owner column, no processes table):
+    its unfinished entries are taken over by the first process to look, once."""
     import sqlite3
 
     url = f"sqlite:///{tmp_path / 'j.db'}"
 
-    async def record() -> str:
+    async def record() -> tuple[str, str]:
         journal = await opened(url)
-        left = event(1)
-        await journal.record(left, {}, None)
+        left, handled = event(1), event(2)
+        for e in (left, handled):
+            await journal.record(e, {}, None)
+        await journal.complete(handled.id, None)
         await journal.stop()
-        return left.id
+        return left.id, handled.id
 
-    left = asyncio.run(record())
-    with sqlite3.connect(tmp_path / "j.db") as db:
-        db.execute("UPDATE events SET owner = NULL")
-        db.execute("DELETE FROM processes")
+    left, _ = asyncio.run(record())
+    with sqlite3.connect(tmp_path / "j.db") as db:  # as the previous version wrote it
+        db.execute("ALTER TABLE events DROP COLUMN owner")
+        db.execute("DROP TABLE processes")
 
-    async def take() -> list[str]:
-        journal = await opened(url)
+    async def take() -> tuple[list[str], list[str]]:
+        first, second = await opened(url), await opened(url)
+        try:
+            return [e.id for e in await first.take_over()], await second.take_over()
+        finally:
+            await first.stop()
+            await second.stop()
+
+    assert asyncio.run(take()) == ([left], [])
+
+
+def test_ownership_postgres_schema_1_migrated_and_its_work_taken_over(postgres_url: str) -> None:
+    from receiver.journal.postgres import _MIGRATIONS
+
+    async def scenario() -> list[str]:
+        import asyncpg
+
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute(_MIGRATIONS[0][1])
+            await connection.execute(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                "applied_at DOUBLE PRECISION NOT NULL); "
+                "INSERT INTO schema_version VALUES (1, 0); "
+                "INSERT INTO events (id, channel, provider, state, received_at, raw) VALUES "
+                "('left', 'sms', 'onepoint', 'received', 100, ''), "
+                "('done', 'sms', 'onepoint', 'done', 101, '')"
+            )
+        finally:
+            await connection.close()
+        journal = await opened(postgres_url)  # migrates to the current version
         try:
             return [e.id for e in await journal.take_over()]
         finally:
             await journal.stop()
 
-    assert asyncio.run(take()) == [left]
+    assert asyncio.run(scenario()) == ["left"]
 
 
 def test_ownership_done_ledger_one_slot_per_process(tmp_path: Path) -> None:
@@ -360,3 +392,62 @@ def test_ownership_config_lease_bounds() -> None:
         with pytest.raises(ConfigError, match="journal_lease"):
             Config(journal_lease=bad).validate()  # type: ignore[call-arg]
     assert os.environ.get("RECEIVER_JOURNAL_LEASE") is None
+
+
+def test_ownership_owner_is_one_id_when_asked_from_threads_at_once(tmp_path: Path) -> None:
+    """The event loop and the writer thread may ask for the owner first at the same time:
+    one id, or the process registers twice and a peer takes the first for dead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(20):
+        journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}")
+        assert journal is not None
+        barrier = threading.Barrier(8)
+
+        def ask(_: int, journal: Journal = journal, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return journal.owner
+
+        with ThreadPoolExecutor(8) as pool:
+            assert len(set(pool.map(ask, range(8)))) == 1
+
+
+# -- across processes: one original, statuses in order -----------------------------------
+
+
+def test_ownership_same_callback_at_two_processes_one_original(journal_url: str) -> None:
+    """The same callback recorded by several processes at once: exactly one original."""
+
+    async def scenario() -> None:
+        journals = [await opened(journal_url) for _ in range(4)]
+        try:
+            for n in range(5):
+                copies = [event(100 + n, raw=f'{{"same": {n}}}'.encode()) for _ in journals]
+                found = await asyncio.gather(
+                    *(j.record(c, {}, f"key-{n}") for j, c in zip(journals, copies, strict=True))
+                )
+                originals = [r for r in found if r.duplicate_of is None]
+                assert len(originals) == 1
+                assert {r.duplicate_of for r in found if r.duplicate_of} == {originals[0].event.id}
+        finally:
+            for journal in journals:
+                await journal.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_out_of_order_status_across_processes(journal_url: str) -> None:
+    async def scenario() -> None:
+        a, b = await opened(journal_url), await opened(journal_url)
+        try:
+            delivered = await a.record(event(1, status="delivered", message_id="M1"), {}, None)
+            sent = await b.record(event(2, status="sent", message_id="M1"), {}, None)
+            read = await b.record(event(3, status="read", message_id="M1"), {}, None)
+            assert not delivered.event.out_of_order
+            assert sent.event.out_of_order  # b sees what a stored
+            assert not read.event.out_of_order
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())

@@ -31,8 +31,9 @@ no other process takes it meanwhile). When an owner's lease runs out (it crashed
 hung), or at once when it is a process on the same machine that no longer runs, the first
 process to look (:meth:`Journal.take_over`) claims its unfinished (``received``) entries
 and handles them; a process that stops cleanly gives its lease up, so that what it left
-is taken over at the next look. Entries written before ownership existed have no owner
-and are taken over by the first process to look.
+is taken over at the next look. The unfinished entries of a journal written before
+ownership existed are given, when it is migrated, to an owner ``legacy`` whose lease has
+run out: the first process to look takes them over.
 
 Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
 look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
@@ -52,6 +53,7 @@ import abc
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -88,6 +90,7 @@ def _host() -> str:
     return f"{socket.gethostname()}:{namespace}"
 
 
+_OWNER_LOCK = threading.Lock()
 _OWNERS: set[str] = set()
 """The owners of the journals this process has open (two apps in one process are two)."""
 
@@ -246,9 +249,12 @@ class Journal(abc.ABC):
         """This journal object's owner id (module docstring), made on first use."""
         owner = vars(self).get("_owner")
         if owner is None:
-            owner, self._host, self._pid = new_owner()
-            self._owner: str = owner
-            _OWNERS.add(owner)
+            with _OWNER_LOCK:  # the event loop and a writer thread may both ask first
+                owner = vars(self).get("_owner")
+                if owner is None:
+                    owner, self._host, self._pid = new_owner()
+                    self._owner: str = owner
+                    _OWNERS.add(owner)
         return owner
 
     def _forget_owner(self) -> None:
@@ -273,7 +279,7 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def take_over(self, limit: int = 1000) -> list[Entry]:
         """Claim the unfinished (``received``) entries of owners that are gone (lease
-        expired, or a process of this host that no longer runs; entries with no owner),
+        expired or given up, or a process of this host that no longer runs),
         at most ``limit`` (call again for more): each is claimed by one process only.
         Returns the claimed entries, oldest first, to handle now."""
 

@@ -120,7 +120,6 @@ CREATE TABLE message_status (
         2,
         """
 ALTER TABLE events ADD COLUMN owner TEXT;
-CREATE INDEX events_unowned ON events (received_at) WHERE owner IS NULL AND state = 'received';
 CREATE TABLE processes (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -128,6 +127,10 @@ CREATE TABLE processes (
     since DOUBLE PRECISION NOT NULL,
     lease_until DOUBLE PRECISION NOT NULL
 );
+INSERT INTO processes (id, host, pid, since, lease_until)
+    SELECT 'legacy', '', 0, COALESCE(MIN(received_at), 0), 0 FROM events
+    WHERE state = 'received';
+UPDATE events SET owner = 'legacy' WHERE state = 'received';
 """,
     ),
 )
@@ -879,15 +882,6 @@ class PostgresJournal(Journal):
                     since,
                 )
                 claimed += [_entry(tuple(row)) for row in rows]
-            # Entries of a receiver before ownership (no owner), on events_unowned.
-            rows = await connection.fetch(
-                f"UPDATE events SET owner = $1 WHERE id IN (SELECT id FROM events "
-                f"WHERE owner IS NULL AND state = 'received' LIMIT $2 FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {_COLUMNS}",
-                owner,
-                limit,
-            )
-            claimed += [_entry(tuple(row)) for row in rows]
             if claimed:
                 await self._register(connection, now)
                 await connection.execute(

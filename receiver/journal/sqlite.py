@@ -135,12 +135,19 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE events ADD COLUMN recovered_as TEXT")
     if "owner" not in columns:
         connection.execute("ALTER TABLE events ADD COLUMN owner TEXT")
-    # Entries no process owns (written before ownership existed): none on the request
-    # path (every record has an owner), so this index costs a callback nothing.
-    connection.execute(
-        "CREATE INDEX IF NOT EXISTS events_unowned ON events (received_at) "
-        "WHERE owner IS NULL AND state = 'received'"
-    )
+        connection.execute(_LEGACY_OWNER, (LEGACY_OWNER,))
+        connection.execute(_LEGACY_ENTRIES, (LEGACY_OWNER,))
+
+
+LEGACY_OWNER = "legacy"
+"""The owner of the unfinished entries a receiver wrote before ownership existed: an
+owner whose lease has run out, so the first process to look takes them over."""
+
+_LEGACY_OWNER = (
+    "INSERT INTO processes (id, host, pid, since, lease_until) SELECT ?, '', 0, "
+    "COALESCE(MIN(received_at), 0), 0 FROM events WHERE state = 'received'"
+)
+_LEGACY_ENTRIES = "UPDATE events SET owner = ? WHERE state = 'received'"
 
 
 SINCE_MARGIN = 600.0
@@ -306,15 +313,6 @@ class SQLiteJournal(Journal):
                     )
                 ]
                 connection.execute("DELETE FROM processes WHERE id = ?", (other,))
-            # Entries of a receiver before ownership (no owner), on events_unowned.
-            claimed += [
-                _entry(row)
-                for row in connection.execute(
-                    f"UPDATE events SET owner = ? WHERE owner IS NULL AND state = 'received' "
-                    f"RETURNING {_COLUMNS}",
-                    (owner,),
-                )
-            ]
             if claimed:
                 self._register(connection, now)
                 connection.execute(
