@@ -325,13 +325,18 @@ class PostgresJournal(Journal):
             )
         return self._pool
 
-    async def _run(self, work: Callable[[Any], Awaitable[_T]], *, write: bool = True) -> _T:
+    async def _run(
+        self, work: Callable[[Any], Awaitable[_T]], *, write: bool = True, single: bool = False
+    ) -> _T:
         """``work`` with a connection, in one transaction; told to :attr:`on_commit`.
 
         A pooled connection whose server went away (a restart, ``pg_terminate_backend``)
         fails at ``BEGIN``, before anything of ``work`` was sent: it is closed and the
         transaction begun once more on another connection. A fault later closes the
         connection (the pool opens a new one) and is raised.
+
+        ``single``: ``work`` is one statement, which is a transaction by itself: no BEGIN
+        and COMMIT (two round trips fewer), and no second try (a fault is raised).
         """
         pool = await self._connections()
         for last in (False, True):
@@ -342,6 +347,9 @@ class PostgresJournal(Journal):
                 raise _Unreachable(_why(exc)) from exc
             try:
                 started = time.perf_counter()
+                if single:
+                    result = await work(connection)
+                    break
                 transaction = connection.transaction()
                 try:
                     await transaction.start()
@@ -389,14 +397,17 @@ class PostgresJournal(Journal):
             self._failed(exc)
             raise JournalUnavailable() from None
 
-    async def _change(self, event_id: str | None, work: Callable[[Any], Awaitable[None]]) -> None:
+    async def _change(
+        self, event_id: str | None, work: Callable[[Any], Awaitable[None]], single: bool = False
+    ) -> None:
         """Change a stored event's state: a fault keeps the change (written again with
-        backoff) instead of failing the caller (``event_id`` None: not kept, 503)."""
+        backoff) instead of failing the caller (``event_id`` None: not kept, 503).
+        ``single``: ``work`` is one statement (see :meth:`_run`)."""
         if self.kept and event_id is not None:  # written after the ones kept before it
             self.kept[event_id] = work
             return
         try:
-            await self._run(work)
+            await self._run(work, single=single)
         except Exception as exc:
             if not _fault(exc):
                 raise
@@ -707,7 +718,7 @@ class PostgresJournal(Journal):
                 event_id,
             )
 
-        await self._change(event_id, work)
+        await self._change(event_id, work, single=True)  # one UPDATE: no BEGIN, COMMIT
 
     async def fail(
         self,
