@@ -587,6 +587,8 @@ class Row:
     """PostgreSQL's CPU time per request (all the server's processes), PostgreSQL rows."""
     statements: Statements | None = None
     """pg_stat_statements' calls over the measured run, PostgreSQL rows."""
+    transactions: int | None = None
+    """Transactions committed from the measured run's start to the server's stop."""
     problems: list[str] = field(default_factory=list)
     detail: str = ""
     bracket: list[Row] = field(default_factory=list)
@@ -670,6 +672,7 @@ def _run_scenario(
     row: Row, pins: Pins, seconds: int, workdir: Path, pg: Postgres | None, database: str | None
 ) -> Row:
     scenario = row.scenario
+    committed: int | None = None
     server_pin = [] if scenario.workers else pins.server
     wrk_pin = [] if scenario.workers else pins.wrk
     try:
@@ -684,6 +687,7 @@ def _run_scenario(
                 url = f"http://{HOST}:{server.port}{scenario.path}"
                 if pg is not None and database is not None:
                     pg.reset_statements(database)
+                    committed = pg.transactions(database)
                 pg_before = pg.cpu_seconds() if pg is not None else None
                 cpu_before = server.cpu_seconds()
                 row.result = run_wrk(wrk_pin, script, url, seconds)
@@ -703,6 +707,11 @@ def _run_scenario(
         errors = server.logged_errors()
         if errors:
             row.problems.append(f"server logged {errors} errors")
+        if pg is not None and database is not None and row.result is not None:
+            time.sleep(0.5)  # the server stopped: its backends exit and report their counts
+            after = pg.transactions(database)
+            if committed is not None and after is not None:
+                row.transactions = after - committed
         if scenario.journal and row.result is not None and row.result.requests:
             if pg is not None and database is not None:
                 stored = pg.events(database)
@@ -913,7 +922,8 @@ def print_journal_costs(rows: list[Row]) -> None:
         calls = row.statements
         stmts = calls.total / requests if calls and requests else None
         trips = calls.round_trips() / requests if calls and requests else None
-        commits = calls.calls.get("COMMIT", 0) / requests if calls and requests else None
+        xacts = row.transactions
+        commits = xacts / requests if xacts is not None and requests else None
         both = (row.cpu_us or 0) + row.pg_cpu_us if row.pg_cpu_us is not None else None
         print(
             f"{row.scenario.title:<{width}}{row.scenario.journal_label:<11}"
@@ -926,7 +936,9 @@ def print_journal_costs(rows: list[Row]) -> None:
     print("backends, WAL writer, checkpointer...). stmts: pg_stat_statements' calls in the")
     print("row's database (track = all, utility statements: BEGIN and COMMIT included);")
     print("trips: the same, but asyncpg's reset on releasing a pooled connection (four")
-    print("statements in one simple query) counted once; commits: COMMIT calls.")
+    print("statements in one simple query) counted once; commits: transactions committed")
+    print("(pg_stat_database's xact_commit, a statement outside BEGIN/COMMIT is one; read")
+    print("after the server stopped, so its few background and shutdown ones are in).")
     first = next((r for r in journaled if r.statements and r.result and r.result.requests), None)
     if first is not None and first.statements is not None and first.result is not None:
         print(f"statements per callback, {first.scenario.label}:")

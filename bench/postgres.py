@@ -172,6 +172,21 @@ class Postgres:
             calls[query] = calls.get(query, 0) + int(count)
         return Statements(calls)
 
+    def transactions(self, url: str) -> int | None:
+        """Transactions committed in ``url``'s database so far (``pg_stat_database``'s
+        ``xact_commit``: a statement outside BEGIN and COMMIT counts as one). A backend
+        reports them when idle, at most once a second, or when it exits: read after the
+        clients have gone."""
+        try:
+            found = _admin_sync(
+                self.url,
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                args=(_database_of(url),),
+            )
+        except Exception:
+            return None
+        return int(found[0][0]) if found else None
+
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the server so far: the postmaster with its exited
         children, and each running child; None when the server is not on this machine."""
