@@ -431,7 +431,7 @@ class CallbackEndpoint:
 
     async def _reply_of(self, original: str) -> Reply | None:
         """Wait for another process to finish handling ``original`` (polling the journal:
-        10 ms, doubling to 200 ms) and return its stored reply.
+        10 ms, doubling to 50 ms) and return its stored reply.
 
         Raises:
             HandlerTimeout: still being handled after ``reply_timeout`` (503: the provider
@@ -447,7 +447,7 @@ class CallbackEndpoint:
                     found = await journal.outcome(original)
                     if found is None or found[0] != "received":
                         return found[1] if found is not None else None
-                    delay = min(delay * 2, 0.2)
+                    delay = min(delay * 2, 0.05)
         except TimeoutError:
             raise HandlerTimeout("the original of this duplicate is still being handled") from None
 

@@ -343,6 +343,7 @@ async def _replay_all(
     # over only if this command dies.
     lease = asyncio.get_running_loop().create_task(_hold_lease(journal))
     failed = still = recovered = 0
+    left: list[str] = []
     show_progress = sys.stderr.isatty()
 
     def progress(done: int) -> None:
@@ -351,9 +352,12 @@ async def _replay_all(
 
     try:
         outcomes = await replay_entries(endpoint, entries, progress)
-        failed = sum(1 for succeeded in outcomes.values() if not succeeded)
+        failed = sum(1 for succeeded in outcomes.values() if succeeded is False)
         if show_progress and entries:
             print(file=sys.stderr)
+        left = [entry_id for entry_id, succeeded in outcomes.items() if succeeded is None]
+        for entry_id in left:
+            print(f"{entry_id} is being handled by another process (or was just): left alone")
         for entry in rejects:
             parsed = _reparse_or_say(endpoint, entry)
             if parsed is None:
@@ -388,7 +392,8 @@ async def _replay_all(
             await lease
         await journal.stop()  # gives the lease up
     if entries or not rejects:
-        print(f"replayed {len(entries)} entries, {failed} failed")
+        also = f", {len(left)} left alone" if left else ""
+        print(f"replayed {len(entries) - len(left)} entries, {failed} failed{also}")
     if rejects:
         print(f"recovered {recovered} of {len(rejects)} rejected entries, {still} still rejected")
     return 1 if failed or still else 0
@@ -408,17 +413,25 @@ async def replay_entries(
     endpoint: CallbackEndpoint,
     entries: list[Entry],
     progress: Callable[[int], None] | None = None,
-) -> dict[str, bool]:
+) -> dict[str, bool | None]:
     """Dispatch ``entries`` again, oldest first, as ``receiver replay`` does (every plugin,
     :meth:`Redelivery.retry <receiver.redelivery.Redelivery.retry>` with ``all_plugins``);
-    entry id -> True when it succeeded. The caller refuses first what
-    :func:`unloaded_plugins` names, and starts the journal (the console: serve's own).
-    ``progress`` is told how many are done after each."""
+    entry id -> True when it succeeded, False when it failed, None when it was left alone:
+    each is claimed first (:meth:`Journal.claim <receiver.journal.Journal.claim>`), and one
+    that another process is retrying or has handled since it was read, or that is being
+    handled (``received``), is not dispatched a second time. The caller refuses first
+    what :func:`unloaded_plugins` names, and starts the journal (the console: serve's
+    own). ``progress`` is told how many are done after each."""
     redelivery = endpoint.redelivery
     assert redelivery is not None  # a journal is on
-    outcomes: dict[str, bool] = {}
+    journal = redelivery.journal
+    outcomes: dict[str, bool | None] = {}
     for done, entry in enumerate(sorted(entries, key=lambda e: e.received_at), 1):
-        outcomes[entry.id] = await redelivery.retry(entry, all_plugins=True)
+        if await journal.claim(entry):
+            outcomes[entry.id] = await redelivery.retry(entry, all_plugins=True)
+        else:
+            log.info("replay: left alone, handled elsewhere", event_id=entry.id)
+            outcomes[entry.id] = None
         if progress is not None:
             progress(done)
     return outcomes

@@ -418,6 +418,7 @@ class Redelivery:
         (handed to the worker). Never raises (logged): a journal that cannot be reached
         now is tried again at the next renewal."""
         journal = self.journal
+        failing = False
         while True:
             try:
                 running = set(self._running)
@@ -426,8 +427,13 @@ class Redelivery:
                 await journal.renew(running)
                 taken = await journal.take_over()
             except Exception:
-                log.exception("journal lease keeper: renewing the lease failed")
+                if not failing:  # once, not at every renewal while the journal is down
+                    log.exception("journal lease keeper: renewing the lease failed")
+                failing = True
             else:
+                if failing:
+                    log.info("journal lease renewed again")
+                    failing = False
                 if taken:
                     log.warning(
                         "taking over unfinished work of a process that is gone",

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from postgres import admin, postgres_server, postgres_url, with_database
 from samples import PAYLOADS
@@ -427,6 +428,82 @@ def test_postgres_done_lost_with_the_connection_is_kept_and_written_later(
             await journal.stop()
 
     asyncio.run(scenario())
+
+
+def test_postgres_group_commit_one_transaction_for_concurrent_records(
+    postgres_url: str,
+) -> None:
+    """Records arriving while a group commits join the next group: far fewer commits than
+    records, every one stored, and a re-send inside one group still finds its original."""
+
+    async def scenario(journal: Journal) -> None:
+        assert isinstance(journal, PostgresJournal)
+        events = [event(n, raw=f'{{"group": {n}}}'.encode()) for n in range(60)]
+        again = event(1000, raw=b'{"group": 7}')  # the same body as events[7]
+        commits = journal.commits
+        found = await asyncio.gather(
+            *(journal.record(e, {}, f"key-{n}") for n, e in enumerate(events)),
+            journal.record(again, {}, None),
+        )
+        assert journal.commits - commits <= 12  # 61 records: a few groups, not 61
+        assert journal.grouped == 61
+        assert [r.duplicate_of for r in found[:60]] == [None] * 60
+        assert found[60].duplicate_of == events[7].id
+        stored = await journal.entries(limit=None)
+        assert {e.id for e in stored} == {e.id for e in events}
+
+    run(postgres_url, scenario)
+
+
+def test_postgres_group_with_a_record_that_raises_fails_only_it(postgres_url: str) -> None:
+    async def scenario(journal: Journal) -> None:
+        good = [event(n) for n in range(5)]
+        # msgpack holds integers of at most 64 bits: storing this event raises OverflowError.
+        bad = msgspec.structs.replace(event(99), metadata={"huge": 2**70})
+        found = await asyncio.gather(
+            *(journal.record(e, {}, None) for e in (*good[:2], bad, *good[2:])),
+            return_exceptions=True,
+        )
+        assert isinstance(found[2], OverflowError)
+        assert [r.event.id for r in (*found[:2], *found[3:])] == [e.id for e in good]
+        stored = await journal.entries(limit=None)
+        assert {e.id for e in stored} == {e.id for e in good}
+
+    run(postgres_url, scenario)
+
+
+def test_postgres_state_changes_do_not_wait_for_the_wal_flush(postgres_url: str) -> None:
+    """done/failed are committed with synchronous_commit off (a database crash may lose
+    one: handled again); a record waits for the flush."""
+
+    async def scenario(journal: Journal) -> list[tuple[str, str]]:
+        assert isinstance(journal, PostgresJournal)
+        seen: list[tuple[str, str]] = []
+        run_one = journal._run
+
+        async def watched(work: Any, **options: Any) -> Any:
+            async def with_setting(connection: Any) -> Any:
+                result = await work(connection)
+                setting = await connection.fetchval("SHOW synchronous_commit")
+                seen.append((work.__qualname__.split(".<locals>")[0].split(".")[-1], setting))
+                return result
+
+            return await run_one(with_setting, **options)
+
+        journal._run = watched  # type: ignore[method-assign]
+        first, second = event(1), event(2)
+        await journal.record(first, {}, None)
+        await journal.record(second, {}, None)
+        await journal.complete(first.id, None)
+        await journal.fail(second.id, "boom", None, time.time() + 60)
+        return list(seen)  # (stop gives the lease up: not among these)
+
+    assert run(postgres_url, scenario) == [
+        ("_commit_group", "on"),
+        ("_commit_group", "on"),
+        ("complete", "off"),
+        ("fail", "off"),
+    ]
 
 
 def test_postgres_schema_created_once_when_several_start_together(postgres_url: str) -> None:

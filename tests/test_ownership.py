@@ -9,12 +9,14 @@ real process that records and dies without a word stands for a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from starlette.testclient import TestClient
 from test_journal_postgres import event, journal_url
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
-from receiver.journal import Journal, open_journal
+from receiver.journal import DEFAULT_LEASE, Journal, open_journal
 
 __all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
 
@@ -37,18 +39,25 @@ async def opened(url: str, **options: Any) -> Journal:
     return journal
 
 
+@contextlib.asynccontextmanager
+async def processes(url: str, *leases: float) -> AsyncIterator[list[Journal]]:
+    """A started journal on ``url`` for each lease: processes sharing it (stopped after)."""
+    journals = [await opened(url, lease=lease) for lease in leases]
+    try:
+        yield journals
+    finally:
+        for journal in journals:
+            await journal.stop()
+
+
 def test_ownership_live_owner_work_is_not_taken(journal_url: str) -> None:
     async def scenario() -> None:
-        mine, other = await opened(journal_url), await opened(journal_url)
-        try:
+        async with processes(journal_url, DEFAULT_LEASE, DEFAULT_LEASE) as (mine, other):
             first = event(1)
             await mine.record(first, {}, None)
             await mine.renew()
             assert await other.take_over() == []
             assert await mine.take_over() == []  # its own work is not "taken over"
-        finally:
-            await mine.stop()
-            await other.stop()
 
     asyncio.run(scenario())
 
@@ -110,17 +119,18 @@ _CRASH = textwrap.dedent(
 )
 
 
+def crash(url: str) -> str:
+    """Run a process that records an entry on ``url`` and dies; return the entry's id."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH, url], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.strip()
+
+
 def test_ownership_dead_process_of_this_machine_taken_at_once(journal_url: str) -> None:
     """A real process records an entry and dies without a word, holding an hour's lease:
     its pid is gone, so a process of the same machine takes its work over at once."""
-    done = subprocess.run(
-        [sys.executable, "-c", _CRASH, journal_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    left = done.stdout.strip()
+    left = crash(journal_url)
 
     async def scenario() -> list[str]:
         successor = await opened(journal_url, lease=3600)
@@ -153,8 +163,7 @@ def test_ownership_same_pid_other_owner_is_gone(journal_url: str) -> None:
 
 def test_ownership_due_retries_claimed_by_one_process(journal_url: str) -> None:
     async def scenario() -> None:
-        a, b = await opened(journal_url, lease=0.5), await opened(journal_url, lease=0.5)
-        try:
+        async with processes(journal_url, 0.5, 0.5) as (a, b):
             failed = [event(n) for n in range(6)]
             now = time.time()
             for e in failed:
@@ -169,17 +178,13 @@ def test_ownership_due_retries_claimed_by_one_process(journal_url: str) -> None:
             # ...unless its retry is never recorded (the process died): due again then.
             await asyncio.sleep(0.7)
             assert {e.id for e in await b.due(time.time())} == {e.id for e in failed}
-        finally:
-            await a.stop()
-            await b.stop()
 
     asyncio.run(scenario())
 
 
 def test_ownership_renew_keeps_a_running_retry_claimed(journal_url: str) -> None:
     async def scenario() -> None:
-        a, b = await opened(journal_url, lease=0.6), await opened(journal_url, lease=0.6)
-        try:
+        async with processes(journal_url, 0.6, 0.6) as (a, b):
             slow, idle = event(1), event(2)
             for e in (slow, idle):
                 await a.record(e, {}, None)
@@ -189,17 +194,13 @@ def test_ownership_renew_keeps_a_running_retry_claimed(journal_url: str) -> None
                 await asyncio.sleep(0.3)
                 await a.renew({slow.id})
             assert [e.id for e in await b.due(time.time())] == [idle.id]
-        finally:
-            await a.stop()
-            await b.stop()
 
     asyncio.run(scenario())
 
 
 def test_ownership_lost_lease_registers_again(journal_url: str) -> None:
     async def scenario() -> None:
-        a, b = await opened(journal_url, lease=0.3), await opened(journal_url, lease=30)
-        try:
+        async with processes(journal_url, 0.3, 30) as (a, b):
             left = event(1)
             await a.record(left, {}, None)
             await asyncio.sleep(0.5)  # a hung past its lease: b takes its work over
@@ -207,9 +208,6 @@ def test_ownership_lost_lease_registers_again(journal_url: str) -> None:
             await a.renew()  # a wakes up: registered again (logged), not failing
             await asyncio.sleep(0.1)
             assert await b.take_over() == []  # its lease counts again
-        finally:
-            await a.stop()
-            await b.stop()
 
     asyncio.run(scenario())
 
@@ -236,12 +234,8 @@ def test_ownership_entries_of_a_journal_before_ownership_taken_over(tmp_path: Pa
         db.execute("DROP TABLE processes")
 
     async def take() -> tuple[list[str], list[str]]:
-        first, second = await opened(url), await opened(url)
-        try:
+        async with processes(url, DEFAULT_LEASE, DEFAULT_LEASE) as (first, second):
             return [e.id for e in await first.take_over()], await second.take_over()
-        finally:
-            await first.stop()
-            await second.stop()
 
     assert asyncio.run(take()) == ([left], [])
 
@@ -277,14 +271,10 @@ def test_ownership_postgres_schema_1_migrated_and_its_work_taken_over(postgres_u
 def test_ownership_done_ledger_one_slot_per_process(tmp_path: Path) -> None:
     async def scenario() -> None:
         url = f"sqlite:///{tmp_path / 'j.db'}"
-        a, b = await opened(url), await opened(url)
-        try:
+        async with processes(url, DEFAULT_LEASE, DEFAULT_LEASE) as (a, b):
             await a.record(event(1), {}, None)
             await b.record(event(2), {}, None)
             assert (tmp_path / "j.db-done").exists() and (tmp_path / "j.db-done.1").exists()
-        finally:
-            await a.stop()
-            await b.stop()
 
     asyncio.run(scenario())
 
@@ -318,14 +308,7 @@ def config(url: str, **extra: Any) -> Config:
 
 
 def test_ownership_app_handles_work_of_a_dead_process(journal_url: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _CRASH, journal_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    left = done.stdout.strip()
+    left = crash(journal_url)
     counting = Counting()
     with TestClient(create_app(config(journal_url), plugins=[counting])):
         deadline = time.monotonic() + 10
@@ -438,16 +421,168 @@ def test_ownership_same_callback_at_two_processes_one_original(journal_url: str)
 
 def test_ownership_out_of_order_status_across_processes(journal_url: str) -> None:
     async def scenario() -> None:
-        a, b = await opened(journal_url), await opened(journal_url)
-        try:
+        async with processes(journal_url, DEFAULT_LEASE, DEFAULT_LEASE) as (a, b):
             delivered = await a.record(event(1, status="delivered", message_id="M1"), {}, None)
             sent = await b.record(event(2, status="sent", message_id="M1"), {}, None)
             read = await b.record(event(3, status="read", message_id="M1"), {}, None)
             assert not delivered.event.out_of_order
             assert sent.event.out_of_order  # b sees what a stored
             assert not read.event.out_of_order
-        finally:
-            await a.stop()
-            await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_ownership_lease_failure_logged_once_until_it_works_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A journal that cannot be reached: one error line, not one every renewal; a line
+    again when the lease is renewed."""
+    from receiver.dispatch import Dispatcher
+    from receiver.plugins import make_plugin_manager
+    from receiver.redelivery import Redelivery
+
+    class Down:
+        lease = 0.06
+        calls = 0
+
+        async def renew(self, running: object = ()) -> None:
+            self.calls += 1
+            if self.calls <= 5:
+                raise ConnectionRefusedError("journal down")
+
+        async def take_over(self) -> list[Any]:
+            return []
+
+        async def due(self, now: float) -> list[Any]:
+            return []
+
+    async def scenario() -> int:
+        journal = Down()
+        redelivery = Redelivery(journal, Dispatcher(make_plugin_manager(autoload=False)), [1.0])  # type: ignore[arg-type]
+        redelivery.start()
+        while journal.calls < 8:
+            await asyncio.sleep(0.02)
+        await redelivery.stop()
+        return journal.calls
+
+    with caplog.at_level("INFO"):
+        assert asyncio.run(scenario()) >= 8
+    failed = [r for r in caplog.records if "renewing the lease failed" in r.getMessage()]
+    again = [r for r in caplog.records if "lease renewed again" in r.getMessage()]
+    assert len(failed) == 1 and len(again) == 1
+
+
+# -- replays: claimed, and the console's confirmation good in any process ----------------
+
+CONSOLE_TOKEN = "console-token-5b1e9d2c7a"
+BEARER = {"authorization": "Bearer " + CONSOLE_TOKEN}
+
+
+class FailsOnce:
+    """Raises at its first call, then counts."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def on_message(self, event: Event) -> None:
+        self.calls.append(event.id)
+        if len(self.calls) == 1:
+            raise RuntimeError("the CRM is down")
+
+
+def test_ownership_console_confirmation_works_in_another_process_once(
+    journal_url: str,
+) -> None:
+    """With several processes behind one console address, the confirmation page comes
+    from one and the click may reach another: it works there, and only once anywhere."""
+    import re
+
+    from receiver.config import Console
+
+    plugin = FailsOnce()
+    config = Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=journal_url,
+        retry_delays=[3600.0],
+        console=Console(token=CONSOLE_TOKEN),
+    )
+    first = create_app(config, plugins=[plugin], autoload=False)
+    second = create_app(config, plugins=[plugin], autoload=False)
+    with TestClient(first) as a, TestClient(second) as b:
+        assert a.post("/sms", content=MESSAGE, headers=JSON).status_code == 200
+        (entry_id,) = re.findall(
+            r'/console/events/([^"]+)"', a.get("/console/", headers=BEARER).text
+        )
+        asked = a.post("/console/replay", data={"id": entry_id}, headers=BEARER)
+        (once,) = re.findall(r'name="once" value="([^"]+)"', asked.text)
+        confirm = {"confirm": "yes", "id": entry_id, "once": once}
+        done = b.post("/console/replay", data=confirm, headers=BEARER)
+        assert done.status_code == 200 and "1 succeeded" in done.text
+        again = a.post("/console/replay", data=confirm, headers=BEARER)
+        assert again.status_code == 409
+    assert len(plugin.calls) == 2  # the first attempt, and one replay
+
+
+def test_ownership_replay_claims_each_entry_once(journal_url: str) -> None:
+    """Two replays of the same failed entry at once (two operators, a double click on two
+    processes): it is dispatched once; the other leaves it alone."""
+    from receiver.endpoint import CallbackEndpoint
+    from receiver.operations import replay_entries
+
+    slow = Counting(delay=0.3)
+
+    async def scenario() -> list[Any]:
+        config = Config(
+            channels={"sms": Channel(provider="onepoint", auth="none")},
+            journal=journal_url,
+            retry_delays=[3600.0],
+            autoload_plugins=False,
+        )
+        endpoints = [CallbackEndpoint.from_config(config, [slow]) for _ in range(2)]
+        journals = [endpoint.journal for endpoint in endpoints if endpoint.journal is not None]
+        for journal in journals:
+            await journal.start()
+        try:
+            failed = event(1)
+            await journals[0].record(failed, {}, None)
+            await journals[0].fail(failed.id, "boom", None, time.time() + 3600)
+            (entry,) = await journals[0].entries(ids=[failed.id])
+            return await asyncio.gather(*(replay_entries(e, [entry]) for e in endpoints))
+        finally:
+            for journal in journals:
+                await journal.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert sorted(str(o[next(iter(o))]) for o in outcomes) == ["None", "True"]
+    assert len(slow.handled) == 1
+
+
+def test_ownership_console_logout_ends_the_session_in_every_process(journal_url: str) -> None:
+    """Logged out at one process, the copied cookie no longer works at another either."""
+    import re
+
+    from receiver.config import Console
+
+    config = Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=journal_url,
+        console=Console(token=CONSOLE_TOKEN),
+    )
+    first = create_app(config, autoload=False)
+    second = create_app(config, autoload=False)
+    with TestClient(first) as a, TestClient(second) as b:
+        page = a.get("/console/", headers={"accept": "text/html"})
+        (login_csrf,) = re.findall(r'name="csrf" value="([^"]*)"', page.text)
+        answer = a.post(
+            "/console/login",
+            data={"token": CONSOLE_TOKEN, "csrf": login_csrf, "next": "/console/"},
+            follow_redirects=False,
+        )
+        session = str(answer.cookies["receiver_console"])
+        copied = {"cookie": f"receiver_console={session}"}
+        assert b.get("/console/", headers=copied).status_code == 200  # good everywhere
+        csrf = re.findall(r'name="csrf" value="([^"]*)"', a.get("/console/").text)[0]
+        assert a.post("/console/logout", data={"csrf": csrf}, follow_redirects=False).is_redirect
+        b.cookies.clear()
+        assert b.get("/console/", headers=copied).status_code == 401

@@ -192,6 +192,24 @@ message id, source, destination, inbound, text, the original's id (a duplicate).
 values only, never the event: nothing of a request outlives it in the collector's care."""
 
 
+def _session_key(nonce: str) -> bytes:
+    """What the journal keeps of a logged-out session: a hash of its nonce (the nonce is
+    no secret without its HMAC, but the journal needs no more than this)."""
+    return hashlib.sha256(b"console-session:" + nonce.encode()).digest()
+
+
+REPLAY_CONFIRM_SECONDS = 3600
+"""How long a replay's confirmation page may wait for its click."""
+
+
+def _replay_subject(nonce: str | None, issued: str, entries: list[Entry]) -> str:
+    """What a replay's confirmation is bound to: the session, when, and each entry's id,
+    state, attempts and next attempt."""
+    state = sorted(f"{e.id}\0{e.state}\0{e.attempts}\0{e.next_attempt_at!r}" for e in entries)
+    digest = hashlib.sha256("\n".join(state).encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{nonce or ''}:{issued}:{digest}"
+
+
 def _tail_item(item: Told) -> str:
     seq, at, channel, status, outcome, event_id, type_, message_id = item[:8]
     source, destination, inbound, text, original = item[8:]
@@ -233,8 +251,6 @@ class Console:
         self._original: dict[str, str] = {}
         self._ended: dict[str, float] = {}
         """Sessions logged out (nonce -> when), until they would have expired anyway."""
-        self._replays: dict[str, float] = {}
-        """Replay confirmations shown and not yet used (one-time token -> when)."""
         self.templates = Environment(
             loader=PackageLoader("receiver.console", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -335,9 +351,17 @@ class Console:
         issued, _, _ = nonce.partition("-")
         if not issued.isdigit() or not 0 <= time.time() - int(issued) < SESSION_SECONDS:
             return False, None  # expired (or from a future clock)
-        if nonce in self._ended:
-            return False, None  # logged out
         return True, nonce
+
+    async def _logged_out(self, nonce: str) -> bool:
+        """The session ``nonce`` was logged out, in this process or in any other sharing
+        the journal (``--workers N``, replicas)."""
+        if nonce in self._ended:
+            return True
+        if await self.journal.session_ended(_session_key(nonce)):
+            self._ended[nonce] = time.time()
+            return True
+        return False
 
     def csrf(self, nonce: str | None) -> str:
         return self._mac("csrf", nonce) if nonce else ""
@@ -384,6 +408,8 @@ class Console:
 
         async def guard(request: Request) -> Response:
             ok, nonce = self.session(request)
+            if ok and nonce is not None and await self._logged_out(nonce):
+                ok, nonce = False, None
             if not ok:
                 if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                     return self._login(request)
@@ -435,6 +461,8 @@ class Console:
             for ended in [n for n, at in self._ended.items() if now - at > SESSION_SECONDS]:
                 del self._ended[ended]
             self._ended[nonce] = now
+            issued = int(nonce.partition("-")[0])
+            await self.journal.end_session(_session_key(nonce), issued + SESSION_SECONDS)
         base = self._base(request)
         response = RedirectResponse(base + "/", status_code=303, headers=_SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path=base + "/")
@@ -581,12 +609,8 @@ class Console:
         elif form.get("scope") == "filter":
             chosen = await self._to_replay(filters)
         replayable = [entry for entry in chosen if entry.event is not None]
-        now = time.time()
-        for old in [t for t, at in self._replays.items() if now - at > 3600]:
-            del self._replays[old]
         if form.get("confirm") != "yes":
-            once = secrets.token_urlsafe(16)  # the confirmation works once
-            self._replays[once] = now
+            once = self._confirmation(nonce, replayable)
             return self._render(
                 request,
                 "replay.html",
@@ -600,7 +624,7 @@ class Console:
         # A page's confirmation works once (a double click, a reload of the result page
         # would replay again); a script with the Bearer token may confirm without one.
         if (used is not None or nonce is not None) and (
-            not isinstance(used, str) or self._replays.pop(used, None) is None
+            not isinstance(used, str) or not self._confirmed(used, nonce, replayable)
         ):
             return self._render(request, "replay.html", 409, confirm=False, used=True)
         refused = unloaded_plugins(self.endpoint, replayable)
@@ -616,6 +640,21 @@ class Console:
             refused=refused,
             csrf=self.csrf(nonce),
         )
+
+    def _confirmation(self, nonce: str | None, entries: list[Entry]) -> str:
+        """A replay's confirmation: ``<issued>.<HMAC of the session, the time and the
+        entries' state>``. Kept nowhere: any process serving the console (``--workers
+        N``, replicas) checks it, and it stops working once the entries change (a replay
+        ran: their attempts and next attempt moved), which makes it work once."""
+        issued = str(int(time.time()))
+        return f"{issued}.{self._mac('replay', _replay_subject(nonce, issued, entries))}"
+
+    def _confirmed(self, token: str, nonce: str | None, entries: list[Entry]) -> bool:
+        """``token`` confirms replaying ``entries`` as they are now, within the hour."""
+        issued, _, mac = token.partition(".")
+        if not issued.isdigit() or not 0 <= time.time() - int(issued) <= REPLAY_CONFIRM_SECONDS:
+            return False
+        return _same(mac, self._mac("replay", _replay_subject(nonce, issued, entries)))
 
     async def now(self, request: Request, nonce: str | None) -> Response:
         span = request.query_params.get("span", "hour")

@@ -363,6 +363,24 @@ class Journal(abc.ABC):
         meanwhile; a process that dies while retrying leaves them due again then), and
         they are returned to be retried now."""
 
+    @abc.abstractmethod
+    async def claim(self, entry: Entry) -> bool:
+        """Claim ``entry`` for a replay (``receiver replay``, the console): True when it
+        is as it was read (same state, attempts and next attempt) and now this owner's,
+        its next attempt a lease ahead, so that no retry worker (nor a second replay)
+        takes it meanwhile; False when another process claimed or handled it since, or
+        when it is ``received`` (being handled by its owner, or about to be taken over)."""
+
+    @abc.abstractmethod
+    async def end_session(self, key: bytes, until: float) -> None:
+        """Keep that the console session ``key`` (a hash) was logged out, until ``until``
+        (seconds since the epoch: when it would have expired anyway), for every process
+        serving the console."""
+
+    @abc.abstractmethod
+    async def session_ended(self, key: bytes) -> bool:
+        """Whether the console session ``key`` was logged out (:meth:`end_session`)."""
+
     async def outcome(self, event_id: str) -> tuple[str, Reply | None] | None:
         """The state of ``event_id`` and its stored reply (None: no such entry): what a
         duplicate received by another process waits for. This default reads

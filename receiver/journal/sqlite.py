@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS processes (
     since REAL NOT NULL,
     lease_until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ended_sessions (
+    key BLOB PRIMARY KEY,
+    until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS message_status (
     provider TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -244,6 +248,38 @@ class SQLiteJournal(Journal):
                 log.warning("journal: giving the lease up failed", path=str(self.path))
         await self._writer.stop()
         self._forget_owner()
+
+    async def claim(self, entry: Entry) -> bool:
+        owner, until = self.owner, time.time() + self.lease
+        if not self._registered:
+            await self.renew()
+
+        def operation(connection: sqlite3.Connection) -> bool:
+            return bool(
+                connection.execute(
+                    "UPDATE events SET owner = ?, next_attempt_at = ? WHERE id = ? "
+                    "AND state = ? AND state != 'received' AND attempts = ? "
+                    "AND next_attempt_at IS ?",
+                    (owner, until, entry.id, entry.state, entry.attempts, entry.next_attempt_at),
+                ).rowcount
+            )
+
+        return await self._submit(operation, durable=False)
+
+    async def end_session(self, key: bytes, until: float) -> None:
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM ended_sessions WHERE until < ?", (time.time(),))
+            connection.execute(
+                "INSERT OR REPLACE INTO ended_sessions (key, until) VALUES (?, ?)", (key, until)
+            )
+
+        await self._submit(operation, durable=False)
+
+    async def session_ended(self, key: bytes) -> bool:
+        found = await self._reader.select(
+            "SELECT 1 FROM ended_sessions WHERE key = ?", (key,), lambda row: row
+        )
+        return bool(found)
 
     # -- ownership ------------------------------------------------------------------
 
