@@ -31,6 +31,7 @@ from receiver.errors import (
     ConfigError,
     HandlerError,
     HandlerTimeout,
+    JournalUnavailable,
     MethodNotAllowed,
     NotAuthenticated,
     Outcome,
@@ -311,7 +312,13 @@ class CallbackEndpoint:
         journal, redelivery = self.journal, self.redelivery
         assert journal is not None and redelivery is not None
         key = bound.provider.dedupe_key(event)
-        recorded = await journal.record(event, _meta(scope, bound, query), key)
+        try:
+            recorded = await journal.record(event, _meta(scope, bound, query), key)
+        except JournalUnavailable:
+            # Answered 503; whether it was stored may be unknown (a commit whose answer
+            # was lost): the worker looks again once the journal answers.
+            redelivery.recheck(event.id)
+            raise
         if recorded.duplicate_of is not None:
             return await self._duplicate(bound, event, recorded)
         event = recorded.event
@@ -325,54 +332,60 @@ class CallbackEndpoint:
 
         late = False
         try:
-            reply = await redelivery.dispatch(event, attempt=1, after=release)
-        except HandlerTimeout:
-            # The handlers go on; their outcome is recorded when they finish (a reply
-            # then goes to send_reply). The event is safe: 200.
-            late = True
-            return Answer(200, b"", [], Outcome.reply_timeout, event)
-        except HandlerError as exc:
-            # Only the plugins that raised are retried; a reply the others gave still goes
-            # out: in the answer when the provider takes it there, else to send_reply (kept
-            # with the entry for a retry if that raises too).
-            reply = exc.reply if isinstance(exc.reply, Reply) else None
-            rendered = bound.provider.render_reply(event, reply) if reply is not None else None
-            if rendered is None:
-                replied = await redelivery.partly_failed(event, exc, attempt=1)
-                return Answer(200, b"", [], Outcome.handler_error, event, replied)
-            pending.reply = reply  # a re-sent callback is answered with it, as when all succeed
-            await redelivery.failed(
-                event,
-                str(exc),
-                exc.plugins,
-                attempt=1,
-                failures=exc.failures,
-                reply=reply,
-                delivered=True,
-            )
-            return Answer(200, rendered, [_JSON_TYPE], Outcome.handler_error, event, True)
-        else:
-            rendered = bound.provider.render_reply(event, reply) if reply is not None else None
-            if reply is None or rendered is not None:
-                await journal.complete(event.id, reply)
-                pending.reply = reply  # before done is set: a waiting duplicate answers with it
-                if rendered is None:
-                    return Answer(200, b"", [], Outcome.accepted, event)
-                return Answer(200, rendered, [_JSON_TYPE], Outcome.accepted, event, True)
             try:
-                replied = await self.dispatcher.send_reply(event, reply)
-            except HandlerError as exc:  # kept with the event; only its delivery is retried
-                await redelivery.undelivered(
-                    event, reply, str(exc), attempt=1, failures=exc.failures
+                reply = await redelivery.dispatch(event, attempt=1, after=release)
+            except HandlerTimeout:
+                # The handlers go on; their outcome is recorded when they finish (a reply
+                # then goes to send_reply). The event is safe: 200.
+                late = True
+                return Answer(200, b"", [], Outcome.reply_timeout, event)
+            except HandlerError as exc:
+                # Only the plugins that raised are retried; a reply the others gave still goes
+                # out: in the answer when the provider takes it there, else to send_reply (kept
+                # with the entry for a retry if that raises too).
+                reply = exc.reply if isinstance(exc.reply, Reply) else None
+                rendered = bound.provider.render_reply(event, reply) if reply is not None else None
+                if rendered is None:
+                    replied = await redelivery.partly_failed(event, exc, attempt=1)
+                    return Answer(200, b"", [], Outcome.handler_error, event, replied)
+                pending.reply = reply  # a re-sent callback is answered with it, as when all succeed
+                await redelivery.failed(
+                    event,
+                    str(exc),
+                    exc.plugins,
+                    attempt=1,
+                    failures=exc.failures,
+                    reply=reply,
+                    delivered=True,
                 )
-                return Answer(200, b"", [], Outcome.handler_error, event)
-            await journal.complete(event.id, reply)
-            if not replied:
-                _dropped(bound, event)
-            return Answer(200, b"", [], Outcome.accepted, event, replied)
-        finally:
-            if not late:
-                release()
+                return Answer(200, rendered, [_JSON_TYPE], Outcome.handler_error, event, True)
+            else:
+                rendered = bound.provider.render_reply(event, reply) if reply is not None else None
+                if reply is None or rendered is not None:
+                    await journal.complete(event.id, reply)
+                    pending.reply = reply  # before done is set: a waiting duplicate answers with it
+                    if rendered is None:
+                        return Answer(200, b"", [], Outcome.accepted, event)
+                    return Answer(200, rendered, [_JSON_TYPE], Outcome.accepted, event, True)
+                try:
+                    replied = await self.dispatcher.send_reply(event, reply)
+                except HandlerError as exc:  # kept with the event; only its delivery is retried
+                    await redelivery.undelivered(
+                        event, reply, str(exc), attempt=1, failures=exc.failures
+                    )
+                    return Answer(200, b"", [], Outcome.handler_error, event)
+                await journal.complete(event.id, reply)
+                if not replied:
+                    _dropped(bound, event)
+                return Answer(200, b"", [], Outcome.accepted, event, replied)
+            finally:
+                if not late:
+                    release()
+        except BaseException:
+            # Its outcome could not be recorded (a journal operation raised): it stays
+            # received, under this live process. The worker looks at it again.
+            redelivery.recheck(event.id)
+            raise
 
     async def _answer(
         self, bound: BoundChannel, event: Event, reply: Reply | None, outcome: Outcome

@@ -120,6 +120,12 @@ class Redelivery:
         """Events whose handlers run on past their timeout (not retried meanwhile)."""
         self._retrying: str | None = None
         """The entry the worker is retrying now (its claim renewed with the lease)."""
+        self._recheck: set[str] = set()
+        """Events whose outcome could not be recorded, or whose record's fate is unknown
+        (:meth:`recheck`): looked at again by the worker."""
+        self._claimed: set[str] = set()
+        """Due entries claimed and not retried yet (their claims renewed with the lease:
+        a long batch must not let them fall due again for another process)."""
         self._taken: list[Entry] = []
         """Entries taken over from owners that are gone, for the worker to handle."""
         self._woken = asyncio.Event()
@@ -367,6 +373,30 @@ class Redelivery:
         log.info("retried", event_id=event.id, attempt=attempt)
         return True
 
+    def recheck(self, event_id: str) -> None:
+        """Have the worker look at ``event_id`` again: a callback whose outcome could not
+        be recorded (it stays ``received`` under this live process, which no one else
+        takes over), or one answered 503 whose commit may have reached the journal. Once
+        the journal answers, such an entry still ``received`` and this process's is
+        handled (at least once); one not there is forgotten."""
+        self._recheck.add(event_id)
+        self.start()
+        self._woken.set()
+
+    async def _look_again(self) -> None:
+        """The worker's look at :meth:`recheck`'s events (kept while the journal fails)."""
+        for event_id in list(self._recheck):
+            if event_id in self._running:
+                continue
+            try:
+                found = await self.journal.entries(ids=[event_id], limit=1)
+            except Exception:
+                return  # the journal still fails: looked at again later
+            self._recheck.discard(event_id)
+            if found and found[0].state == "received" and found[0].event is not None:
+                log.warning("handling a callback whose outcome was not recorded", event_id=event_id)
+                await self._retry_safely(found[0])
+
     def start(self) -> None:
         """Start the worker and the lease keeper once (at start-up, or at the first
         callback when mounted)."""
@@ -421,7 +451,7 @@ class Redelivery:
         failing = False
         while True:
             try:
-                running = set(self._running)
+                running = self._running | self._claimed
                 if self._retrying is not None:
                     running.add(self._retrying)
                 await journal.renew(running)
@@ -449,12 +479,16 @@ class Redelivery:
                 entry = self._taken.pop(0)
                 if entry.id not in self._running:
                     await self._retry_safely(entry)
+            if self._recheck:
+                await self._look_again()
             try:
                 due = await self.journal.due(time.time())
             except Exception:
                 log.exception("journal worker: reading the journal failed")
                 due = []
+            self._claimed = {entry.id for entry in due}
             for entry in due:
+                self._claimed.discard(entry.id)
                 if entry.id not in self._running:
                     if self.observer is not None:
                         self.observer.retried(entry.channel)

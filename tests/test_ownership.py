@@ -586,3 +586,86 @@ def test_ownership_console_logout_ends_the_session_in_every_process(journal_url:
         assert a.post("/console/logout", data={"csrf": csrf}, follow_redirects=False).is_redirect
         b.cookies.clear()
         assert b.get("/console/", headers=copied).status_code == 401
+
+
+def test_ownership_replay_leaves_a_live_owners_received_entry_takes_a_gone_ones(
+    journal_url: str,
+) -> None:
+    async def scenario() -> tuple[bool, bool]:
+        async with processes(journal_url, 0.3, 30) as (handling, operator):
+            left = event(1)
+            await handling.record(left, {}, None)
+            await handling.renew()
+            (entry,) = await operator.entries(ids=[left.id])
+            being_handled = await operator.claim(entry)
+            await asyncio.sleep(0.5)  # the owner's lease ran out
+            return being_handled, await operator.claim(entry)
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+# -- outcomes that could not be recorded: looked at again ------------------------------
+
+
+def test_ownership_outcome_not_recorded_is_handled_again(journal_url: str) -> None:
+    """complete() raises once (not a storage fault: a bug, a value the store refuses): the
+    entry stays received under this live process, which no one takes over; the worker
+    looks at it again and handles it."""
+    counting = Counting()
+    app = create_app(config(journal_url), plugins=[counting], autoload=False)
+    journal = app.state.journal
+    real_complete = journal.complete
+    calls = []
+
+    async def complete_once_broken(event_id: str, reply: Any) -> None:
+        calls.append(event_id)
+        if len(calls) == 1:
+            raise UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed")
+        await real_complete(event_id, reply)
+
+    journal.complete = complete_once_broken
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/sms", content=MESSAGE, headers=JSON)
+        assert answer.status_code == 500
+        entry = _settled(journal_url)
+    assert len(counting.handled) == 2 and entry.state == "done"
+
+
+def test_ownership_record_answered_503_but_stored_is_handled(journal_url: str) -> None:
+    """The record committed, its answer lost and the look-up failing too: 503 to the
+    provider, and the stored callback is still handled once the journal answers."""
+    counting = Counting()
+    app = create_app(config(journal_url), plugins=[counting], autoload=False)
+    journal = app.state.journal
+    real_record = journal.record
+
+    async def stored_but_unanswered(*args: Any) -> Any:
+        await real_record(*args)
+        from receiver.errors import JournalUnavailable
+
+        raise JournalUnavailable()
+
+    journal.record = stored_but_unanswered
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/sms", content=MESSAGE, headers=JSON).status_code == 503
+        entry = _settled(journal_url)
+    assert len(counting.handled) == 1 and entry.state == "done"
+
+
+def _settled(url: str, seconds: float = 10) -> Any:
+    """The journal's one entry, once it is no longer received (or after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        (entry,) = asyncio.run(_entries(url))
+        if entry.state != "received" or time.monotonic() > deadline:
+            return entry
+        time.sleep(0.05)
+
+
+async def _entries(url: str) -> list[Any]:
+    journal = open_journal(url)
+    assert journal is not None
+    try:
+        return await journal.entries(limit=None)
+    finally:
+        await journal.stop()

@@ -369,7 +369,7 @@ class Journal(abc.ABC):
         is as it was read (same state, attempts and next attempt) and now this owner's,
         its next attempt a lease ahead, so that no retry worker (nor a second replay)
         takes it meanwhile; False when another process claimed or handled it since, or
-        when it is ``received`` (being handled by its owner, or about to be taken over)."""
+        when it is ``received`` by an owner whose lease lasts (being handled)."""
 
     @abc.abstractmethod
     async def end_session(self, key: bytes, until: float) -> None:

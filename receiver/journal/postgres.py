@@ -920,8 +920,10 @@ class PostgresJournal(Journal):
         async def work(connection: Any) -> bool:
             found = await connection.fetchval(
                 "UPDATE events SET owner = $1, next_attempt_at = $2 WHERE id = $3 "
-                "AND state = $4 AND state <> 'received' AND attempts = $5 "
-                "AND next_attempt_at IS NOT DISTINCT FROM $6 RETURNING 1",
+                "AND state = $4 AND attempts = $5 "
+                "AND next_attempt_at IS NOT DISTINCT FROM $6 AND (state <> 'received' "
+                "OR owner IS NULL OR owner NOT IN (SELECT id FROM processes "
+                f"WHERE lease_until > {_NOW})) RETURNING 1",
                 owner,
                 time.time() + self.lease,
                 entry.id,

@@ -143,6 +143,12 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute(_LEGACY_ENTRIES, (LEGACY_OWNER,))
 
 
+_NOT_BEING_HANDLED = (
+    "(state != 'received' OR owner IS NULL "
+    "OR owner NOT IN (SELECT id FROM processes WHERE lease_until > ?))"
+)
+"""A received entry is being handled while its owner's lease lasts (replays leave it)."""
+
 LEGACY_OWNER = "legacy"
 """The owner of the unfinished entries a receiver wrote before ownership existed: an
 owner whose lease has run out, so the first process to look takes them over."""
@@ -258,9 +264,17 @@ class SQLiteJournal(Journal):
             return bool(
                 connection.execute(
                     "UPDATE events SET owner = ?, next_attempt_at = ? WHERE id = ? "
-                    "AND state = ? AND state != 'received' AND attempts = ? "
-                    "AND next_attempt_at IS ?",
-                    (owner, until, entry.id, entry.state, entry.attempts, entry.next_attempt_at),
+                    "AND state = ? AND attempts = ? AND next_attempt_at IS ? "
+                    f"AND {_NOT_BEING_HANDLED}",
+                    (
+                        owner,
+                        until,
+                        entry.id,
+                        entry.state,
+                        entry.attempts,
+                        entry.next_attempt_at,
+                        time.time(),
+                    ),
                 ).rowcount
             )
 
