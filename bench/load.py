@@ -11,7 +11,11 @@ to another. The scenarios:
 * ``naive``: FastAPI + a pydantic model of the Whispir reply + a callback-key check;
 * ``whispir_json``, ``whispir_xml``, ``onepoint_reply`` (answered "thanks" in the response
   body), ``onepoint_hmac`` (a signed OnePoint receipt): receiver, each with the journal
-  off and with the SQLite journal on, logging one JSON line per callback to a file.
+  off, with the SQLite journal on and with the PostgreSQL journal on, logging one JSON
+  line per callback to a file. The PostgreSQL rows run on ``bench/postgres.py``'s server
+  (a throwaway PostgreSQL of its own, or ``$RECEIVER_BENCH_POSTGRES``), a new database
+  each; a second table gives, per journaled callback, the receiver's CPU, PostgreSQL's
+  CPU (all its processes) and pg_stat_statements' statements, round trips and commits.
 * ``mounted_warning``, ``mounted_info``: receiver's Whispir channel (journal off) mounted
   at ``/hooks`` in a Starlette app that configured the standard library's ``logging``
   (JSON lines to the file, by a plain ``logging.Formatter``) and not structlog, its root
@@ -34,6 +38,10 @@ compares the server's RSS after the first ~10k and at the end.
 Exit status: 0 all correct (and, in a full run, every target met); 1 a scenario answered
 wrongly, failed or wrk reported errors; 2 wrk is not installed; 3 correct but a target
 was missed. ``--quick`` runs everything for 1 s and does not judge the targets.
+
+``--workers 1,2`` adds rows served by ``receiver serve --workers N`` (Whispir JSON,
+journal on SQLite and on PostgreSQL; alone, with baseline only): not pinned, so the
+workers, PostgreSQL and wrk share the machine's CPUs; CPU is the server's processes'.
 
 ``--compare-http MODULE:CLASS`` runs each journal-off receiver row a second time, just
 after the first, served by that uvicorn HTTP protocol class instead of httptools' (for
@@ -63,7 +71,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +89,8 @@ from bench.apps import (  # noqa: E402
     SECRET,
     WHISPIR_KEY,
 )
+from bench.postgres import Postgres, PostgresError, Statements  # noqa: E402
+from bench.postgres import server as postgres_server  # noqa: E402
 
 PAYLOADS = ROOT / "receiver" / "samples"
 HOST = "127.0.0.1"
@@ -130,6 +140,8 @@ class Scenario:
     expect_json: Any = None  # the probe checks the first response is exactly this
     http: str = "httptools"  # uvicorn's --http: a protocol name or "module:Class"
     path: str = f"/{CHANNEL}"  # the callback's path (a mounted app's includes the mount)
+    store: str = "sqlite"  # the journal when ``journal``: "sqlite" or "postgresql"
+    workers: int = 0  # > 0: served by ``receiver serve --workers N``, not uvicorn --factory
 
     @property
     def mounted(self) -> bool:
@@ -137,16 +149,29 @@ class Scenario:
 
     @property
     def title(self) -> str:
-        """The name, marked ``+limits`` when served by another HTTP protocol class."""
+        """The name, marked ``+limits`` when served by another HTTP protocol class, and
+        with the worker count when served by ``receiver serve``."""
+        if self.workers:
+            return f"{self.name}/{self.workers}w"
         return self.name if self.http == "httptools" else f"{self.name}+limits"
 
     @property
     def journal_label(self) -> str:
-        return ("sqlite" if self.journal else "off") if self.receiver else "-"
+        return (self.store if self.journal else "off") if self.receiver else "-"
+
+    @property
+    def postgres(self) -> bool:
+        return self.journal and self.store == "postgresql"
 
     @property
     def label(self) -> str:
-        journal = "journal" if self.journal else "no journal"
+        journal = (
+            ("journal" if self.store == "sqlite" else f"{self.store} journal")
+            if (self.journal)
+            else "no journal"
+        )
+        if self.workers:
+            return f"{self.name} ({journal}, receiver serve --workers {self.workers})"
         return (
             f"{self.title} ({journal})"
             if self.http == "httptools"
@@ -205,6 +230,7 @@ def scenarios() -> list[Scenario]:
         Scenario("onepoint_hmac", receipt, json_type, {}, signed=True),
     ]
     journaled = [dataclasses.replace(s, journal=True) for s in receivers]
+    on_postgres = [dataclasses.replace(s, store="postgresql") for s in journaled]
     path = f"{MOUNT}/{CHANNEL}"
     mounted = [
         Scenario("host_baseline", whispir_json, json_type, whispir_key, receiver=False, path=path),
@@ -213,7 +239,23 @@ def scenarios() -> list[Scenario]:
         Scenario("mounted_fastapi_warning", whispir_json, json_type, whispir_key, path=path),
         Scenario("mounted_fastapi_info", whispir_json, json_type, whispir_key, path=path),
     ]
-    return [*references, *receivers, *journaled, *mounted]
+    return [*references, *receivers, *journaled, *on_postgres, *mounted]
+
+
+SERVE = "serve"
+"""The ``--workers`` rows' name: Whispir JSON served by ``receiver serve``."""
+
+
+def serve_scenarios(workers: list[int]) -> list[Scenario]:
+    """Whispir JSON, journaled on SQLite and on PostgreSQL, served by ``receiver serve
+    --workers N`` for each N."""
+    body = (PAYLOADS / "whispir" / "reply_sms.json").read_bytes()
+    key = {"X-Whispir-Callback-Key": WHISPIR_KEY}
+    return [
+        Scenario(SERVE, body, "application/json", key, journal=True, store=store, workers=n)
+        for store in ("sqlite", "postgresql")
+        for n in workers
+    ]
 
 
 # -- wrk ----------------------------------------------------------------------------------
@@ -394,12 +436,23 @@ class Server:
         return None
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process (all its threads) so far."""
+        """User + system CPU time of the server process (all its threads) so far, with
+        its children's (``receiver serve --workers N``'s workers), running or exited."""
         try:
             fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                child = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(child[1]) == self.process.pid:
+                ticks += int(child[11]) + int(child[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def logged_errors(self) -> int:
         try:
@@ -422,21 +475,57 @@ class StartError(Exception):
     pass
 
 
+def serve_command(pin: list[str], config: Path | str, port: int | str, workers: int) -> list[str]:
+    """``receiver serve`` (as ``python -m receiver``) with ``workers`` workers."""
+    level = os.environ.get("BENCH_LOG_LEVEL") or "info"
+    return [
+        *pin, sys.executable, "-m", "receiver", "serve", "--config", str(config), "--host",
+        HOST, "--port", str(port), "--workers", str(workers), "--log-format", "json",
+        "--log-level", level,
+    ]  # fmt: skip
+
+
+def serve_config(path: Path, journal: str) -> None:
+    """A ``receiver serve`` configuration of the ``--workers`` rows: the Whispir channel
+    of ``bench.apps.whispir_json``, its no-op plugin, metrics off, duplicate windows 0."""
+    path.write_text(
+        f"journal = {json.dumps(journal)}\n"
+        f"state_dir = {json.dumps(str(path.parent))}\n"
+        "duplicate_window = 0\nduplicate_body_window = 0\nmetrics = false\n"
+        'autoload_plugins = false\nplugins = ["bench.quiet:Quiet"]\n'
+        f'[channels.{CHANNEL}]\nprovider = "whispir"\nauth = "header"\n'
+        f"keys = [{json.dumps(WHISPIR_KEY)}]\n"
+    )
+
+
 @contextmanager
-def serve(scenario: Scenario, pin: list[str], workdir: Path) -> Iterator[Server]:
-    """Start uvicorn on a free port, wait until it accepts connections; stop it on exit."""
+def serve(
+    scenario: Scenario, pin: list[str], workdir: Path, journal: str | None = None
+) -> Iterator[Server]:
+    """Start uvicorn (or ``receiver serve``) on a free port, wait until it accepts
+    connections; stop it on exit. ``journal``: the journal's URL (default: SQLite in
+    ``workdir`` when the scenario's journal is on)."""
     port = free_port()
+    if journal is None:
+        journal = f"sqlite:///{workdir / 'journal.db'}" if scenario.journal else "none"
     env = {
         **os.environ,
         "BENCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL") or "info",
-        "BENCH_JOURNAL": f"sqlite:///{workdir / 'journal.db'}" if scenario.journal else "none",
+        "BENCH_JOURNAL": journal,
         "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+    if scenario.workers:
+        config = workdir / "receiver.toml"
+        serve_config(config, journal)
+        command = serve_command(pin, config, port, scenario.workers)
+    else:
+        command = uvicorn_command(pin, scenario.name, port, scenario.http)
     log = workdir / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            uvicorn_command(pin, scenario.name, port, scenario.http),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -494,6 +583,12 @@ class Row:
     result: WrkResult | None = None
     peak_mb: float | None = None
     cpu_us: float | None = None
+    pg_cpu_us: float | None = None
+    """PostgreSQL's CPU time per request (all the server's processes), PostgreSQL rows."""
+    statements: Statements | None = None
+    """pg_stat_statements' calls over the measured run, PostgreSQL rows."""
+    transactions: int | None = None
+    """Transactions committed from the measured run's start to the server's stop."""
     problems: list[str] = field(default_factory=list)
     detail: str = ""
     bracket: list[Row] = field(default_factory=list)
@@ -551,10 +646,37 @@ def bracket(rows: list[Row]) -> None:
             row.bracket = [rows[p] for p in (before[-1:] + after[:1])]
 
 
-def run_scenario(scenario: Scenario, pins: Pins, seconds: int, workdir: Path) -> Row:
+def run_scenario(
+    scenario: Scenario, pins: Pins, seconds: int, workdir: Path, pg: Postgres | str | None = None
+) -> Row:
+    """One row. ``pg``: the PostgreSQL server of the PostgreSQL rows (or why there is
+    none: the row fails saying so)."""
     row = Row(scenario)
+    if not scenario.postgres:
+        return _run_scenario(row, pins, seconds, workdir, None, None)
+    if not isinstance(pg, Postgres):
+        row.problems.append(f"no PostgreSQL: {pg or 'not started'}")
+        return row
     try:
-        with serve(scenario, pins.server, workdir) as server:
+        database = pg.database()
+    except Exception as exc:
+        row.problems.append(f"PostgreSQL: {type(exc).__name__}: {exc}")
+        return row
+    try:
+        return _run_scenario(row, pins, seconds, workdir, pg, database)
+    finally:
+        pg.drop(database)
+
+
+def _run_scenario(
+    row: Row, pins: Pins, seconds: int, workdir: Path, pg: Postgres | None, database: str | None
+) -> Row:
+    scenario = row.scenario
+    committed: int | None = None
+    server_pin = [] if scenario.workers else pins.server
+    wrk_pin = [] if scenario.workers else pins.wrk
+    try:
+        with serve(scenario, server_pin, workdir, database) as server:
             headers = scenario.request_headers(server.port)
             problem = probe(scenario, server.port, headers)
             if problem is not None:
@@ -563,11 +685,21 @@ def run_scenario(scenario: Scenario, pins: Pins, seconds: int, workdir: Path) ->
                 script = workdir / f"{scenario.name}.lua"
                 script.write_text(lua_script(scenario, headers))
                 url = f"http://{HOST}:{server.port}{scenario.path}"
+                if pg is not None and database is not None:
+                    pg.reset_statements(database)
+                    committed = pg.transactions(database)
+                pg_before = pg.cpu_seconds() if pg is not None else None
                 cpu_before = server.cpu_seconds()
-                row.result = run_wrk(pins.wrk, script, url, seconds)
+                row.result = run_wrk(wrk_pin, script, url, seconds)
                 cpu_after = server.cpu_seconds()
-                if cpu_before is not None and cpu_after is not None and row.result.requests:
-                    row.cpu_us = (cpu_after - cpu_before) / row.result.requests * 1e6
+                pg_after = pg.cpu_seconds() if pg is not None else None
+                if pg is not None and database is not None:
+                    row.statements = pg.statements(database)
+                requests = row.result.requests
+                if cpu_before is not None and cpu_after is not None and requests:
+                    row.cpu_us = (cpu_after - cpu_before) / requests * 1e6
+                if pg_before is not None and pg_after is not None and requests:
+                    row.pg_cpu_us = (pg_after - pg_before) / requests * 1e6
                 row.problems.extend(row.result.problems)
             row.peak_mb = server.status_mb("VmHWM")
             if server.process.poll() is not None:
@@ -575,8 +707,16 @@ def run_scenario(scenario: Scenario, pins: Pins, seconds: int, workdir: Path) ->
         errors = server.logged_errors()
         if errors:
             row.problems.append(f"server logged {errors} errors")
+        if pg is not None and database is not None and row.result is not None:
+            time.sleep(0.5)  # the server stopped: its backends exit and report their counts
+            after = pg.transactions(database)
+            if committed is not None and after is not None:
+                row.transactions = after - committed
         if scenario.journal and row.result is not None and row.result.requests:
-            stored = journal_events(workdir / "journal.db")
+            if pg is not None and database is not None:
+                stored = pg.events(database)
+            else:
+                stored = journal_events(workdir / "journal.db")
             if stored < row.result.requests:
                 row.problems.append(
                     f"journal stored {stored} events for {row.result.requests} answered"
@@ -733,7 +873,7 @@ def print_table(rows: list[Row]) -> None:
     naive = next((r for r in rows if r.scenario.name == "naive" and r.ok), None)
     width = max(15, *(len(r.scenario.title) + 1 for r in rows))
     header = (
-        f"{'scenario':<{width}}{'journal':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'scenario':<{width}}{'journal':<11}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'x base':>8}{'x naive':>8}{'CPU us':>8}{'x base':>8}{'RSS MB':>8}  check"
     )
     print(header)
@@ -748,7 +888,7 @@ def print_table(rows: list[Row]) -> None:
         check = "ok" if row.ok else "; ".join(row.problems)
         cpu_base = ref.cpu_us / row.cpu_us if ref and ref.cpu_us and row.cpu_us else None
         print(
-            f"{row.scenario.title:<{width}}{row.scenario.journal_label:<8}"
+            f"{row.scenario.title:<{width}}{row.scenario.journal_label:<11}"
             f"{fmt(rate, ',.0f'):>9}{fmt(p50, '.2f'):>9}{fmt(p99, '.2f'):>9}"
             f"{fmt(x_base, '.2f'):>8}"
             f"{fmt(x_naive, '.2f'):>8}{fmt(row.cpu_us, '.1f'):>8}{fmt(cpu_base, '.2f'):>8}"
@@ -760,6 +900,53 @@ def print_table(rows: list[Row]) -> None:
     print("CPU us: the server's CPU time (user + system, all threads) per request; its")
     print("x base (baseline's CPU per request / this one's) is steadier than req/s when")
     print("the host is busy.")
+
+
+def print_journal_costs(rows: list[Row]) -> None:
+    """Per journaled callback: the receiver's CPU, PostgreSQL's, and pg_stat_statements'
+    statements, round trips and commits (PostgreSQL rows)."""
+    journaled = [r for r in rows if r.scenario.journal]
+    if not journaled:
+        return
+    width = max(15, *(len(r.scenario.title) + 1 for r in journaled))
+    header = (
+        f"{'scenario':<{width}}{'journal':<11}{'req/s':>9}{'recv CPU us':>12}{'PG CPU us':>10}"
+        f"{'sum CPU us':>11}{'stmts':>7}{'trips':>7}{'commits':>8}"
+    )
+    print("journal cost per callback (the measured run only; CPU = user + system time / requests):")
+    print(header)
+    print("-" * len(header))
+    for row in journaled:
+        result = row.result if row.result is not None and row.result.requests else None
+        requests = result.requests if result else 0
+        calls = row.statements
+        stmts = calls.total / requests if calls and requests else None
+        trips = calls.round_trips() / requests if calls and requests else None
+        xacts = row.transactions
+        commits = xacts / requests if xacts is not None and requests else None
+        both = (row.cpu_us or 0) + row.pg_cpu_us if row.pg_cpu_us is not None else None
+        print(
+            f"{row.scenario.title:<{width}}{row.scenario.journal_label:<11}"
+            f"{fmt(result.rate if result else None, ',.0f'):>9}{fmt(row.cpu_us, '.1f'):>12}"
+            f"{fmt(row.pg_cpu_us, '.1f'):>10}{fmt(both, '.1f'):>11}{fmt(stmts, '.2f'):>7}"
+            f"{fmt(trips, '.2f'):>7}{fmt(commits, '.2f'):>8}"
+        )
+    print("recv CPU us: the receiver's process(es), the load table's CPU us (SQLite: its")
+    print("writer thread included). PG CPU us: every process of the PostgreSQL server (its")
+    print("backends, WAL writer, checkpointer...). stmts: pg_stat_statements' calls in the")
+    print("row's database (track = all, utility statements: BEGIN and COMMIT included);")
+    print("trips: the same, but asyncpg's reset on releasing a pooled connection (four")
+    print("statements in one simple query) counted once; commits: transactions committed")
+    print("(pg_stat_database's xact_commit, a statement outside BEGIN/COMMIT is one; read")
+    print("after the server stopped, so its few background and shutdown ones are in).")
+    first = next((r for r in journaled if r.statements and r.result and r.result.requests), None)
+    if first is not None and first.statements is not None and first.result is not None:
+        print(f"statements per callback, {first.scenario.label}:")
+        ordered = sorted(first.statements.calls.items(), key=lambda item: -item[1])
+        for query, count in ordered:
+            text = " ".join(query.split())
+            text = text if len(text) <= 88 else text[:85] + "..."
+            print(f"  {count / first.result.requests:6.2f}  {text}")
 
 
 def print_pairs(rows: list[Row], http: str) -> None:
@@ -797,9 +984,16 @@ def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str
 
     def find(name: str, journal: bool) -> Row | None:
         return next(
-            (r for r in rows if r.scenario.name == name and r.scenario.journal == journal and r.ok),
+            (
+                r
+                for r in rows
+                if r.scenario.name == name and r.scenario.journal == journal and r.ok and judged(r)
+            ),
             None,
         )
+
+    def judged(row: Row) -> bool:  # issue 6's rows: not PostgreSQL's, not receiver serve's
+        return row.scenario.store == "sqlite" and not row.scenario.workers
 
     out: list[tuple[str, str, str]] = []
     naive = find("naive", False)
@@ -813,7 +1007,9 @@ def judge_targets(rows: list[Row], memory: MemoryCheck | None) -> list[tuple[str
         ratio = row.result.rate / ref.rate
         out.append((label, f"{ratio:.2f}x", "pass" if ratio >= target else "MISS"))
 
-    receivers = [r for r in rows if r.scenario.receiver and r.ok and r.result is not None]
+    receivers = [
+        r for r in rows if r.scenario.receiver and r.ok and r.result is not None and judged(r)
+    ]
     label = f"every receiver row >= {NAIVE_FACTOR:g}x naive req/s"
     # (Not the mounted rows: the host's FastAPI routing and logging are the host's cost.)
     served = [r for r in receivers if not r.scenario.mounted]
@@ -884,6 +1080,13 @@ def main() -> int:
         action="store_true",
         help="run the memory check (alone, or with --only's scenarios)",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N[,M...]",
+        help="add rows served by `receiver serve --workers N` (Whispir JSON, journal on "
+        "SQLite and on PostgreSQL), for each N; not pinned (server, PostgreSQL and wrk share "
+        "the CPUs); alone, with baseline only",
+    )
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -898,13 +1101,23 @@ def main() -> int:
     if unknown:
         known = ", ".join(dict.fromkeys(s.name for s in every))
         parser.error(f"unknown scenario {', '.join(sorted(unknown))} (known: {known})")
+    try:
+        workers = [int(n) for n in (args.workers or "").split(",") if n.strip()]
+    except ValueError:
+        parser.error("--workers takes worker counts: 1,2")
+    if any(n < 1 for n in workers):
+        parser.error("--workers counts must be at least 1")
     if names:
         selected = [s for s in every if s.name in names]
     elif args.memory:
         selected = []
+    elif workers:
+        selected = [s for s in every if s.name == "baseline"]
     else:
         selected = every
-    with_memory = args.memory or not names
+    if workers:
+        selected = [*selected, *serve_scenarios(workers)]
+    with_memory = args.memory or not (names or workers)
     if args.compare_http:
         selected = [
             variant
@@ -920,13 +1133,21 @@ def main() -> int:
     started = time.monotonic()
     rows: list[Row] = []
     memory: MemoryCheck | None = None
-    with tempfile.TemporaryDirectory(prefix="receiver-bench-") as temp:
+    with tempfile.TemporaryDirectory(prefix="receiver-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)
+        pg: Postgres | str | None = None
+        if any(s.postgres for s in selected):
+            print("starting PostgreSQL ...", file=sys.stderr, flush=True)
+            try:
+                pg = stack.enter_context(postgres_server())
+            except PostgresError as exc:
+                pg = str(exc)  # each PostgreSQL row fails, saying so
         for number, scenario in enumerate(interleave(selected, BASELINE_EVERY)):
-            workdir = tmp / f"{number:02d}-{scenario.title}-{scenario.journal_label}"
+            title = scenario.title.replace("/", "-")
+            workdir = tmp / f"{number:02d}-{title}-{scenario.journal_label}"
             workdir.mkdir()
             print(f"running {scenario.label} for {seconds} s ...", file=sys.stderr, flush=True)
-            rows.append(run_scenario(scenario, pin, seconds, workdir))
+            rows.append(run_scenario(scenario, pin, seconds, workdir, pg))
             shutil.rmtree(workdir, ignore_errors=True)  # logs and journal grow with the run
         bracket(rows)
         if with_memory:
@@ -940,6 +1161,8 @@ def main() -> int:
             workdir.mkdir()
             memory = memory_check(target, pin, rate, total, cap, workdir)
         journal_fs = filesystem(tmp)
+        pg_note = pg.note if isinstance(pg, Postgres) else pg
+        pg_fs = filesystem(Path(tempfile.gettempdir()))
     elapsed = time.monotonic() - started
 
     print("receiver load benchmark")
@@ -965,6 +1188,17 @@ def main() -> int:
         f"{journal_fs} in a temp dir, with duplicate_window=0 and duplicate_body_window=0 "
         "so wrk's identical bodies are stored, not answered as duplicates"
     )
+    if pg_note is not None:
+        print(
+            f"postgres: {pg_note} (its data on {pg_fs} when of its own; pg_stat_statements.track "
+            "= all; other settings at their defaults unless said: fsync and synchronous_commit "
+            "on); a new database per row"
+        )
+    if workers:
+        print(
+            f"workers:  {' '.join(serve_command([], '<receiver.toml>', '<port>', 0))[:-1]}N rows "
+            "(Whispir JSON), not pinned: server, PostgreSQL and wrk share the CPUs"
+        )
     print(
         f"mounted:  receiver at {MOUNT} in Starlette (mounted_fastapi_*: FastAPI), whose stdlib "
         "logging (root at WARNING or INFO) writes JSON lines to the file; structlog not "
@@ -975,6 +1209,9 @@ def main() -> int:
     if rows:
         print_table(rows)
         print()
+        if any(r.scenario.journal for r in rows):
+            print_journal_costs(rows)
+            print()
     failed = [r for r in rows if not r.ok]
     for row in failed:
         if row.detail:

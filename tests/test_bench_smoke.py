@@ -2,10 +2,14 @@
 
 This checks correctness only (status, body, no wrk errors), never speed. It needs wrk
 (``apt-get install wrk``, or ``make wrk``): without it the test fails, it does not skip.
+The PostgreSQL journal rows run on tests/postgres.py's server (``$RECEIVER_BENCH_POSTGRES``
+set to it): without one, the test fails in CI and skips elsewhere, as every PostgreSQL test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -13,6 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from postgres import admin, postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, used by name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +28,7 @@ SCENARIOS = [
     ("naive", "-"),
     *[
         (name, journal)
-        for journal in ("off", "sqlite")
+        for journal in ("off", "sqlite", "postgresql")
         for name in ("whispir_json", "whispir_xml", "onepoint_reply", "onepoint_hmac")
     ],
     ("host_baseline", "-"),
@@ -45,7 +52,7 @@ def table(stdout: str) -> list[list[str]]:
     return rows
 
 
-def test_bench_quick_runs_every_scenario() -> None:
+def test_bench_quick_runs_every_scenario(postgres_server: str) -> None:
     if shutil.which("wrk") is None:
         pytest.fail(
             "wrk is not installed: `apt-get install wrk` (or `make wrk`); "
@@ -56,7 +63,8 @@ def test_bench_quick_runs_every_scenario() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=150,
+        env={**os.environ, "RECEIVER_BENCH_POSTGRES": postgres_server},
     )
     output = f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0, output
@@ -65,6 +73,7 @@ def test_bench_quick_runs_every_scenario() -> None:
         assert (name, journal) in rows, f"no row for {name} ({journal})\n{output}"
         assert rows[name, journal][-1] == "ok", f"{name} ({journal}) not ok\n{output}"
     assert "memory check:" in done.stdout, output
+    assert "journal cost per callback" in done.stdout, output
 
 
 @pytest.mark.parametrize(
@@ -96,7 +105,7 @@ def test_bench_load_compares_each_row_with_the_baseline_runs_around_it() -> None
     others = [s for s in order if s.name != "baseline"]
     assert others == [s for s in every if s.name != "baseline"]  # each once, in order
     gaps = "".join("b" if n == "baseline" else "x" for n in names).split("b")
-    assert [len(gap) for gap in gaps[1:-1]] == [3, 3, 3, 3, 2]  # 14 others, 3 at a time
+    assert [len(gap) for gap in gaps[1:-1]] == [3] * 6  # 18 others, 3 at a time
 
     def row(name: str, rate: float) -> Row:
         scenario = next(s for s in every if s.name == name)
@@ -127,3 +136,32 @@ def test_bench_instructions_driver_with_journal_and_requests_in_flight(tmp_path:
         done_rows = "SELECT count(*) FROM events WHERE state = 'done'"
         (stored,) = connection.execute(done_rows).fetchone()
     assert stored == 40 + 300  # the requests and the warm-up ones
+
+
+def test_bench_instructions_driver_with_the_postgresql_journal(postgres_url: str) -> None:
+    # The --journal PostgreSQL row's loop: 16 requests in flight to a PostgreSQL journal,
+    # all answered 200 and all stored.
+    done = subprocess.run(
+        [sys.executable, "bench/instructions.py", "--drive", "whispir_json", "--requests", "40",
+         "--in-flight", "16", "--uvloop"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin",
+             "BENCH_JOURNAL": postgres_url},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (stored,) = asyncio.run(admin(postgres_url, "SELECT count(*) FROM events WHERE state = 'done'"))
+    assert stored[0] == 40 + 300  # the requests and the warm-up ones
+
+
+def test_bench_postgres_counts_round_trips() -> None:
+    # asyncpg's reset on releasing a pooled connection is four statements in one round trip.
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.postgres import Statements
+    finally:
+        sys.path.remove(str(ROOT))
+    calls = Statements(
+        {"BEGIN": 2, "COMMIT": 2, "INSERT INTO events VALUES ($1)": 1, "RESET ALL": 2,
+         "CLOSE ALL": 2, "UNLISTEN *": 2, "SELECT pg_advisory_unlock_all()": 2}
+    )  # fmt: skip
+    assert (calls.total, calls.round_trips()) == (13, 7)

@@ -354,6 +354,7 @@ class PostgresJournal(Journal):
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 max_inactive_connection_lifetime=60.0,
+                reset=_keep_session,
             )
         return self._pool
 
@@ -369,8 +370,9 @@ class PostgresJournal(Journal):
         """
         pool = await self._connections()
         for last in (False, True):
-            try:
-                connection = await pool.acquire(timeout=self.connect_timeout)
+            try:  # (asyncio.timeout: a timer; acquire(timeout=) wraps it in a task)
+                async with asyncio.timeout(self.connect_timeout):
+                    connection = await pool.acquire()
             except Exception as exc:  # whatever stops a connection: the database is not there
                 raise _Unreachable(_why(exc)) from exc
             try:
@@ -736,13 +738,15 @@ class PostgresJournal(Journal):
         its transaction holds the advisory locks of its keys already)."""
         received = event.received_at.timestamp()
         dedupe_key = _text(dedupe_key)
-        if not locked:
-            await connection.execute(_LOCK, _lock_keys(event.channel, dedupe_key, body_hash))
-        key_since = received - self.duplicate_window if self.duplicate_window > 0 else math.inf
-        body_since = received - self.body_window if self.body_window > 0 else math.inf
-        original = await connection.fetchrow(
-            _ORIGINAL, event.channel, dedupe_key, key_since, body_hash, body_since
-        )
+        original = None
+        if self.duplicate_window > 0 or self.body_window > 0:  # both 0: no look-up, no lock
+            if not locked:
+                await connection.execute(_LOCK, _lock_keys(event.channel, dedupe_key, body_hash))
+            key_since = received - self.duplicate_window if self.duplicate_window > 0 else math.inf
+            body_since = received - self.body_window if self.body_window > 0 else math.inf
+            original = await connection.fetchrow(
+                _ORIGINAL, event.channel, dedupe_key, key_since, body_hash, body_since
+            )
         if original is not None:
             reply = msgspec.msgpack.decode(original[2], type=Reply) if original[2] else None
             return Recorded(event, original[0], original[1], reply)
@@ -1207,6 +1211,15 @@ class PostgresJournal(Journal):
             return int(status.split()[-1])
 
         return await self._run(work)
+
+
+async def _keep_session(connection: Any) -> None:
+    """The pool's reset of a released connection: nothing sent to the server. asyncpg
+    still rolls back a transaction left open; its default reset (``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one more round trip per
+    operation) undoes session state, and the journal keeps none: its advisory locks are
+    transaction-scoped, it opens no cursor outside a transaction, listens to nothing and
+    sets nothing."""
 
 
 def _denied(error: BaseException) -> bool:
