@@ -23,11 +23,12 @@ from typing import Any, NamedTuple, Protocol
 
 import anyio
 import anyio.to_thread
+import msgspec
 import pluggy
 
 from receiver.errors import ConfigError, Failure, HandlerError, HandlerTimeout
 from receiver.events import Event, EventType, Reply
-from receiver.logs import get_logger
+from receiver.logs import encodable, get_logger
 from receiver.plugins import PluginManager
 
 __all__ = ["Dispatcher", "Running"]
@@ -240,15 +241,14 @@ class Dispatcher:
                         result = await result
                 else:
                     result = await self._call(impl, event, None, clock)
+                if impl.answers and result is not None:
+                    reply = _as_reply(result, impl)
             except Exception as exc:
                 log.exception(
                     "handler failed", hook=impl.hook, plugin=impl.plugin, event_id=event.id
                 )
                 failed = [*(failed or ()), impl.plugin]
                 failures = [*(failures or ()), Failure.of(exc, plugin=impl.plugin, hook=impl.hook)]
-                continue
-            if impl.answers and result is not None:
-                reply = _as_reply(result, impl)
         if failed:
             raise HandlerError(
                 f"{len(failed)} handler(s) failed; see the log for event {event.id}",
@@ -415,11 +415,30 @@ class Running:
         return task.result()
 
 
+_encode_reply = msgspec.msgpack.Encoder().encode
+_decode_reply = msgspec.msgpack.Decoder(Reply).decode
+
+
 def _as_reply(result: object, impl: _Impl) -> Reply | None:
-    if isinstance(result, Reply):
-        return result
+    """A handler's result as the :class:`Reply` that is sent and journaled: checked
+    against the Reply's types, its text made encodable (:func:`~receiver.logs.encodable`);
+    None, logged, for a result of another type.
+
+    Raises:
+        TypeError: a Reply that cannot be sent (a field of the wrong type, a value with no
+            JSON form): the handler failed, as if it had raised.
+    """
     if isinstance(result, str):
-        return Reply(text=result)
+        return Reply(text=encodable(str(result)))
+    if isinstance(result, Reply):
+        try:
+            try:
+                return _decode_reply(_encode_reply(result))
+            except UnicodeEncodeError:
+                return msgspec.convert(encodable(msgspec.to_builtins(result)), Reply)
+        except (TypeError, ValueError, msgspec.MsgspecError) as exc:
+            # msgspec's messages name the field and the types, never the value.
+            raise TypeError(f"the reply cannot be sent: {exc}") from None
     log.error(
         "reply of the wrong type ignored",
         plugin=impl.plugin,

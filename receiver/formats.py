@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from receiver.errors import PayloadError
-from receiver.logs import bounded, get_logger
+from receiver.logs import bounded, encodable, get_logger
 
 __all__ = [
     "MARKS",
@@ -149,16 +149,9 @@ def _text(body: bytes, encoding: str) -> str:
     """``body`` decoded, invalid bytes and lone surrogates (UTF-7 and UTF-16 can yield
     them) as U+FFFD: a string that always encodes to UTF-8."""
     try:
-        return _scrub(body.decode(encoding, "replace"))
+        return encodable(body.decode(encoding, "replace"))
     except UnicodeError:  # a codec that ignores "replace" (punycode): read as UTF-8
         return body.decode("utf-8", "replace")
-
-
-def _scrub(text: str) -> str:
-    """``text`` with lone surrogates as U+FFFD."""
-    if text.isascii():
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def as_utf8(body: bytes, charset: str | None, fmt: BodyFormat) -> bytes:
@@ -186,7 +179,7 @@ def as_utf8(body: bytes, charset: str | None, fmt: BodyFormat) -> bytes:
             pairs = parse_qsl(
                 _text(body, encoding), keep_blank_values=True, encoding=encoding, errors="replace"
             )
-            return urlencode([(_scrub(name), _scrub(value)) for name, value in pairs]).encode()
+            return urlencode(encodable(pairs)).encode()
         return body
     if encoding is not None and encoding != "utf-8":
         return _text(body, encoding).encode()

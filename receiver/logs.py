@@ -28,14 +28,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from typing import IO, Any, Literal, overload
+from typing import IO, Any, Literal, TypeVar, overload
 
 import msgspec
 import structlog
 
-__all__ = ["BatchedWriter", "bounded", "configure_logging", "flush_logs", "get_logger"]
+__all__ = [
+    "BatchedWriter",
+    "bounded",
+    "configure_logging",
+    "encodable",
+    "flush_logs",
+    "get_logger",
+]
 
 LogFormat = Literal["json", "console"]
+_V = TypeVar("_V")
 
 SHOWN = 40
 """How many characters of a value taken from a request a log line shows (:func:`bounded`)."""
@@ -64,7 +72,47 @@ def bounded(value: str | bytes | None, limit: int = SHOWN) -> str | None:
     return shown if len(text) <= limit else f"{shown}...(+{len(text) - limit})"
 
 
-_encode = msgspec.json.Encoder(enc_hook=repr).encode
+_encode_fast = msgspec.json.Encoder(enc_hook=repr).encode
+
+
+def encodable(value: _V) -> _V:
+    """``value`` (a str, or a dict, list or tuple holding some) with each lone surrogate
+    in its text (which UTF-8 cannot carry: an exception's message about bytes decoded
+    with ``surrogateescape``, a plugin's text, what UTF-7 or UTF-16 decodes to) replaced
+    by U+FFFD, dict keys too; a high and a low surrogate in a row become the one character
+    they make together. Anything else is returned as it is."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # type: ignore[return-value]
+        return value
+    if isinstance(value, dict):
+        return {encodable(key): encodable(item) for key, item in value.items()}  # type: ignore[return-value]
+    if isinstance(value, tuple):
+        return tuple(encodable(item) for item in value)  # type: ignore[return-value]
+    if isinstance(value, list | set | frozenset):
+        return [encodable(item) for item in value]  # type: ignore[return-value]
+    return value
+
+
+def _encode(line: Any) -> bytes:
+    """``line`` as JSON; text with lone surrogates (a plugin's exception message about
+    bytes decoded with ``surrogateescape``), which UTF-8 cannot carry, with each one as
+    U+FFFD: a log line must never fail the code that logs it."""
+    try:
+        return _encode_fast(line)
+    except UnicodeEncodeError:
+        pass
+    try:
+        return _encode_scrubbed(encodable(line))
+    except UnicodeEncodeError:  # inside an object msgspec encodes itself (a Struct)
+        return _encode_fast({encodable(str(key)): ascii(value) for key, value in line.items()})
+
+
+_encode_scrubbed = msgspec.json.Encoder(enc_hook=lambda value: encodable(repr(value))).encode
 
 
 def _json_text(event: dict[str, Any], **_: Any) -> str:
@@ -144,7 +192,11 @@ def _json_method(name: str, slow: Callable[..., Any]) -> Callable[..., Any]:
             return slow(self, event, **kw)
         line["level"] = name
         line["timestamp"] = _stamp()
-        return getattr(self._logger, name)(_encode(line))
+        try:
+            data = _encode_fast(line)
+        except UnicodeEncodeError:  # (the rare case, kept off the common one's path)
+            data = _encode(line)
+        return getattr(self._logger, name)(data)
 
     method.__name__ = name
     return method

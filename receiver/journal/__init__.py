@@ -62,6 +62,7 @@ import msgspec
 from receiver.errors import ConfigError, Failure
 from receiver.events import STATUS_RANK as STATUS_RANK  # importable here before it moved
 from receiver.events import Event, Reply
+from receiver.logs import encodable
 
 __all__ = [
     "REPLY_ONLY",
@@ -487,13 +488,7 @@ def storable(text: str | None) -> str | None:
     bytes decoded with ``surrogateescape``, a plugin's text), which neither SQLite nor
     PostgreSQL nor msgpack take, as U+FFFD. A failure that cannot be kept must not leave
     its entry without a state."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
+    return None if text is None else encodable(text)
 
 
 def matches(entry: Entry, search: str | None) -> bool:
