@@ -93,6 +93,13 @@ class Redelivery:
     """Seconds between the worker's prunes (with a ``retention``)."""
     backlog_interval = 5.0
     """Least seconds between two counts of the backlog (with an :attr:`observer`)."""
+    sweep_interval = 60.0
+    """Seconds between the lease keeper's looks for this process's stranded entries
+    (:meth:`Journal.own_unfinished <receiver.journal.Journal.own_unfinished>`)."""
+    stranded_after = 60.0
+    """Seconds after its receipt from which a received entry of this process that nothing
+    here handles is taken for stranded (younger ones may be between two steps of their
+    handling); it is handled at the next sweep."""
 
     def __init__(
         self,
@@ -451,32 +458,47 @@ class Redelivery:
             self._keeper = None
             self._stopping = False
 
-    async def _stranded(self) -> list[Entry]:
-        """This owner's received entries that nothing here is handling (never raises)."""
+    def _busy(self) -> set[str]:
+        """The ids of the entries something in this process is handling or will handle."""
         busy = {*self.in_flight(), *self._running, *self._recheck}
         busy.update(entry.id for entry in self._taken)
         if self._retrying is not None:
             busy.add(self._retrying)
+        return busy
+
+    async def _stranded(self) -> list[Entry]:
+        """This owner's received entries, received more than :attr:`stranded_after`
+        seconds ago, that nothing here is handling (never raises): what a lost answer or
+        a database crash left it. Looked for while nothing changes hands: what was busy
+        before the look or after it is left alone."""
+        before = self._busy()
         try:
-            mine = await self.journal.own_unfinished()
+            mine = await self.journal.own_unfinished(time.time() - self.stranded_after)
         except Exception:
             log.exception("journal lease keeper: looking for this process's entries failed")
             return []
+        busy = before | self._busy()
         return [entry for entry in mine if entry.id not in busy]
 
     async def _keep_lease(self) -> None:
-        """Renew the lease every third of it; take over what owners that are gone left
-        (handed to the worker). Never raises (logged): a journal that cannot be reached
+        """Renew the lease every third of it; take over what owners that are gone left;
+        every :attr:`sweep_interval`, and once the journal answers again after failing,
+        look for this owner's own stranded entries (:meth:`_stranded`); all of it is
+        handed to the worker. Never raises (logged): a journal that cannot be reached
         now is tried again at the next renewal."""
         journal = self.journal
         failing = False
+        next_sweep = time.monotonic() + self.sweep_interval
         while True:
+            taken: list[Entry] = []
+            stranded: list[Entry] = []
             try:
                 running = self._running | self._claimed
                 if self._retrying is not None:
                     running.add(self._retrying)
                 await journal.renew(running)
-                taken = [] if self._stopping else await journal.take_over()
+                if not self._stopping:
+                    taken = await journal.take_over()
             except Exception:
                 if not failing:  # once, not at every renewal while the journal is down
                     log.exception("journal lease keeper: renewing the lease failed")
@@ -485,18 +507,24 @@ class Redelivery:
                 if failing:
                     log.info("journal lease renewed again")
                     failing = False
-                    # What the journal lost or never answered meanwhile (a take-over whose
-                    # answer was lost, a state a database crash lost) is this process's
-                    # and received: look for it once.
-                    if not self._stopping:
-                        known = {entry.id for entry in taken}
-                        taken += [e for e in await self._stranded() if e.id not in known]
+                    next_sweep = 0.0  # what it lost meanwhile: look now
+                if not self._stopping and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval
+                    known = {entry.id for entry in taken}
+                    stranded = [e for e in await self._stranded() if e.id not in known]
                 if taken:
                     log.warning(
                         "taking over unfinished work of a process that is gone",
                         entries=len(taken),
                     )
-                    self._taken.extend(taken)
+                if stranded:
+                    log.warning(
+                        "handling this process's unfinished entries that nothing handled "
+                        "(a lost answer or a database crash)",
+                        entries=len(stranded),
+                    )
+                if taken or stranded:
+                    self._taken.extend(taken + stranded)
                     self._woken.set()
             await asyncio.sleep(journal.lease / 3)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from postgres import postgres_server, postgres_url
+from postgres import postgres_server, postgres_url, run_sql
 from samples import PAYLOADS
 from starlette.testclient import TestClient
 from test_journal_postgres import event, journal_url
 
 from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.errors import JournalUnavailable
 from receiver.journal import DEFAULT_LEASE, Journal, open_journal
 
 __all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
@@ -451,7 +454,7 @@ def test_ownership_lease_failure_logged_once_until_it_works_again() -> None:
         async def take_over(self) -> list[Any]:
             return []
 
-        async def own_unfinished(self) -> list[Any]:
+        async def own_unfinished(self, before: float | None = None) -> list[Any]:
             return []
 
         async def due(self, now: float) -> list[Any]:
@@ -672,3 +675,147 @@ async def _entries(url: str) -> list[Any]:
         return await journal.entries(limit=None)
     finally:
         await journal.stop()
+
+
+# -- stranded: what a lost answer or a database crash left this live process ----------
+
+
+def sql(url: str, statement: str) -> None:
+    """Run ``statement`` on the journal's database, as another client would."""
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+            db.execute(statement)
+    else:
+        run_sql(url, statement)
+
+
+@pytest.fixture
+def sweeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease keeper looks for stranded entries every 0.2 s, 0.5 s after their receipt."""
+    from receiver.redelivery import Redelivery
+
+    monkeypatch.setattr(Redelivery, "sweep_interval", 0.2, raising=False)
+    monkeypatch.setattr(Redelivery, "stranded_after", 0.5, raising=False)
+
+
+def _handled(counting: Counting, count: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while len(counting.handled) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(counting.handled) >= count
+
+
+@pytest.mark.usefixtures("sweeping")
+def test_ownership_record_stored_answer_and_look_lost_is_handled(journal_url: str) -> None:
+    """A group commit's answer lost (503), and the worker's look at it answered before
+    the commit showed (it finds nothing): the stored callback, this live process's, is
+    found by the sweep and handled once. Before: left received for good."""
+    counting = Counting()
+    app = create_app(config(journal_url), plugins=[counting], autoload=False)
+    journal = app.state.journal
+    real_record, real_entries = journal.record, journal.entries
+
+    async def stored_but_unanswered(*args: Any) -> Any:
+        await real_record(*args)
+        raise JournalUnavailable()
+
+    async def not_there_yet(**query: Any) -> Any:
+        if query.get("ids"):
+            return []
+        return await real_entries(**query)
+
+    journal.record, journal.entries = stored_but_unanswered, not_there_yet
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/sms", content=MESSAGE, headers=JSON).status_code == 503
+        assert _handled(counting, 1)
+        entry = _settled(journal_url)
+        time.sleep(0.6)  # a few more sweeps: nothing handled twice
+    assert len(counting.handled) == 1 and entry.state == "done"
+
+
+@pytest.mark.usefixtures("sweeping")
+def test_ownership_take_over_answer_lost_is_handled(journal_url: str) -> None:
+    """A take-over committed but its answer lost (the driver's retry then found nothing
+    left to claim): the entries are this process's without its knowing; the sweep finds
+    and handles them."""
+    left = crash(journal_url)
+    counting = Counting()
+    app = create_app(config(journal_url), plugins=[counting], autoload=False)
+    journal = app.state.journal
+    real_take_over = journal.take_over
+
+    async def answer_lost(*args: Any) -> list[Any]:
+        await real_take_over(*args)
+        return []
+
+    journal.take_over = answer_lost
+    with TestClient(app):
+        assert _handled(counting, 1)
+        time.sleep(0.6)
+    assert counting.handled == [left]
+
+
+@pytest.mark.usefixtures("sweeping")
+def test_ownership_failed_state_lost_in_a_crash_is_retried(journal_url: str) -> None:
+    """A handler failed and its entry was marked failed, but the database lost that state
+    (PostgreSQL commits state changes without waiting for the flush; a crash loses the
+    last ones): the entry is received again, this live process's, and nothing would
+    retry it. The sweep does."""
+    fails = FailsOnce()
+    app = create_app(config(journal_url, retry_delays=[3600.0]), plugins=[fails], autoload=False)
+    with TestClient(app) as client:
+        assert client.post("/sms", content=MESSAGE, headers=JSON).status_code == 200
+        (failed,) = asyncio.run(_entries(journal_url))
+        assert failed.state == "failed"
+        sql(journal_url, "UPDATE events SET state = 'received', attempts = 0, error = NULL")
+        deadline = time.monotonic() + 10
+        while len(fails.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        entry = _settled(journal_url)
+    assert len(fails.calls) == 2 and entry.state == "done"
+
+
+@pytest.mark.usefixtures("sweeping")
+def test_ownership_sweep_leaves_entries_being_handled(journal_url: str) -> None:
+    """Handlers that take longer than ``stranded_after`` (in the endpoint, and past their
+    timeout) are not taken for stranded: each callback is handled once."""
+    slow = Counting(delay=1.5)
+    app = create_app(config(journal_url, reply_timeout=1.0), plugins=[slow], autoload=False)
+    with TestClient(app) as client:
+        first = json.loads(MESSAGE)
+        bodies = [json.dumps({**first, "MessageID": f"SLOW-{n}"}).encode() for n in range(3)]
+        for body in bodies:
+            assert client.post("/sms", content=body, headers=JSON).status_code == 200
+        assert _handled(slow, 3)
+        time.sleep(1.0)  # several sweeps after the handlers finished
+    assert len(slow.handled) == 3 == len(set(slow.handled))
+
+
+def test_ownership_ownerless_old_entries_taken_over_once(journal_url: str) -> None:
+    """An entry received after the migration by a receiver of an older version (no owner),
+    or owned by no process row, is taken over once ORPHAN_AGE old; a younger one, and one
+    of a live owner, are left."""
+    from receiver.journal import ORPHAN_AGE
+
+    old = time.time() - ORPHAN_AGE - 60
+    young = time.time() - 10
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with processes(journal_url, DEFAULT_LEASE, DEFAULT_LEASE) as (first, second):
+            live = event(1)
+            await first.record(live, {}, None)
+            for number, (owner, at) in enumerate(
+                (("NULL", old), ("'ghost'", old), ("NULL", young), (f"'{first.owner}'", old))
+            ):
+                sql(
+                    journal_url,
+                    "INSERT INTO events (id, channel, provider, state, received_at, raw, owner) "
+                    f"VALUES ('orphan-{number}', 'sms', 'onepoint', 'received', {at}, '', {owner})",
+                )
+            taken = [e.id for e in await second.take_over()]
+            again = [e.id for e in await first.take_over()] + await second.take_over()
+            return taken, again
+
+    taken, again = asyncio.run(scenario())
+    assert sorted(taken) == ["orphan-0", "orphan-1"]
+    assert again == []

@@ -33,7 +33,10 @@ process to look (:meth:`Journal.take_over`) claims its unfinished (``received``)
 and handles them; a process that stops cleanly gives its lease up, so that what it left
 is taken over at the next look. The unfinished entries of a journal written before
 ownership existed are given, when it is migrated, to an owner ``legacy`` whose lease has
-run out: the first process to look takes them over.
+run out: the first process to look takes them over; those an older receiver still
+running writes afterwards (without an owner) are taken over once :data:`ORPHAN_AGE`
+old. A live owner also sweeps its own unfinished entries that nothing in it handles
+(:meth:`Journal.own_unfinished`): what a lost answer or a database crash left it.
 
 Duplicates: a duplicate is a re-send of the same callback to the same channel. Both
 look-ups are scoped to the channel: the provider's key (:meth:`Provider.dedupe_key
@@ -79,6 +82,13 @@ __all__ = [
 DEFAULT_LEASE = 15.0
 """Seconds an owner's lease lasts (``journal_lease``): a process that has not renewed it
 for this long is taken for dead, and its unfinished work is taken over."""
+
+
+ORPHAN_AGE = 600.0
+"""Seconds after which a ``received`` entry with no owner, or with an owner that no
+process row names any more, is taken over (:meth:`Journal.take_over`): one written after
+the migration by a receiver of a version before ownership (which README says to stop
+first), or recorded by a process that hung past its lease while another took its work."""
 
 
 def _host() -> str:
@@ -280,8 +290,10 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def take_over(self, limit: int = 1000) -> list[Entry]:
         """Claim the unfinished (``received``) entries of owners that are gone (lease
-        expired or given up, or a process of this host that no longer runs),
-        at most ``limit`` (call again for more): each is claimed by one process only.
+        expired or given up, or a process of this host that no longer runs), and those
+        received more than :data:`ORPHAN_AGE` seconds ago with no owner, or with an owner
+        no process row names; at most about ``limit`` (call again for more): each is
+        claimed by one process only.
         Returns the claimed entries, oldest first, to handle now."""
 
     @abc.abstractmethod
@@ -365,10 +377,13 @@ class Journal(abc.ABC):
         they are returned to be retried now."""
 
     @abc.abstractmethod
-    async def own_unfinished(self) -> list[Entry]:
-        """This owner's ``received`` entries, oldest first: what it should be handling. The
-        lease keeper looks once after the journal failed, for entries it claimed or kept
-        without hearing so (a lost answer, a database crash that lost a state)."""
+    async def own_unfinished(self, before: float | None = None) -> list[Entry]:
+        """This owner's ``received`` entries received before ``before`` (seconds since
+        the epoch; None: any), oldest first: what it should be handling. The lease keeper
+        looks periodically (:attr:`receiver.redelivery.Redelivery.sweep_interval`) for
+        entries it owns without knowing it: a claim or a record whose commit's answer was
+        lost, a state a database crash lost (PostgreSQL commits state changes without
+        waiting for the flush)."""
 
     @abc.abstractmethod
     async def claim(self, entry: Entry) -> bool:

@@ -53,6 +53,7 @@ from receiver.errors import ConfigError, Failure, JournalUnavailable
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
 from receiver.journal import (
     DEFAULT_LEASE,
+    ORPHAN_AGE,
     REPLY_ONLY,
     Attempt,
     Browsed,
@@ -178,6 +179,14 @@ _COLUMNS = (
     "id, channel, provider, type, message_id, state, received_at, raw, meta, event, reply, "
     "error, attempts, failed_plugins, next_attempt_at, recovered_as"
 )
+
+_ORPHANS = (
+    "UPDATE events SET owner = $1 WHERE state = 'received' AND received_at < $2 "
+    "AND (owner IS NULL OR (owner <> $1 AND owner NOT IN (SELECT id FROM processes))) "
+    f"RETURNING {_COLUMNS}"
+)
+"""Claim the received entries older than :data:`~receiver.journal.ORPHAN_AGE` that no
+process owns (a range of the small ``events_unfinished`` index)."""
 
 _ORIGINAL = (
     "(SELECT id, state, reply, 0 AS o FROM events "
@@ -936,10 +945,11 @@ class PostgresJournal(Journal):
 
         return await self._run(work, write=False)
 
-    async def own_unfinished(self) -> list[Entry]:
+    async def own_unfinished(self, before: float | None = None) -> list[Entry]:
         return await self._select(
-            f"SELECT {_COLUMNS} FROM events WHERE owner = $1 AND state = 'received' "
-            "ORDER BY received_at",
+            f"SELECT {_COLUMNS} FROM events WHERE state = 'received' AND received_at < $1 "
+            "AND owner = $2 ORDER BY received_at",
+            math.inf if before is None else before,
             self.owner,
         )
 
@@ -1052,6 +1062,9 @@ class PostgresJournal(Journal):
                     other,
                     since,
                 )
+                claimed += [_entry(tuple(row)) for row in rows]
+            if len(claimed) < limit:
+                rows = await connection.fetch(_ORPHANS, owner, now - ORPHAN_AGE)
                 claimed += [_entry(tuple(row)) for row in rows]
             if claimed:
                 await self._register(connection, now)

@@ -27,6 +27,7 @@ from receiver.errors import Failure
 from receiver.events import STATUS_RANK, Event, Reply, new_event_id
 from receiver.journal import (
     DEFAULT_LEASE,
+    ORPHAN_AGE,
     REPLY_ONLY,
     Attempt,
     Browsed,
@@ -76,6 +77,7 @@ DROP INDEX IF EXISTS events_retry;
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('failed', 'reply_failed');
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE INDEX IF NOT EXISTS events_unfinished ON events (received_at) WHERE state = 'received';
 CREATE TABLE IF NOT EXISTS attempts (
     event_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -160,6 +162,15 @@ _LEGACY_OWNER = (
 )
 _LEGACY_ENTRIES = "UPDATE events SET owner = ? WHERE state = 'received'"
 
+
+_ORPHANS = (
+    "UPDATE events INDEXED BY events_unfinished SET owner = ? "
+    "WHERE state = 'received' AND received_at < ? "
+    "AND (owner IS NULL OR (owner != ? AND owner NOT IN (SELECT id FROM processes))) "
+    f"RETURNING {_COLUMNS}"
+)
+"""Claim the received entries older than :data:`~receiver.journal.ORPHAN_AGE` that no
+process owns (one range of the small ``events_unfinished`` index)."""
 
 SINCE_MARGIN = 600.0
 """Seconds before its registration from which an owner's entries are looked for when it
@@ -256,15 +267,16 @@ class SQLiteJournal(Journal):
         await self._writer.stop()
         self._forget_owner()
 
-    async def own_unfinished(self) -> list[Entry]:
+    async def own_unfinished(self, before: float | None = None) -> list[Entry]:
         owner = self.owner
         query = (
-            f"SELECT {_COLUMNS} FROM events WHERE owner = ? AND state = 'received' "
-            "AND received_at >= (SELECT since FROM processes WHERE id = ?) ORDER BY received_at"
+            f"SELECT {_COLUMNS} FROM events INDEXED BY events_unfinished "
+            "WHERE state = 'received' AND received_at < ? AND owner = ? ORDER BY received_at"
         )
+        until = math.inf if before is None else before
 
         def operation(connection: sqlite3.Connection) -> list[Entry]:
-            return [_entry(row) for row in connection.execute(query, (owner, owner))]
+            return [_entry(row) for row in connection.execute(query, (until, owner))]
 
         return await self._submit(operation, durable=False)
 
@@ -376,6 +388,11 @@ class SQLiteJournal(Journal):
                     )
                 ]
                 connection.execute("DELETE FROM processes WHERE id = ?", (other,))
+            if len(claimed) < limit:
+                claimed += [
+                    _entry(row)
+                    for row in connection.execute(_ORPHANS, (owner, now - ORPHAN_AGE, owner))
+                ]
             if claimed:
                 self._register(connection, now)
                 connection.execute(
