@@ -240,12 +240,21 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _lock_keys(channel: str, dedupe_key: str | None, body_hash: bytes) -> list[int]:
-    """The advisory lock keys of a record's two duplicate look-ups, sorted (one order
-    for every transaction: no deadlock)."""
-    keys = {_key(b"body\0" + channel.encode() + b"\0" + body_hash)}
-    if dedupe_key is not None:
-        keys.add(_key(b"key\0" + channel.encode() + b"\0" + dedupe_key.encode()))
+def _lock_keys(event: Event, dedupe_key: str | None, body_hash: bytes, look_up: bool) -> list[int]:
+    """The advisory lock keys of a record, sorted (one order for every transaction: no
+    deadlock): its two duplicate look-ups' (``look_up``: a window is on), and its
+    message status row's (:func:`_out_of_order`; two groups upserting the statuses of
+    two messages in opposite orders would otherwise deadlock, a second lost each time
+    to PostgreSQL's ``deadlock_timeout``)."""
+    channel = event.channel.encode()
+    keys: set[int] = set()
+    if look_up:
+        keys.add(_key(b"body\0" + channel + b"\0" + body_hash))
+        if dedupe_key is not None:
+            keys.add(_key(b"key\0" + channel + b"\0" + dedupe_key.encode()))
+    if event.status in STATUS_RANK and event.message_id is not None:
+        party = event.destination or event.source or ""
+        keys.add(_key(f"status\0{event.provider}\0{event.message_id}\0{party}".encode()))
     return sorted(keys)
 
 
@@ -456,7 +465,8 @@ class PostgresJournal(Journal):
 
         async def together(connection: Any) -> list[Any]:
             keys = sorted({key for _, own, _ in group for key in own})
-            await connection.execute(_LOCK, keys)
+            if keys:
+                await connection.execute(_LOCK, keys)
             return [await work(connection, True) for work, _, _ in group]
 
         try:
@@ -702,7 +712,7 @@ class PostgresJournal(Journal):
         body_hash = hashlib.sha256(event.raw).digest()
 
         registered = self._registered
-        keys = _lock_keys(event.channel, _text(dedupe_key), body_hash)
+        keys = _lock_keys(event, _text(dedupe_key), body_hash, self._looks_up)
 
         async def work(connection: Any, locked: bool = False) -> Recorded:
             if not registered:  # the owner's row with its first entry
@@ -722,6 +732,11 @@ class PostgresJournal(Journal):
                 log.warning("journal: a record's commit answer was lost; it is stored")
                 return Recorded(event)
             raise
+
+    @property
+    def _looks_up(self) -> bool:
+        """Whether a record looks for its original (a duplicate window is on)."""
+        return self.duplicate_window > 0 or self.body_window > 0
 
     async def _stored(self, event_id: str) -> bool:
         """Whether ``event_id`` is in the journal (False when that cannot be known)."""
@@ -748,9 +763,12 @@ class PostgresJournal(Journal):
         received = event.received_at.timestamp()
         dedupe_key = _text(dedupe_key)
         original = None
-        if self.duplicate_window > 0 or self.body_window > 0:  # both 0: no look-up, no lock
-            if not locked:
-                await connection.execute(_LOCK, _lock_keys(event.channel, dedupe_key, body_hash))
+        looks_up = self._looks_up
+        if not locked:
+            keys = _lock_keys(event, dedupe_key, body_hash, looks_up)
+            if keys:
+                await connection.execute(_LOCK, keys)
+        if looks_up:  # both windows 0: no look-up
             key_since = received - self.duplicate_window if self.duplicate_window > 0 else math.inf
             body_since = received - self.body_window if self.body_window > 0 else math.inf
             original = await connection.fetchrow(
