@@ -24,6 +24,7 @@ from receiver.errors import ConfigError, PayloadError
 from receiver.events import Event
 from receiver.journal import Entry, Journal
 from receiver.logs import get_logger
+from receiver.redelivery import Redelivery
 
 __all__ = ["events", "prune", "replay", "replay_entries", "unloaded_plugins"]
 
@@ -341,7 +342,7 @@ async def _replay_all(
     # The events this command records (recovered bodies) are its own while it handles
     # them: its lease is renewed meanwhile, and a server sharing the journal takes them
     # over only if this command dies.
-    lease = asyncio.get_running_loop().create_task(_hold_lease(journal))
+    lease = asyncio.get_running_loop().create_task(_hold_lease(redelivery))
     failed = still = recovered = 0
     left: list[str] = []
     show_progress = sys.stderr.isatty()
@@ -399,12 +400,14 @@ async def _replay_all(
     return 1 if failed or still else 0
 
 
-async def _hold_lease(journal: Journal) -> None:
-    """Renew ``journal``'s lease every third of it until cancelled (failures logged)."""
+async def _hold_lease(redelivery: Redelivery) -> None:
+    """Renew the journal's lease, and the claims of what ``redelivery`` is replaying,
+    every third of the lease until cancelled (failures logged)."""
+    journal = redelivery.journal
     while True:
         await asyncio.sleep(journal.lease / 3)
         try:
-            await journal.renew()
+            await journal.renew(redelivery.held())
         except Exception:
             log.exception("journal: renewing the lease failed")
 
@@ -424,14 +427,11 @@ async def replay_entries(
     own). ``progress`` is told how many are done after each."""
     redelivery = endpoint.redelivery
     assert redelivery is not None  # a journal is on
-    journal = redelivery.journal
     outcomes: dict[str, bool | None] = {}
     for done, entry in enumerate(sorted(entries, key=lambda e: e.received_at), 1):
-        if await journal.claim(entry):
-            outcomes[entry.id] = await redelivery.retry(entry, all_plugins=True)
-        else:
+        outcomes[entry.id] = await redelivery.replay(entry)
+        if outcomes[entry.id] is None:
             log.info("replay: left alone, handled elsewhere", event_id=entry.id)
-            outcomes[entry.id] = None
         if progress is not None:
             progress(done)
     return outcomes

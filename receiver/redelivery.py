@@ -139,6 +139,8 @@ class Redelivery:
         a long batch must not let them fall due again for another process)."""
         self._taken: list[Entry] = []
         """Entries taken over from owners that are gone, for the worker to handle."""
+        self._replaying: set[str] = set()
+        """Entries a replay claimed and is dispatching (:meth:`replay`)."""
         self._woken = asyncio.Event()
 
     def _retry_at(self, attempt: int) -> float | None:
@@ -384,6 +386,30 @@ class Redelivery:
         log.info("retried", event_id=event.id, attempt=attempt)
         return True
 
+    async def replay(self, entry: Entry) -> bool | None:
+        """Claim ``entry`` (:meth:`Journal.claim <receiver.journal.Journal.claim>`) and
+        dispatch it to every plugin, as ``receiver replay`` and the console do: True when
+        it succeeded, False when it failed, None when it was left alone (another process
+        is retrying it or has handled it since it was read, or it is being handled). The
+        claim is renewed with the lease for as long as the handlers run (:meth:`held`),
+        so no retry worker takes the entry meanwhile."""
+        if not await self.journal.claim(entry):
+            return None
+        self._replaying.add(entry.id)
+        try:
+            return await self.retry(entry, all_plugins=True)
+        finally:
+            self._replaying.discard(entry.id)
+
+    def held(self) -> set[str]:
+        """The ids of the entries this process holds claims on, renewed with its lease:
+        the retry in progress, due entries claimed and not retried yet, replays in
+        progress, and handlers running past their timeout."""
+        held = self._running | self._claimed | self._replaying
+        if self._retrying is not None:
+            held.add(self._retrying)
+        return held
+
     def recheck(self, event_id: str) -> None:
         """Have the worker look at ``event_id`` again: a callback whose outcome could not
         be recorded (it stays ``received`` under this live process, which no one else
@@ -460,10 +486,8 @@ class Redelivery:
 
     def _busy(self) -> set[str]:
         """The ids of the entries something in this process is handling or will handle."""
-        busy = {*self.in_flight(), *self._running, *self._recheck}
+        busy = {*self.in_flight(), *self._recheck, *self.held()}
         busy.update(entry.id for entry in self._taken)
-        if self._retrying is not None:
-            busy.add(self._retrying)
         return busy
 
     async def _stranded(self) -> list[Entry]:
@@ -493,10 +517,7 @@ class Redelivery:
             taken: list[Entry] = []
             stranded: list[Entry] = []
             try:
-                running = self._running | self._claimed
-                if self._retrying is not None:
-                    running.add(self._retrying)
-                await journal.renew(running)
+                await journal.renew(self.held())
                 if not self._stopping:
                     taken = await journal.take_over()
             except Exception:

@@ -819,3 +819,107 @@ def test_ownership_ownerless_old_entries_taken_over_once(journal_url: str) -> No
     taken, again = asyncio.run(scenario())
     assert sorted(taken) == ["orphan-0", "orphan-1"]
     assert again == []
+
+
+def _watch_due(url: str, entry_id: str, stop: threading.Event, taken: list[str]) -> None:
+    """Another process's retry worker: asks for due entries every 0.1 s until ``stop``."""
+
+    async def watch() -> None:
+        other = await opened(url)
+        try:
+            while not stop.is_set():
+                taken.extend(e.id for e in await other.due(time.time()) if e.id == entry_id)
+                await asyncio.sleep(0.1)
+        finally:
+            await other.stop()
+
+    asyncio.run(watch())
+
+
+def test_ownership_replay_claim_held_while_its_handlers_run(journal_url: str) -> None:
+    """A replay (the console's, in a serving process) whose handlers take longer than the
+    lease: its claim is renewed with the lease, so another process's retry worker never
+    takes the entry meanwhile (before: it fell due again after one lease)."""
+    from receiver.endpoint import CallbackEndpoint
+    from receiver.operations import replay_entries
+
+    slow = Counting(delay=2.5)
+    stop, taken = threading.Event(), []
+
+    async def scenario() -> Any:
+        endpoint = CallbackEndpoint.from_config(
+            config(journal_url, retry_delays=[3600.0], autoload_plugins=False), [slow]
+        )
+        journal, redelivery = endpoint.journal, endpoint.redelivery
+        assert journal is not None and redelivery is not None
+        await journal.start()
+        redelivery.start()
+        failed = event(1)
+        watcher = threading.Thread(target=_watch_due, args=(journal_url, failed.id, stop, taken))
+        try:
+            await journal.record(failed, {}, None)
+            await journal.fail(failed.id, "boom", None, time.time() + 3600)
+            (entry,) = await journal.entries(ids=[failed.id])
+            watcher.start()
+            return await replay_entries(endpoint, [entry])
+        finally:
+            stop.set()
+            if watcher.is_alive():
+                await asyncio.to_thread(watcher.join)
+            await redelivery.stop()
+            await journal.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert list(outcomes.values()) == [True]
+    assert taken == [], "another process took the entry while its replay ran"
+    assert len(slow.handled) == 1
+
+
+SLOW_PLUGIN = """
+import asyncio
+from receiver import hookimpl
+
+@hookimpl
+async def on_message(event):
+    await asyncio.sleep(2.5)
+"""
+
+
+def test_ownership_cli_replay_claim_held_while_its_handlers_run(
+    journal_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for ``receiver replay`` (its own process: the command renews the claim)."""
+    import receiver.logs
+    from receiver.cli import main
+
+    # The CLI configures process-wide logging (cached structlog loggers): keep it local.
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "slow.py").write_text(SLOW_PLUGIN)
+    (tmp_path / "receiver.toml").write_text(
+        f'journal = "{journal_url}"\njournal_lease = 1.0\nplugins_dir = "{tmp_path / "plugins"}"\n'
+        "retry_delays = [3600.0]\nautoload_plugins = false\n"
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    failed = event(1)
+
+    async def prepare() -> None:
+        journal = await opened(journal_url)
+        try:
+            await journal.record(failed, {}, None)
+            await journal.fail(failed.id, "boom", None, time.time() + 3600)
+        finally:
+            await journal.stop()
+
+    asyncio.run(prepare())
+    stop, taken = threading.Event(), []
+    watcher = threading.Thread(target=_watch_due, args=(journal_url, failed.id, stop, taken))
+    watcher.start()
+    try:
+        status = main(["replay", "--config", str(tmp_path / "receiver.toml"), failed.id])
+    finally:
+        stop.set()
+        watcher.join()
+    assert status == 0
+    assert taken == [], "another process took the entry while `receiver replay` ran it"
