@@ -26,8 +26,12 @@ from typing import Any
 
 import pytest
 from postgres import postgres_server, postgres_url
+from samples import PAYLOADS
 from serving import free_port
+from starlette.testclient import TestClient
 
+import receiver.logs
+from receiver import create_app, hookimpl, load_config
 from receiver.errors import Failure
 from receiver.events import Event, EventType, Reply, new_event_id
 from receiver.journal import Journal, open_journal
@@ -36,6 +40,8 @@ from receiver.journal.sqlite import SQLiteJournal
 __all__ = ["postgres_server", "postgres_url"]  # fixtures, used by name
 
 FINISHED = ("done", "rejected", "recovered", "dead")
+ONEPOINT_DELIVERED = (PAYLOADS / "onepoint" / "receipt_delivered.json").read_bytes()
+JSON = {"content-type": "application/json"}
 
 
 def event(number: int, at: float, *, status: str | None = None) -> Event:
@@ -402,3 +408,50 @@ def healthz(port: int) -> Any:
             return answer.status
     except OSError:
         return None
+
+
+class FailsOnce:
+    """on_receipt: fails the first time, then succeeds."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def on_receipt(self, event: Event) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("first time")
+
+
+def test_prune_by_the_retry_worker_never_holds_up_the_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``retention`` set, the worker's prune (many batches: here one that takes 30 s)
+    runs in a task of its own: a callback that failed is retried meanwhile."""
+    monkeypatch.setenv("RECEIVER_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setattr(receiver.logs, "configure_logging", lambda *args, **kwargs: None)
+    toml = tmp_path / "receiver.toml"
+    toml.write_text(
+        f'journal = "sqlite:///{tmp_path / "j.db"}"\nretention = "30d"\n'
+        "retry_delays = [0.2]\nduplicate_window = 0\nduplicate_body_window = 0\n"
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    plugin = FailsOnce()
+    app = create_app(load_config(toml), plugins=[plugin])
+    app.state.redelivery.poll_interval = 0.02
+    pruning = threading.Event()
+
+    async def slow_prune(older_than: float) -> int:
+        pruning.set()
+        await asyncio.sleep(30)
+        return 0
+
+    app.state.journal.prune = slow_prune
+    with TestClient(app) as client:
+        assert pruning.wait(5)
+        answer = client.post("/sms", content=ONEPOINT_DELIVERED, headers=JSON)
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 5
+        while plugin.calls < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert plugin.calls == 2  # retried while the prune still runs
