@@ -328,11 +328,46 @@ def _serve(args: argparse.Namespace) -> int:
         # The command line's logging, as the workers read it (they parse no arguments).
         os.environ["RECEIVER_LOG_FORMAT"] = log_format
         os.environ["RECEIVER_LOG_LEVEL"] = args.log_level
-        uvicorn.run("receiver.cli:worker_app", factory=True, workers=args.workers, **options)
+        return _supervise(args.workers, options)
     else:
         signal.signal(signal.SIGHUP, _hup_alone)
         uvicorn.run(app, **options)
     return 0
+
+
+WORKER_FAILED = 3
+"""``serve``'s exit status when a ``--workers`` worker could not start (uvicorn's
+``STARTUP_FAILURE``, as a single process that cannot start exits with)."""
+
+
+def _supervise(workers: int, options: dict[str, Any]) -> int:
+    """Run ``workers`` worker processes under uvicorn's supervisor (as ``uvicorn.run``
+    does with ``workers``) until a signal stops them; the exit status.
+
+    A worker that dies once serving is replaced by the supervisor. One that cannot start
+    (its app, or its journal: a startup failure, which would fail the same way again)
+    makes the supervisor stop them all: then ``serve`` says so in one line and exits
+    :data:`WORKER_FAILED`, not 0 (uvicorn's own ``run`` returns as after a signal), so a
+    service manager sees a failure (systemd's ``Restart=on-failure`` starts it again).
+    """
+    from uvicorn import Config
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    config = Config("receiver.cli:worker_app", factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    try:
+        supervisor.run()
+    finally:
+        if config.uds and os.path.exists(config.uds):
+            os.remove(config.uds)
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if not failed:
+        return 0
+    reason = f"worker process {failed[0]} could not start (its log says why): stopped"
+    log.error("worker failed to start", pid=failed[0])
+    print(f"receiver: {reason}", file=sys.stderr, flush=True)
+    return WORKER_FAILED
 
 
 def _hup_alone(signum: int, frame: object) -> None:
@@ -479,15 +514,25 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def worker_app() -> Any:
-    """The app of one ``serve --workers N`` worker, built from the environment."""
+    """The app of one ``serve --workers N`` worker, built from the environment.
+
+    One that cannot be built (its configuration or a plugin fails here, not in ``serve``)
+    is logged in one line and the worker exits with :data:`WORKER_FAILED`, uvicorn's
+    startup failure: its supervisor then stops (:func:`_supervise`) instead of starting
+    it again and again (uvicorn takes any other error for a crash to restart).
+    """
     from receiver.app import create_app
     from receiver.logs import configure_logging
 
     configure_logging(_env("LOG_FORMAT"), _env("LOG_LEVEL", "info"))
-    config = _standalone(load_config(os.environ.get(_WORKER_CONFIG)))
-    _server_limits(config, worker=True)
-    plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR) or config.plugins_dir
-    return create_app(replace_config(config, plugins_dir=plugins_dir))
+    try:
+        config = _standalone(load_config(os.environ.get(_WORKER_CONFIG)))
+        _server_limits(config, worker=True)
+        plugins_dir = os.environ.get(_WORKER_PLUGINS_DIR) or config.plugins_dir
+        return create_app(replace_config(config, plugins_dir=plugins_dir))
+    except Exception as exc:
+        log.error("worker cannot start", pid=os.getpid(), reason=str(exc) or repr(exc))
+        sys.exit(WORKER_FAILED)
 
 
 def _check_config(args: argparse.Namespace) -> int:

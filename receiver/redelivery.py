@@ -29,7 +29,8 @@ over the unfinished entries of owners that are gone, which the worker then handl
 a task of its own so that a long batch of retries never delays a renewal.
 
 The worker also keeps the journal to its ``retention`` (pruning at start, then every
-:attr:`Redelivery.prune_interval`), and tells an :class:`Observer` (the app's metrics)
+:attr:`Redelivery.prune_interval`, in a task of its own: a prune of many batches never
+holds up the retries), and tells an :class:`Observer` (the app's metrics)
 of retries, dead letters, undelivered replies and, every
 :attr:`Redelivery.backlog_interval` at most, the backlog.
 """
@@ -124,6 +125,7 @@ class Redelivery:
         self._next_count = 0.0
         self._worker: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()
         """Events whose handlers run on past their timeout (not retried meanwhile)."""
@@ -467,6 +469,8 @@ class Redelivery:
         try:
             await _cancel(self._worker)
             self._worker = None
+            await _cancel(self._pruner)  # what it has not pruned yet: at the next start
+            self._pruner = None
             late = list(self._late)
             if late:
                 log.info("waiting for handlers past their timeout", count=len(late), grace=grace)
@@ -577,23 +581,34 @@ class Redelivery:
 
     async def _keep(self) -> None:
         """The worker's housekeeping: prune past the retention (at start, then every
-        :attr:`prune_interval`); count the backlog for the observer (every
-        :attr:`backlog_interval` at most). Never raises (logged)."""
+        :attr:`prune_interval`, in a task of its own; not while one runs); count the
+        backlog for the observer (every :attr:`backlog_interval` at most). Never raises
+        (logged)."""
         now = time.monotonic()
-        if self.retention is not None and now >= self._next_prune:
+        pruning = self._pruner is not None and not self._pruner.done()
+        if self.retention is not None and now >= self._next_prune and not pruning:
+            # A task of its own: a big prune (many batches, a pause between them) never
+            # holds up the retries.
             self._next_prune = now + self.prune_interval
-            try:
-                pruned = await self.journal.prune(time.time() - self.retention)
-            except Exception:
-                log.exception("journal worker: pruning the journal failed")
-            else:
-                log.info("journal pruned", entries=pruned, retention_s=self.retention)
+            self._pruner = asyncio.get_running_loop().create_task(
+                self._prune(self.retention), context=contextvars.Context()
+            )
         if self.observer is not None and now >= self._next_count:
             self._next_count = now + self.backlog_interval
             try:
                 self.observer.backlog(await self.journal.backlog() + self.handling())
             except Exception:
                 log.exception("journal worker: counting the backlog failed")
+
+    async def _prune(self, retention: float) -> None:
+        """Prune what was received more than ``retention`` seconds ago (never raises:
+        logged)."""
+        try:
+            pruned = await self.journal.prune(time.time() - retention)
+        except Exception:
+            log.exception("journal worker: pruning the journal failed")
+        else:
+            log.info("journal pruned", entries=pruned, retention_s=retention)
 
     async def _retry_safely(self, entry: Entry) -> None:
         """:meth:`retry`, surviving anything it raises: logged, and the entry marked

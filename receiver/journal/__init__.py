@@ -237,6 +237,23 @@ class Recorded(msgspec.Struct, frozen=True):
     reply: Reply | None = None
 
 
+PRUNE_BATCH = 1000
+"""Most entries one prune transaction deletes (:attr:`Journal.prune_batch`). Measured on
+SQLite (``bench/prune.py``, 200k and 1M old entries): a batch of 1000 and their attempts
+commits in about 10 ms (a WAL checkpoint now and then: up to about 250 ms), where one
+transaction for all of them held the write lock 0.8 s for 200k and 4.5 s for 1M (near
+``busy_timeout``: a waiting writer failed with "database is locked"); 5000 a batch took
+about 40-60 ms each and let a concurrent writer wait up to about 180 ms."""
+
+PRUNE_PAUSE = 0.02
+"""Seconds between two prune transactions (:attr:`Journal.prune_pause`): room for the
+writers waiting on the lock, other processes' included (SQLite's busy handler sleeps
+1-25 ms between its tries during its first 128 ms of waiting). Measured
+(``bench/prune.py``): with no pause a writer recording every 20 ms in another process
+waited up to 0.5 s (it missed the gaps between batches); with 10 to 50 ms, its 99th
+percentile wait was 12-25 ms. A million entries take about 30 s to prune this way."""
+
+
 class Journal(abc.ABC):
     """Where accepted callbacks are kept; see the module docstring.
 
@@ -254,6 +271,12 @@ class Journal(abc.ABC):
 
     lease: float = DEFAULT_LEASE
     """Seconds this owner's lease lasts once renewed (see the module docstring)."""
+
+    prune_batch: int = PRUNE_BATCH
+    """Most entries one of :meth:`prune`'s transactions deletes (:data:`PRUNE_BATCH`)."""
+
+    prune_pause: float = PRUNE_PAUSE
+    """Seconds :meth:`prune` waits between its transactions (:data:`PRUNE_PAUSE`)."""
 
     @property
     def owner(self) -> str:
@@ -476,8 +499,15 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def prune(self, older_than: float) -> int:
         """Delete done, rejected, recovered and dead entries received before ``older_than``
-        (and their attempts); return how many (raises :class:`ConfigError` as
-        :meth:`entries` does)."""
+        (seconds since the epoch), their attempts, and the latest statuses not updated
+        since; return how many entries (raises :class:`ConfigError` as :meth:`entries`
+        does).
+
+        In bounded transactions: each deletes at most :attr:`prune_batch` entries (with
+        their attempts) and commits, then :attr:`prune_pause` seconds pass before the next,
+        until none is left; so a big prune never holds the journal's write lock for long
+        (other writers, other processes' included, get in between). A prune that fails
+        part way has deleted the batches committed before: run it again for the rest."""
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -1227,21 +1227,53 @@ class PostgresJournal(Journal):
 
     async def prune(self, older_than: float) -> int:
         await self._require()
+        batch = max(1, self.prune_batch)
+        total = 0
+        after = -math.inf  # the events_received range left to look at: [after, older_than)
 
-        async def work(connection: Any) -> int:
+        async def entries(connection: Any) -> tuple[int, int, float]:
+            # At most ``batch`` entries, oldest first, on events_received; the DELETE
+            # checks the state again (an entry replayed meanwhile is kept).
+            picked = await connection.fetch(_PRUNE_PICK, after, older_than, batch)
+            if not picked:
+                return 0, 0, after
+            ids = await connection.fetch(_PRUNE_EVENTS, [row[0] for row in picked])
             await connection.execute(
-                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events "
-                f"WHERE received_at < $1 AND state IN {_FINISHED})",
-                older_than,
+                "DELETE FROM attempts WHERE event_id = ANY($1::text[])", [row[0] for row in ids]
             )
+            return len(picked), len(ids), picked[-1][1]
+
+        async def statuses(connection: Any) -> int:
             status = await connection.execute(
-                f"DELETE FROM events WHERE received_at < $1 AND state IN {_FINISHED}",
+                "DELETE FROM message_status WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
+                "message_status WHERE updated_at < $1 LIMIT $2))",
                 older_than,
+                batch,
             )
-            await connection.execute("DELETE FROM message_status WHERE updated_at < $1", older_than)
             return int(status.split()[-1])
 
-        return await self._run(work)
+        while True:  # each batch a transaction of its own: none long
+            picked, deleted, last = await self._run(entries, durable=False)
+            total += deleted
+            if picked < batch:
+                break
+            after = last
+            await asyncio.sleep(self.prune_pause)
+        while await self._run(statuses, durable=False) >= batch:
+            await asyncio.sleep(self.prune_pause)
+        return total
+
+
+_PRUNE_PICK = (
+    "SELECT id, received_at FROM events WHERE received_at >= $1 AND received_at < $2 "
+    f"AND state IN {_FINISHED} ORDER BY received_at LIMIT $3"
+)
+"""The next batch of entries a prune deletes: one range on ``events_received``."""
+
+_PRUNE_EVENTS = (
+    f"DELETE FROM events WHERE id = ANY($1::text[]) AND state IN {_FINISHED} RETURNING id"
+)
+"""Delete a batch :data:`_PRUNE_PICK` found, unless replayed meanwhile; their ids."""
 
 
 async def _keep_session(connection: Any) -> None:

@@ -12,6 +12,7 @@ Duplicates: both look-ups are one query on one index each (``events_channel_dedu
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import sqlite3
@@ -256,7 +257,14 @@ class SQLiteJournal(Journal):
         return self._writer.commits
 
     async def start(self) -> None:
-        self._writer.ensure_started()
+        """Open the file (created, migrated): in a thread, as it may wait for another
+        process's write lock (:attr:`Writer.start_timeout
+        <receiver.journal.sqlite_io.Writer.start_timeout>`).
+
+        Raises:
+            ConfigError: the journal cannot be written (one line: the path, the reason).
+        """
+        await asyncio.to_thread(self._writer.ensure_started)
 
     async def stop(self) -> None:
         if self._registered:
@@ -686,22 +694,65 @@ class SQLiteJournal(Journal):
 
     async def prune(self, older_than: float) -> int:
         self._reader.require()
-
-        def operation(connection: sqlite3.Connection) -> int:
-            connection.execute(
-                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events "
-                "WHERE received_at < ? AND state IN ('done', 'rejected', 'recovered', 'dead'))",
-                (older_than,),
+        batch = max(1, self.prune_batch)
+        total = 0
+        after = -math.inf  # the events_received range left to look at: [after, older_than)
+        while True:
+            # Each batch one writer operation (its own transaction, or in a group with
+            # the callbacks queued meanwhile): at most ``batch`` entries and their attempts.
+            deleted, last = await self._submit(
+                _prune_batch(after, older_than, batch), durable=False
             )
-            cursor = connection.execute(
-                "DELETE FROM events WHERE received_at < ? "
-                "AND state IN ('done', 'rejected', 'recovered', 'dead')",
-                (older_than,),
-            )
-            connection.execute("DELETE FROM message_status WHERE updated_at < ?", (older_than,))
-            return cursor.rowcount
+            total += deleted
+            if deleted < batch:
+                break
+            after = last
+            await asyncio.sleep(self.prune_pause)  # other processes' writers get the lock
+        while (await self._submit(_prune_statuses(older_than, batch), durable=False)) >= batch:
+            await asyncio.sleep(self.prune_pause)
+        return total
 
-        return await self._submit(operation)
+
+def _prune_batch(
+    after: float, older_than: float, batch: int
+) -> Callable[[sqlite3.Connection], tuple[int, float]]:
+    """A writer operation deleting at most ``batch`` finished entries received in
+    ``[after, older_than)``, oldest first, and their attempts (one range on
+    ``events_received``). Returns how many, and the last one's ``received_at`` (where the
+    next batch starts: entries of that same time may be left)."""
+
+    def operation(connection: sqlite3.Connection) -> tuple[int, float]:
+        rows = connection.execute(_PRUNE_PICK, (after, older_than, batch)).fetchall()
+        if not rows:
+            return 0, after
+        connection.executemany("DELETE FROM events WHERE rowid = ?", [row[:1] for row in rows])
+        connection.executemany(
+            "DELETE FROM attempts WHERE event_id = ?", [(row[1],) for row in rows]
+        )
+        return len(rows), rows[-1][2]
+
+    return operation
+
+
+def _prune_statuses(older_than: float, batch: int) -> Callable[[sqlite3.Connection], int]:
+    """A writer operation deleting at most ``batch`` latest statuses not updated since
+    ``older_than``; returns how many."""
+
+    def operation(connection: sqlite3.Connection) -> int:
+        return connection.execute(
+            "DELETE FROM message_status WHERE rowid IN (SELECT rowid FROM message_status "
+            "WHERE updated_at < ? LIMIT ?)",
+            (older_than, batch),
+        ).rowcount
+
+    return operation
+
+
+_PRUNE_PICK = (
+    "SELECT rowid, id, received_at FROM events WHERE received_at >= ? AND received_at < ? "
+    "AND state IN ('done', 'rejected', 'recovered', 'dead') ORDER BY received_at LIMIT ?"
+)
+"""The next batch of entries a prune deletes: one range on ``events_received``."""
 
 
 _WINDOW = (

@@ -61,6 +61,7 @@ __all__ = [
     "Writer",
     "connect",
     "file_attribute",
+    "locked",
     "low_space",
     "min_free_bytes",
     "storage_fault",
@@ -242,6 +243,17 @@ class _Immutable(Exception):
     (on its ``-shm``, that would be SIGBUS: see the module docstring)."""
 
 
+def locked(error: BaseException) -> bool:
+    """``error`` is SQLite's ``database is locked`` (or ``busy``): another connection
+    held the lock longer than ``busy_timeout``; the same may work a moment later."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
+
+
 def storage_fault(error: BaseException) -> bool:
     """``error`` says the store cannot take a write (disk full, read-only, I/O error,
     locked, file lost, file immutable), not that an operation is wrong (a bug: it fails
@@ -388,6 +400,11 @@ class Writer:
     retry_max = 5.0
     """Seconds between attempts at the kept state changes (doubling from the first)."""
 
+    start_timeout = 30.0
+    """Seconds start-up (:meth:`ensure_started`) keeps trying while the file is locked by
+    another process (``database is locked``: each try waits ``busy_timeout``, 5 s, for
+    the lock) before it fails; any other fault fails it at once."""
+
     def __init__(
         self,
         path: Path,
@@ -440,10 +457,13 @@ class Writer:
         return self.failure
 
     def ensure_started(self) -> None:
-        """Start the thread (connecting and preparing the file) unless it runs.
+        """Start the thread (connecting and preparing the file) unless it runs. Blocks
+        while another process holds the file's write lock, up to :attr:`start_timeout`
+        seconds (and SQLite's 5 s ``busy_timeout``).
 
         Raises:
-            ConfigError: the journal cannot be written (one line: the path, the reason).
+            ConfigError: the journal cannot be written (one line: the path, the reason;
+                ``database is locked`` when the lock was still held after that time).
         """
         if self._thread is not None:
             return
@@ -472,30 +492,45 @@ class Writer:
             refused = _not_writable(path.with_name(path.name + suffix))
             if refused is not None:
                 raise ConfigError(f"journal: {path}{suffix}: {refused}")
-        connection: sqlite3.Connection | None = None
-        try:
-            connection = connect(path)
-            self.prepare(connection)
-            connection.execute("BEGIN IMMEDIATE")
-            _write_header(connection)  # fails on a file only readable
-            connection.execute("COMMIT")
-            self.identity = _identity(path)
-            self._watch()
-            self._check_files()  # before the done ledger's transaction, as before any
-            if self._ledger_on:
-                noted = self.ledger.open()
-                if noted and self.apply_done is not None:
-                    connection.execute("BEGIN IMMEDIATE")
-                    self.apply_done(connection, noted)
-                    connection.execute("COMMIT")
-                    log.warning("handled events marked done from the done ledger", count=len(noted))
-                self.ledger.clear()
-        except (sqlite3.Error, OSError, _Immutable) as exc:
-            self.ledger.close()
-            if connection is not None:
-                self._close(connection)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ConfigError(f"journal: {path}: {reason}") from None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            connection: sqlite3.Connection | None = None
+            try:
+                connection = connect(path)
+                self.prepare(connection)
+                connection.execute("BEGIN IMMEDIATE")
+                _write_header(connection)  # fails on a file only readable
+                connection.execute("COMMIT")
+                self.identity = _identity(path)
+                self._watch()
+                self._check_files()  # before the done ledger's transaction, as before any
+                if self._ledger_on:
+                    noted = self.ledger.open()
+                    if noted and self.apply_done is not None:
+                        connection.execute("BEGIN IMMEDIATE")
+                        self.apply_done(connection, noted)
+                        connection.execute("COMMIT")
+                        log.warning(
+                            "handled events marked done from the done ledger", count=len(noted)
+                        )
+                    self.ledger.clear()
+                break
+            except (sqlite3.Error, OSError, _Immutable) as exc:
+                self.ledger.close()
+                if connection is not None:
+                    self._close(connection)
+                if locked(exc) and time.monotonic() < deadline:
+                    # Another process holds the write lock (a long transaction): each try
+                    # already waited busy_timeout; wait on, up to start_timeout.
+                    log.warning(
+                        "journal locked by another process at start: trying again",
+                        path=str(path),
+                        reason=str(exc),
+                    )
+                    time.sleep(0.2)
+                    continue
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise ConfigError(f"journal: {path}: {reason}") from None
         self.lost = None
         self.failure = low_space(path, self.min_free) if self.min_free else None
         if self.failure is not None:
