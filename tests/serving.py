@@ -10,11 +10,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 SECRET = "qs-secret-7f3a9c"
+
+
+def wait_for(predicate: Callable[[], object], seconds: float = 20) -> bool:
+    """Whether ``predicate`` comes true within ``seconds`` (asked every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
 
 
 def free_port() -> int:
@@ -46,34 +56,37 @@ class Server:
         return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
 
 
-@contextmanager
-def serve(tmp_path: Path, config: str, *extra: str) -> Iterator[Server]:
-    """``receiver serve`` on ``config`` (run in ``tmp_path``); stopped on exit."""
-    config_path = tmp_path / "receiver.toml"
-    config_path.write_text(config)
+def start_serve(
+    tmp_path: Path, config: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """Start ``receiver serve`` on ``config`` (written to ``tmp_path/receiver.toml``, run
+    in ``tmp_path``) on a free port, JSON log lines to ``tmp_path/serve.log``, without
+    waiting for it: the process, the log's path and the port."""
+    (tmp_path / "receiver.toml").write_text(config)
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "WHISPIR_KEY": SECRET, "RECEIVER_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RECEIVER_LOG_LEVEL", "RECEIVER_LOG_FORMAT", "RECEIVER_CONFIG")
+    }
+    env.update(WHISPIR_KEY=SECRET, RECEIVER_DISABLE_PLUGIN_AUTOLOAD="1")
+    command = ["serve", "--config", "receiver.toml", "--port", str(port), "--log-format", "json"]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "receiver.cli",
-                "serve",
-                "--config",
-                str(config_path),
-                "--port",
-                str(port),
-                "--log-format",
-                "json",
-                *extra,
-            ],
+            [sys.executable, "-m", "receiver.cli", *command, *extra],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp_path,
         )
+    return process, log, port
+
+
+@contextmanager
+def serve(tmp_path: Path, config: str, *extra: str) -> Iterator[Server]:
+    """``receiver serve`` on ``config`` (run in ``tmp_path``); stopped on exit."""
+    process, log, port = start_serve(tmp_path, config, *extra)
     server = Server(process, port, log)
     try:
         deadline = time.monotonic() + 15

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from postgres import postgres_server, postgres_url
 from samples import PAYLOADS
-from serving import serve
+from serving import serve, wait_for
 
 __all__ = ["postgres_server", "postgres_url"]  # fixtures, used by name
 
@@ -33,15 +33,6 @@ def on_message(event):
 
 def body(number: int) -> bytes:
     return json.dumps({**MESSAGE, "MessageID": f"A17-{number:04d}"}).encode()
-
-
-def wait_for(predicate: object, seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_workers_default_journal_keeps_a_failed_callback(tmp_path: Path) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from contextlib import closing
@@ -27,7 +25,7 @@ from typing import Any
 import pytest
 from postgres import postgres_server, postgres_url
 from samples import PAYLOADS
-from serving import free_port
+from serving import start_serve
 from starlette.testclient import TestClient
 
 import receiver.logs
@@ -294,41 +292,6 @@ if os.environ.get("RECEIVER_LOG_LEVEL"):  # the worker's journal start (its life
     SQLiteJournal.start = refused
 """,
 }
-
-
-def start_serve(
-    tmp_path: Path, config: str, *extra: str
-) -> tuple[subprocess.Popen[bytes], Path, int]:
-    (tmp_path / "receiver.toml").write_text(config)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("RECEIVER_LOG_LEVEL", "RECEIVER_LOG_FORMAT", "RECEIVER_CONFIG")
-    }
-    env["RECEIVER_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "receiver.cli",
-                "serve",
-                "--config",
-                "receiver.toml",
-                "--port",
-                str(port),
-                "--log-format",
-                "json",
-                *extra,
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    return process, log, port
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

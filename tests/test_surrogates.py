@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import msgspec
 import pytest
 import structlog
 from samples import PAYLOADS
-from serving import serve
+from serving import serve, wait_for
 from starlette.testclient import TestClient
 from test_logs import restore_structlog
 
@@ -35,15 +34,6 @@ __all__ = ["restore_structlog"]  # a fixture, used by name
 
 def body(message_id: str) -> bytes:
     return json.dumps({**MESSAGE, "MessageID": message_id}).encode()
-
-
-def wait_for(predicate: object, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 SURROGATE_ERROR = """

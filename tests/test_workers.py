@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from samples import PAYLOADS
-from serving import serve
+from serving import serve, wait_for
 
 MESSAGE = json.loads((PAYLOADS / "onepoint" / "message_inbound.json").read_bytes())
 JSON = {"content-type": "application/json"}
@@ -65,15 +65,6 @@ def children(pid: int) -> set[int]:
         ["ps", "-ww", "--ppid", str(pid), "-o", "pid=,args="], capture_output=True, text=True
     ).stdout
     return {int(line.split()[0]) for line in found.splitlines() if "spawn_main" in line}
-
-
-def wait_for(predicate: object, seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_workers_share_the_sqlite_journal_and_survive_hup(tmp_path: Path) -> None:
