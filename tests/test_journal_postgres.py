@@ -501,8 +501,8 @@ def test_postgres_state_changes_do_not_wait_for_the_wal_flush(postgres_url: str)
     assert run(postgres_url, scenario) == [
         ("_commit_group", "on"),
         ("_commit_group", "on"),
-        ("complete", "off"),
-        ("fail", "off"),
+        ("_write_group", "off"),  # each alone here: its group of one
+        ("_write_group", "off"),
     ]
 
 

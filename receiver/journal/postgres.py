@@ -156,8 +156,42 @@ ownership, see :mod:`receiver.journal`)."""
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k"
 """Take the advisory locks of duplicate look-ups' keys, in one order."""
 
-_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
-"""A state change's transaction: committed without waiting for the WAL flush."""
+_ASYNC_COMMIT = {"synchronous_commit": "off"}
+"""The session setting of the state changes' connections (given when each connects, in
+the start-up message: no statement, no round trip): their commits do not wait for the WAL
+flush. Only those connections have it; records' connections keep the server's setting."""
+
+_DONE = (
+    "UPDATE events SET state = 'done', reply = COALESCE(c.reply, events.reply), error = NULL, "
+    "next_attempt_at = NULL, failed_plugins = NULL, attempts = events.attempts + 1 "
+    "FROM unnest($1::text[], $2::bytea[]) AS c(id, reply) WHERE events.id = c.id"
+)
+"""Mark a group's entries done, with their replies (None: the stored one is kept)."""
+
+_FAILED = (
+    "UPDATE events SET state = c.state, reply = COALESCE(c.reply, events.reply), "
+    "error = c.error, failed_plugins = c.failed_plugins, next_attempt_at = c.next_attempt_at, "
+    "attempts = events.attempts + 1 FROM unnest($1::text[], $2::text[], $3::bytea[], "
+    "$4::text[], $5::bytea[], $6::float8[]) "
+    "AS c(id, state, reply, error, failed_plugins, next_attempt_at) WHERE events.id = c.id "
+    "RETURNING events.id, events.attempts"
+)
+"""Mark a group's entries failed, reply_failed or dead (:meth:`PostgresJournal.fail` and
+:meth:`~PostgresJournal.undelivered` write the same columns); their attempt numbers come
+back."""
+
+_ATTEMPTS = (
+    "INSERT INTO attempts (event_id, attempt, at, plugin, hook, error_type, message, "
+    "traceback) SELECT * FROM (SELECT c.event_id, COALESCE(c.attempt, "
+    "(SELECT e.attempts + 1 FROM events e WHERE e.id = c.event_id)) AS attempt, c.at, "
+    "c.plugin, c.hook, c.error_type, c.message, c.traceback FROM unnest($1::text[], "
+    "$2::int[], $3::float8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) "
+    "AS c(event_id, attempt, at, plugin, hook, error_type, message, traceback)) AS a "
+    "WHERE a.attempt IS NOT NULL"
+)
+"""Keep a group's failures: a failed entry's at the number :data:`_FAILED` returned, a
+noted one's (no number given) at the attempt under way, its attempts + 1; none for an
+entry that is not there."""
 
 _NOW = "extract(epoch from clock_timestamp())::float8"
 """The database's clock, in seconds since the epoch: leases are compared on one clock,
@@ -275,6 +309,85 @@ def _why(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+class _Change:
+    """One state change of a stored entry, waiting for its group (see
+    :meth:`PostgresJournal._change`)."""
+
+    __slots__ = ("event_id", "failures", "future", "keep", "kind", "row")
+
+    def __init__(
+        self,
+        event_id: str,
+        kind: str,
+        row: Any,
+        failures: Sequence[Failure] = (),
+        *,
+        keep: bool = True,
+    ) -> None:
+        self.event_id = event_id
+        self.kind = kind
+        """``done`` (row: the encoded reply or None), ``failed`` (row: state, encoded
+        reply or None, error, encoded failed plugins, next attempt) or ``note`` (row:
+        None; ``failures`` only)."""
+        self.row = row
+        self.failures = failures
+        self.keep = keep
+        """Kept in memory and written again on a fault (a note is not: its caller gets
+        :class:`~receiver.errors.JournalUnavailable`)."""
+        self.future: asyncio.Future[None] | None = None
+
+
+def _statements(changes: Sequence[_Change]) -> int:
+    """How many statements :func:`_write_changes` sends for ``changes``."""
+    kinds = {change.kind for change in changes}
+    failures = any(change.failures for change in changes if change.kind != "done")
+    return ("done" in kinds) + ("failed" in kinds) + failures
+
+
+async def _write_changes(connection: Any, changes: Sequence[_Change]) -> None:
+    """Write ``changes`` (at most one per entry: their order between entries does not
+    matter): one statement per kind, whatever their number (:data:`_DONE`,
+    :data:`_FAILED`, :data:`_ATTEMPTS`)."""
+    done = [change for change in changes if change.kind == "done"]
+    if done:
+        await connection.execute(
+            _DONE, [change.event_id for change in done], [change.row for change in done]
+        )
+    failed = [change for change in changes if change.kind == "failed"]
+    numbers: dict[str, int] = {}
+    if failed:
+        columns: list[list[Any]] = [[change.event_id] for change in failed]
+        for row, change in zip(columns, failed, strict=True):
+            row.extend(change.row)
+        rows = await connection.fetch(_FAILED, *map(list, zip(*columns, strict=True)))
+        numbers = {row[0]: row[1] for row in rows}
+    kept: list[tuple[Any, ...]] = []
+    for change in changes:
+        if change.kind == "done" or not change.failures:
+            continue
+        if change.kind == "failed":
+            number: int | None = numbers.get(change.event_id)
+            if number is None:  # no such entry: nothing to keep
+                continue
+        else:
+            number = None  # a note: the attempt under way, looked up
+        kept += [
+            (
+                change.event_id,
+                number,
+                failure.at,
+                _text(failure.plugin),
+                _text(failure.hook),
+                _text(failure.error_type),
+                _text(failure.message),
+                _text(failure.traceback),
+            )
+            for failure in change.failures
+        ]
+    if kept:
+        await connection.execute(_ATTEMPTS, *map(list, zip(*kept, strict=True)))
+
+
 class PostgresJournal(Journal):
     """The shared journal: PostgreSQL (see the module docstring).
 
@@ -300,9 +413,13 @@ class PostgresJournal(Journal):
     retry_max = 5.0
     """Seconds between attempts at the kept state changes (doubling from the first)."""
     group_writers = 2
-    """Group transactions in flight at once (each on a connection of its own)."""
+    """Group transactions of records in flight at once (each on a connection of its
+    own)."""
     max_batch = 256
-    """Most records in one group transaction."""
+    """Most records in one group transaction, and most state changes in one group."""
+    change_connections = 2
+    """Connections of the state changes' pool (``synchronous_commit`` off): the group
+    writer's, and one for the kept changes' writer or a replay's claim."""
 
     def __init__(
         self,
@@ -333,7 +450,11 @@ class PostgresJournal(Journal):
         self._flushing: set[asyncio.Task[None]] = set()
         self.grouped = 0
         """Records committed in a group transaction (with others, or alone)."""
-        """Transactions committed that wrote."""
+        self._async_pool: Any = None
+        self._changes: list[_Change] = []
+        self._changing: asyncio.Task[None] | None = None
+        self.changes_grouped = 0
+        """State changes written in a group (with others, or alone)."""
 
     @property
     def where(self) -> str:
@@ -342,33 +463,56 @@ class PostgresJournal(Journal):
 
     # -- connections ----------------------------------------------------------------
 
-    async def _connections(self) -> Any:
-        """The pool (created on first use; it opens connections as they are needed)."""
-        if self._pool is None:
-            import asyncpg
+    async def _connections(self, durable: bool = True) -> Any:
+        """The pool (created on first use; it opens connections as they are needed);
+        ``durable`` False: the state changes' pool, whose connections commit without
+        waiting for the WAL flush (:data:`_ASYNC_COMMIT`)."""
+        if durable and self._pool is None:
+            self._pool = await self._new_pool(self.pool_size)
+        elif not durable and self._async_pool is None:
+            size = min(self.change_connections, self.pool_size)
+            pool = await self._new_pool(size, **_ASYNC_COMMIT)
+            if self._async_pool is None:  # (two first uses at once: one pool kept)
+                self._async_pool = pool
+            else:
+                await pool.close()
+        return self._pool if durable else self._async_pool
 
-            self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=0,
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
-                command_timeout=self.command_timeout,
-                max_inactive_connection_lifetime=60.0,
-                reset=_keep_session,
-            )
-        return self._pool
+    async def _new_pool(self, size: int, **settings: str) -> Any:
+        import asyncpg
+
+        return await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=max(1, size),
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            max_inactive_connection_lifetime=60.0,
+            reset=_keep_session,
+            server_settings=settings or None,
+        )
 
     async def _run(
-        self, work: Callable[[Any], Awaitable[_T]], *, write: bool = True, durable: bool = True
+        self,
+        work: Callable[[Any], Awaitable[_T]],
+        *,
+        write: bool = True,
+        durable: bool = True,
+        begin: bool = True,
     ) -> _T:
         """``work`` with a connection, in one transaction; told to :attr:`on_commit`.
+        ``durable`` False: on a connection of the state changes' pool (its commits do not
+        wait for the WAL flush). ``begin`` False: no ``BEGIN`` and ``COMMIT``, for a
+        ``work`` of one statement (PostgreSQL makes it a transaction of its own).
 
         A pooled connection whose server went away (a restart, ``pg_terminate_backend``)
         fails at ``BEGIN``, before anything of ``work`` was sent: it is closed and the
         transaction begun once more on another connection. A fault later closes the
         connection (the pool opens a new one) and is raised.
         """
-        pool = await self._connections()
+        if not begin:
+            return await self._statement(work, write=write, durable=durable)
+        pool = await self._connections(durable)
         for last in (False, True):
             try:  # (asyncio.timeout: a timer; acquire(timeout=) wraps it in a task)
                 async with asyncio.timeout(self.connect_timeout):
@@ -380,8 +524,6 @@ class PostgresJournal(Journal):
                 transaction = connection.transaction()
                 try:
                     await transaction.start()
-                    if not durable:  # a state change: the commit need not wait for the disk
-                        await connection.execute(_ASYNC_COMMIT)
                 except Exception as exc:
                     if last or not _fault(exc):
                         raise
@@ -402,6 +544,37 @@ class PostgresJournal(Journal):
             finally:
                 await pool.release(connection)
             break
+        self._committed(write, started)
+        return result
+
+    async def _statement(
+        self, work: Callable[[Any], Awaitable[_T]], *, write: bool, durable: bool
+    ) -> _T:
+        """``work`` of one statement with a connection, outside ``BEGIN`` and ``COMMIT``
+        (see :meth:`_run`). Nothing is tried again: a statement sent on a connection that
+        turns out to be broken may have been committed (the kept changes' writer writes
+        it again, as after a lost ``COMMIT`` answer)."""
+        pool = await self._connections(durable)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                connection = await pool.acquire()
+        except Exception as exc:
+            raise _Unreachable(_why(exc)) from exc
+        try:
+            started = time.perf_counter()
+            result = await work(connection)
+        except Exception as exc:
+            if _fault(exc):
+                connection.terminate()
+            raise
+        finally:
+            await pool.release(connection)
+        self._committed(write, started)
+        return result
+
+    def _committed(self, write: bool, started: float) -> None:
+        """A transaction committed (``write``: one that wrote, told to
+        :attr:`on_commit`); the journal is writable again when nothing is kept."""
         if write:
             self.commits += 1
             observer = self.on_commit
@@ -413,7 +586,6 @@ class PostgresJournal(Journal):
         if self.failure is not None and not self.kept:
             log.info("journal writable again", journal=self.where)
             self.failure = None
-        return result
 
     async def _grouped(self, work: Callable[[Any, bool], Awaitable[_T]], keys: list[int]) -> _T:
         """Run a record's ``work`` in the next group transaction (see the class); as
@@ -489,23 +661,122 @@ class PostgresJournal(Journal):
             self._failed(exc)
             raise JournalUnavailable() from None
 
-    async def _change(self, event_id: str | None, work: Callable[[Any], Awaitable[None]]) -> None:
-        """Change a stored event's state: a fault keeps the change (written again with
-        backoff) instead of failing the caller (``event_id`` None: not kept, 503)."""
-        if self.kept and event_id is not None:  # written after the ones kept before it
-            self.kept[event_id] = work
+    async def _change(self, change: _Change) -> None:
+        """Change a stored event's state in the next group of state changes.
+
+        State changes (done, failed, reply_failed, dead, a noted attempt) that arrive
+        while a group is being written join the next one, written by one task: one
+        statement per kind of change for the whole group (:func:`_write_changes`), on a
+        connection whose commits do not wait for the WAL flush. A group of ``done`` alone
+        (the common case) is one ``UPDATE``, its own transaction: no ``BEGIN`` and no
+        ``COMMIT`` round trip. Per-entry order holds: a group holds at most one change of
+        an entry (a later one waits for the next group), and groups are written one
+        after the other. Each change is made after its caller's :meth:`record` returned,
+        so after its record committed.
+
+        A fault (the connection lost) keeps every change of the group in memory, written
+        again with backoff instead of failing its caller (a note is not kept: its caller
+        gets :class:`JournalUnavailable`); while any is kept, new changes are kept after
+        it. A group that fails otherwise (one change raised) is taken apart: each change
+        is written alone, and only the one that raises fails its caller.
+        """
+        if self.kept and change.keep:  # written after the ones kept before it
+            self.kept[change.event_id] = self._alone(change)
             return
+        change.future = asyncio.get_running_loop().create_future()
+        self._changes.append(change)
+        if self._changing is None:
+            self._changing = asyncio.get_running_loop().create_task(self._write_changes())
+        await change.future
+
+    def _alone(self, change: _Change) -> Callable[[Any], Awaitable[None]]:
+        """The work that writes ``change`` by itself (kept, or a group taken apart)."""
+
+        async def alone(connection: Any) -> None:
+            await _write_changes(connection, (change,))
+
+        return alone
+
+    def _next_changes(self) -> list[_Change]:
+        """The next group: the queued changes in order, at most :attr:`max_batch`, at
+        most one per entry (the others stay queued, in their order)."""
+        group: list[_Change] = []
+        later: list[_Change] = []
+        seen: set[str] = set()
+        for change in self._changes:
+            if len(group) >= self.max_batch or change.event_id in seen:
+                later.append(change)
+            else:
+                seen.add(change.event_id)
+                group.append(change)
+        self._changes = later
+        return group
+
+    async def _write_changes(self) -> None:
+        """Write the queued state changes, a group at a time, until none is left."""
         try:
-            await self._run(work, durable=False)
+            while self._changes:
+                group = self._next_changes()
+                if self.kept:  # a group failed meanwhile: after the kept ones
+                    for change in group:
+                        if change.keep:
+                            self.kept[change.event_id] = self._alone(change)
+                            _settle(change, None)
+                    group = [change for change in group if not change.keep]
+                    if not group:
+                        continue
+                await self._write_group(group)
+        finally:
+            self._changing = None
+
+    async def _write_group(self, group: list[_Change]) -> None:
+        """Write ``group`` in one transaction (one statement for done alone); see
+        :meth:`_change` for its faults and failures."""
+
+        async def changes(connection: Any) -> None:
+            await _write_changes(connection, group)
+
+        try:
+            await self._run(changes, durable=False, begin=_statements(group) > 1)
         except Exception as exc:
-            if not _fault(exc):
-                raise
-            self._failed(exc)
-            if event_id is None:
-                raise JournalUnavailable() from None
-            self.kept[event_id] = work
-            if self._keeper is None or self._keeper.done():
-                self._keeper = asyncio.get_running_loop().create_task(self._write_kept())
+            if _fault(exc):
+                self._failed(exc)
+                for change in group:
+                    self._keep(change, exc)
+                return
+            if len(group) == 1:
+                _settle(group[0], exc)
+                return
+        else:
+            self.changes_grouped += len(group)
+            for change in group:
+                _settle(change, None)
+            return
+        for change in group:  # one of them raised: each alone
+            try:
+                await self._run(self._alone(change), durable=False)
+            except Exception as exc:
+                if _fault(exc):
+                    self._failed(exc)
+                    self._keep(change, exc)
+                else:
+                    _settle(change, exc)
+            else:
+                self.changes_grouped += 1
+                _settle(change, None)
+
+    def _keep(self, change: _Change, fault: BaseException) -> None:
+        """A fault stopped ``change``: kept, written again with backoff (a note: its
+        caller gets :class:`JournalUnavailable`)."""
+        if not change.keep:
+            unavailable = JournalUnavailable()
+            unavailable.__cause__ = fault
+            _settle(change, unavailable)
+            return
+        self.kept[change.event_id] = self._alone(change)
+        _settle(change, None)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._write_kept())
 
     def _failed(self, error: BaseException) -> None:
         reason = f"journal unreachable: {_why(error)}"
@@ -649,6 +920,12 @@ class PostgresJournal(Journal):
             except Exception:  # an unreachable database: the lease runs out instead
                 log.warning("journal: giving the lease up failed", journal=self.where)
         self._forget_owner()
+        changing = self._changing
+        if changing is not None and not changing.done():
+            try:  # the changes queued: written (or kept) before the keeper's last chance
+                await asyncio.wait_for(asyncio.shield(changing), timeout=self.retry_max)
+            except (TimeoutError, asyncio.CancelledError):
+                changing.cancel()
         keeper, self._keeper = self._keeper, None
         if keeper is not None and not keeper.done():
             try:  # one more chance for the kept states, not a wait for a dead server
@@ -661,9 +938,12 @@ class PostgresJournal(Journal):
                 journal=self.where,
                 count=len(self.kept),
             )
-        pool, self._pool = self._pool, None
+        pools = self._pool, self._async_pool
+        self._pool = self._async_pool = None
         self._ready = False
-        if pool is not None:
+        for pool in pools:
+            if pool is None:
+                continue
             try:
                 await asyncio.wait_for(pool.close(), timeout=self.retry_max)
             except Exception:
@@ -819,17 +1099,7 @@ class PostgresJournal(Journal):
 
     async def complete(self, event_id: str, reply: Reply | None) -> None:
         encoded = _encode(reply) if reply is not None else None
-
-        async def work(connection: Any) -> None:
-            await connection.execute(
-                "UPDATE events SET state = 'done', reply = COALESCE($1, reply), error = NULL, "
-                "next_attempt_at = NULL, failed_plugins = NULL, attempts = attempts + 1 "
-                "WHERE id = $2",
-                encoded,
-                event_id,
-            )
-
-        await self._change(event_id, work)
+        await self._change(_Change(event_id, "done", encoded))
 
     async def fail(
         self,
@@ -846,22 +1116,8 @@ class PostgresJournal(Journal):
         names = [*(plugins or ()), *([REPLY_ONLY] if undelivered else [])]
         encoded = _encode(names) if names else None
         kept_reply = _encode(reply) if reply is not None else None
-
-        async def work(connection: Any) -> None:
-            attempts = await connection.fetchval(
-                "UPDATE events SET state = $1, reply = COALESCE($2, reply), error = $3, "
-                "failed_plugins = $4, next_attempt_at = $5, attempts = attempts + 1 "
-                "WHERE id = $6 RETURNING attempts",
-                state,
-                kept_reply,
-                _text(error),
-                encoded,
-                retry_at,
-                event_id,
-            )
-            await _keep_attempt(connection, event_id, attempts, failures)
-
-        await self._change(event_id, work)
+        row = (state, kept_reply, _text(error), encoded, retry_at)
+        await self._change(_Change(event_id, "failed", row, list(failures)))
 
     async def undelivered(
         self,
@@ -872,36 +1128,13 @@ class PostgresJournal(Journal):
         failures: Sequence[Failure] = (),
     ) -> None:
         state = "reply_failed" if retry_at is not None else "dead"
-        encoded = _encode(reply), _encode([REPLY_ONLY])
-
-        async def work(connection: Any) -> None:
-            attempts = await connection.fetchval(
-                "UPDATE events SET state = $1, reply = $2, error = $3, failed_plugins = $4, "
-                "next_attempt_at = $5, attempts = attempts + 1 WHERE id = $6 RETURNING attempts",
-                state,
-                encoded[0],
-                _text(error),
-                encoded[1],
-                retry_at,
-                event_id,
-            )
-            await _keep_attempt(connection, event_id, attempts, failures)
-
-        await self._change(event_id, work)
+        row = (state, _encode(reply), _text(error), _encode([REPLY_ONLY]), retry_at)
+        await self._change(_Change(event_id, "failed", row, list(failures)))
 
     async def note(self, event_id: str, failures: Sequence[Failure]) -> None:
         if not failures:
             return
-
-        async def work(connection: Any) -> None:
-            attempts = await connection.fetchval(
-                "SELECT attempts FROM events WHERE id = $1", event_id
-            )
-            await _keep_attempt(
-                connection, event_id, None if attempts is None else attempts + 1, failures
-            )
-
-        await self._change(None, work)
+        await self._change(_Change(event_id, "note", None, list(failures), keep=False))
 
     async def backlog(self) -> int:
         async def work(connection: Any) -> int:
@@ -1236,29 +1469,15 @@ def _denied(error: BaseException) -> bool:
     )
 
 
-async def _keep_attempt(
-    connection: Any, event_id: str, number: int | None, failures: Sequence[Failure]
-) -> None:
-    """Store ``failures`` as attempt ``number`` at ``event_id`` (None: no such entry)."""
-    if not failures or number is None:
+def _settle(change: _Change, error: BaseException | None) -> None:
+    """Tell ``change``'s caller it is written (``error`` None), or why not."""
+    future = change.future
+    if future is None or future.done():  # (a caller that was cancelled meanwhile)
         return
-    await connection.executemany(
-        "INSERT INTO attempts (event_id, attempt, at, plugin, hook, error_type, message, "
-        "traceback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        [
-            (
-                event_id,
-                number,
-                failure.at,
-                _text(failure.plugin),
-                _text(failure.hook),
-                _text(failure.error_type),
-                _text(failure.message),
-                _text(failure.traceback),
-            )
-            for failure in failures
-        ],
-    )
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 async def _out_of_order(connection: Any, event: Event, received: float) -> bool:
