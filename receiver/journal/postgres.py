@@ -231,6 +231,21 @@ _INSERT = (
     "VALUES ($1, $2, $3, $4, $5, 'received', $6, $7, $8, $9, $10, $11, $12)"
 )
 
+_INSERT_MANY = (
+    "INSERT INTO events (id, channel, provider, type, message_id, state, received_at, raw, "
+    "meta, event, dedupe_key, body_hash, owner) SELECT r.id, r.channel, r.provider, r.type, "
+    "r.message_id, 'received', r.received_at, r.raw, r.meta, r.event, r.dedupe_key, "
+    "r.body_hash, $12 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::float8[], $7::bytea[], $8::bytea[], $9::bytea[], $10::text[], $11::bytea[]) AS r(id, "
+    "channel, provider, type, message_id, received_at, raw, meta, event, dedupe_key, "
+    "body_hash)"
+)
+"""Insert a group's new records (:class:`_Inserts`): one statement, one round trip."""
+
+_INSERT_BYTES = 8 << 20
+"""Most bytes of raw bodies in one :data:`_INSERT_MANY` (a bigger group: more
+statements)."""
+
 _LAST_ERROR = (
     "(SELECT error_type || ': ' || message FROM attempts WHERE event_id = events.id "
     "ORDER BY attempt DESC, id DESC LIMIT 1)"
@@ -307,6 +322,49 @@ def _why(error: BaseException) -> str:
     """One line on a fault (never the URL: it may hold the password)."""
     text = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _Inserts:
+    """The new records of a group transaction, inserted together before its commit
+    (:data:`_INSERT_MANY`), and what a later record of the same group looks its original
+    up among (the database does not hold them yet)."""
+
+    __slots__ = ("bodies", "keys", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.keys: dict[tuple[str, str], tuple[str, float]] = {}
+        self.bodies: dict[tuple[str, bytes], tuple[str, float]] = {}
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        """Insert ``row`` (:data:`_INSERT_MANY`'s columns, in order) with the group."""
+        self.rows.append(row)
+        event_id, channel, received, dedupe_key, body_hash = row[0], row[1], row[5], row[9], row[10]
+        if dedupe_key is not None:
+            self.keys.setdefault((channel, dedupe_key), (event_id, received))
+        self.bodies.setdefault((channel, body_hash), (event_id, received))
+
+    def by_key(self, channel: str, dedupe_key: str | None, since: float) -> str | None:
+        """The id of a record of the group with this provider key, received since
+        ``since``."""
+        found = self.keys.get((channel, dedupe_key)) if dedupe_key is not None else None
+        return found[0] if found is not None and found[1] >= since else None
+
+    def by_body(self, channel: str, body_hash: bytes, since: float) -> str | None:
+        """The id of a record of the group with this body, received since ``since``."""
+        found = self.bodies.get((channel, body_hash))
+        return found[0] if found is not None and found[1] >= since else None
+
+    async def insert(self, connection: Any, owner: str) -> None:
+        """Insert the group's records, one statement per :data:`_INSERT_BYTES` of
+        bodies."""
+        start, size = 0, 0
+        for end, row in enumerate(self.rows, 1):
+            size += len(row[6])
+            if size >= _INSERT_BYTES or end == len(self.rows):
+                chunk = self.rows[start:end]
+                await connection.execute(_INSERT_MANY, *map(list, zip(*chunk, strict=True)), owner)
+                start, size = end, 0
 
 
 class _Change:
@@ -587,7 +645,9 @@ class PostgresJournal(Journal):
             log.info("journal writable again", journal=self.where)
             self.failure = None
 
-    async def _grouped(self, work: Callable[[Any, bool], Awaitable[_T]], keys: list[int]) -> _T:
+    async def _grouped(
+        self, work: Callable[[Any, _Inserts | None], Awaitable[_T]], keys: list[int]
+    ) -> _T:
         """Run a record's ``work`` in the next group transaction (see the class); as
         :meth:`_new` for its errors. ``keys``: its advisory lock keys, taken for the whole
         group at once, in one order (no deadlock between groups)."""
@@ -618,9 +678,13 @@ class PostgresJournal(Journal):
         on its own."""
 
         async def together(connection: Any) -> list[Any]:
-            keys = sorted({key for _, own, _ in group for key in own})
-            await connection.execute(_LOCK, keys)
-            return [await work(connection, True) for work, _, _ in group]
+            if self.duplicate_window > 0 or self.body_window > 0:  # else: no look-ups
+                keys = sorted({key for _, own, _ in group for key in own})
+                await connection.execute(_LOCK, keys)
+            inserts = _Inserts()
+            results = [await work(connection, inserts) for work, _, _ in group]
+            await inserts.insert(connection, self.owner)
+            return results
 
         try:
             results = await self._new(together)
@@ -973,12 +1037,13 @@ class PostgresJournal(Journal):
         body_hash = hashlib.sha256(event.raw).digest()
 
         registered = self._registered
-        keys = _lock_keys(event.channel, _text(dedupe_key), body_hash)
+        looked_up = self.duplicate_window > 0 or self.body_window > 0  # else: no locks
+        keys = _lock_keys(event.channel, _text(dedupe_key), body_hash) if looked_up else []
 
-        async def work(connection: Any, locked: bool = False) -> Recorded:
+        async def work(connection: Any, inserts: _Inserts | None = None) -> Recorded:
             if not registered:  # the owner's row with its first entry
                 await self._register(connection, event.received_at.timestamp())
-            return await self._record(connection, event, meta, dedupe_key, body_hash, locked)
+            return await self._record(connection, event, meta, dedupe_key, body_hash, inserts)
 
         try:
             recorded = await self._grouped(work, keys)
@@ -1012,31 +1077,39 @@ class PostgresJournal(Journal):
         meta: dict[str, str],
         dedupe_key: str | None,
         body_hash: bytes,
-        locked: bool = False,
+        inserts: _Inserts | None = None,
     ) -> Recorded:
-        """Find the original of ``event`` on its channel, or store ``event`` (``locked``:
-        its transaction holds the advisory locks of its keys already)."""
+        """Find the original of ``event`` on its channel, or store ``event``. ``inserts``:
+        in a group transaction, which holds the advisory locks of its keys already; the
+        new row is inserted with the group's (the original may be one of them)."""
         received = event.received_at.timestamp()
         dedupe_key = _text(dedupe_key)
-        original = None
+        channel = event.channel
         if self.duplicate_window > 0 or self.body_window > 0:  # both 0: no look-up, no lock
-            if not locked:
-                await connection.execute(_LOCK, _lock_keys(event.channel, dedupe_key, body_hash))
+            if inserts is None:
+                await connection.execute(_LOCK, _lock_keys(channel, dedupe_key, body_hash))
             key_since = received - self.duplicate_window if self.duplicate_window > 0 else math.inf
             body_since = received - self.body_window if self.body_window > 0 else math.inf
             original = await connection.fetchrow(
-                _ORIGINAL, event.channel, dedupe_key, key_since, body_hash, body_since
+                _ORIGINAL, channel, dedupe_key, key_since, body_hash, body_since
             )
-        if original is not None:
-            reply = msgspec.msgpack.decode(original[2], type=Reply) if original[2] else None
-            return Recorded(event, original[0], original[1], reply)
+            # The provider key's match first, as _ORIGINAL's order: the database's, then
+            # the group's; then the body's.
+            if inserts is not None and (original is None or original[3] != 0):
+                found = inserts.by_key(channel, dedupe_key, key_since)
+                if found is None and original is None:
+                    found = inserts.by_body(channel, body_hash, body_since)
+                if found is not None:
+                    return Recorded(event, found, "received", None)
+            if original is not None:
+                reply = msgspec.msgpack.decode(original[2], type=Reply) if original[2] else None
+                return Recorded(event, original[0], original[1], reply)
         recorded = event
         if await _out_of_order(connection, event, received):
             recorded = msgspec.structs.replace(event, out_of_order=True)
-        await connection.execute(
-            _INSERT,
+        row = (
             event.id,
-            event.channel,
+            channel,
             event.provider,
             event.type.value,
             _text(event.message_id),
@@ -1046,8 +1119,11 @@ class PostgresJournal(Journal):
             _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
             dedupe_key,
             body_hash,
-            self.owner,
         )
+        if inserts is not None:
+            inserts.add(row)
+        else:
+            await connection.execute(_INSERT, *row, self.owner)
         return Recorded(recorded)
 
     async def recover(
