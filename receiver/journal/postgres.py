@@ -231,21 +231,6 @@ _INSERT = (
     "VALUES ($1, $2, $3, $4, $5, 'received', $6, $7, $8, $9, $10, $11, $12)"
 )
 
-_INSERT_MANY = (
-    "INSERT INTO events (id, channel, provider, type, message_id, state, received_at, raw, "
-    "meta, event, dedupe_key, body_hash, owner) SELECT r.id, r.channel, r.provider, r.type, "
-    "r.message_id, 'received', r.received_at, r.raw, r.meta, r.event, r.dedupe_key, "
-    "r.body_hash, $12 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
-    "$6::float8[], $7::bytea[], $8::bytea[], $9::bytea[], $10::text[], $11::bytea[]) AS r(id, "
-    "channel, provider, type, message_id, received_at, raw, meta, event, dedupe_key, "
-    "body_hash)"
-)
-"""Insert a group's new records (:class:`_Inserts`): one statement, one round trip."""
-
-_INSERT_BYTES = 8 << 20
-"""Most bytes of raw bodies in one :data:`_INSERT_MANY` (a bigger group: more
-statements)."""
-
 _LAST_ERROR = (
     "(SELECT error_type || ': ' || message FROM attempts WHERE event_id = events.id "
     "ORDER BY attempt DESC, id DESC LIMIT 1)"
@@ -326,7 +311,7 @@ def _why(error: BaseException) -> str:
 
 class _Inserts:
     """The new records of a group transaction, inserted together before its commit
-    (:data:`_INSERT_MANY`), and what a later record of the same group looks its original
+    (:meth:`insert`), and what a later record of the same group looks its original
     up among (the database does not hold them yet)."""
 
     __slots__ = ("bodies", "keys", "rows")
@@ -337,7 +322,7 @@ class _Inserts:
         self.bodies: dict[tuple[str, bytes], tuple[str, float]] = {}
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Insert ``row`` (:data:`_INSERT_MANY`'s columns, in order) with the group."""
+        """Insert ``row`` (:data:`_INSERT`'s parameters but the owner) with the group."""
         self.rows.append(row)
         event_id, channel, received, dedupe_key, body_hash = row[0], row[1], row[5], row[9], row[10]
         if dedupe_key is not None:
@@ -356,15 +341,13 @@ class _Inserts:
         return found[0] if found is not None and found[1] >= since else None
 
     async def insert(self, connection: Any, owner: str) -> None:
-        """Insert the group's records, one statement per :data:`_INSERT_BYTES` of
-        bodies."""
-        start, size = 0, 0
-        for end, row in enumerate(self.rows, 1):
-            size += len(row[6])
-            if size >= _INSERT_BYTES or end == len(self.rows):
-                chunk = self.rows[start:end]
-                await connection.execute(_INSERT_MANY, *map(list, zip(*chunk, strict=True)), owner)
-                start, size = end, 0
+        """Insert the group's records: asyncpg's ``executemany``, every row's Bind and
+        Execute sent at once, one round trip. (Measured against one ``INSERT ... SELECT
+        FROM unnest(...)`` of the whole group: 36k fewer instructions per callback in the
+        receiver, which encodes no arrays, each element of them checked against
+        ``collections.abc`` classes.)"""
+        if self.rows:
+            await connection.executemany(_INSERT, [(*row, owner) for row in self.rows])
 
 
 class _Change:
