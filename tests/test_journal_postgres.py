@@ -637,10 +637,7 @@ def test_state_changes_grouped_commit_all_of_a_group(postgres_url: str) -> None:
                 journal.fail(e.id, "boom", ["p"], later, [Failure.of(RuntimeError(f"b{n}"))])
                 for n, e in enumerate(events[40:50])
             ),
-            *(
-                journal.undelivered(e.id, Reply(text="u"), "send", None, [])
-                for e in events[50:55]
-            ),
+            *(journal.undelivered(e.id, Reply(text="u"), "send", None, []) for e in events[50:55]),
             *(journal.note(e.id, [Failure.of(TimeoutError("slow"))]) for e in events[55:]),
         )
         assert journal.commits - commits <= 6  # 60 changes: a few groups, not 60

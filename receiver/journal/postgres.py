@@ -42,8 +42,8 @@ Connection loss: a record or a rejected body that cannot be committed raises
 the SQLite journal keeps it (``/readyz`` says so meanwhile), each change of a group that
 the fault stopped (a noted attempt is not kept: its caller gets
 :class:`~receiver.errors.JournalUnavailable`). A state change that the database refuses
-(not a fault) raises to its own caller; the others of its group are written alone. The pool replaces a broken
-connection at the next acquire: reconnection needs nothing else.
+(not a fault) raises to its own caller; the others of its group are written alone. The
+pool replaces a broken connection at the next acquire: reconnection needs nothing else.
 
 The schema is versioned (table ``schema_version``): :meth:`PostgresJournal.migrate`, run at
 :meth:`~PostgresJournal.start` and by ``receiver migrate``, brings it up to
