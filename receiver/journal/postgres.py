@@ -27,8 +27,9 @@ a state change (the event is then handled again: at least once), as the SQLite j
 commits them without an fsync. Why: each round trip costs the receiver asyncpg's protocol
 work, a timer and a wake-up; a state change alone was four (``BEGIN``, ``SET LOCAL``,
 ``UPDATE``, ``COMMIT``) per callback, the INSERT of a record one more: grouped, a callback
-costs a share of five or six round trips. ``bench/instructions.py --journal``: 1,037,335
-instructions a callback before, 311,583 after (SQLite: 380,876).
+costs a share of four (its record group's ``BEGIN``, INSERTs and ``COMMIT``, its change
+group's ``UPDATE``). ``bench/instructions.py --journal --only whispir_json``: 1,037,335
+instructions a callback before, 316,335 after (SQLite: 380,620); docs/performance.md.
 
 Two identical callbacks recorded at the same time are serialized by transaction-scoped
 advisory locks on their keys (the provider key and the body hash, per channel): the
