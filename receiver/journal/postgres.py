@@ -503,6 +503,7 @@ class PostgresJournal(Journal):
         """State changes not written yet, by event id."""
         self._keeper: asyncio.Task[None] | None = None
         self.commits = 0
+        """Transactions committed that wrote (a group of state changes is one)."""
         self._queued: list[tuple[Any, list[int], asyncio.Future[Any]]] = []
         self._flushers = 0
         self._flushing: set[asyncio.Task[None]] = set()
