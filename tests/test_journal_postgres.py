@@ -550,8 +550,8 @@ def test_postgres_state_changes_do_not_wait_for_the_wal_flush(postgres_url: str)
     assert run(postgres_url, scenario) == [
         ("_commit_group", "on"),
         ("_commit_group", "on"),
-        ("complete", "off"),
-        ("fail", "off"),
+        ("_write_group", "off"),  # each alone here: its group of one
+        ("_write_group", "off"),
     ]
 
 
@@ -664,3 +664,187 @@ def test_postgres_config_accepts_the_url_and_keeps_the_password_out_of_errors(
     assert "receiver-test-only" not in str(raised.value) and "***" in str(raised.value)
     with pytest.raises(ConfigError, match="postgresql://"):
         Config(journal="mysql://x").validate()
+
+
+# -- grouped state changes ---------------------------------------------------------------
+
+
+def test_state_changes_grouped_commit_all_of_a_group(postgres_url: str) -> None:
+    """done, failed and undelivered changes arriving together are written in a few group
+    transactions, not one each; every one of them is stored, with its failures."""
+
+    async def scenario(journal: Journal) -> None:
+        assert isinstance(journal, PostgresJournal)
+        events = [event(n) for n in range(60)]
+        for e in events:
+            await journal.record(e, {}, None)
+        commits = journal.commits
+        later = time.time() + 60
+        await asyncio.gather(
+            *(journal.complete(e.id, Reply(text=f"r{n}")) for n, e in enumerate(events[:40])),
+            *(
+                journal.fail(e.id, "boom", ["p"], later, [Failure.of(RuntimeError(f"b{n}"))])
+                for n, e in enumerate(events[40:50])
+            ),
+            *(journal.undelivered(e.id, Reply(text="u"), "send", None, []) for e in events[50:55]),
+            *(journal.note(e.id, [Failure.of(TimeoutError("slow"))]) for e in events[55:]),
+        )
+        assert journal.commits - commits <= 6  # 60 changes: a few groups, not 60
+        assert journal.changes_grouped == 60
+        stored = {e.id: e for e in await journal.entries(limit=None)}
+        for n, e in enumerate(events[:40]):
+            assert stored[e.id].state == "done" and stored[e.id].reply == Reply(text=f"r{n}")
+            assert stored[e.id].attempts == 1
+        for n, e in enumerate(events[40:50]):
+            entry = stored[e.id]
+            assert (entry.state, entry.attempts, entry.failed_plugins) == ("failed", 1, ["p"])
+            assert entry.next_attempt_at == later and entry.error == "boom"
+            (attempt,) = await journal.attempts(e.id)
+            assert (attempt.attempt, attempt.message) == (1, f"b{n}")
+        for e in events[50:55]:
+            entry = stored[e.id]
+            assert entry.state == "dead" and entry.reply_pending == Reply(text="u")
+        for e in events[55:]:
+            assert stored[e.id].state == "received" and stored[e.id].attempts == 0
+            (attempt,) = await journal.attempts(e.id)
+            assert (attempt.attempt, attempt.error_type) == (1, "TimeoutError")
+
+    run(postgres_url, scenario)
+
+
+def test_state_change_group_one_failing_item_keeps_the_others_and_raises_to_its_caller(
+    postgres_url: str,
+) -> None:
+    """One change of a group that the database refuses (not a fault: an attempts counter
+    at its maximum) fails its own caller; the group is taken apart and the others'
+    states are stored."""
+    import asyncpg
+
+    async def scenario(journal: Journal) -> None:
+        assert isinstance(journal, PostgresJournal)
+        events = [event(n) for n in range(6)]
+        for e in events:
+            await journal.record(e, {}, None)
+        await admin(
+            postgres_url, f"UPDATE events SET attempts = 2147483647 WHERE id = '{events[2].id}'"
+        )
+        found = await asyncio.gather(
+            *(journal.complete(e.id, Reply(text="ok")) for e in events[:4]),
+            journal.fail(events[4].id, "x", ["p"], time.time() + 60, [Failure.of(OSError("x"))]),
+            journal.complete(events[5].id, None),
+            return_exceptions=True,
+        )
+        assert isinstance(found[2], asyncpg.NumericValueOutOfRangeError)
+        assert [r for n, r in enumerate(found) if n != 2] == [None] * 5
+        assert journal.kept == {} and journal.failure is None
+        stored = {e.id: e for e in await journal.entries(limit=None)}
+        assert [stored[e.id].state for e in events] == [
+            "done",
+            "done",
+            "received",  # its own change only failed
+            "done",
+            "failed",
+            "done",
+        ]
+        assert [a.attempt for a in await journal.attempts(events[4].id)] == [1]
+
+    run(postgres_url, scenario)
+
+
+def test_state_changes_of_one_entry_keep_their_order(postgres_url: str) -> None:
+    """A note, then a fail, then a complete of the same entry, all queued at once (a
+    timeout, its late failure, a retry's success): applied in that order, one group
+    each, never merged into one statement (which would apply only one of them)."""
+
+    async def scenario(journal: Journal) -> None:
+        assert isinstance(journal, PostgresJournal)
+        events = [event(n) for n in range(20)]
+        for e in events:
+            await journal.record(e, {}, None)
+        later = time.time() + 60
+        changes = []
+        for e in events:
+            changes += [
+                journal.note(e.id, [Failure.of(TimeoutError("slow"))]),
+                journal.fail(e.id, "boom", ["p"], later, [Failure.of(RuntimeError("boom"))]),
+                journal.complete(e.id, Reply(text="finally")),
+            ]
+        await asyncio.gather(*changes)
+        for e in events:
+            (entry,) = await journal.entries(ids=[e.id])
+            assert (entry.state, entry.attempts) == ("done", 2)
+            assert entry.reply == Reply(text="finally") and entry.failed_plugins is None
+            attempts = await journal.attempts(e.id)
+            assert [(a.attempt, a.error_type) for a in attempts] == [
+                (1, "TimeoutError"),
+                (1, "RuntimeError"),
+            ]
+
+    run(postgres_url, scenario)
+
+
+def test_state_change_group_connection_killed_keeps_the_group_and_marks_nothing_done(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """The state changes' connection is terminated while its group waits (a row lock
+    held by another connection): nothing of the group is stored; the done changes are
+    kept (their callers return, ``/readyz`` says so) and written once the database
+    answers again, each once; the note's caller gets JournalUnavailable."""
+    import asyncpg
+
+    from receiver.errors import JournalUnavailable
+
+    database = postgres_url.rsplit("/", 1)[1]
+
+    async def scenario() -> None:
+        journal = PostgresJournal(postgres_url)
+        journal.retry_min = 0.05
+        await journal.start()
+        locker = await asyncpg.connect(with_database(postgres_server, database))
+        try:
+            events = [event(n) for n in range(5)]
+            noted = event(99)
+            for e in (*events, noted):
+                await journal.record(e, {}, None)
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT 1 FROM events WHERE id = $1 FOR UPDATE", events[0].id)
+            changes = asyncio.gather(
+                *(journal.complete(e.id, Reply(text="r")) for e in events),
+                journal.note(noted.id, [Failure.of(TimeoutError("slow"))]),
+                return_exceptions=True,
+            )
+            waiting = None
+            deadline = time.monotonic() + 10
+            while waiting is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                waiting = await locker.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE events%'",
+                    database,
+                )
+            assert waiting is not None, "the group never waited for the row lock"
+            await locker.fetchval("SELECT pg_terminate_backend($1)", waiting)
+            found = await changes
+            assert found[:5] == [None] * 5  # kept, as a single state change is kept
+            assert isinstance(found[5], JournalUnavailable)
+            assert set(journal.kept) == {e.id for e in events}
+            problem = await journal.check()
+            assert problem is not None and "not stored yet" in problem
+            states = await locker.fetch("SELECT state, attempts FROM events")
+            assert {tuple(row) for row in states} == {("received", 0)}  # nothing done
+            assert await locker.fetchval("SELECT count(*) FROM attempts") == 0
+            await lock.rollback()
+            deadline = time.monotonic() + 10
+            while journal.kept and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert journal.kept == {}
+            for e in events:
+                (entry,) = await journal.entries(ids=[e.id])
+                assert (entry.state, entry.attempts) == ("done", 1)  # written once
+            assert await journal.check() is None
+        finally:
+            await locker.close()
+            await journal.stop()
+
+    asyncio.run(scenario())

@@ -8,14 +8,28 @@ original's reply; failed, reply_failed and dead entries keep their attempts.
 
 Group commit: records that arrive while a group transaction is being committed join the
 next one (at most :attr:`PostgresJournal.group_writers` in flight, each on a connection
-of its own): one commit, one WAL flush, for all of them. A group that fails because one
-record raised is taken apart, each record then committed or failed alone. State changes
-(done, failed) are each a transaction of their own with ``synchronous_commit = off``: the
-commit does not wait for the WAL flush, so a crash *of the database* may lose a state
-change (the event is then handled again: at least once), as the SQLite journal commits
-them without an fsync. Measured on the two-core machine (wrk, 50 callbacks in flight,
-one ``receiver serve``, ``pg_stat_wal.wal_sync``): 1.9 WAL flushes a callback and 396
-callbacks/s with a transaction each; 0.06 and 1,023/s grouped.
+of its own): one commit, one WAL flush, for all of them; their new rows are inserted
+together before the commit (one round trip, :class:`_Inserts`). A group that fails
+because one record raised is taken apart, each record then committed or failed alone.
+Measured on the two-core machine (wrk, 50 callbacks in flight, one ``receiver serve``,
+``pg_stat_wal.wal_sync``): 1.9 WAL flushes a callback and 396 callbacks/s with a
+transaction each; 0.06 and 1,023/s grouped.
+
+State changes (done, failed, reply_failed, dead, a noted attempt) are grouped too
+(:meth:`PostgresJournal._change`): those that arrive while a group is being written join
+the next one, one statement per kind for the whole group (a group of done alone, the
+common case, is one ``UPDATE ... FROM unnest(...)``: its own transaction, no ``BEGIN``
+or ``COMMIT``), written by one task, at most one change of an entry per group, so that
+an entry's changes are applied in the order they were made. They are written on
+connections of their own whose commits do not wait for the WAL flush
+(``synchronous_commit = off``, set when each connects): a crash *of the database* may lose
+a state change (the event is then handled again: at least once), as the SQLite journal
+commits them without an fsync. Why: each round trip costs the receiver asyncpg's protocol
+work, a timer and a wake-up; a state change alone was four (``BEGIN``, ``SET LOCAL``,
+``UPDATE``, ``COMMIT``) per callback, the INSERT of a record one more: grouped, a callback
+costs a share of four (its record group's ``BEGIN``, INSERTs and ``COMMIT``, its change
+group's ``UPDATE``). ``bench/instructions.py --journal --only whispir_json``: 1,037,335
+instructions a callback before, 316,335 after (SQLite: 380,620); docs/performance.md.
 
 Two identical callbacks recorded at the same time are serialized by transaction-scoped
 advisory locks on their keys (the provider key and the body hash, per channel): the
@@ -26,8 +40,11 @@ groups never wait for each other in a circle.
 Connection loss: a record or a rejected body that cannot be committed raises
 :class:`~receiver.errors.JournalUnavailable` (503); a state change of a stored event
 (done, failed) that cannot be written is kept in memory and written again with backoff, as
-the SQLite journal keeps it (``/readyz`` says so meanwhile). The pool replaces a broken
-connection at the next acquire: reconnection needs nothing else.
+the SQLite journal keeps it (``/readyz`` says so meanwhile), each change of a group that
+the fault stopped (a noted attempt is not kept: its caller gets
+:class:`~receiver.errors.JournalUnavailable`). A state change that the database refuses
+(not a fault) raises to its own caller; the others of its group are written alone. The
+pool replaces a broken connection at the next acquire: reconnection needs nothing else.
 
 The schema is versioned (table ``schema_version``): :meth:`PostgresJournal.migrate`, run at
 :meth:`~PostgresJournal.start` and by ``receiver migrate``, brings it up to
@@ -157,8 +174,42 @@ ownership, see :mod:`receiver.journal`)."""
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k"
 """Take the advisory locks of duplicate look-ups' keys, in one order."""
 
-_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO OFF"
-"""A state change's transaction: committed without waiting for the WAL flush."""
+_ASYNC_COMMIT = {"synchronous_commit": "off"}
+"""The session setting of the state changes' connections (given when each connects, in
+the start-up message: no statement, no round trip): their commits do not wait for the WAL
+flush. Only those connections have it; records' connections keep the server's setting."""
+
+_DONE = (
+    "UPDATE events SET state = 'done', reply = COALESCE(c.reply, events.reply), error = NULL, "
+    "next_attempt_at = NULL, failed_plugins = NULL, attempts = events.attempts + 1 "
+    "FROM unnest($1::text[], $2::bytea[]) AS c(id, reply) WHERE events.id = c.id"
+)
+"""Mark a group's entries done, with their replies (None: the stored one is kept)."""
+
+_FAILED = (
+    "UPDATE events SET state = c.state, reply = COALESCE(c.reply, events.reply), "
+    "error = c.error, failed_plugins = c.failed_plugins, next_attempt_at = c.next_attempt_at, "
+    "attempts = events.attempts + 1 FROM unnest($1::text[], $2::text[], $3::bytea[], "
+    "$4::text[], $5::bytea[], $6::float8[]) "
+    "AS c(id, state, reply, error, failed_plugins, next_attempt_at) WHERE events.id = c.id "
+    "RETURNING events.id, events.attempts"
+)
+"""Mark a group's entries failed, reply_failed or dead (:meth:`PostgresJournal.fail` and
+:meth:`~PostgresJournal.undelivered` write the same columns); their attempt numbers come
+back."""
+
+_ATTEMPTS = (
+    "INSERT INTO attempts (event_id, attempt, at, plugin, hook, error_type, message, "
+    "traceback) SELECT * FROM (SELECT c.event_id, COALESCE(c.attempt, "
+    "(SELECT e.attempts + 1 FROM events e WHERE e.id = c.event_id)) AS attempt, c.at, "
+    "c.plugin, c.hook, c.error_type, c.message, c.traceback FROM unnest($1::text[], "
+    "$2::int[], $3::float8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) "
+    "AS c(event_id, attempt, at, plugin, hook, error_type, message, traceback)) AS a "
+    "WHERE a.attempt IS NOT NULL"
+)
+"""Keep a group's failures: a failed entry's at the number :data:`_FAILED` returned, a
+noted one's (no number given) at the attempt under way, its attempts + 1; none for an
+entry that is not there."""
 
 _NOW = "extract(epoch from clock_timestamp())::float8"
 """The database's clock, in seconds since the epoch: leases are compared on one clock,
@@ -293,6 +344,126 @@ def _why(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+class _Inserts:
+    """The new records of a group transaction, inserted together before its commit
+    (:meth:`insert`), and what a later record of the same group looks its original
+    up among (the database does not hold them yet)."""
+
+    __slots__ = ("bodies", "keys", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.keys: dict[tuple[str, str], tuple[str, float]] = {}
+        self.bodies: dict[tuple[str, bytes], tuple[str, float]] = {}
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        """Insert ``row`` (:data:`_INSERT`'s parameters but the owner) with the group."""
+        self.rows.append(row)
+        event_id, channel, received, dedupe_key, body_hash = row[0], row[1], row[5], row[9], row[10]
+        if dedupe_key is not None:
+            self.keys.setdefault((channel, dedupe_key), (event_id, received))
+        self.bodies.setdefault((channel, body_hash), (event_id, received))
+
+    def by_key(self, channel: str, dedupe_key: str | None, since: float) -> str | None:
+        """The id of a record of the group with this provider key, received since
+        ``since``."""
+        found = self.keys.get((channel, dedupe_key)) if dedupe_key is not None else None
+        return found[0] if found is not None and found[1] >= since else None
+
+    def by_body(self, channel: str, body_hash: bytes, since: float) -> str | None:
+        """The id of a record of the group with this body, received since ``since``."""
+        found = self.bodies.get((channel, body_hash))
+        return found[0] if found is not None and found[1] >= since else None
+
+    async def insert(self, connection: Any, owner: str) -> None:
+        """Insert the group's records: asyncpg's ``executemany``, every row's Bind and
+        Execute sent at once, one round trip. (Measured against one ``INSERT ... SELECT
+        FROM unnest(...)`` of the whole group: 36k fewer instructions per callback in the
+        receiver, which encodes no arrays, each element of them checked against
+        ``collections.abc`` classes.)"""
+        if self.rows:
+            await connection.executemany(_INSERT, [(*row, owner) for row in self.rows])
+
+
+class _Change:
+    """One state change of a stored entry, waiting for its group (see
+    :meth:`PostgresJournal._change`)."""
+
+    __slots__ = ("event_id", "failures", "future", "keep", "kind", "row")
+
+    def __init__(
+        self,
+        event_id: str,
+        kind: str,
+        row: Any,
+        failures: Sequence[Failure] = (),
+        *,
+        keep: bool = True,
+    ) -> None:
+        self.event_id = event_id
+        self.kind = kind
+        """``done`` (row: the encoded reply or None), ``failed`` (row: state, encoded
+        reply or None, error, encoded failed plugins, next attempt) or ``note`` (row:
+        None; ``failures`` only)."""
+        self.row = row
+        self.failures = failures
+        self.keep = keep
+        """Kept in memory and written again on a fault (a note is not: its caller gets
+        :class:`~receiver.errors.JournalUnavailable`)."""
+        self.future: asyncio.Future[None] | None = None
+
+
+def _statements(changes: Sequence[_Change]) -> int:
+    """How many statements :func:`_write_changes` sends for ``changes``."""
+    kinds = {change.kind for change in changes}
+    failures = any(change.failures for change in changes if change.kind != "done")
+    return ("done" in kinds) + ("failed" in kinds) + failures
+
+
+async def _write_changes(connection: Any, changes: Sequence[_Change]) -> None:
+    """Write ``changes`` (at most one per entry: their order between entries does not
+    matter): one statement per kind, whatever their number (:data:`_DONE`,
+    :data:`_FAILED`, :data:`_ATTEMPTS`)."""
+    done = [change for change in changes if change.kind == "done"]
+    if done:
+        await connection.execute(
+            _DONE, [change.event_id for change in done], [change.row for change in done]
+        )
+    failed = [change for change in changes if change.kind == "failed"]
+    numbers: dict[str, int] = {}
+    if failed:
+        columns: list[list[Any]] = [[change.event_id] for change in failed]
+        for row, change in zip(columns, failed, strict=True):
+            row.extend(change.row)
+        rows = await connection.fetch(_FAILED, *map(list, zip(*columns, strict=True)))
+        numbers = {row[0]: row[1] for row in rows}
+    kept: list[tuple[Any, ...]] = []
+    for change in changes:
+        if change.kind == "done" or not change.failures:
+            continue
+        if change.kind == "failed":
+            number: int | None = numbers.get(change.event_id)
+            if number is None:  # no such entry: nothing to keep
+                continue
+        else:
+            number = None  # a note: the attempt under way, looked up
+        kept += [
+            (
+                change.event_id,
+                number,
+                failure.at,
+                _text(failure.plugin),
+                _text(failure.hook),
+                _text(failure.error_type),
+                _text(failure.message),
+                _text(failure.traceback),
+            )
+            for failure in change.failures
+        ]
+    if kept:
+        await connection.execute(_ATTEMPTS, *map(list, zip(*kept, strict=True)))
+
+
 class PostgresJournal(Journal):
     """The shared journal: PostgreSQL (see the module docstring).
 
@@ -318,9 +489,13 @@ class PostgresJournal(Journal):
     retry_max = 5.0
     """Seconds between attempts at the kept state changes (doubling from the first)."""
     group_writers = 2
-    """Group transactions in flight at once (each on a connection of its own)."""
+    """Group transactions of records in flight at once (each on a connection of its
+    own)."""
     max_batch = 256
-    """Most records in one group transaction."""
+    """Most records in one group transaction, and most state changes in one group."""
+    change_connections = 2
+    """Connections of the state changes' pool (``synchronous_commit`` off): the group
+    writer's, and one for the kept changes' writer or a replay's claim."""
 
     def __init__(
         self,
@@ -346,12 +521,17 @@ class PostgresJournal(Journal):
         """State changes not written yet, by event id."""
         self._keeper: asyncio.Task[None] | None = None
         self.commits = 0
+        """Transactions committed that wrote (a group of state changes is one)."""
         self._queued: list[tuple[Any, list[int], asyncio.Future[Any]]] = []
         self._flushers = 0
         self._flushing: set[asyncio.Task[None]] = set()
         self.grouped = 0
         """Records committed in a group transaction (with others, or alone)."""
-        """Transactions committed that wrote."""
+        self._async_pool: Any = None
+        self._changes: list[_Change] = []
+        self._changing: asyncio.Task[None] | None = None
+        self.changes_grouped = 0
+        """State changes written in a group (with others, or alone)."""
 
     @property
     def where(self) -> str:
@@ -360,33 +540,56 @@ class PostgresJournal(Journal):
 
     # -- connections ----------------------------------------------------------------
 
-    async def _connections(self) -> Any:
-        """The pool (created on first use; it opens connections as they are needed)."""
-        if self._pool is None:
-            import asyncpg
+    async def _connections(self, durable: bool = True) -> Any:
+        """The pool (created on first use; it opens connections as they are needed);
+        ``durable`` False: the state changes' pool, whose connections commit without
+        waiting for the WAL flush (:data:`_ASYNC_COMMIT`)."""
+        if durable and self._pool is None:
+            self._pool = await self._new_pool(self.pool_size)
+        elif not durable and self._async_pool is None:
+            size = min(self.change_connections, self.pool_size)
+            pool = await self._new_pool(size, **_ASYNC_COMMIT)
+            if self._async_pool is None:  # (two first uses at once: one pool kept)
+                self._async_pool = pool
+            else:
+                await pool.close()
+        return self._pool if durable else self._async_pool
 
-            self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=0,
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
-                command_timeout=self.command_timeout,
-                max_inactive_connection_lifetime=60.0,
-                reset=_keep_session,
-            )
-        return self._pool
+    async def _new_pool(self, size: int, **settings: str) -> Any:
+        import asyncpg
+
+        return await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=max(1, size),
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            max_inactive_connection_lifetime=60.0,
+            reset=_keep_session,
+            server_settings=settings or None,
+        )
 
     async def _run(
-        self, work: Callable[[Any], Awaitable[_T]], *, write: bool = True, durable: bool = True
+        self,
+        work: Callable[[Any], Awaitable[_T]],
+        *,
+        write: bool = True,
+        durable: bool = True,
+        begin: bool = True,
     ) -> _T:
         """``work`` with a connection, in one transaction; told to :attr:`on_commit`.
+        ``durable`` False: on a connection of the state changes' pool (its commits do not
+        wait for the WAL flush). ``begin`` False: no ``BEGIN`` and ``COMMIT``, for a
+        ``work`` of one statement (PostgreSQL makes it a transaction of its own).
 
         A pooled connection whose server went away (a restart, ``pg_terminate_backend``)
         fails at ``BEGIN``, before anything of ``work`` was sent: it is closed and the
         transaction begun once more on another connection. A fault later closes the
         connection (the pool opens a new one) and is raised.
         """
-        pool = await self._connections()
+        if not begin:
+            return await self._statement(work, write=write, durable=durable)
+        pool = await self._connections(durable)
         for last in (False, True):
             try:  # (asyncio.timeout: a timer; acquire(timeout=) wraps it in a task)
                 async with asyncio.timeout(self.connect_timeout):
@@ -398,8 +601,6 @@ class PostgresJournal(Journal):
                 transaction = connection.transaction()
                 try:
                     await transaction.start()
-                    if not durable:  # a state change: the commit need not wait for the disk
-                        await connection.execute(_ASYNC_COMMIT)
                 except Exception as exc:
                     if last or not _fault(exc):
                         raise
@@ -420,6 +621,37 @@ class PostgresJournal(Journal):
             finally:
                 await pool.release(connection)
             break
+        self._committed(write, started)
+        return result
+
+    async def _statement(
+        self, work: Callable[[Any], Awaitable[_T]], *, write: bool, durable: bool
+    ) -> _T:
+        """``work`` of one statement with a connection, outside ``BEGIN`` and ``COMMIT``
+        (see :meth:`_run`). Nothing is tried again: a statement sent on a connection that
+        turns out to be broken may have been committed (the kept changes' writer writes
+        it again, as after a lost ``COMMIT`` answer)."""
+        pool = await self._connections(durable)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                connection = await pool.acquire()
+        except Exception as exc:
+            raise _Unreachable(_why(exc)) from exc
+        try:
+            started = time.perf_counter()
+            result = await work(connection)
+        except Exception as exc:
+            if _fault(exc):
+                connection.terminate()
+            raise
+        finally:
+            await pool.release(connection)
+        self._committed(write, started)
+        return result
+
+    def _committed(self, write: bool, started: float) -> None:
+        """A transaction committed (``write``: one that wrote, told to
+        :attr:`on_commit`); the journal is writable again when nothing is kept."""
         if write:
             self.commits += 1
             observer = self.on_commit
@@ -431,9 +663,10 @@ class PostgresJournal(Journal):
         if self.failure is not None and not self.kept:
             log.info("journal writable again", journal=self.where)
             self.failure = None
-        return result
 
-    async def _grouped(self, work: Callable[[Any, bool], Awaitable[_T]], keys: list[int]) -> _T:
+    async def _grouped(
+        self, work: Callable[[Any, _Inserts | None], Awaitable[_T]], keys: list[int]
+    ) -> _T:
         """Run a record's ``work`` in the next group transaction (see the class); as
         :meth:`_new` for its errors. ``keys``: its advisory lock keys, taken for the whole
         group at once, in one order (no deadlock between groups)."""
@@ -465,9 +698,12 @@ class PostgresJournal(Journal):
 
         async def together(connection: Any) -> list[Any]:
             keys = sorted({key for _, own, _ in group for key in own})
-            if keys:
+            if keys:  # none: both duplicate windows 0, and no status to track
                 await connection.execute(_LOCK, keys)
-            return [await work(connection, True) for work, _, _ in group]
+            inserts = _Inserts()
+            results = [await work(connection, inserts) for work, _, _ in group]
+            await inserts.insert(connection, self.owner)
+            return results
 
         try:
             results = await self._new(together)
@@ -508,23 +744,127 @@ class PostgresJournal(Journal):
             self._failed(exc)
             raise JournalUnavailable() from None
 
-    async def _change(self, event_id: str | None, work: Callable[[Any], Awaitable[None]]) -> None:
-        """Change a stored event's state: a fault keeps the change (written again with
-        backoff) instead of failing the caller (``event_id`` None: not kept, 503)."""
-        if self.kept and event_id is not None:  # written after the ones kept before it
-            self.kept[event_id] = work
+    async def _change(self, change: _Change) -> None:
+        """Change a stored event's state in the next group of state changes.
+
+        State changes (done, failed, reply_failed, dead, a noted attempt) that arrive
+        while a group is being written join the next one, written by one task: one
+        statement per kind of change for the whole group (:func:`_write_changes`), on a
+        connection whose commits do not wait for the WAL flush. A group of ``done`` alone
+        (the common case) is one ``UPDATE``, its own transaction: no ``BEGIN`` and no
+        ``COMMIT`` round trip. Per-entry order holds: a group holds at most one change of
+        an entry (a later one waits for the next group), and groups are written one
+        after the other. Each change is made after its caller's :meth:`record` returned,
+        so after its record committed.
+
+        A fault (the connection lost) keeps every change of the group in memory, written
+        again with backoff instead of failing its caller (a note is not kept: its caller
+        gets :class:`JournalUnavailable`); while any is kept, new changes are kept after
+        it. A group that fails otherwise (one change raised) is taken apart: each change
+        is written alone, and only the one that raises fails its caller.
+        """
+        if self.kept and change.keep:  # written after the ones kept before it
+            self.kept[change.event_id] = self._alone(change)
             return
+        change.future = asyncio.get_running_loop().create_future()
+        self._changes.append(change)
+        if self._changing is None:
+            self._changing = asyncio.get_running_loop().create_task(self._write_changes())
+        await change.future
+
+    def _alone(self, change: _Change) -> Callable[[Any], Awaitable[None]]:
+        """The work that writes ``change`` by itself (kept, or a group taken apart)."""
+
+        async def alone(connection: Any) -> None:
+            await _write_changes(connection, (change,))
+
+        return alone
+
+    def _next_changes(self) -> list[_Change]:
+        """The next group: the queued changes in order, at most :attr:`max_batch`, at
+        most one per entry (the others stay queued, in their order)."""
+        group: list[_Change] = []
+        later: list[_Change] = []
+        seen: set[str] = set()
+        for change in self._changes:
+            if len(group) >= self.max_batch or change.event_id in seen:
+                later.append(change)
+            else:
+                seen.add(change.event_id)
+                group.append(change)
+        self._changes = later
+        return group
+
+    async def _write_changes(self) -> None:
+        """Write the queued state changes, a group at a time, until none is left."""
+        group: list[_Change] = []
         try:
-            await self._run(work, durable=False)
+            while self._changes:
+                group = self._next_changes()
+                if self.kept:  # a group failed meanwhile: after the kept ones
+                    for change in group:
+                        if change.keep:
+                            self.kept[change.event_id] = self._alone(change)
+                            _settle(change, None)
+                    group = [change for change in group if not change.keep]
+                    if not group:
+                        continue
+                await self._write_group(group)
+        finally:
+            self._changing = None
+            # Stopped (cancelled at stop) or broken: no caller waits for ever.
+            left, self._changes = [*group, *self._changes], []
+            for change in left:
+                _settle(change, JournalUnavailable())
+
+    async def _write_group(self, group: list[_Change]) -> None:
+        """Write ``group`` in one transaction (one statement for done alone); see
+        :meth:`_change` for its faults and failures."""
+
+        async def changes(connection: Any) -> None:
+            await _write_changes(connection, group)
+
+        try:
+            await self._run(changes, durable=False, begin=_statements(group) > 1)
         except Exception as exc:
-            if not _fault(exc):
-                raise
-            self._failed(exc)
-            if event_id is None:
-                raise JournalUnavailable() from None
-            self.kept[event_id] = work
-            if self._keeper is None or self._keeper.done():
-                self._keeper = asyncio.get_running_loop().create_task(self._write_kept())
+            if _fault(exc):
+                self._failed(exc)
+                for change in group:
+                    self._keep(change, exc)
+                return
+            if len(group) == 1:
+                _settle(group[0], exc)
+                return
+        else:
+            self.changes_grouped += len(group)
+            for change in group:
+                _settle(change, None)
+            return
+        for change in group:  # one of them raised: each alone
+            try:
+                await self._run(self._alone(change), durable=False)
+            except Exception as exc:
+                if _fault(exc):
+                    self._failed(exc)
+                    self._keep(change, exc)
+                else:
+                    _settle(change, exc)
+            else:
+                self.changes_grouped += 1
+                _settle(change, None)
+
+    def _keep(self, change: _Change, fault: BaseException) -> None:
+        """A fault stopped ``change``: kept, written again with backoff (a note: its
+        caller gets :class:`JournalUnavailable`)."""
+        if not change.keep:
+            unavailable = JournalUnavailable()
+            unavailable.__cause__ = fault
+            _settle(change, unavailable)
+            return
+        self.kept[change.event_id] = self._alone(change)
+        _settle(change, None)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._write_kept())
 
     def _failed(self, error: BaseException) -> None:
         reason = f"journal unreachable: {_why(error)}"
@@ -662,6 +1002,12 @@ class PostgresJournal(Journal):
             raise
 
     async def stop(self) -> None:
+        changing = self._changing
+        if changing is not None and not changing.done():
+            try:  # the changes queued: written (or kept) before the lease is given up
+                await asyncio.wait_for(asyncio.shield(changing), timeout=self.retry_max)
+            except (TimeoutError, asyncio.CancelledError):
+                changing.cancel()
         if self._registered and self._pool is not None:
             try:
                 await asyncio.wait_for(self.release(), timeout=self.retry_max)
@@ -680,9 +1026,12 @@ class PostgresJournal(Journal):
                 journal=self.where,
                 count=len(self.kept),
             )
-        pool, self._pool = self._pool, None
+        pools = self._pool, self._async_pool
+        self._pool = self._async_pool = None
         self._ready = False
-        if pool is not None:
+        for pool in pools:
+            if pool is None:
+                continue
             try:
                 await asyncio.wait_for(pool.close(), timeout=self.retry_max)
             except Exception:
@@ -714,10 +1063,10 @@ class PostgresJournal(Journal):
         registered = self._registered
         keys = _lock_keys(event, _text(dedupe_key), body_hash, self._looks_up)
 
-        async def work(connection: Any, locked: bool = False) -> Recorded:
+        async def work(connection: Any, inserts: _Inserts | None = None) -> Recorded:
             if not registered:  # the owner's row with its first entry
                 await self._register(connection, event.received_at.timestamp())
-            return await self._record(connection, event, meta, dedupe_key, body_hash, locked)
+            return await self._record(connection, event, meta, dedupe_key, body_hash, inserts)
 
         try:
             recorded = await self._grouped(work, keys)
@@ -756,15 +1105,16 @@ class PostgresJournal(Journal):
         meta: dict[str, str],
         dedupe_key: str | None,
         body_hash: bytes,
-        locked: bool = False,
+        inserts: _Inserts | None = None,
     ) -> Recorded:
-        """Find the original of ``event`` on its channel, or store ``event`` (``locked``:
-        its transaction holds the advisory locks of its keys already)."""
+        """Find the original of ``event`` on its channel, or store ``event``. ``inserts``:
+        in a group transaction, which holds the advisory locks of its keys already; the
+        new row is inserted with the group's (the original may be one of them)."""
         received = event.received_at.timestamp()
         dedupe_key = _text(dedupe_key)
-        original = None
+        channel = event.channel
         looks_up = self._looks_up
-        if not locked:
+        if inserts is None:  # alone (a group takes its records' locks at once)
             keys = _lock_keys(event, dedupe_key, body_hash, looks_up)
             if keys:
                 await connection.execute(_LOCK, keys)
@@ -772,18 +1122,25 @@ class PostgresJournal(Journal):
             key_since = received - self.duplicate_window if self.duplicate_window > 0 else math.inf
             body_since = received - self.body_window if self.body_window > 0 else math.inf
             original = await connection.fetchrow(
-                _ORIGINAL, event.channel, dedupe_key, key_since, body_hash, body_since
+                _ORIGINAL, channel, dedupe_key, key_since, body_hash, body_since
             )
-        if original is not None:
-            reply = msgspec.msgpack.decode(original[2], type=Reply) if original[2] else None
-            return Recorded(event, original[0], original[1], reply)
+            # The provider key's match first, as _ORIGINAL's order: the database's, then
+            # the group's; then the body's.
+            if inserts is not None and (original is None or original[3] != 0):
+                found = inserts.by_key(channel, dedupe_key, key_since)
+                if found is None and original is None:
+                    found = inserts.by_body(channel, body_hash, body_since)
+                if found is not None:
+                    return Recorded(event, found, "received", None)
+            if original is not None:
+                reply = msgspec.msgpack.decode(original[2], type=Reply) if original[2] else None
+                return Recorded(event, original[0], original[1], reply)
         recorded = event
         if await _out_of_order(connection, event, received):
             recorded = msgspec.structs.replace(event, out_of_order=True)
-        await connection.execute(
-            _INSERT,
+        row = (
             event.id,
-            event.channel,
+            channel,
             event.provider,
             event.type.value,
             _text(event.message_id),
@@ -793,8 +1150,11 @@ class PostgresJournal(Journal):
             _encode(msgspec.structs.replace(recorded, raw=b"")),  # raw has its column
             dedupe_key,
             body_hash,
-            self.owner,
         )
+        if inserts is not None:
+            inserts.add(row)
+        else:
+            await connection.execute(_INSERT, *row, self.owner)
         return Recorded(recorded)
 
     async def recover(
@@ -846,17 +1206,7 @@ class PostgresJournal(Journal):
 
     async def complete(self, event_id: str, reply: Reply | None) -> None:
         encoded = _encode(reply) if reply is not None else None
-
-        async def work(connection: Any) -> None:
-            await connection.execute(
-                "UPDATE events SET state = 'done', reply = COALESCE($1, reply), error = NULL, "
-                "next_attempt_at = NULL, failed_plugins = NULL, attempts = attempts + 1 "
-                "WHERE id = $2",
-                encoded,
-                event_id,
-            )
-
-        await self._change(event_id, work)
+        await self._change(_Change(event_id, "done", encoded))
 
     async def fail(
         self,
@@ -873,22 +1223,8 @@ class PostgresJournal(Journal):
         names = [*(plugins or ()), *([REPLY_ONLY] if undelivered else [])]
         encoded = _encode(names) if names else None
         kept_reply = _encode(reply) if reply is not None else None
-
-        async def work(connection: Any) -> None:
-            attempts = await connection.fetchval(
-                "UPDATE events SET state = $1, reply = COALESCE($2, reply), error = $3, "
-                "failed_plugins = $4, next_attempt_at = $5, attempts = attempts + 1 "
-                "WHERE id = $6 RETURNING attempts",
-                state,
-                kept_reply,
-                _text(error),
-                encoded,
-                retry_at,
-                event_id,
-            )
-            await _keep_attempt(connection, event_id, attempts, failures)
-
-        await self._change(event_id, work)
+        row = (state, kept_reply, _text(error), encoded, retry_at)
+        await self._change(_Change(event_id, "failed", row, list(failures)))
 
     async def undelivered(
         self,
@@ -899,36 +1235,13 @@ class PostgresJournal(Journal):
         failures: Sequence[Failure] = (),
     ) -> None:
         state = "reply_failed" if retry_at is not None else "dead"
-        encoded = _encode(reply), _encode([REPLY_ONLY])
-
-        async def work(connection: Any) -> None:
-            attempts = await connection.fetchval(
-                "UPDATE events SET state = $1, reply = $2, error = $3, failed_plugins = $4, "
-                "next_attempt_at = $5, attempts = attempts + 1 WHERE id = $6 RETURNING attempts",
-                state,
-                encoded[0],
-                _text(error),
-                encoded[1],
-                retry_at,
-                event_id,
-            )
-            await _keep_attempt(connection, event_id, attempts, failures)
-
-        await self._change(event_id, work)
+        row = (state, _encode(reply), _text(error), _encode([REPLY_ONLY]), retry_at)
+        await self._change(_Change(event_id, "failed", row, list(failures)))
 
     async def note(self, event_id: str, failures: Sequence[Failure]) -> None:
         if not failures:
             return
-
-        async def work(connection: Any) -> None:
-            attempts = await connection.fetchval(
-                "SELECT attempts FROM events WHERE id = $1", event_id
-            )
-            await _keep_attempt(
-                connection, event_id, None if attempts is None else attempts + 1, failures
-            )
-
-        await self._change(None, work)
+        await self._change(_Change(event_id, "note", None, list(failures), keep=False))
 
     async def backlog(self) -> int:
         async def work(connection: Any) -> int:
@@ -1282,7 +1595,8 @@ async def _keep_session(connection: Any) -> None:
     pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one more round trip per
     operation) undoes session state, and the journal keeps none: its advisory locks are
     transaction-scoped, it opens no cursor outside a transaction, listens to nothing and
-    sets nothing."""
+    sets nothing (the state changes' ``synchronous_commit`` is a connection parameter,
+    given when it connects, and their pool's alone)."""
 
 
 def _denied(error: BaseException) -> bool:
@@ -1299,29 +1613,15 @@ def _denied(error: BaseException) -> bool:
     )
 
 
-async def _keep_attempt(
-    connection: Any, event_id: str, number: int | None, failures: Sequence[Failure]
-) -> None:
-    """Store ``failures`` as attempt ``number`` at ``event_id`` (None: no such entry)."""
-    if not failures or number is None:
+def _settle(change: _Change, error: BaseException | None) -> None:
+    """Tell ``change``'s caller it is written (``error`` None), or why not."""
+    future = change.future
+    if future is None or future.done():  # (a caller that was cancelled meanwhile)
         return
-    await connection.executemany(
-        "INSERT INTO attempts (event_id, attempt, at, plugin, hook, error_type, message, "
-        "traceback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        [
-            (
-                event_id,
-                number,
-                failure.at,
-                _text(failure.plugin),
-                _text(failure.hook),
-                _text(failure.error_type),
-                _text(failure.message),
-                _text(failure.traceback),
-            )
-            for failure in failures
-        ],
-    )
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 async def _out_of_order(connection: Any, event: Event, received: float) -> bool:
