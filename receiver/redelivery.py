@@ -406,8 +406,11 @@ class Redelivery:
     def held(self) -> set[str]:
         """The ids of the entries this process holds claims on, renewed with its lease:
         the retry in progress, due entries claimed and not retried yet, replays in
-        progress, and handlers running past their timeout."""
+        progress, handlers running past their timeout, and entries whose new state the
+        journal holds in memory (:meth:`Journal.unsettled
+        <receiver.journal.Journal.unsettled>`: written when the database answers again)."""
         held = self._running | self._claimed | self._replaying
+        held.update(self.journal.unsettled())
         if self._retrying is not None:
             held.add(self._retrying)
         return held
@@ -425,7 +428,7 @@ class Redelivery:
     async def _look_again(self) -> None:
         """The worker's look at :meth:`recheck`'s events (kept while the journal fails)."""
         for event_id in list(self._recheck):
-            if event_id in self._running:
+            if event_id in self._running or event_id in self.journal.unsettled():
                 continue
             try:
                 found = await self.journal.entries(ids=[event_id], limit=1)
@@ -566,6 +569,8 @@ class Redelivery:
             except Exception:
                 log.exception("journal worker: reading the journal failed")
                 due = []
+            unsettled = self.journal.unsettled()
+            due = [entry for entry in due if entry.id not in unsettled]  # handled already
             self._claimed = {entry.id for entry in due}
             for entry in due:
                 self._claimed.discard(entry.id)

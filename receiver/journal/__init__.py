@@ -408,6 +408,14 @@ class Journal(abc.ABC):
         lost, a state a database crash lost (PostgreSQL commits state changes without
         waiting for the flush)."""
 
+    def unsettled(self) -> Collection[str]:
+        """The ids of the entries whose new state this journal object holds in memory,
+        not written yet: a state change queued, or kept through a fault to be written
+        again (PostgreSQL). The process is done with them: neither its sweep nor its
+        retry worker takes them up again, and their claims are renewed with the lease.
+        This default: none (a write returns once it is written)."""
+        return ()
+
     @abc.abstractmethod
     async def claim(self, entry: Entry) -> bool:
         """Claim ``entry`` for a replay (``receiver replay``, the console): True when it

@@ -772,6 +772,9 @@ class PostgresJournal(Journal):
             self._changing = asyncio.get_running_loop().create_task(self._write_changes())
         await change.future
 
+    def unsettled(self) -> Collection[str]:
+        return {*self.kept, *(change.event_id for change in self._changes)}
+
     def _alone(self, change: _Change) -> Callable[[Any], Awaitable[None]]:
         """The work that writes ``change`` by itself (kept, or a group taken apart)."""
 
@@ -1258,13 +1261,17 @@ class PostgresJournal(Journal):
         query = (
             "UPDATE events SET next_attempt_at = $1, owner = $2 WHERE id IN (SELECT id FROM "
             "events WHERE state IN ('failed', 'reply_failed') AND next_attempt_at <= $3 "
+            "AND NOT (id = ANY($5::text[])) "
             "ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {_COLUMNS}"
         )
         owner = self.owner
 
         async def work(connection: Any) -> list[Entry]:
-            rows = await connection.fetch(query, now + self.lease, owner, now, limit)
+            # Not those whose new state is held here, still to be written (a snapshot
+            # before the query: one written since is no longer due).
+            unsettled = list(self.unsettled())
+            rows = await connection.fetch(query, now + self.lease, owner, now, limit, unsettled)
             return [_entry(tuple(row)) for row in rows]
 
         claimed = await self._run(work)

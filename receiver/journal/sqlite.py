@@ -288,6 +288,10 @@ class SQLiteJournal(Journal):
 
         return await self._submit(operation, durable=False)
 
+    def unsettled(self) -> Collection[str]:
+        # The writer thread changes the dict: tuple() copies its str keys in one C call.
+        return tuple(self._writer.kept)
+
     async def claim(self, entry: Entry) -> bool:
         owner, until = self.owner, time.time() + self.lease
         if not self._registered:
@@ -586,9 +590,13 @@ class SQLiteJournal(Journal):
             f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_COLUMNS}"
         )
         params = (now + self.lease, self.owner, now, limit)
+        kept = self._writer.kept
 
         def operation(connection: sqlite3.Connection) -> list[Entry]:
-            return [_entry(row) for row in connection.execute(query, params).fetchall()]
+            rows = connection.execute(query, params).fetchall()
+            # Not those whose new state the writer keeps, still to be written (read in
+            # its thread, before it writes them: their claim is harmless).
+            return [_entry(row) for row in rows if row[0] not in kept]
 
         claimed = await self._submit(operation, durable=False)
         return sorted(claimed, key=lambda entry: entry.received_at)
