@@ -335,37 +335,31 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-WORKER_FAILED = 3
-"""``serve``'s exit status when a ``--workers`` worker could not start (uvicorn's
-``STARTUP_FAILURE``, as a single process that cannot start exits with)."""
-
-
 def _supervise(workers: int, options: dict[str, Any]) -> int:
-    """Run ``workers`` worker processes under uvicorn's supervisor (as ``uvicorn.run``
-    does with ``workers``) until a signal stops them; the exit status.
+    """Run ``workers`` worker processes under :class:`receiver.supervisor.Supervisor`
+    (uvicorn's, as ``uvicorn.run`` does with ``workers``) until a signal stops them; the
+    exit status.
 
-    A worker that dies once serving is replaced by the supervisor. One that cannot start
-    (its app, or its journal: a startup failure, which would fail the same way again)
-    makes the supervisor stop them all: then ``serve`` says so in one line and exits
-    :data:`WORKER_FAILED`, not 0 (uvicorn's own ``run`` returns as after a signal), so a
-    service manager sees a failure (systemd's ``Restart=on-failure`` starts it again).
+    A worker that dies once serving is replaced. One that cannot start (its app, or its
+    journal) is started again later while another serves; when none does, they all stop,
+    and ``serve`` says so in one line and exits :data:`~receiver.supervisor.WORKER_FAILED`,
+    not 0 (uvicorn's own ``run`` returns as after a signal), so that a service manager
+    sees a failure (systemd's ``Restart=on-failure`` starts it again).
     """
     from uvicorn import Config
-    from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    from receiver.supervisor import WORKER_FAILED, Supervisor
 
     config = Config("receiver.cli:worker_app", factory=True, workers=workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor = Supervisor(config, sockets=[config.bind_socket()])
     try:
         supervisor.run()
     finally:
         if config.uds and os.path.exists(config.uds):
             os.remove(config.uds)
-    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
-    if not failed:
+    if supervisor.failed is None:
         return 0
-    reason = f"worker process {failed[0]} could not start (its log says why): stopped"
-    log.error("worker failed to start", pid=failed[0])
+    reason = f"worker process {supervisor.failed} could not start (its log says why): stopped"
     print(f"receiver: {reason}", file=sys.stderr, flush=True)
     return WORKER_FAILED
 
@@ -517,12 +511,14 @@ def worker_app() -> Any:
     """The app of one ``serve --workers N`` worker, built from the environment.
 
     One that cannot be built (its configuration or a plugin fails here, not in ``serve``)
-    is logged in one line and the worker exits with :data:`WORKER_FAILED`, uvicorn's
-    startup failure: its supervisor then stops (:func:`_supervise`) instead of starting
-    it again and again (uvicorn takes any other error for a crash to restart).
+    is logged in one line and the worker exits with
+    :data:`~receiver.supervisor.WORKER_FAILED`, uvicorn's startup failure, which its
+    supervisor (:func:`_supervise`) treats as such (uvicorn takes any other error for a
+    crash, and restarts the worker at once, again and again).
     """
     from receiver.app import create_app
     from receiver.logs import configure_logging
+    from receiver.supervisor import WORKER_FAILED
 
     configure_logging(_env("LOG_FORMAT"), _env("LOG_LEVEL", "info"))
     try:
