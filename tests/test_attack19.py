@@ -1,0 +1,109 @@
+"""Attack 19: the stranded sweep, orphan take-over, replays holding their claims, batched
+prunes, lone surrogates, PostgreSQL's status-key locks.
+
+Each test asserts the right behaviour; those that fail on the code they were written
+against are findings (see each docstring). Real parts: a real SQLite file, the real
+PostgreSQL server (tests/postgres.py), TestClient apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from postgres import postgres_server, postgres_url, run_sql
+from samples import PAYLOADS
+from starlette.testclient import TestClient
+from test_journal_postgres import _cut_off, event, journal_url
+
+from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.journal import open_journal
+
+__all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
+
+MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
+JSON = {"content-type": "application/json"}
+
+
+def config(url: str, **extra: Any) -> Config:
+    return Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=url,
+        journal_lease=1.5,
+        **extra,
+    )
+
+
+class Counting:
+    """Counts the messages it handles (each after ``delay`` seconds)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.handled: list[str] = []
+
+    @hookimpl
+    async def on_message(self, event: Event) -> Reply:
+        await asyncio.sleep(self.delay)
+        self.handled.append(event.id)
+        return Reply(text="thanks")
+
+
+@pytest.fixture
+def sweeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease keeper looks for stranded entries every 0.2 s, 0.5 s after their receipt
+    (60 s and 60 s in production: the same code, sooner)."""
+    from receiver.redelivery import Redelivery
+
+    monkeypatch.setattr(Redelivery, "sweep_interval", 0.2)
+    monkeypatch.setattr(Redelivery, "stranded_after", 0.5)
+
+
+async def _entries(url: str) -> list[Any]:
+    journal = open_journal(url)
+    assert journal is not None
+    try:
+        return await journal.entries(limit=None)
+    finally:
+        await journal.stop()
+
+
+# -- 1. the stranded sweep ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("sweeping")
+def test_sweep_never_rehandles_an_entry_whose_done_is_kept_in_memory(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING. A callback is handled while PostgreSQL goes away: its ``done`` cannot be
+    written, so the journal keeps it in memory (``PostgresJournal.kept``) and writes it
+    again with backoff (up to 5 s apart). The entry is still ``received`` in the
+    database, and nothing in ``Redelivery._busy`` names it. When the database answers
+    again, the lease keeper's first successful renewal sweeps *at once* (``failing`` ->
+    ``next_sweep = 0``), before the kept write's next attempt: the entry is older than
+    ``stranded_after`` (in production: the outage lasted more than a minute), so it is
+    taken for stranded and its handlers run a second time (a second reply sent to the
+    person). Expected: handled once."""
+    database = postgres_url.rsplit("/", 1)[1]
+    counting = Counting(delay=1.0)
+    app = create_app(config(postgres_url), plugins=[counting], autoload=False)
+    journal = app.state.journal
+    journal.retry_min = journal.retry_max = 4.0  # the backoff after a few seconds of outage
+    cutter = threading.Timer(0.4, _cut_off, (postgres_server, database, False))
+    with TestClient(app) as client:
+        cutter.start()
+        try:
+            answer = client.post("/sms", content=MESSAGE, headers=JSON)
+            assert answer.status_code == 200
+            assert journal.kept  # the done could not be written
+            time.sleep(1.0)  # the outage goes on; the lease keeper's renewals fail
+        finally:
+            cutter.join()
+            _cut_off(postgres_server, database, True)
+        time.sleep(5.0)  # the keeper renews, sweeps; the kept done is written
+    entries = asyncio.run(_entries(postgres_url))
+    assert [e.state for e in entries] == ["done"]
+    assert len(counting.handled) == 1, counting.handled
