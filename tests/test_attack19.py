@@ -107,3 +107,54 @@ def test_sweep_never_rehandles_an_entry_whose_done_is_kept_in_memory(
     entries = asyncio.run(_entries(postgres_url))
     assert [e.state for e in entries] == ["done"]
     assert len(counting.handled) == 1, counting.handled
+
+
+# -- 4. serve --workers N: a worker that cannot start -------------------------------------
+
+
+def test_workers_replacement_failing_during_a_journal_outage_keeps_serving(
+    tmp_path: Any, postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING. ``serve --workers 2`` on PostgreSQL, serving. The database refuses
+    connections for a while (a restart, a fail-over) and meanwhile one worker dies
+    (OOM killer, a segfault in a plugin's C extension: here ``kill -9``). uvicorn starts
+    a replacement; its lifespan cannot open the journal, so it exits 3
+    (``STARTUP_FAILURE``) and the supervisor, taking that for a broken configuration,
+    stops *every* worker, the healthy one included, and ``serve`` exits 3: the port is
+    closed. When the database is back a moment later nothing listens: callbacks are
+    refused (Whispir does not re-send), and under systemd every restart attempt during
+    the outage fails the same way until the start limit gives up. Expected: the healthy
+    worker goes on serving (answering 503 while the journal is unreachable, 200 after),
+    and the failed replacement is tried again."""
+    import os
+    import signal
+
+    from availability import workers
+    from serving import serve
+
+    database = postgres_url.rsplit("/", 1)[1]
+    config = (
+        f'journal = "{postgres_url}"\n'
+        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    )
+    with serve(tmp_path, config, "--workers", "2") as server:
+        deadline = time.monotonic() + 15
+        while len(workers(server.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = sorted(workers(server.process.pid))
+        assert len(pids) == 2
+        _cut_off(postgres_server, database, False)
+        try:
+            os.kill(pids[0], signal.SIGKILL)
+            time.sleep(4.0)  # the replacement tries to start while the database refuses
+        finally:
+            _cut_off(postgres_server, database, True)
+        alive = server.process.poll() is None
+        body = json.dumps({**json.loads(MESSAGE), "MessageID": "AFTER-OUTAGE"}).encode()
+        try:
+            status = server.request("/sms", body, JSON)[0] if alive else None
+        except OSError as exc:
+            status = repr(exc)
+        log = server.log_text()
+    assert alive, f"serve exited {server.process.returncode}:\n{log[-3000:]}"
+    assert status == 200, log[-3000:]
