@@ -158,3 +158,53 @@ def test_workers_replacement_failing_during_a_journal_outage_keeps_serving(
         log = server.log_text()
     assert alive, f"serve exited {server.process.returncode}:\n{log[-3000:]}"
     assert status == 200, log[-3000:]
+
+
+class FailsFirst:
+    """Raises at its first call; later calls succeed after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls: list[str] = []
+
+    @hookimpl
+    async def on_message(self, event: Event) -> None:
+        self.calls.append(event.id)
+        if len(self.calls) == 1:
+            raise RuntimeError("first attempt fails")
+        await asyncio.sleep(self.delay)
+
+
+def test_retry_whose_done_is_kept_in_memory_is_not_retried_again(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING (the same hole as the sweep's, by the retry worker). A failed entry is
+    claimed by the retry worker (``due``: next attempt a lease ahead); its handlers
+    succeed while PostgreSQL refuses connections, so its ``done`` is kept in memory and
+    written later with backoff (up to 5 s apart). The entry is no longer held
+    (``Redelivery.held``), its claim is not renewed, and in the database it is still
+    ``failed`` with a next attempt one lease after the claim: once the database answers,
+    the worker's next ``due`` (every second) claims it again before the kept ``done`` is
+    written, and its handlers run once more after they succeeded (another process's
+    worker would do the same). Expected: 2 calls (the failure, the successful retry)."""
+    database = postgres_url.rsplit("/", 1)[1]
+    plugin = FailsFirst(delay=1.0)
+    app = create_app(config(postgres_url, retry_delays=[0.2, 0.2]), plugins=[plugin], autoload=False)
+    journal = app.state.journal
+    journal.retry_min = journal.retry_max = 4.0  # the backoff after a few seconds of outage
+    with TestClient(app) as client:
+        assert client.post("/sms", content=MESSAGE, headers=JSON).status_code == 200
+        deadline = time.monotonic() + 10
+        while len(plugin.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(plugin.calls) == 2  # the retry's handlers are running
+        _cut_off(postgres_server, database, False)
+        try:
+            time.sleep(2.5)  # the retry succeeds; its done is kept; the lease (1.5 s) runs out
+            assert journal.kept
+        finally:
+            _cut_off(postgres_server, database, True)
+        time.sleep(5.0)
+    entries = asyncio.run(_entries(postgres_url))
+    assert [e.state for e in entries] == ["done"]
+    assert len(plugin.calls) == 2, plugin.calls
