@@ -208,3 +208,52 @@ def test_retry_whose_done_is_kept_in_memory_is_not_retried_again(
     entries = asyncio.run(_entries(postgres_url))
     assert [e.state for e in entries] == ["done"]
     assert len(plugin.calls) == 2, plugin.calls
+
+
+def test_mounted_app_first_callback_never_blocks_the_event_loop_on_the_journal_lock(
+    tmp_path: Any,
+) -> None:
+    """FINDING. A mounted app (no lifespan) opens its SQLite journal at its first callback:
+    ``Writer.submit`` calls ``ensure_started()`` synchronously, on the event loop, and
+    since the new start-up waits for another process's write lock (up to
+    ``start_timeout``, 30 s, in steps of the 5 s ``busy_timeout``), the host app's whole
+    event loop stops while another process (a worker, ``receiver prune``) holds the lock:
+    every other request of the host app (and its health check) hangs with it. Expected:
+    the callback waits, the loop does not (a health route answers within a second)."""
+    import sqlite3
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    path = tmp_path / "j.db"
+    receiver_app = create_app(config(f"sqlite:///{path}"), plugins=[Counting()], autoload=False)
+    with sqlite3.connect(path) as db:  # the file exists, with a table to lock
+        db.execute("CREATE TABLE IF NOT EXISTS other (x)")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+
+    async def ping(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("pong")
+
+    host = Starlette(routes=[Route("/ping", ping), Mount("/hooks", app=receiver_app)])
+    statuses: list[int] = []
+    with TestClient(host) as client:
+        sender = threading.Thread(
+            target=lambda: statuses.append(
+                client.post("/hooks/sms", content=MESSAGE, headers=JSON).status_code
+            )
+        )
+        threading.Timer(3.0, holder.rollback).start()  # the lock is held 3 s
+        sender.start()
+        time.sleep(0.5)  # the callback is waiting for the lock
+        started = time.monotonic()
+        pinged = client.get("/ping").status_code
+        waited = time.monotonic() - started
+        sender.join(timeout=60)
+    holder.close()
+    assert pinged == 200
+    assert waited < 1.0, f"the host app's event loop was blocked {waited:.1f} s"
+    assert statuses == [200]
