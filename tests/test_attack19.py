@@ -257,3 +257,62 @@ def test_mounted_app_first_callback_never_blocks_the_event_loop_on_the_journal_l
     assert pinged == 200
     assert waited < 1.0, f"the host app's event loop was blocked {waited:.1f} s"
     assert statuses == [200]
+
+
+# -- 3/4. a replay and a prune at once ------------------------------------------------------
+
+
+class SlowFailure:
+    """Raises after ``delay`` seconds (a replay that fails again)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    @hookimpl
+    async def on_message(self, event: Event) -> None:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        raise RuntimeError("still failing")
+
+
+def test_replay_of_an_old_dead_letter_is_not_pruned_while_it_runs(journal_url: str) -> None:
+    """FINDING. An operator replays a dead letter just past the retention (the console's
+    Replay, or ``receiver replay``) while the retry worker's hourly prune runs. A
+    replay's claim changes the entry's owner and next attempt, not its state: the entry
+    is still ``dead`` while its handlers run, so the prune (whose DELETE checks the state
+    again, "an entry replayed meanwhile is kept") deletes it. The handlers fail again;
+    ``fail`` updates no row and the attempt is not kept: the operator is told it "is
+    retried like any failed event", and the callback is gone for good. Expected: an
+    entry claimed by a replay is not pruned (it ends ``failed``, kept for a retry)."""
+    from receiver.endpoint import CallbackEndpoint
+    from receiver.operations import replay_entries
+
+    plugin = SlowFailure(delay=1.0)
+    retention = 48 * 3600.0
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        endpoint = CallbackEndpoint.from_config(
+            config(journal_url, retry_delays=[3600.0], autoload_plugins=False), [plugin]
+        )
+        journal, redelivery = endpoint.journal, endpoint.redelivery
+        assert journal is not None and redelivery is not None
+        await journal.start()
+        try:
+            old = event(1, at=time.time() - retention - 60)
+            await journal.record(old, {}, None)
+            await journal.fail(old.id, "boom", None, None)  # out of attempts: dead
+            (entry,) = await journal.entries(ids=[old.id])
+            assert entry.state == "dead"
+            replaying = asyncio.ensure_future(replay_entries(endpoint, [entry]))
+            await asyncio.sleep(0.3)  # claimed; its handlers run
+            await journal.prune(time.time() - retention)
+            outcomes = await replaying
+            return outcomes, await journal.entries(ids=[old.id])
+        finally:
+            await redelivery.stop()
+            await journal.stop()
+
+    outcomes, found = asyncio.run(scenario())
+    assert list(outcomes.values()) == [False]  # the replay failed
+    assert [e.state for e in found] in (["failed"], ["dead"]), "the replayed entry was pruned"
