@@ -316,3 +316,39 @@ def test_replay_of_an_old_dead_letter_is_not_pruned_while_it_runs(journal_url: s
     outcomes, found = asyncio.run(scenario())
     assert list(outcomes.values()) == [False]  # the replay failed
     assert [e.state for e in found] in (["failed"], ["dead"]), "the replayed entry was pruned"
+
+
+def test_sqlite_retry_whose_done_is_kept_on_a_full_disk_is_not_retried_again(
+    tmp_path: Any,
+) -> None:
+    """FINDING (SQLite, the default journal: the hole of
+    test_retry_whose_done_is_kept_in_memory_is_not_retried_again). A retry's handlers
+    succeed as the disk fills up: its ``done`` is kept in memory (and in the done
+    ledger). The entry is still ``failed`` in the file with a next attempt one lease
+    after the claim; when space returns, the worker's ``due`` (every second) is the
+    first transaction to work, and its result is read *before* the writer writes the
+    kept states (``_write_kept`` runs after the batch's commit): the entry is claimed
+    and its handlers run again. Expected: 2 calls (the failure, the successful retry)."""
+    from test_storage import fill, small_filesystem
+
+    with small_filesystem(tmp_path / "fs") as fs:
+        db = fs / "j.db"
+        plugin = FailsFirst(delay=1.0)
+        app = create_app(
+            config(f"sqlite:///{db}", retry_delays=[0.2, 0.2]), plugins=[plugin], autoload=False
+        )
+        with TestClient(app) as client:
+            assert client.post("/sms", content=MESSAGE, headers=JSON).status_code == 200
+            deadline = time.monotonic() + 10
+            while len(plugin.calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(plugin.calls) == 2  # the retry's handlers are running
+            filler = fill(fs)
+            try:
+                time.sleep(2.5)  # the retry succeeds; its done is kept; the lease runs out
+            finally:
+                filler.unlink()
+            time.sleep(4.0)
+        entries = asyncio.run(_entries(f"sqlite:///{db}"))
+    assert [e.state for e in entries] == ["done"]
+    assert len(plugin.calls) == 2, plugin.calls
