@@ -352,3 +352,59 @@ def test_sqlite_retry_whose_done_is_kept_on_a_full_disk_is_not_retried_again(
         entries = asyncio.run(_entries(f"sqlite:///{db}"))
     assert [e.state for e in entries] == ["done"]
     assert len(plugin.calls) == 2, plugin.calls
+
+
+class SlowCounting:
+    """Counts its calls (each ``delay`` seconds long)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    @hookimpl
+    async def on_message(self, event: Event) -> None:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+
+
+def test_replay_leaves_an_entry_the_retry_worker_is_retrying(journal_url: str) -> None:
+    """FINDING. The retry worker claims a due failed entry and runs its handlers (slow:
+    2 s). Meanwhile an operator replays it (the console's Replay, or ``receiver replay``
+    from another process): the replay reads the entry *after* the worker's claim, so its
+    optimistic claim (same state, attempts and next attempt as read) matches, and
+    nothing in ``Journal.claim`` looks at whether the entry is claimed now (only a
+    ``received`` entry's owner is checked). Both run the handlers at once: handled
+    twice. Expected: the replay leaves it alone (None), one call."""
+    from receiver.endpoint import CallbackEndpoint
+    from receiver.operations import replay_entries
+
+    plugin = SlowCounting(delay=2.0)
+
+    async def scenario() -> dict[str, Any]:
+        endpoint = CallbackEndpoint.from_config(
+            config(journal_url, retry_delays=[3600.0, 3600.0], autoload_plugins=False),
+            [plugin],
+        )
+        journal, redelivery = endpoint.journal, endpoint.redelivery
+        assert journal is not None and redelivery is not None
+        await journal.start()
+        try:
+            failed = event(1)
+            await journal.record(failed, {}, None)
+            await journal.fail(failed.id, "boom", None, time.time())  # due now
+            redelivery.start()
+            deadline = time.monotonic() + 10
+            while plugin.calls < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert plugin.calls == 1  # the worker's retry is running
+            (entry,) = await journal.entries(ids=[failed.id])  # the operator's page
+            outcomes = await replay_entries(endpoint, [entry])
+            await asyncio.sleep(2.5)
+            return outcomes
+        finally:
+            await redelivery.stop()
+            await journal.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert plugin.calls == 1, f"handled {plugin.calls} times; replay outcome {outcomes}"
+    assert list(outcomes.values()) == [None]
