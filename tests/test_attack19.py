@@ -408,3 +408,42 @@ def test_replay_leaves_an_entry_the_retry_worker_is_retrying(journal_url: str) -
     outcomes = asyncio.run(scenario())
     assert plugin.calls == 1, f"handled {plugin.calls} times; replay outcome {outcomes}"
     assert list(outcomes.values()) == [None]
+
+
+# -- 2. orphans taken over by several processes at once (a guard: passes) ------------------
+
+
+def test_orphans_taken_over_by_several_processes_at_once_each_exactly_once(
+    journal_url: str,
+) -> None:
+    """GUARD (passes). 300 received entries older than ORPHAN_AGE, half without an owner,
+    half owned by an owner with no process row, and three processes taking over at the
+    same moment (each also claiming a gone owner's work in the same transaction): every
+    orphan is claimed by exactly one of them."""
+    from test_ownership import opened, sql
+
+    from receiver.journal import ORPHAN_AGE
+
+    old = time.time() - ORPHAN_AGE - 60
+    values = ", ".join(
+        f"('orphan-{n}', 'sms', 'onepoint', 'received', {old + n / 1000}, '', "
+        f"{'NULL' if n % 2 else repr('ghost')})"
+        for n in range(300)
+    )
+
+    async def scenario() -> list[list[str]]:
+        journals = [await opened(journal_url, lease=15.0) for _ in range(3)]
+        try:
+            for journal in journals:
+                await journal.renew()
+            insert = "INSERT INTO events (id, channel, provider, state, received_at, raw, owner) "
+            await asyncio.to_thread(sql, journal_url, f"{insert} VALUES {values}")
+            taken = await asyncio.gather(*(journal.take_over() for journal in journals))
+            again = await asyncio.gather(*(journal.take_over() for journal in journals))
+            return [[e.id for e in found] for found in (*taken, *again)]
+        finally:
+            for journal in journals:
+                await journal.stop()
+
+    claims = [entry_id for found in asyncio.run(scenario()) for entry_id in found]
+    assert sorted(claims) == sorted(f"orphan-{n}" for n in range(300))
