@@ -504,3 +504,43 @@ def test_postgres_status_lock_key_is_the_stored_rows_key(postgres_url: str) -> N
     before, after, grouped = asyncio.run(scenario())
     assert after == before, f"{after - before} deadlock(s) between two groups"
     assert grouped == 4 * 12  # none taken apart
+
+
+# -- take-over and the done ledger (SQLite, several processes) -------------------------------
+
+
+def test_sqlite_take_over_skips_what_the_gone_process_noted_done_in_its_ledger(
+    tmp_path: Any,
+) -> None:
+    """FINDING (SQLite, ``serve --workers N``). A process handles a callback while the
+    disk is full: its ``done`` is noted in its done ledger (``j.db-done``), the space
+    reserved for exactly this, "so that a restart marks it done instead of handling it
+    again". The process then dies (here: stops with the state unwritten; a crash is the
+    same). Space returns. Another process sharing the journal takes its unfinished work
+    over at once (its pid is gone / its owner id unknown) and gets the entry to handle
+    again: nothing reads the gone process's ledger first (only a process starting and
+    locking that slot does, later). Expected: the entry the ledger names is not handed
+    out for handling again."""
+    from test_ownership import opened
+    from test_storage import fill, small_filesystem
+
+    with small_filesystem(tmp_path / "fs") as fs:
+        url = f"sqlite:///{fs / 'j.db'}"
+
+        async def scenario() -> list[str]:
+            gone = await opened(url, lease=15.0)
+            other = await opened(url, lease=15.0)
+            try:
+                handled = event(1)
+                await gone.record(handled, {}, None)
+                await other.renew()
+                filler = fill(fs)
+                await gone.complete(handled.id, None)  # kept; noted in the ledger
+                await gone.stop()  # dies with the done unwritten
+                filler.unlink()
+                return [e.id for e in await other.take_over()]
+            finally:
+                await other.stop()
+
+        taken = asyncio.run(scenario())
+    assert taken == [], "an entry its handler's process noted done was handed out again"
