@@ -544,3 +544,43 @@ def test_sqlite_take_over_skips_what_the_gone_process_noted_done_in_its_ledger(
 
         taken = asyncio.run(scenario())
     assert taken == [], "an entry its handler's process noted done was handed out again"
+
+
+def test_postgres_stop_writes_kept_states_before_giving_the_lease_up(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING. A PostgreSQL blip leaves a handled callback's ``done`` kept in memory
+    (written again with backoff, up to 5 s apart). The process is then stopped (a
+    rolling restart, ``kill -HUP`` of ``--workers``): ``PostgresJournal.stop`` gives its
+    lease up *first*, then waits up to ``retry_max`` for the kept states. In between,
+    another process's lease keeper takes the entry over (lease 0: expired) and handles
+    it again, although its done was about to be written. Expected: the kept states are
+    written (or tried) before the lease is given up, so the entry is not taken over."""
+    from test_ownership import opened
+
+    database = postgres_url.rsplit("/", 1)[1]
+
+    async def scenario() -> list[str]:
+        stopping = await opened(postgres_url, lease=15.0)
+        other = await opened(postgres_url, lease=15.0)
+        stopping.retry_min = stopping.retry_max = 3.0  # the backoff after a few failures
+        try:
+            handled = event(1)
+            await stopping.record(handled, {}, None)
+            await other.renew()
+            await asyncio.to_thread(_cut_off, postgres_server, database, False)
+            try:
+                await stopping.complete(handled.id, None)  # kept, written later
+            finally:
+                await asyncio.to_thread(_cut_off, postgres_server, database, True)
+            assert stopping.kept
+            stop = asyncio.ensure_future(stopping.stop())
+            await asyncio.sleep(0.5)  # the lease is given up; the kept done not yet written
+            taken = [e.id for e in await other.take_over()]
+            await stop
+            return taken
+        finally:
+            await other.stop()
+
+    taken = asyncio.run(scenario())
+    assert taken == [], "a handled entry was taken over while its done was being written"
