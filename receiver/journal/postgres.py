@@ -304,8 +304,11 @@ def _lock_keys(event: Event, dedupe_key: str | None, body_hash: bytes, look_up: 
         if dedupe_key is not None:
             keys.add(_key(b"key\0" + channel + b"\0" + dedupe_key.encode()))
     if event.status in STATUS_RANK and event.message_id is not None:
-        party = event.destination or event.source or ""
-        keys.add(_key(f"status\0{event.provider}\0{event.message_id}\0{party}".encode()))
+        # The row's key as _out_of_order stores it (_text): ids differing only in a NUL
+        # or a lone surrogate are one row, so one lock.
+        party = _text(event.destination or event.source or "")
+        message_id = _text(event.message_id)
+        keys.add(_key(f"status\0{event.provider}\0{message_id}\0{party}".encode()))
     return sorted(keys)
 
 

@@ -640,7 +640,9 @@ class Writer:
         """
         if self._thread is None:
             try:
-                self.ensure_started()
+                # In a thread: it may wait for another process's write lock (up to
+                # start_timeout), which must not stop the event loop (a mounted app).
+                await asyncio.to_thread(self.ensure_started)
             except ConfigError as exc:
                 log.error("journal unavailable", reason=str(exc))
                 raise JournalUnavailable() from None
