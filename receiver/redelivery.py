@@ -391,11 +391,11 @@ class Redelivery:
     async def replay(self, entry: Entry) -> bool | None:
         """Claim ``entry`` (:meth:`Journal.claim <receiver.journal.Journal.claim>`) and
         dispatch it to every plugin, as ``receiver replay`` and the console do: True when
-        it succeeded, False when it failed, None when it was left alone (another process
-        is retrying it or has handled it since it was read, or it is being handled). The
+        it succeeded, False when it failed, None when it was left alone (this process or
+        another is handling or retrying it, or has handled it since it was read). The
         claim is renewed with the lease for as long as the handlers run (:meth:`held`),
         so no retry worker takes the entry meanwhile."""
-        if not await self.journal.claim(entry):
+        if entry.id in self._busy() or not await self.journal.claim(entry):
             return None
         self._replaying.add(entry.id)
         try:

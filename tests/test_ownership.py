@@ -770,7 +770,13 @@ def test_ownership_failed_state_lost_in_a_crash_is_retried(journal_url: str) -> 
         assert client.post("/sms", content=MESSAGE, headers=JSON).status_code == 200
         (failed,) = asyncio.run(_entries(journal_url))
         assert failed.state == "failed"
-        sql(journal_url, "UPDATE events SET state = 'received', attempts = 0, error = NULL")
+        # The row as it was before the lost change: received, this process's.
+        owner = app.state.journal.owner
+        sql(
+            journal_url,
+            "UPDATE events SET state = 'received', attempts = 0, error = NULL, "
+            f"next_attempt_at = NULL, owner = '{owner}'",
+        )
         deadline = time.monotonic() + 10
         while len(fails.calls) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)

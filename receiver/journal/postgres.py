@@ -167,9 +167,16 @@ INSERT INTO processes (id, host, pid, since, lease_until)
 UPDATE events SET owner = 'legacy' WHERE state = 'received';
 """,
     ),
+    (
+        3,
+        """
+UPDATE events SET owner = NULL WHERE state IN ('failed', 'reply_failed');
+""",
+    ),
 )
 """(version, SQL): each brings the schema from the version before it to its own (2:
-ownership, see :mod:`receiver.journal`)."""
+ownership, see :mod:`receiver.journal`; 3: a failed entry's owner is a live claim, which
+recording its failure clears, so the owners version 2 left on failed entries go)."""
 
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k"
 """Take the advisory locks of duplicate look-ups' keys, in one order."""
@@ -189,7 +196,7 @@ _DONE = (
 _FAILED = (
     "UPDATE events SET state = c.state, reply = COALESCE(c.reply, events.reply), "
     "error = c.error, failed_plugins = c.failed_plugins, next_attempt_at = c.next_attempt_at, "
-    "attempts = events.attempts + 1 FROM unnest($1::text[], $2::text[], $3::bytea[], "
+    "attempts = events.attempts + 1, owner = NULL FROM unnest($1::text[], $2::text[], $3::bytea[], "
     "$4::text[], $5::bytea[], $6::float8[]) "
     "AS c(id, state, reply, error, failed_plugins, next_attempt_at) WHERE events.id = c.id "
     "RETURNING events.id, events.attempts"
@@ -1303,7 +1310,8 @@ class PostgresJournal(Journal):
             found = await connection.fetchval(
                 "UPDATE events SET owner = $1, next_attempt_at = $2 WHERE id = $3 "
                 "AND state = $4 AND attempts = $5 "
-                "AND next_attempt_at IS NOT DISTINCT FROM $6 AND (state <> 'received' "
+                "AND next_attempt_at IS NOT DISTINCT FROM $6 "
+                "AND (state NOT IN ('received', 'failed', 'reply_failed') "
                 "OR owner IS NULL OR owner NOT IN (SELECT id FROM processes "
                 f"WHERE lease_until > {_NOW})) RETURNING 1",
                 owner,
@@ -1359,7 +1367,7 @@ class PostgresJournal(Journal):
             if ids:
                 await connection.execute(
                     "UPDATE events SET next_attempt_at = $1 WHERE id = ANY($2::text[]) "
-                    "AND state IN ('failed', 'reply_failed')",
+                    "AND state <> 'received'",
                     time.time() + self.lease,
                     ids,
                 )
@@ -1560,7 +1568,7 @@ class PostgresJournal(Journal):
             picked = await connection.fetch(_PRUNE_PICK, after, older_than, batch)
             if not picked:
                 return 0, 0, after
-            ids = await connection.fetch(_PRUNE_EVENTS, [row[0] for row in picked])
+            ids = await connection.fetch(_PRUNE_EVENTS, [row[0] for row in picked], time.time())
             await connection.execute(
                 "DELETE FROM attempts WHERE event_id = ANY($1::text[])", [row[0] for row in ids]
             )
@@ -1594,9 +1602,11 @@ _PRUNE_PICK = (
 """The next batch of entries a prune deletes: one range on ``events_received``."""
 
 _PRUNE_EVENTS = (
-    f"DELETE FROM events WHERE id = ANY($1::text[]) AND state IN {_FINISHED} RETURNING id"
+    f"DELETE FROM events WHERE id = ANY($1::text[]) AND state IN {_FINISHED} "
+    "AND (next_attempt_at IS NULL OR next_attempt_at <= $2) RETURNING id"
 )
-"""Delete a batch :data:`_PRUNE_PICK` found, unless replayed meanwhile; their ids."""
+"""Delete a batch :data:`_PRUNE_PICK` found, unless replayed meanwhile, or claimed now
+(a replay in progress: its next attempt is ahead); their ids."""
 
 
 async def _keep_session(connection: Any) -> None:

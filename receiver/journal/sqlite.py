@@ -145,13 +145,22 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE events ADD COLUMN owner TEXT")
         connection.execute(_LEGACY_OWNER, (LEGACY_OWNER,))
         connection.execute(_LEGACY_ENTRIES, (LEGACY_OWNER,))
+    if connection.execute("PRAGMA user_version").fetchone()[0] < 1:
+        # Version 1: a failed entry's owner is a live claim (a failure clears it); the
+        # owners earlier versions left on failed entries are not.
+        connection.execute(
+            "UPDATE events SET owner = NULL WHERE state IN ('failed', 'reply_failed')"
+        )
+        connection.execute("PRAGMA user_version = 1")
 
 
 _NOT_BEING_HANDLED = (
-    "(state != 'received' OR owner IS NULL "
+    "(state NOT IN ('received', 'failed', 'reply_failed') OR owner IS NULL "
     "OR owner NOT IN (SELECT id FROM processes WHERE lease_until > ?))"
 )
-"""A received entry is being handled while its owner's lease lasts (replays leave it)."""
+"""A received entry is being handled while its owner's lease lasts, and so is a failed or
+reply_failed one with an owner (one a retry worker or a replay claimed: recording its
+failure clears the owner): replays leave them."""
 
 LEGACY_OWNER = "legacy"
 """The owner of the unfinished entries a receiver wrote before ownership existed: an
@@ -361,7 +370,7 @@ class SQLiteJournal(Journal):
             if ids:
                 connection.execute(
                     f"UPDATE events SET next_attempt_at = ? WHERE id IN "
-                    f"({', '.join('?' for _ in ids)}) AND state IN ('failed', 'reply_failed')",
+                    f"({', '.join('?' for _ in ids)}) AND state != 'received'",
                     (time.time() + self.lease, *ids),
                 )
 
@@ -529,13 +538,13 @@ class SQLiteJournal(Journal):
             if reply is None:
                 connection.execute(
                     "UPDATE events SET state = ?, error = ?, failed_plugins = ?, "
-                    "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                    "next_attempt_at = ?, attempts = attempts + 1, owner = NULL WHERE id = ?",
                     (state, storable(error), encoded, retry_at, event_id),
                 )
             else:  # a reply still to deliver is kept with the failed entry
                 connection.execute(
                     "UPDATE events SET state = ?, reply = ?, error = ?, failed_plugins = ?, "
-                    "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                    "next_attempt_at = ?, attempts = attempts + 1, owner = NULL WHERE id = ?",
                     (state, _encode(reply), storable(error), encoded, retry_at, event_id),
                 )
             _keep_attempt(connection, event_id, failures, ended=True)
@@ -556,7 +565,7 @@ class SQLiteJournal(Journal):
         def operation(connection: sqlite3.Connection) -> None:
             connection.execute(
                 "UPDATE events SET state = ?, reply = ?, error = ?, failed_plugins = ?, "
-                "next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
+                "next_attempt_at = ?, attempts = attempts + 1, owner = NULL WHERE id = ?",
                 (state, encoded[0], storable(error), encoded[1], retry_at, event_id),
             )
             _keep_attempt(connection, event_id, failures, ended=True)
@@ -730,7 +739,7 @@ def _prune_batch(
     next batch starts: entries of that same time may be left)."""
 
     def operation(connection: sqlite3.Connection) -> tuple[int, float]:
-        rows = connection.execute(_PRUNE_PICK, (after, older_than, batch)).fetchall()
+        rows = connection.execute(_PRUNE_PICK, (after, older_than, time.time(), batch)).fetchall()
         if not rows:
             return 0, after
         connection.executemany("DELETE FROM events WHERE rowid = ?", [row[:1] for row in rows])
@@ -758,9 +767,11 @@ def _prune_statuses(older_than: float, batch: int) -> Callable[[sqlite3.Connecti
 
 _PRUNE_PICK = (
     "SELECT rowid, id, received_at FROM events WHERE received_at >= ? AND received_at < ? "
-    "AND state IN ('done', 'rejected', 'recovered', 'dead') ORDER BY received_at LIMIT ?"
+    "AND state IN ('done', 'rejected', 'recovered', 'dead') "
+    "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY received_at LIMIT ?"
 )
-"""The next batch of entries a prune deletes: one range on ``events_received``."""
+"""The next batch of entries a prune deletes: one range on ``events_received`` (not one
+claimed now: a replay in progress, its next attempt ahead)."""
 
 
 _WINDOW = (
