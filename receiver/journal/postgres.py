@@ -665,12 +665,8 @@ class PostgresJournal(Journal):
             raise
 
     async def stop(self) -> None:
-        if self._registered and self._pool is not None:
-            try:
-                await asyncio.wait_for(self.release(), timeout=self.retry_max)
-            except Exception:  # an unreachable database: the lease runs out instead
-                log.warning("journal: giving the lease up failed", journal=self.where)
-        self._forget_owner()
+        # The kept states first, under the lease: given up before, another process could
+        # take their (handled) entries over and handle them again meanwhile.
         keeper, self._keeper = self._keeper, None
         if keeper is not None and not keeper.done():
             try:  # one more chance for the kept states, not a wait for a dead server
@@ -683,6 +679,12 @@ class PostgresJournal(Journal):
                 journal=self.where,
                 count=len(self.kept),
             )
+        if self._registered and self._pool is not None:
+            try:
+                await asyncio.wait_for(self.release(), timeout=self.retry_max)
+            except Exception:  # an unreachable database: the lease runs out instead
+                log.warning("journal: giving the lease up failed", journal=self.where)
+        self._forget_owner()
         pool, self._pool = self._pool, None
         self._ready = False
         if pool is not None:
