@@ -1015,18 +1015,14 @@ class PostgresJournal(Journal):
             raise
 
     async def stop(self) -> None:
+        # The queued and kept states first, under the lease: given up before, another
+        # process could take their (handled) entries over and handle them again meanwhile.
         changing = self._changing
         if changing is not None and not changing.done():
-            try:  # the changes queued: written (or kept) before the lease is given up
+            try:  # the changes queued: written (or kept) now
                 await asyncio.wait_for(asyncio.shield(changing), timeout=self.retry_max)
             except (TimeoutError, asyncio.CancelledError):
                 changing.cancel()
-        if self._registered and self._pool is not None:
-            try:
-                await asyncio.wait_for(self.release(), timeout=self.retry_max)
-            except Exception:  # an unreachable database: the lease runs out instead
-                log.warning("journal: giving the lease up failed", journal=self.where)
-        self._forget_owner()
         keeper, self._keeper = self._keeper, None
         if keeper is not None and not keeper.done():
             try:  # one more chance for the kept states, not a wait for a dead server
@@ -1039,6 +1035,12 @@ class PostgresJournal(Journal):
                 journal=self.where,
                 count=len(self.kept),
             )
+        if self._registered and self._pool is not None:
+            try:
+                await asyncio.wait_for(self.release(), timeout=self.retry_max)
+            except Exception:  # an unreachable database: the lease runs out instead
+                log.warning("journal: giving the lease up failed", journal=self.where)
+        self._forget_owner()
         pools = self._pool, self._async_pool
         self._pool = self._async_pool = None
         self._ready = False
