@@ -410,7 +410,7 @@ class Redelivery:
         journal holds in memory (:meth:`Journal.unsettled
         <receiver.journal.Journal.unsettled>`: written when the database answers again)."""
         held = self._running | self._claimed | self._replaying
-        held.update(self.journal.unsettled())
+        held.update(self.journal.unsettled)
         if self._retrying is not None:
             held.add(self._retrying)
         return held
@@ -428,7 +428,7 @@ class Redelivery:
     async def _look_again(self) -> None:
         """The worker's look at :meth:`recheck`'s events (kept while the journal fails)."""
         for event_id in list(self._recheck):
-            if event_id in self._running or event_id in self.journal.unsettled():
+            if event_id in self._running or event_id in self.journal.unsettled:
                 continue
             try:
                 found = await self.journal.entries(ids=[event_id], limit=1)
@@ -569,7 +569,7 @@ class Redelivery:
             except Exception:
                 log.exception("journal worker: reading the journal failed")
                 due = []
-            unsettled = self.journal.unsettled()
+            unsettled = self.journal.unsettled
             due = [entry for entry in due if entry.id not in unsettled]  # handled already
             self._claimed = {entry.id for entry in due}
             for entry in due:

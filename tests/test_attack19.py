@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from postgres import postgres_server, postgres_url, run_sql
+from postgres import postgres_server, postgres_url
 from samples import PAYLOADS
 from starlette.testclient import TestClient
 from test_journal_postgres import _cut_off, event, journal_url
@@ -133,10 +133,7 @@ def test_workers_replacement_failing_during_a_journal_outage_keeps_serving(
     from serving import serve
 
     database = postgres_url.rsplit("/", 1)[1]
-    config = (
-        f'journal = "{postgres_url}"\n'
-        '[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
-    )
+    config = f'journal = "{postgres_url}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
     with serve(tmp_path, config, "--workers", "2") as server:
         deadline = time.monotonic() + 15
         while len(workers(server.process.pid)) < 2 and time.monotonic() < deadline:
@@ -189,7 +186,9 @@ def test_retry_whose_done_is_kept_in_memory_is_not_retried_again(
     worker would do the same). Expected: 2 calls (the failure, the successful retry)."""
     database = postgres_url.rsplit("/", 1)[1]
     plugin = FailsFirst(delay=1.0)
-    app = create_app(config(postgres_url, retry_delays=[0.2, 0.2]), plugins=[plugin], autoload=False)
+    app = create_app(
+        config(postgres_url, retry_delays=[0.2, 0.2]), plugins=[plugin], autoload=False
+    )
     journal = app.state.journal
     journal.retry_min = journal.retry_max = 4.0  # the backoff after a few seconds of outage
     with TestClient(app) as client:

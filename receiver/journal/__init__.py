@@ -408,6 +408,7 @@ class Journal(abc.ABC):
         lost, a state a database crash lost (PostgreSQL commits state changes without
         waiting for the flush)."""
 
+    @property
     def unsettled(self) -> Collection[str]:
         """The ids of the entries whose new state this journal object holds in memory,
         not written yet: a state change queued, or kept through a fault to be written

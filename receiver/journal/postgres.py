@@ -782,6 +782,7 @@ class PostgresJournal(Journal):
             self._changing = asyncio.get_running_loop().create_task(self._write_changes())
         await change.future
 
+    @property
     def unsettled(self) -> Collection[str]:
         return {*self.kept, *(change.event_id for change in self._changes)}
 
@@ -1282,7 +1283,7 @@ class PostgresJournal(Journal):
         async def work(connection: Any) -> list[Entry]:
             # Not those whose new state is held here, still to be written (a snapshot
             # before the query: one written since is no longer due).
-            unsettled = list(self.unsettled())
+            unsettled = list(self.unsettled)
             rows = await connection.fetch(query, now + self.lease, owner, now, limit, unsettled)
             return [_entry(tuple(row)) for row in rows]
 

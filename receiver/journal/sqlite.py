@@ -297,6 +297,7 @@ class SQLiteJournal(Journal):
 
         return await self._submit(operation, durable=False)
 
+    @property
     def unsettled(self) -> Collection[str]:
         # The writer thread changes the dict: tuple() copies its str keys in one C call.
         return tuple(self._writer.kept)
@@ -395,11 +396,15 @@ class SQLiteJournal(Journal):
             others = connection.execute(
                 "SELECT id, host, pid, since, lease_until FROM processes WHERE id != ?", (owner,)
             ).fetchall()
+            ledger_read = False
             for other, host, pid, since, lease_until in others:
                 if len(claimed) >= limit:
                     break
                 if lease_until > now and not gone(other, host, pid):
                     continue
+                if not ledger_read:  # what gone processes handled but could not mark done
+                    ledger_read = True
+                    _mark_done(connection, self._writer.ledger.unheld())
                 claimed += [
                     _entry(row)
                     for row in connection.execute(

@@ -341,6 +341,31 @@ class DoneLedger:
         self._end = len(noted)
         return [line.decode("ascii") for line in noted.split() if line]
 
+    def unheld(self) -> list[str]:
+        """The ids noted in the ledger slots no running process holds (processes that
+        are gone, whose slots no process started since has taken): what they handled but
+        could not mark done. Read, not cleared: the next process to take such a slot
+        marks them done again (harmless) and clears it. A slot held while it is read is
+        skipped by a process starting meanwhile (it takes the next one)."""
+        noted: list[str] = []
+        for slot in range(self.slots):
+            path = self.path if slot == 0 else self.path.with_name(f"{self.path.name}.{slot}")
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                break  # slots are made in order: none after
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                found = os.pread(fd, self.size, 0).split(b"\0", 1)[0]
+            except OSError:  # held by a running process (ours too), or unreadable
+                continue
+            finally:
+                os.close(fd)
+            noted += [line.decode("ascii") for line in found.split() if line]
+        return noted
+
     def note(self, event_id: str) -> bool:
         """Note ``event_id`` durably; False when it could not be (full, or failing)."""
         record = event_id.encode("ascii") + b"\n"
