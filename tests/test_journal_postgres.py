@@ -504,6 +504,43 @@ def test_postgres_groups_with_statuses_in_opposite_orders_never_deadlock(
     assert grouped == 8 * 12  # none taken apart
 
 
+def test_postgres_group_takes_no_more_advisory_locks_than_max_locks(postgres_url: str) -> None:
+    """A burst of records (duplicate windows on: two lock keys each) is committed in
+    groups that each hold at most ``max_locks`` advisory locks (PostgreSQL's default
+    max_locks_per_transaction): big groups on several connections and replicas would
+    fill the server's shared lock table, and every record of a group would be refused.
+    Watched from another connection (pg_locks) while the burst commits."""
+    import asyncpg
+
+    async def scenario(journal: Journal) -> tuple[int, int]:
+        assert isinstance(journal, PostgresJournal)
+        watcher = await asyncpg.connect(postgres_url)
+        most = 0
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                rows = await watcher.fetch(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' GROUP BY pid"
+                )
+                most = max([most, *(row[0] for row in rows)])
+
+        watching = asyncio.create_task(watch())
+        try:
+            events = [event(n, raw=f'{{"locks": {n}}}'.encode()) for n in range(600)]
+            await asyncio.gather(*(journal.record(e, {}, f"lk-{n}") for n, e in enumerate(events)))
+        finally:
+            done.set()
+            await watching
+            await watcher.close()
+        return most, len(await journal.entries(limit=None))
+
+    most, stored = run(postgres_url, scenario)
+    assert stored == 600
+    assert 0 < most <= PostgresJournal.max_locks
+
+
 def test_postgres_group_with_a_record_that_raises_fails_only_it(postgres_url: str) -> None:
     async def scenario(journal: Journal) -> None:
         good = [event(n) for n in range(5)]

@@ -503,6 +503,13 @@ class PostgresJournal(Journal):
     own)."""
     max_batch = 256
     """Most records in one group transaction, and most state changes in one group."""
+    max_locks = 64
+    """Most advisory locks a group transaction of records takes (its records' lock keys,
+    :func:`_lock_keys`; a group ends before the record that would pass it, one record
+    alone excepted): PostgreSQL's default ``max_locks_per_transaction``, what its shared
+    lock table is sized for per connection. Groups of hundreds of records, three keys
+    each, on several connections and replicas, could fill that table ("out of shared
+    memory": every record of the group refused)."""
     change_connections = 2
     """Connections of the state changes' pool (``synchronous_commit`` off): the group
     writer's, and one for the kept changes' writer or a replay's claim."""
@@ -695,11 +702,22 @@ class PostgresJournal(Journal):
         :attr:`group_writers` such tasks)."""
         try:
             while self._queued:
-                group = self._queued[: self.max_batch]
-                del self._queued[: self.max_batch]
-                await self._commit_group(group)
+                await self._commit_group(self._next_group())
         finally:
             self._flushers -= 1
+
+    def _next_group(self) -> list[tuple[Any, list[int], asyncio.Future[Any]]]:
+        """The queued records of the next group, in order: at most :attr:`max_batch`,
+        and no more lock keys than :attr:`max_locks` (at least one record)."""
+        queued, keys, end = self._queued, set[int](), 0
+        while end < len(queued) and end < self.max_batch:
+            more = keys.union(queued[end][1])
+            if end and len(more) > self.max_locks:
+                break
+            keys, end = more, end + 1
+        group = queued[:end]
+        del queued[:end]
+        return group
 
     async def _commit_group(self, group: list[tuple[Any, list[int], asyncio.Future[Any]]]) -> None:
         """One transaction for the whole group; when it fails for anything but a fault
