@@ -56,7 +56,6 @@ KEY = "k3y-SWEEP-7a1f"
 USER = "hooks"
 APP_ID = "APP-SWEEP-1"
 NONCE = "5eeb5eeb5eeb5eeb5eeb5eeb5eeb5eeb"  # a GUID, as the reference client makes it
-TIMESTAMP = str(int(time.time()))  # within the check's window
 PERSON = "447700900777"  # a person's number, in the GET callbacks' query
 TEXT = "meet-at-the-sweep-place"  # a person's message text, in the GET callbacks' query
 HEADER = "X-Sweep-Key"
@@ -129,7 +128,7 @@ def _hmac_call(method: str, query: str, body: bytes, status: int, secret: str = 
         app_id=APP_ID,
         secret=secret,
         nonce=NONCE,
-        timestamp=TIMESTAMP,
+        timestamp=str(int(time.time())),  # now: within the check's window
     )
     headers = {"Authorization": authorization, **(JSON if body else {})}
     return Call(method, path, status, headers, body)

@@ -931,3 +931,41 @@ def test_ownership_cli_replay_claim_held_while_its_handlers_run(
         watcher.join()
     assert status == 0
     assert taken == [], "another process took the entry while `receiver replay` ran it"
+
+
+def test_ownership_failed_entries_claimed_by_an_older_version_are_released(
+    journal_url: str,
+) -> None:
+    """Before, a failed entry kept the owner of the retry that last claimed it; now an
+    owner on a failed entry is a live claim (replays leave it). A journal an older
+    version wrote is brought up to this once at start (SQLite user_version 1, PostgreSQL
+    schema 3): those owners go, and a replay can claim the entry."""
+    failed = event(1)
+
+    async def prepare() -> None:
+        journal = await opened(journal_url)
+        try:
+            await journal.record(failed, {}, None)
+            await journal.fail(failed.id, "boom", None, time.time() + 3600)
+            await journal.renew()
+        finally:
+            owner = journal.owner
+            await journal.stop()
+        # As the older version left it: the failed entry with its live owner's id.
+        sql(journal_url, f"UPDATE processes SET lease_until = {time.time() + 3600}")
+        sql(journal_url, f"UPDATE events SET owner = '{owner}'")
+        if journal_url.startswith("sqlite:"):
+            sql(journal_url, "PRAGMA user_version = 0")
+        else:
+            sql(journal_url, "DELETE FROM schema_version WHERE version = 3")
+
+    async def replay() -> bool:
+        journal = await opened(journal_url)  # migrates
+        try:
+            (entry,) = await journal.entries(ids=[failed.id])
+            return await journal.claim(entry)
+        finally:
+            await journal.stop()
+
+    asyncio.run(prepare())
+    assert asyncio.run(replay()) is True

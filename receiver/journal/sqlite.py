@@ -145,9 +145,15 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE events ADD COLUMN owner TEXT")
         connection.execute(_LEGACY_OWNER, (LEGACY_OWNER,))
         connection.execute(_LEGACY_ENTRIES, (LEGACY_OWNER,))
+
+
+def _migrate_to_write(connection: sqlite3.Connection) -> None:
+    """:func:`_migrate`, and what only a process that writes the journal changes (a reader,
+    an operator command on a read-only file, writes nothing): at version 1 (the file's
+    ``user_version``) a failed entry's owner is a live claim, which recording its
+    failure clears; the owners earlier versions left on failed entries go."""
+    _migrate(connection)
     if connection.execute("PRAGMA user_version").fetchone()[0] < 1:
-        # Version 1: a failed entry's owner is a live claim (a failure clears it); the
-        # owners earlier versions left on failed entries are not.
         connection.execute(
             "UPDATE events SET owner = NULL WHERE state IN ('failed', 'reply_failed')"
         )
@@ -237,7 +243,7 @@ class SQLiteJournal(Journal):
         """Free space the store needs on its filesystem to count as working."""
         self._writer = Writer(
             self.path,
-            _migrate,
+            _migrate_to_write,
             max_batch,
             done_ledger_bytes,
             _mark_done,
