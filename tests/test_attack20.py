@@ -1,0 +1,115 @@
+"""Attack 20: PostgreSQL grouped state changes and records, Journal.unsettled, claims,
+SQLite take-over reading gone processes' done ledgers, the ``serve --workers N``
+supervisor.
+
+Each test asserts the right behaviour; those that fail on the code they were written
+against are findings (see each docstring); guards say so. Real parts: real SQLite
+files, the real PostgreSQL server (tests/postgres.py), real ``receiver serve``
+processes (tests/serving.py), TestClient apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postgres import postgres_server, postgres_url
+from serving import wait_for
+from samples import PAYLOADS
+from test_journal_postgres import _cut_off, event, journal_url
+
+from receiver.journal import open_journal
+
+__all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
+
+MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
+JSON = {"content-type": "application/json"}
+
+
+# -- 5. serve --workers N: the backoff of a worker that cannot start ------------------------
+
+
+def _held_lock(url: str, table: str, release: threading.Event, held: threading.Event) -> None:
+    """Hold an ACCESS EXCLUSIVE lock on ``table`` until ``release`` is set."""
+
+    async def hold() -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            async with connection.transaction():
+                await connection.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                held.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+        finally:
+            await connection.close()
+
+    asyncio.run(hold())
+
+
+def _started(server: Any) -> int:
+    return sum(
+        1 for line in server.log_events() if line.get("event") == "Application startup complete."
+    )
+
+
+def test_supervisor_backoff_doubles_while_a_worker_keeps_failing_to_start(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """FINDING. ``serve --workers 2`` on PostgreSQL, both workers serving. A replacement
+    worker cannot start for a while: here its journal start waits on a lock of
+    ``schema_version`` (a migration or a dump holding it) and fails after the
+    database's ``lock_timeout`` (1 s); in a fail-over, a connect that times out after
+    ``connect_timeout`` (5 s) is the same. The supervisor starts it again "after a
+    pause that doubles from retry_min up to retry_max" (module docstring). But at the
+    health check after each new start the replacement is alive (starting: its ping
+    thread answers while its lifespan waits for the journal), and
+    ``keep_subprocess_alive`` forgets the slot's pause (``self._pause.pop``): every pause
+    is ``retry_min`` (1 s), for as long as the outage lasts. A Python process is spawned,
+    imports the app and fails every ~2 s on the cores of the worker serving the
+    callbacks. (A start refused at once, dead before the next health check, does back
+    off.) Expected: the pauses grow (1, 2, 4)."""
+    from availability import workers
+    from serving import serve
+
+    url = postgres_url + "?lock_timeout=1000"
+    config = f'journal = "{url}"\n[channels.sms]\nprovider = "onepoint"\nauth = "none"\n'
+    release, held = threading.Event(), threading.Event()
+    with serve(tmp_path, config, "--workers", "2") as server:
+        assert wait_for(lambda: _started(server) >= 2 and len(workers(server.process.pid)) == 2)
+        pids = sorted(workers(server.process.pid))
+        locker = threading.Thread(
+            target=_held_lock, args=(postgres_url, "schema_version", release, held)
+        )
+        locker.start()
+        try:
+            assert held.wait(10)
+            os.kill(pids[0], signal.SIGKILL)
+            deadline = time.monotonic() + 14
+            pauses: list[float] = []
+            while time.monotonic() < deadline and len(pauses) < 3:
+                time.sleep(0.25)
+                pauses = [
+                    float(line["in_s"])  # type: ignore[arg-type]
+                    for line in server.log_events()
+                    if "could not start" in str(line.get("event", "")) and "in_s" in line
+                ]
+            status = server.request("/sms", MESSAGE, JSON)[0]
+        finally:
+            release.set()
+            locker.join()
+        alive = server.process.poll() is None
+        log = server.log_text()
+    assert alive, log[-3000:]
+    assert status == 200
+    assert len(pauses) >= 3, log[-3000:]
+    assert pauses[1] > pauses[0] and pauses[2] > pauses[1], pauses
