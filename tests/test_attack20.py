@@ -113,3 +113,71 @@ def test_supervisor_backoff_doubles_while_a_worker_keeps_failing_to_start(
     assert status == 200
     assert len(pauses) >= 3, log[-3000:]
     assert pauses[1] > pauses[0] and pauses[2] > pauses[1], pauses
+
+
+# -- 4. SQLite take-over reading gone processes' done ledgers -------------------------------
+
+
+def _dead_pid() -> int:
+    """A pid no process has (one just reaped)."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_sqlite_stale_done_ledger_does_not_mark_a_failed_replay_done(tmp_path: Path) -> None:
+    """FINDING. Process G handled event X but could not write its ``done`` (a full
+    disk): X's id is noted in G's done ledger slot (``j.db-done.1``), and G died. A
+    live process's take-over reads the unheld slots (``DoneLedger.unheld``) and marks X
+    done: right. But the slot is read, not cleared, and stays unheld while no process
+    starts into it (one process left, holding slot 0: for ever). Later an operator
+    replays X (``receiver replay`` or the console) and a plugin fails: X is ``failed``,
+    its retry due in a minute. The next take-over that finds any gone or expired owner
+    (a worker of ``serve --workers 2`` stopped by ``kill -HUP``, a replica that
+    stopped) reads the stale slot again and marks X ``done``: the failed replay's retry
+    never happens, and the entry says handled. Expected: X stays ``failed``."""
+    path = tmp_path / "j.db"
+    url = f"sqlite:///{path}"
+
+    def gone_process(name: str) -> None:
+        from receiver.journal import _host
+
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "INSERT INTO processes (id, host, pid, since, lease_until) VALUES (?, ?, ?, 0, 0)",
+                (name, _host(), _dead_pid()),
+            )
+        db.close()
+
+    async def scenario() -> str:
+        journal = open_journal(url)
+        assert journal is not None
+        await journal.start()
+        try:
+            one = event(1)
+            await journal.record(one, {}, None)
+            # G: X was its own, handled, its done noted in its ledger slot; G is gone.
+            gone_process("gone-g")
+            with sqlite3.connect(path) as db:
+                db.execute("UPDATE events SET owner = 'gone-g' WHERE id = ?", (one.id,))
+            db.close()
+            (tmp_path / "j.db-done.1").write_bytes(one.id.encode() + b"\n")
+            assert await journal.take_over() == []  # marked done from the ledger
+            [entry] = await journal.entries(ids=[one.id])
+            assert entry.state == "done"
+            # An operator's replay of X fails: retried in a minute.
+            assert await journal.claim(entry)
+            await journal.fail(one.id, "replay failed", None, time.time() + 60)
+            [entry] = await journal.entries(ids=[one.id])
+            assert entry.state == "failed"
+            # Another owner is gone (a worker replaced at kill -HUP): taken over.
+            gone_process("gone-h")
+            await journal.take_over()
+            [entry] = await journal.entries(ids=[one.id])
+            return entry.state
+        finally:
+            await journal.stop()
+
+    assert asyncio.run(scenario()) == "failed"
