@@ -181,3 +181,37 @@ def test_sqlite_stale_done_ledger_does_not_mark_a_failed_replay_done(tmp_path: P
             await journal.stop()
 
     assert asyncio.run(scenario()) == "failed"
+
+
+# -- 1. PostgreSQL records: what the database refuses ---------------------------------------
+
+
+def test_journal_status_with_a_long_message_id_is_stored_not_refused(journal_url: str) -> None:
+    """FINDING. A delivery receipt whose ``MessageID`` (or ``Destination``) is long and
+    not compressible (here 3,000 characters of hex) authenticates and parses; SQLite
+    stores it. On PostgreSQL the status row's upsert (``_out_of_order``) puts the
+    message id into ``message_status``'s primary key, a B-tree whose entries must fit a
+    third of a page (about 2,700 bytes): "index row size exceeds btree maximum"
+    (ProgramLimitExceeded, not a fault). The record raises, the callback is answered
+    500 and nothing is stored (SQLite: 200, stored; the sqlite case is a guard): the provider's receipt is lost (and every other record of
+    its group is written again alone). The provider key's index already goes through
+    ``md5(dedupe_key)`` for this reason. Expected: 200, the receipt stored."""
+    from starlette.testclient import TestClient
+    from test_journal_postgres import ONEPOINT_DELIVERED, pg_app
+
+    long_id = os.urandom(1500).hex()
+    body = json.dumps({**json.loads(ONEPOINT_DELIVERED), "MessageID": long_id}).encode()
+    with TestClient(pg_app(journal_url)) as client:
+        status = client.post("/sms", content=body, headers=JSON).status_code
+    entries = asyncio.run(_entries(journal_url))
+    assert status == 200
+    assert [entry.message_id for entry in entries] == [long_id]
+
+
+async def _entries(url: str) -> list[Any]:
+    journal = open_journal(url)
+    assert journal is not None
+    try:
+        return await journal.entries()
+    finally:
+        await journal.stop()
