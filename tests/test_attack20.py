@@ -215,3 +215,50 @@ async def _entries(url: str) -> list[Any]:
         return await journal.entries()
     finally:
         await journal.stop()
+
+
+def test_sqlite_done_ledger_marks_a_delivered_reply_done(tmp_path: Path) -> None:
+    """FINDING. X is ``reply_failed`` (its handlers ran; ``send_reply`` raised). Process
+    G's retry worker claims it and delivers the reply; its ``done`` cannot be written (a
+    full disk), so G notes X in its done ledger, then dies. The ledger exists for
+    exactly this: "a handled event is not handled again because its done could not be
+    stored". But ``_mark_done`` (take-over of G's unheld slot here; a start that takes
+    the slot is the same) only marks entries ``received`` or ``failed``: X stays
+    ``reply_failed`` and its reply is delivered a second time by the next retry.
+    Expected: X done."""
+    path = tmp_path / "j.db"
+    url = f"sqlite:///{path}"
+
+    async def scenario() -> str:
+        from receiver.events import Reply
+        from receiver.journal import _host
+
+        journal = open_journal(url)
+        assert journal is not None
+        await journal.start()
+        try:
+            one = event(1)
+            await journal.record(one, {}, None)
+            await journal.undelivered(one.id, Reply(text="hi"), "send_reply raised", time.time())
+            [entry] = await journal.entries(ids=[one.id])
+            assert entry.state == "reply_failed"
+            # G claimed it (due), delivered the reply, noted its done, died.
+            with sqlite3.connect(path) as db:
+                db.execute(
+                    "INSERT INTO processes (id, host, pid, since, lease_until) "
+                    "VALUES ('gone-g', ?, ?, 0, 0)",
+                    (_host(), _dead_pid()),
+                )
+                db.execute(
+                    "UPDATE events SET owner = 'gone-g', next_attempt_at = ? WHERE id = ?",
+                    (time.time() + 0.5, one.id),
+                )
+            db.close()
+            (tmp_path / "j.db-done.1").write_bytes(one.id.encode() + b"\n")
+            await journal.take_over()
+            [entry] = await journal.entries(ids=[one.id])
+            return entry.state
+        finally:
+            await journal.stop()
+
+    assert asyncio.run(scenario()) == "done"
