@@ -262,3 +262,39 @@ def test_sqlite_done_ledger_marks_a_delivered_reply_done(tmp_path: Path) -> None
             await journal.stop()
 
     assert asyncio.run(scenario()) == "done"
+
+
+def test_postgres_duplicates_within_one_group_are_found(postgres_url: str) -> None:
+    """GUARD. Records queued together are committed in one group transaction, their
+    rows inserted together at its end: a re-send in the same group (same provider key;
+    same body under another key) is found among the group's own inserts, and only the
+    original is stored."""
+
+    async def scenario() -> tuple[list[Any], int, int]:
+        journal = open_journal(postgres_url)
+        assert journal is not None
+        await journal.start()
+        try:
+            journal.group_writers = 1  # type: ignore[attr-defined]
+            first = event(1, raw=b'{"a": 1}')
+            by_key = event(2, raw=b'{"a": 2}')
+            by_body = event(3, raw=b'{"a": 1}')
+            other = event(4, raw=b'{"a": 4}')
+            before = journal.commits  # type: ignore[attr-defined]
+            recorded = await asyncio.gather(
+                journal.record(first, {}, "k1"),
+                journal.record(by_key, {}, "k1"),
+                journal.record(by_body, {}, "k3"),
+                journal.record(other, {}, "k4"),
+            )
+            commits = journal.commits - before  # type: ignore[attr-defined]
+            stored = await journal.entries()
+            return [r.duplicate_of for r in recorded], len(stored), commits
+        finally:
+            await journal.stop()
+
+    duplicates, stored, commits = asyncio.run(scenario())
+    assert duplicates[0] is None and duplicates[3] is None
+    assert duplicates[1] is not None and duplicates[1] == duplicates[2]
+    assert stored == 2
+    assert commits == 1  # one group
