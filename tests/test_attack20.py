@@ -298,3 +298,78 @@ def test_postgres_duplicates_within_one_group_are_found(postgres_url: str) -> No
     assert duplicates[1] is not None and duplicates[1] == duplicates[2]
     assert stored == 2
     assert commits == 1  # one group
+
+
+# -- 1. PostgreSQL grouped state changes: a kept change written after a take-over ----------
+
+
+def test_postgres_kept_failed_does_not_undo_a_take_over_done(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING. Replica A handles X; a plugin fails, and A's ``failed`` cannot be written
+    (A is cut off from the database: a network partition, its connections refused),
+    so it is kept in memory and written again with backoff. A cannot renew its lease
+    either: once it has run out, replica B takes X over (``take_over``) and handles it:
+    ``done``. When A reaches the database again its keeper writes the kept ``failed``
+    over B's ``done`` (``_FAILED`` changes any state): X is ``failed`` again, with a
+    next attempt, and is handled a third time by a retry; the console shows a handled
+    message as failed. (A's late write is the lease-lost case the journal warns of;
+    its being handled twice is the documented price, a regression of a finished entry
+    is not.) Expected: X stays ``done``."""
+    from postgres import admin, with_database
+
+    database = postgres_url.rsplit("/", 1)[1]
+    role = f"a20_{os.urandom(4).hex()}"
+    db_admin = with_database(postgres_server, database)
+    asyncio.run(
+        admin(
+            db_admin,
+            f"CREATE ROLE {role} LOGIN PASSWORD 'a20-only'",
+            f"GRANT ALL ON SCHEMA public TO {role}",
+        )
+    )
+    user_url = postgres_url.replace("//receiver_test:receiver-test-only@", f"//{role}:a20-only@")
+
+    async def scenario() -> str:
+        b = open_journal(postgres_url, lease=1.5)
+        assert b is not None
+        await b.start()  # the schema
+        await admin(
+            db_admin,
+            f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        )
+        a = open_journal(user_url, lease=1.5)
+        assert a is not None
+        await a.start()
+        try:
+            x = event(1)
+            await a.record(x, {}, None)
+            await admin(
+                db_admin,
+                f"ALTER ROLE {role} CONNECTION LIMIT 0",
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+            )
+            await a.fail(x.id, "a plugin failed", None, time.time() + 0.2)
+            assert x.id in a.unsettled  # kept
+            await asyncio.sleep(2.0)  # A's lease runs out
+            taken = await b.take_over()
+            assert [entry.id for entry in taken] == [x.id]
+            await b.complete(x.id, None)
+            await admin(db_admin, f"ALTER ROLE {role} CONNECTION LIMIT -1")
+            deadline = time.monotonic() + 10
+            while a.unsettled and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not a.unsettled
+            [entry] = await b.entries(ids=[x.id])
+            return entry.state
+        finally:
+            await a.stop()
+            await b.stop()
+            await admin(
+                db_admin,
+                f"DROP OWNED BY {role}",
+            )
+            await admin(postgres_server, f"DROP ROLE {role}")
+
+    assert asyncio.run(scenario()) == "done"
