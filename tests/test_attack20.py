@@ -373,3 +373,46 @@ def test_postgres_kept_failed_does_not_undo_a_take_over_done(
             await admin(postgres_server, f"DROP ROLE {role}")
 
     assert asyncio.run(scenario()) == "done"
+
+
+# -- 3. Claims -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["done", "dead"])
+def test_journal_claim_refuses_a_second_replay_while_the_first_runs(
+    journal_url: str, state: str
+) -> None:
+    """FINDING. ``claim`` promises that "no retry worker (nor a second replay) takes it
+    meanwhile". Process A replays X (``done``, or a ``dead`` letter): its claim makes X
+    A's, its next attempt a lease ahead, renewed while the handlers run. Process B (a
+    second worker of ``serve --workers 2`` whose console an operator uses, the
+    double-submitted form landing there, or ``receiver replay`` run meanwhile) reads X
+    after that claim and replays it too: its claim matches what it read (state,
+    attempts, next attempt), and the owner check applies only to received, failed and
+    reply_failed entries, so it succeeds: X's handlers run twice at once. Expected: B's
+    claim refused while A's lease lasts (as for a failed entry)."""
+
+    async def scenario() -> bool:
+        a = open_journal(journal_url)
+        b = open_journal(journal_url)
+        assert a is not None and b is not None
+        await a.start()
+        await b.start()
+        try:
+            x = event(1)
+            await a.record(x, {}, None)
+            if state == "done":
+                await a.complete(x.id, None)
+            else:
+                await a.fail(x.id, "out of attempts", None, None)
+            [seen] = await a.entries(ids=[x.id])
+            assert seen.state == state
+            assert await a.claim(seen)  # A's replay runs
+            await a.renew([x.id])
+            [seen] = await b.entries(ids=[x.id])  # read after A's claim
+            return await b.claim(seen)
+        finally:
+            await b.stop()
+            await a.stop()
+
+    assert asyncio.run(scenario()) is False
