@@ -416,3 +416,140 @@ def test_journal_claim_refuses_a_second_replay_while_the_first_runs(
             await a.stop()
 
     assert asyncio.run(scenario()) is False
+
+
+# -- 1. PostgreSQL: a statement the server cancels ------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["statement_timeout", "lock_timeout"])
+def test_postgres_done_waiting_past_a_server_timeout_is_not_raised(
+    postgres_server: str, postgres_url: str, setting: str
+) -> None:
+    """FINDING. Production databases often set ``statement_timeout`` (or
+    ``lock_timeout``) for every role. X's row is locked for a while by another
+    transaction (another replica's ``due`` or prune, an operator's UPDATE, a long
+    migration) when X's ``done`` is written: the server cancels the UPDATE
+    (QueryCanceledError, 57014; LockNotAvailable for lock_timeout). ``_fault`` does not
+    take that for a fault (statement_timeout's QueryCanceled is class 57, operator
+    intervention, a fault: a guard; lock_timeout's LockNotAvailable, class 55, is the
+    finding): the change is not kept and written again, it raises to its
+    caller. In the request path that is a 500 for a callback whose handlers succeeded
+    (and X, still ``received``, is handled again); a record cancelled the same way
+    (waiting on a duplicate's advisory lock) is a 500 and not stored. Expected:
+    ``complete`` returns; X is done once the lock is gone."""
+    from postgres import admin, with_database
+
+    database = postgres_url.rsplit("/", 1)[1]
+    db_admin = with_database(postgres_server, database)
+    release, held = threading.Event(), threading.Event()
+
+    async def scenario() -> tuple[str | None, str]:
+        journal = open_journal(postgres_url)
+        assert journal is not None
+        await journal.start()
+        x = event(1)
+        await journal.record(x, {}, None)
+        await admin(db_admin, f"ALTER DATABASE {database} SET {setting} = '300ms'")
+        await journal.stop()  # new connections take the setting
+        journal = open_journal(postgres_url)
+        assert journal is not None
+        await journal.start()
+
+        async def lock_row() -> None:
+            import asyncpg
+
+            connection = await asyncpg.connect(postgres_url, timeout=10)
+            try:
+                async with connection.transaction():
+                    await connection.execute(f"SET LOCAL {setting} = 0")
+                    await connection.execute("SELECT 1 FROM events WHERE id = $1 FOR UPDATE", x.id)
+                    held.set()
+                    await asyncio.sleep(1.0)
+            finally:
+                await connection.close()
+
+        locker = asyncio.create_task(lock_row())
+        raised: str | None = None
+        try:
+            while not held.is_set():
+                await asyncio.sleep(0.01)
+            try:
+                await journal.complete(x.id, None)
+            except Exception as exc:
+                raised = type(exc).__name__
+            await locker
+            deadline = time.monotonic() + 8
+            while journal.unsettled and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            [entry] = await journal.entries(ids=[x.id])
+            return raised, entry.state
+        finally:
+            await journal.stop()
+            await admin(db_admin, f"ALTER DATABASE {database} RESET {setting}")
+
+    raised, state = asyncio.run(scenario())
+    assert raised is None
+    assert state == "done"
+
+
+def test_postgres_record_waiting_past_lock_timeout_is_a_fault_not_an_error(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING (the record's side of the one above). With ``lock_timeout`` set for the
+    database, a record waits on its duplicate keys' advisory locks (a re-send being
+    recorded by another replica, whose transaction is slow) past it: LockNotAvailable,
+    which ``_fault`` does not count, so ``record`` raises it as it is: the callback is
+    answered 500 as for a bug, nothing stored, no ``recheck`` (the endpoint rechecks
+    only on JournalUnavailable), no "journal not writable" state. Expected: stored once
+    the lock is free, or at least :class:`JournalUnavailable` (503, as for every other
+    database that cannot answer now)."""
+    import hashlib
+
+    from postgres import admin, with_database
+
+    from receiver.journal.postgres import _lock_keys
+
+    database = postgres_url.rsplit("/", 1)[1]
+    db_admin = with_database(postgres_server, database)
+    held = threading.Event()
+
+    async def scenario() -> str | None:
+        journal = open_journal(postgres_url)
+        assert journal is not None
+        await journal.start()
+        await admin(db_admin, f"ALTER DATABASE {database} SET lock_timeout = '300ms'")
+        await journal.stop()
+        journal = open_journal(postgres_url)
+        assert journal is not None
+        await journal.start()
+        x = event(1)
+        keys = _lock_keys(x, "k1", hashlib.sha256(x.raw).digest(), True)
+
+        async def hold() -> None:
+            import asyncpg
+
+            connection = await asyncpg.connect(postgres_url, timeout=10)
+            try:
+                async with connection.transaction():
+                    await connection.execute("SET LOCAL lock_timeout = 0")
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", keys[0])
+                    held.set()
+                    await asyncio.sleep(1.0)
+            finally:
+                await connection.close()
+
+        holder = asyncio.create_task(hold())
+        try:
+            while not held.is_set():
+                await asyncio.sleep(0.01)
+            try:
+                await journal.record(x, {}, "k1")
+            except Exception as exc:
+                return type(exc).__name__
+            return None
+        finally:
+            await holder
+            await journal.stop()
+            await admin(db_admin, f"ALTER DATABASE {database} RESET lock_timeout")
+
+    assert asyncio.run(scenario()) in (None, "JournalUnavailable")
