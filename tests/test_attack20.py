@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from postgres import postgres_server, postgres_url
-from serving import wait_for
 from samples import PAYLOADS
-from test_journal_postgres import _cut_off, event, journal_url
+from serving import wait_for
+from test_journal_postgres import event, journal_url
 
 from receiver.journal import open_journal
 
@@ -193,8 +193,9 @@ def test_journal_status_with_a_long_message_id_is_stored_not_refused(journal_url
     message id into ``message_status``'s primary key, a B-tree whose entries must fit a
     third of a page (about 2,700 bytes): "index row size exceeds btree maximum"
     (ProgramLimitExceeded, not a fault). The record raises, the callback is answered
-    500 and nothing is stored (SQLite: 200, stored; the sqlite case is a guard): the provider's receipt is lost (and every other record of
-    its group is written again alone). The provider key's index already goes through
+    500 and nothing is stored (SQLite: 200, stored; the sqlite case is a guard): the
+    provider's receipt is lost (and every other record of its group is written again
+    alone). The provider key's index already goes through
     ``md5(dedupe_key)`` for this reason. Expected: 200, the receipt stored."""
     from starlette.testclient import TestClient
     from test_journal_postgres import ONEPOINT_DELIVERED, pg_app
@@ -441,7 +442,7 @@ def test_postgres_done_waiting_past_a_server_timeout_is_not_raised(
 
     database = postgres_url.rsplit("/", 1)[1]
     db_admin = with_database(postgres_server, database)
-    release, held = threading.Event(), threading.Event()
+    held = threading.Event()
 
     async def scenario() -> tuple[str | None, str]:
         journal = open_journal(postgres_url)
