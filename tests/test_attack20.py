@@ -554,3 +554,50 @@ def test_postgres_record_waiting_past_lock_timeout_is_a_fault_not_an_error(
             await admin(db_admin, f"ALTER DATABASE {database} RESET lock_timeout")
 
     assert asyncio.run(scenario()) in (None, "JournalUnavailable")
+
+
+# -- 1. PostgreSQL stop(): the kept states' last chance --------------------------------------
+
+
+def test_postgres_stop_writes_the_kept_states_now_not_after_the_backoff(
+    postgres_server: str, postgres_url: str
+) -> None:
+    """FINDING. A ``done`` is kept (its connection was lost: here the server ended the
+    backends, as a fail-over or ``pg_terminate_backend`` does) and the database answers
+    again at once. The keeper sleeps its backoff before each try, which after a few
+    seconds of outage has grown to ``retry_max`` (5 s); here ``retry_min = retry_max =
+    1`` stands for that. ``serve`` is stopped now (a deploy, ``kill -HUP``):
+    ``stop()`` gives the keeper "one more chance" by waiting ``retry_max`` for it, the
+    same time the keeper sleeps before trying: the wait ends before the write does, the
+    keeper is cancelled, the lease given up, and X, handled, stays ``received``: taken
+    over and handled again by the next process. Expected: stop writes the kept states
+    now (the database answers), X done."""
+    database = postgres_url.rsplit("/", 1)[1]
+
+    async def scenario() -> str:
+        import asyncpg
+
+        journal = open_journal(postgres_url)
+        assert journal is not None
+        journal.retry_min = journal.retry_max = 1.0  # type: ignore[attr-defined]
+        await journal.start()
+        x = event(1)
+        await journal.record(x, {}, None)
+        control = await asyncpg.connect(postgres_server, timeout=10)  # one round trip each
+        try:
+            await control.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            await control.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{database}'"
+            )
+            await journal.complete(x.id, None)
+            assert x.id in journal.unsettled  # kept: no connection
+            await control.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            await journal.stop()  # the database answers again
+        finally:
+            await control.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            await control.close()
+        entries = await _entries(postgres_url)
+        return {entry.id: entry.state for entry in entries}[x.id]
+
+    assert asyncio.run(scenario()) == "done"
