@@ -949,7 +949,7 @@ def _mark_done(connection: sqlite3.Connection, ids: list[str]) -> None:
     connection.executemany(
         "UPDATE events SET state = 'done', error = NULL, next_attempt_at = NULL, "
         "failed_plugins = NULL, attempts = attempts + 1 "
-        "WHERE id = ? AND state IN ('received', 'failed')",
+        "WHERE id = ? AND state IN ('received', 'failed', 'reply_failed')",
         [(entry_id,) for entry_id in ids],
     )
 
