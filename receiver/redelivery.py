@@ -560,7 +560,11 @@ class Redelivery:
         while True:
             while self._taken:  # a gone owner's work first: it is the oldest
                 entry = self._taken.pop(0)
-                if entry.id not in self._running:
+                if entry.id in self._running:
+                    continue
+                if entry.attempts > len(self.retry_delays):
+                    await self._died_handling(entry)
+                else:
                     await self._retry_safely(entry)
             if self._recheck:
                 await self._look_again()
@@ -614,6 +618,27 @@ class Redelivery:
             log.exception("journal worker: pruning the journal failed")
         else:
             log.info("journal pruned", entries=pruned, retention_s=retention)
+
+    async def _died_handling(self, entry: Entry) -> None:
+        """``entry`` was taken over from processes that stopped or died while handling it
+        as many times as it may be attempted (a take-over counts an attempt): a callback
+        that kills the process handling it (a crash in a plugin, the OOM killer) would
+        otherwise take every process down in turn, for ever. It is a dead letter, for an
+        operator (never raises: logged)."""
+        message = (
+            f"its process stopped or died while handling it, {entry.attempts} time(s): "
+            "a dead letter, not dispatched again"
+        )
+        log.error("dead letter: its handling ends its process", event_id=entry.id)
+        failure = Failure(
+            at=time.time(), plugin=None, hook=None, error_type="ProcessDied", message=message
+        )
+        try:
+            await self.journal.fail(entry.id, message, None, None, [failure])
+        except Exception:
+            log.exception("journal worker: recording the dead letter failed", event_id=entry.id)
+        if self.observer is not None:
+            self.observer.dead_letter(entry.channel)
 
     async def _retry_safely(self, entry: Entry) -> None:
         """:meth:`retry`, surviving anything it raises: logged, and the entry marked

@@ -15,6 +15,7 @@ worker runs, it starts the failed one again after a pause that doubles from
 
 from __future__ import annotations
 
+import math
 import time
 from socket import socket
 
@@ -47,6 +48,7 @@ class Supervisor(Multiprocess):
         """The pid of the worker whose startup failure stopped them all, if one did."""
         self._again: dict[int, float] = {}  # a failed worker's slot -> when to start it
         self._pause: dict[int, float] = {}  # its slot -> the pause after its next failure
+        self._started: dict[int, float] = {}  # a restarted slot -> when it was started
 
     def keep_subprocess_alive(self) -> None:
         if self.should_exit.is_set():
@@ -61,7 +63,10 @@ class Supervisor(Multiprocess):
                     self._start(slot)
                 continue
             if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
-                self._pause.pop(slot, None)
+                # Its pause is forgotten once it has run longer than the longest pause (a
+                # worker answers health checks while it starts: a slow failure too).
+                if now - self._started.get(slot, -math.inf) > self.retry_max:
+                    self._pause.pop(slot, None)
                 continue
             process.kill()  # hung: killed
             process.join()
@@ -97,3 +102,4 @@ class Supervisor(Multiprocess):
         process = Process(self.config, self.sockets)
         process.start()
         self.processes[slot] = process
+        self._started[slot] = time.monotonic()

@@ -537,6 +537,27 @@ class Journal(abc.ABC):
         return None
 
 
+STATUS_ID_LIMIT = 512
+"""Most characters of a message id and its recipient together whose statuses are tracked
+(out-of-order flags): a longer one is no real provider's, and PostgreSQL's index on the
+latest statuses cannot hold a key of thousands of bytes (the record would be refused)."""
+
+
+def status_row(event: Event) -> tuple[str, str, int] | None:
+    """The latest-status row ``event`` updates, as (message id, recipient, rank), or None
+    when its status is not tracked: no status, one not in :data:`STATUS_RANK`, no message
+    id, or an id and recipient longer than :data:`STATUS_ID_LIMIT` together."""
+    if event.status is None or event.message_id is None:
+        return None
+    rank = STATUS_RANK.get(event.status)
+    if rank is None:
+        return None
+    party = event.destination or event.source or ""
+    if len(event.message_id) + len(party) > STATUS_ID_LIMIT:
+        return None
+    return event.message_id, party, rank
+
+
 def storable(text: str | None) -> str | None:
     """``text`` as a journal can store it: lone surrogates (an exception's message about
     bytes decoded with ``surrogateescape``, a plugin's text), which neither SQLite nor

@@ -67,7 +67,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from receiver.errors import ConfigError, Failure, JournalUnavailable
-from receiver.events import STATUS_RANK, Event, Reply, new_event_id
+from receiver.events import Event, Reply, new_event_id
 from receiver.journal import (
     DEFAULT_LEASE,
     ORPHAN_AGE,
@@ -79,6 +79,7 @@ from receiver.journal import (
     Recorded,
     gone,
     matches,
+    status_row,
     storable,
 )
 from receiver.journal.sqlite import SINCE_MARGIN, _attempt, _encode, _entry, _kept_raw
@@ -199,10 +200,14 @@ _FAILED = (
     "attempts = events.attempts + 1, owner = NULL FROM unnest($1::text[], $2::text[], $3::bytea[], "
     "$4::text[], $5::bytea[], $6::float8[]) "
     "AS c(id, state, reply, error, failed_plugins, next_attempt_at) WHERE events.id = c.id "
+    "AND (events.owner IS NULL OR events.owner = $7) "
     "RETURNING events.id, events.attempts"
 )
 """Mark a group's entries failed, reply_failed or dead (:meth:`PostgresJournal.fail` and
-:meth:`~PostgresJournal.undelivered` write the same columns); their attempt numbers come
+:meth:`~PostgresJournal.undelivered` write the same columns), unless another owner
+claimed one since (``$7``: this owner; a failure kept through an outage long enough for
+another process to take the entry over and handle it must not undo what that one
+recorded); their attempt numbers come
 back."""
 
 _ATTEMPTS = (
@@ -239,7 +244,8 @@ _COLUMNS = (
 )
 
 _ORPHANS = (
-    "UPDATE events SET owner = $1 WHERE state = 'received' AND received_at < $2 "
+    "UPDATE events SET owner = $1, attempts = attempts + 1 "
+    "WHERE state = 'received' AND received_at < $2 "
     "AND (owner IS NULL OR (owner <> $1 AND owner NOT IN (SELECT id FROM processes))) "
     f"RETURNING {_COLUMNS}"
 )
@@ -310,11 +316,11 @@ def _lock_keys(event: Event, dedupe_key: str | None, body_hash: bytes, look_up: 
         keys.add(_key(b"body\0" + channel + b"\0" + body_hash))
         if dedupe_key is not None:
             keys.add(_key(b"key\0" + channel + b"\0" + dedupe_key.encode()))
-    if event.status in STATUS_RANK and event.message_id is not None:
+    row = status_row(event)
+    if row is not None:
         # The row's key as _out_of_order stores it (_text): ids differing only in a NUL
         # or a lone surrogate are one row, so one lock.
-        party = _text(event.destination or event.source or "")
-        message_id = _text(event.message_id)
+        message_id, party = _text(row[0]), _text(row[1])
         keys.add(_key(f"status\0{event.provider}\0{message_id}\0{party}".encode()))
     return sorted(keys)
 
@@ -329,8 +335,9 @@ class _Unreachable(Exception):
 
 def _fault(error: BaseException) -> bool:
     """``error`` says the database cannot be reached or written now (a lost connection,
-    a server shutting down or starting, a full disk, a read-only standby, a timeout), not
-    that an operation is wrong."""
+    a server shutting down or starting, a full disk, a read-only standby, a timeout, a
+    lock not granted within the server's ``lock_timeout``), not that an operation is
+    wrong."""
     import asyncpg
 
     exceptions = asyncpg.exceptions
@@ -344,6 +351,7 @@ def _fault(error: BaseException) -> bool:
         | exceptions.PostgresConnectionError
         | exceptions.OperatorInterventionError
         | exceptions.InsufficientResourcesError
+        | exceptions.LockNotAvailableError
         | exceptions.ReadOnlySQLTransactionError,
     ) or type(error).__name__ in {"ConnectionDoesNotExistError", "ConnectionResetError"}
 
@@ -430,7 +438,7 @@ def _statements(changes: Sequence[_Change]) -> int:
     return ("done" in kinds) + ("failed" in kinds) + failures
 
 
-async def _write_changes(connection: Any, changes: Sequence[_Change]) -> None:
+async def _write_changes(connection: Any, changes: Sequence[_Change], owner: str) -> None:
     """Write ``changes`` (at most one per entry: their order between entries does not
     matter): one statement per kind, whatever their number (:data:`_DONE`,
     :data:`_FAILED`, :data:`_ATTEMPTS`)."""
@@ -445,7 +453,7 @@ async def _write_changes(connection: Any, changes: Sequence[_Change]) -> None:
         columns: list[list[Any]] = [[change.event_id] for change in failed]
         for row, change in zip(columns, failed, strict=True):
             row.extend(change.row)
-        rows = await connection.fetch(_FAILED, *map(list, zip(*columns, strict=True)))
+        rows = await connection.fetch(_FAILED, *map(list, zip(*columns, strict=True)), owner)
         numbers = {row[0]: row[1] for row in rows}
     kept: list[tuple[Any, ...]] = []
     for change in changes:
@@ -808,7 +816,7 @@ class PostgresJournal(Journal):
         """The work that writes ``change`` by itself (kept, or a group taken apart)."""
 
         async def alone(connection: Any) -> None:
-            await _write_changes(connection, (change,))
+            await _write_changes(connection, (change,), self.owner)
 
         return alone
 
@@ -854,7 +862,7 @@ class PostgresJournal(Journal):
         :meth:`_change` for its faults and failures."""
 
         async def changes(connection: Any) -> None:
-            await _write_changes(connection, group)
+            await _write_changes(connection, group, self.owner)
 
         try:
             await self._run(changes, durable=False, begin=_statements(group) > 1)
@@ -909,21 +917,25 @@ class PostgresJournal(Journal):
         delay = self.retry_min
         while self.kept:
             await asyncio.sleep(delay)
-            for event_id, work in list(self.kept.items()):
-                try:
-                    await self._run(work, durable=False)
-                except Exception as exc:
-                    if _fault(exc):
-                        self._failed(exc)
-                        delay = min(delay * 2, self.retry_max)
-                        break
-                    log.exception("journal operation failed", event_id=event_id)
-                if self.kept.get(event_id) is work:
-                    del self.kept[event_id]
-            else:
-                delay = self.retry_min
+            written = await self._write_kept_once()
+            delay = self.retry_min if written else min(delay * 2, self.retry_max)
         log.info("journal writable again", journal=self.where)
         self.failure = None
+
+    async def _write_kept_once(self) -> bool:
+        """Try each kept state change once, oldest first; False at the first fault (the
+        rest stay kept)."""
+        for event_id, work in list(self.kept.items()):
+            try:
+                await self._run(work, durable=False)
+            except Exception as exc:
+                if _fault(exc):
+                    self._failed(exc)
+                    return False
+                log.exception("journal operation failed", event_id=event_id)
+            if self.kept.get(event_id) is work:
+                del self.kept[event_id]
+        return True
 
     async def _require(self) -> None:
         """An operator command reads a journal that is there: the database reachable and
@@ -1043,11 +1055,10 @@ class PostgresJournal(Journal):
             except (TimeoutError, asyncio.CancelledError):
                 changing.cancel()
         keeper, self._keeper = self._keeper, None
-        if keeper is not None and not keeper.done():
-            try:  # one more chance for the kept states, not a wait for a dead server
-                await asyncio.wait_for(asyncio.shield(keeper), timeout=self.retry_max)
-            except (TimeoutError, asyncio.CancelledError):
-                keeper.cancel()
+        await _cancelled(keeper)  # it may be asleep in its backoff: one more try now
+        if self.kept:
+            with contextlib.suppress(TimeoutError):  # not a wait for a dead server
+                await asyncio.wait_for(self._write_kept_once(), timeout=self.retry_max)
         if self.kept:
             log.error(
                 "journal stopped with handled events' states not stored",
@@ -1332,15 +1343,17 @@ class PostgresJournal(Journal):
                 "UPDATE events SET owner = $1, next_attempt_at = $2 WHERE id = $3 "
                 "AND state = $4 AND attempts = $5 "
                 "AND next_attempt_at IS NOT DISTINCT FROM $6 "
-                "AND (state NOT IN ('received', 'failed', 'reply_failed') "
-                "OR owner IS NULL OR owner NOT IN (SELECT id FROM processes "
-                f"WHERE lease_until > {_NOW})) RETURNING 1",
+                "AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes "
+                f"WHERE lease_until > {_NOW}) "
+                "OR (state NOT IN ('received', 'failed', 'reply_failed') "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= $7))) RETURNING 1",
                 owner,
                 time.time() + self.lease,
                 entry.id,
                 entry.state,
                 entry.attempts,
                 entry.next_attempt_at,
+                time.time(),
             )
             return found is not None
 
@@ -1426,7 +1439,8 @@ class PostgresJournal(Journal):
                 if since is None:
                     continue
                 rows = await connection.fetch(
-                    f"UPDATE events SET owner = $1 WHERE owner = $2 AND state = 'received' "
+                    "UPDATE events SET owner = $1, attempts = attempts + 1 "
+                    "WHERE owner = $2 AND state = 'received' "
                     f"AND received_at >= $3 RETURNING {_COLUMNS}",
                     owner,
                     other,
@@ -1630,6 +1644,14 @@ _PRUNE_EVENTS = (
 (a replay in progress: its next attempt is ahead); their ids."""
 
 
+async def _cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (None: nothing) and wait until it has ended."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _keep_session(connection: Any) -> None:
     """The pool's reset of a released connection: nothing sent to the server. asyncpg
     still rolls back a transaction left open; its default reset (``SELECT
@@ -1667,12 +1689,10 @@ def _settle(change: _Change, error: BaseException | None) -> None:
 
 async def _out_of_order(connection: Any, event: Event, received: float) -> bool:
     """Track the latest status per message and recipient; True when this one is older."""
-    if event.status is None or event.message_id is None:
+    row = status_row(event)
+    if row is None:
         return False
-    rank = STATUS_RANK.get(event.status)
-    if rank is None:
-        return False
-    party = event.destination or event.source or ""
+    message_id, party, rank = row
     # One statement: store this status unless a higher one is stored; the stored rank
     # comes back either way (a row locked until the commit: concurrent statuses of one
     # message are ordered).
@@ -1686,7 +1706,7 @@ async def _out_of_order(connection: Any, event: Event, received: float) -> bool:
         "THEN message_status.updated_at ELSE excluded.updated_at END "
         "RETURNING rank",
         event.provider,
-        _text(event.message_id),
+        _text(message_id),
         _text(party),
         event.status,
         rank,

@@ -25,7 +25,7 @@ import msgspec
 
 from receiver.config import DEFAULT_MAX_BODY_BYTES
 from receiver.errors import Failure
-from receiver.events import STATUS_RANK, Event, Reply, new_event_id
+from receiver.events import Event, Reply, new_event_id
 from receiver.journal import (
     DEFAULT_LEASE,
     ORPHAN_AGE,
@@ -37,6 +37,7 @@ from receiver.journal import (
     Recorded,
     gone,
     matches,
+    status_row,
     storable,
 )
 from receiver.journal.sqlite_io import Reader, Writer, min_free_bytes
@@ -161,12 +162,15 @@ def _migrate_to_write(connection: sqlite3.Connection) -> None:
 
 
 _NOT_BEING_HANDLED = (
-    "(state NOT IN ('received', 'failed', 'reply_failed') OR owner IS NULL "
-    "OR owner NOT IN (SELECT id FROM processes WHERE lease_until > ?))"
+    "(owner IS NULL OR owner NOT IN (SELECT id FROM processes WHERE lease_until > ?) "
+    "OR (state NOT IN ('received', 'failed', 'reply_failed') "
+    "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))"
 )
-"""A received entry is being handled while its owner's lease lasts, and so is a failed or
-reply_failed one with an owner (one a retry worker or a replay claimed: recording its
-failure clears the owner): replays leave them."""
+"""Whether an entry is free to claim for a replay (parameters: now, now): one whose owner's
+lease lasts is being handled when it is received, or failed or reply_failed with an owner
+(claimed by a retry worker or a replay: recording its failure clears the owner), or of
+any other state with its next attempt ahead (a replay of a done or dead entry claimed
+it)."""
 
 LEGACY_OWNER = "legacy"
 """The owner of the unfinished entries a receiver wrote before ownership existed: an
@@ -180,7 +184,7 @@ _LEGACY_ENTRIES = "UPDATE events SET owner = ? WHERE state = 'received'"
 
 
 _ORPHANS = (
-    "UPDATE events INDEXED BY events_unfinished SET owner = ? "
+    "UPDATE events INDEXED BY events_unfinished SET owner = ?, attempts = attempts + 1 "
     "WHERE state = 'received' AND received_at < ? "
     "AND (owner IS NULL OR (owner != ? AND owner NOT IN (SELECT id FROM processes))) "
     f"RETURNING {_COLUMNS}"
@@ -327,6 +331,7 @@ class SQLiteJournal(Journal):
                         entry.attempts,
                         entry.next_attempt_at,
                         time.time(),
+                        time.time(),
                     ),
                 ).rowcount
             )
@@ -414,7 +419,8 @@ class SQLiteJournal(Journal):
                 claimed += [
                     _entry(row)
                     for row in connection.execute(
-                        f"UPDATE events SET owner = ? WHERE owner = ? AND state = 'received' "
+                        "UPDATE events SET owner = ?, attempts = attempts + 1 "
+                        "WHERE owner = ? AND state = 'received' "
                         f"AND received_at >= ? RETURNING {_COLUMNS}",
                         (owner, other, since),
                     )
@@ -972,13 +978,11 @@ def _kept_raw(raw: bytes, meta: dict[str, str]) -> tuple[bytes, dict[str, str]]:
 
 def _out_of_order(connection: sqlite3.Connection, event: Event, received: float) -> bool:
     """Track the latest status per message and recipient; True when this one is older."""
-    if event.status is None or event.message_id is None:
+    row = status_row(event)
+    if row is None:
         return False
-    rank = STATUS_RANK.get(event.status)
-    if rank is None:
-        return False
-    party = event.destination or event.source or ""
-    key = (event.provider, event.message_id, party)
+    message_id, party, rank = row
+    key = (event.provider, message_id, party)
     row = connection.execute(
         "SELECT rank FROM message_status WHERE provider = ? AND message_id = ? AND party = ?",
         key,

@@ -342,16 +342,17 @@ class DoneLedger:
         return [line.decode("ascii") for line in noted.split() if line]
 
     def unheld(self) -> list[str]:
-        """The ids noted in the ledger slots no running process holds (processes that
+        """Take the ids noted in the ledger slots no running process holds (processes that
         are gone, whose slots no process started since has taken): what they handled but
-        could not mark done. Read, not cleared: the next process to take such a slot
-        marks them done again (harmless) and clears it. A slot held while it is read is
-        skipped by a process starting meanwhile (it takes the next one)."""
+        could not mark done. Each such slot is cleared once read, so that its ids are
+        applied once (the caller marks them done in its transaction; should that fail,
+        they are handled again: at least once). A slot held while it is read is skipped
+        by a process starting meanwhile (it takes the next one)."""
         noted: list[str] = []
         for slot in range(self.slots):
             path = self.path if slot == 0 else self.path.with_name(f"{self.path.name}.{slot}")
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 break  # slots are made in order: none after
             except OSError:
@@ -359,7 +360,10 @@ class DoneLedger:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 found = os.pread(fd, self.size, 0).split(b"\0", 1)[0]
-            except OSError:  # held by a running process (ours too), or unreadable
+                if found:
+                    os.pwrite(fd, bytes(len(found)), 0)
+                    os.fdatasync(fd)
+            except OSError:  # held by a running process (ours too), or failing
                 continue
             finally:
                 os.close(fd)
