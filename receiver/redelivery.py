@@ -562,7 +562,9 @@ class Redelivery:
                 entry = self._taken.pop(0)
                 if entry.id in self._running:
                     continue
-                if entry.attempts > len(self.retry_delays):
+                # (at least one more try: without retries, a process's crash alone
+                # does not make its callbacks dead letters)
+                if entry.attempts > max(len(self.retry_delays), 1):
                     await self._died_handling(entry)
                 else:
                     await self._retry_safely(entry)
@@ -621,7 +623,8 @@ class Redelivery:
 
     async def _died_handling(self, entry: Entry) -> None:
         """``entry`` was taken over from processes that stopped or died while handling it
-        as many times as it may be attempted (a take-over counts an attempt): a callback
+        as many times as it may be attempted (a take-over counts an attempt; at least
+        twice, with no retries configured): a callback
         that kills the process handling it (a crash in a plugin, the OOM killer) would
         otherwise take every process down in turn, for ever. It is a dead letter, for an
         operator (never raises: logged)."""

@@ -969,3 +969,17 @@ def test_ownership_failed_entries_claimed_by_an_older_version_are_released(
 
     asyncio.run(prepare())
     assert asyncio.run(replay()) is True
+
+
+def test_ownership_crash_without_retries_configured_is_still_handled(journal_url: str) -> None:
+    """A take-over counts an attempt (a callback that kills its process ends a dead
+    letter), but with no retries configured a crash alone does not make the dead
+    process's callback a dead letter: it is handled once by the process taking over."""
+    left = crash(journal_url)
+    counting = Counting()
+    app = create_app(config(journal_url, retry_delays=[]), plugins=[counting], autoload=False)
+    with TestClient(app):
+        assert _handled(counting, 1)
+    assert counting.handled == [left]
+    (entry,) = asyncio.run(_entries(journal_url))
+    assert entry.state == "done"
