@@ -19,8 +19,9 @@ from postgres import postgres_server, postgres_url
 from samples import PAYLOADS
 from starlette.testclient import TestClient
 from test_journal_postgres import _cut_off, event, journal_url
+from test_ownership import Counting
 
-from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver import Channel, Config, Event, create_app, hookimpl
 from receiver.journal import open_journal
 
 __all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
@@ -36,20 +37,6 @@ def config(url: str, **extra: Any) -> Config:
         journal_lease=1.5,
         **extra,
     )
-
-
-class Counting:
-    """Counts the messages it handles (each after ``delay`` seconds)."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.handled: list[str] = []
-
-    @hookimpl
-    async def on_message(self, event: Event) -> Reply:
-        await asyncio.sleep(self.delay)
-        self.handled.append(event.id)
-        return Reply(text="thanks")
 
 
 @pytest.fixture
