@@ -1,0 +1,182 @@
+"""Attack 21: a take-over counting an attempt and its dead letter (``Redelivery._work``,
+``_died_handling``), SQLite ``DoneLedger.unheld`` clearing the slots it reads.
+
+Each test asserts the right behaviour; those that fail on the code they were written
+against are findings (see each docstring); guards say so. Real parts: real SQLite
+files, the real PostgreSQL server (tests/postgres.py), real processes that record or
+take over and die without a word, TestClient apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from postgres import postgres_server, postgres_url
+from starlette.testclient import TestClient
+from test_journal_postgres import event, journal_url
+
+from receiver import Channel, Config, Event, Reply, create_app, hookimpl
+from receiver.journal import open_journal
+
+__all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
+
+
+class Counting:
+    """Counts what it handles; ``delay`` seconds per message (``started``: ids begun)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.started: list[str] = []
+        self.handled: list[str] = []
+
+    @hookimpl
+    async def on_message(self, event: Event) -> Reply:
+        self.started.append(event.id)
+        await asyncio.sleep(self.delay)
+        self.handled.append(event.id)
+        return Reply(text="ok")
+
+
+def config(url: str, **extra: Any) -> Config:
+    return Config(
+        channels={"sms": Channel(provider="onepoint", auth="none")},
+        journal=url,
+        journal_lease=1.0,
+        **extra,
+    )
+
+
+async def _entries(url: str) -> dict[str, Any]:
+    journal = open_journal(url)
+    assert journal is not None
+    try:
+        return {entry.id: entry for entry in await journal.entries(limit=None)}
+    finally:
+        await journal.stop()
+
+
+def _wait(condition: Any, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(condition())
+
+
+_RECORD_AND_DIE = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from receiver.journal import open_journal
+    from receiver.testing import make_event
+
+    async def main():
+        journal = open_journal(sys.argv[1], lease=3600.0)
+        await journal.start()
+        for name in sys.argv[2:]:
+            event = make_event("message", text=name, message_id=name)
+            await journal.record(event, {}, None)
+            print(event.id, flush=True)
+        os._exit(0)  # no stop, no release: as kill -9 would leave it
+
+    asyncio.run(main())
+    """
+)
+
+_TAKE_OVER_AND_DIE = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from receiver.journal import open_journal
+
+    async def main():
+        journal = open_journal(sys.argv[1], lease=3600.0)
+        await journal.start()
+        taken = await journal.take_over()
+        print(" ".join(entry.id for entry in taken), flush=True)
+        os._exit(0)  # died on the first of them (the oldest), before the next one's turn
+
+    asyncio.run(main())
+    """
+)
+
+
+def _run(script: str, *args: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+# -- 1. a take-over counts an attempt: healthy callbacks made dead letters -------------------
+
+
+def test_takeover_healthy_callback_behind_a_poison_one_is_not_a_dead_letter(
+    journal_url: str,
+) -> None:
+    """FINDING. Default ``retry_delays`` (4). Worker W1 records callback P (a poison: its
+    handling kills the process, a segfaulting C extension, the OOM killer), then,
+    while P is being handled, a healthy callback H; P kills W1 with H in flight. Each
+    following worker takes both over (``attempts = attempts + 1`` for both), dispatches
+    the oldest first (``_taken`` is sorted by receipt: P) and dies on it before H's
+    turn. After four such workers P and H both have ``attempts`` 5, and the next
+    worker's ``_work`` makes both dead letters (``attempts > len(retry_delays)``)
+    without dispatching either. P is rightly a dead letter; H was answered 200, killed
+    no one, and was never dispatched since W1: it is left dead for an operator who may
+    never look (Whispir does not send it again). With ``retry_delays = []`` two
+    take-overs suffice. The attempt is counted at the take-over, not when the taking
+    process starts dispatching the entry, so an entry waiting its turn is blamed for
+    the crash of the one before it. Expected: H handled, ``done``."""
+    poison, healthy = _run(_RECORD_AND_DIE, journal_url, "POISON", "HEALTHY")
+    for _ in range(4):  # four workers each take both over and die on P
+        assert sorted(_run(_TAKE_OVER_AND_DIE, journal_url)) == sorted([poison, healthy])
+    counting = Counting()
+    app = create_app(config(journal_url), plugins=[counting], autoload=False)
+    with TestClient(app):
+        _wait(lambda: healthy in counting.handled, 6)
+    entries = asyncio.run(_entries(journal_url))
+    assert entries[poison].state == "dead"  # the poison: bounded, right
+    assert (healthy in counting.handled, entries[healthy].state) == (True, "done")
+
+
+def test_takeover_clean_restart_during_a_slow_retry_is_not_a_dead_letter(
+    journal_url: str,
+) -> None:
+    """FINDING. ``retry_delays = []`` (no retries: the README's supported setting, for
+    which the last commit promises "a process's crash alone does not make its
+    callbacks dead letters"). A process dies with callback X received (a host reboot,
+    an unrelated OOM kill). Its successor takes X over (attempts 1) and dispatches it;
+    the plugin is slow (a downstream API taking seconds), and the successor is stopped
+    cleanly meanwhile (``systemctl restart`` for a deploy, a ``kill -HUP`` of serve
+    --workers): the handler past its timeout is cancelled at shutdown, X left
+    ``received`` and the lease given up. The next process takes X over (attempts 2)
+    and makes it a dead letter ("its process stopped or died while handling it")
+    without dispatching it: a healthy callback, interrupted by an operator's restart
+    that the stopping process knew was a clean stop, never handled. Expected: X
+    dispatched and ``done``."""
+    (left,) = _run(_RECORD_AND_DIE, journal_url, "SLOW")
+    slow = Counting(delay=5.0)
+    app = create_app(
+        config(journal_url, retry_delays=[], reply_timeout=0.3, handler_timeout=0.3),
+        plugins=[slow],
+        autoload=False,
+    )
+    with TestClient(app):
+        assert _wait(lambda: left in slow.started)
+        time.sleep(0.5)  # past its timeout: running on, then the clean stop
+    assert slow.handled == []
+    counting = Counting()
+    app = create_app(config(journal_url, retry_delays=[]), plugins=[counting], autoload=False)
+    with TestClient(app):
+        _wait(lambda: left in counting.handled, 6)
+    entries = asyncio.run(_entries(journal_url))
+    assert (counting.handled, entries[left].state) == ([left], "done")
