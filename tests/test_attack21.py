@@ -180,3 +180,71 @@ def test_takeover_clean_restart_during_a_slow_retry_is_not_a_dead_letter(
         _wait(lambda: left in counting.handled, 6)
     entries = asyncio.run(_entries(journal_url))
     assert (counting.handled, entries[left].state) == ([left], "done")
+
+
+# -- 5. SQLite: DoneLedger.unheld clears the slots it reads ----------------------------------
+
+
+def _dead_pid() -> int:
+    """A pid no process has (one just reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_sqlite_ledger_ids_survive_a_take_over_whose_transaction_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """FINDING. Process G handled callback X but could not write its ``done`` (the disk
+    was full: the very case the done ledger is for), noted X in its ledger slot
+    (``j.db-done.1``) and died. A live process's take-over reads the unheld slots
+    (``DoneLedger.unheld``), which now zeroes each slot and ``fdatasync``s it at once,
+    inside the writer's transaction, before ``_mark_done`` is committed. That
+    transaction is a group commit: when anything in the batch fails (another
+    operation raising, the COMMIT itself on a still-full disk), the writer rolls it
+    back and runs each operation again alone (``Writer._run_batch``). The take-over's
+    second run finds the slot empty: X is not marked done, it is taken over as
+    ``received`` and handled a second time (the reply sent twice, the ticket opened
+    twice). Before this change the slot was re-read (not cleared) and X marked done.
+    Expected: X ``done``, not among the entries taken over. (Here the batch partner
+    fails with "database or disk is full".)"""
+    from receiver.journal import _host
+
+    path = tmp_path / "j.db"
+
+    async def scenario() -> tuple[list[str], str]:
+        journal = open_journal(f"sqlite:///{path}")
+        assert journal is not None
+        await journal.start()  # holds ledger slot 0
+        try:
+            x = event(1)
+            await journal.record(x, {}, None)
+            with contextlib.closing(sqlite3.connect(path)) as db, db:
+                db.execute(
+                    "INSERT INTO processes (id, host, pid, since, lease_until) "
+                    "VALUES ('gone-g', ?, ?, 0, 0)",
+                    (_host(), _dead_pid()),
+                )
+                db.execute("UPDATE events SET owner = 'gone-g' WHERE id = ?", (x.id,))
+            (tmp_path / "j.db-done.1").write_bytes(x.id.encode() + b"\n")
+
+            def full(connection: sqlite3.Connection) -> None:
+                raise sqlite3.OperationalError("database or disk is full")
+
+            submit = journal._submit  # type: ignore[attr-defined]
+            # One batch: the writer is busy a moment, both are queued meanwhile.
+            busy = asyncio.ensure_future(submit(lambda c: time.sleep(0.3), durable=False))
+            await asyncio.sleep(0.1)
+            taking = asyncio.ensure_future(journal.take_over())
+            await asyncio.sleep(0.02)
+            failing = asyncio.ensure_future(submit(full, durable=False))
+            await busy
+            taken = await taking
+            with contextlib.suppress(Exception):
+                await failing
+            [entry] = await journal.entries(ids=[x.id])
+            return [e.id for e in taken], entry.state
+        finally:
+            await journal.stop()
+
+    assert asyncio.run(scenario()) == ([], "done")
