@@ -248,3 +248,103 @@ def test_sqlite_ledger_ids_survive_a_take_over_whose_transaction_is_rolled_back(
             await journal.stop()
 
     assert asyncio.run(scenario()) == ([], "done")
+
+
+# -- 2. claim(): a done entry with its next attempt ahead -------------------------------------
+
+
+def test_journal_claim_done_entry_renewed_after_its_done_is_replayable(journal_url: str) -> None:
+    """FINDING (low: for one lease). Process A's retry worker handles due entry X; its
+    lease keeper computes ``held()`` while X is ``_retrying`` (its ``done`` submitted,
+    not yet committed) and renews: the renewal's ``UPDATE ... SET next_attempt_at =
+    now + lease WHERE id IN held AND state != 'received'`` runs after the ``done`` (the
+    writer's queue order on SQLite, another connection on PostgreSQL). X is ``done``,
+    owned by A (``done`` keeps the owner), its next attempt a lease ahead. ``claim()``
+    now calls any non-received/failed entry with a live owner and a next attempt
+    ahead "being handled": an operator's replay of X (``receiver replay``, the
+    console) is refused, "being handled by another process: left alone", though
+    nothing handles it (and prune skips it). Expected: a done entry nobody handles is
+    replayable."""
+
+    async def scenario() -> bool:
+        journal_a = open_journal(journal_url)
+        journal_b = open_journal(journal_url)
+        assert journal_a is not None and journal_b is not None
+        await journal_a.start()
+        await journal_b.start()
+        try:
+            x = event(1)
+            await journal_a.record(x, {}, None)
+            await journal_a.fail(x.id, "boom", None, time.time() - 1)
+            assert [e.id for e in await journal_a.due(time.time())] == [x.id]
+            await journal_a.complete(x.id, None)  # the retry succeeded
+            await journal_a.renew([x.id])  # held() snapshot taken before the done
+            [entry] = await journal_b.entries(ids=[x.id])
+            assert entry.state == "done"
+            return await journal_b.claim(entry)
+        finally:
+            await journal_a.stop()
+            await journal_b.stop()
+
+    assert asyncio.run(scenario()) is True
+
+
+def test_journal_claim_dead_letter_of_a_take_over_is_replayable(journal_url: str) -> None:
+    """GUARD. A dead letter made by ``_died_handling`` (``fail`` with no next attempt
+    after a take-over) is free to claim for a replay by another live process."""
+
+    async def scenario() -> bool:
+        journal_a = open_journal(journal_url)
+        journal_b = open_journal(journal_url)
+        assert journal_a is not None and journal_b is not None
+        await journal_a.start()
+        await journal_b.start()
+        try:
+            x = event(1)
+            await journal_a.record(x, {}, None)
+            await journal_a.renew()
+            await journal_a.fail(x.id, "its process died", None, None)
+            [entry] = await journal_b.entries(ids=[x.id])
+            assert entry.state == "dead"
+            return await journal_b.claim(entry)
+        finally:
+            await journal_a.stop()
+            await journal_b.stop()
+
+    assert asyncio.run(scenario()) is True
+
+
+# -- 3. PostgreSQL _FAILED only on this owner's or unowned entries -----------------------------
+
+
+def test_journal_failed_replay_of_another_process_entry_is_stored(journal_url: str) -> None:
+    """GUARD. Process A records X and handles it (done; its owner stays A). An
+    operator's replay in process B (the console) claims X and its plugin fails: the
+    failure is stored (B owns X by its claim), not dropped by ``_FAILED``'s owner
+    condition; so is the endpoint's first failure after a record, and a retry's after
+    ``due()``."""
+
+    async def scenario() -> tuple[str, str, int]:
+        journal_a = open_journal(journal_url)
+        journal_b = open_journal(journal_url)
+        assert journal_a is not None and journal_b is not None
+        await journal_a.start()
+        await journal_b.start()
+        try:
+            x, y = event(1), event(2)
+            await journal_a.record(x, {}, None)
+            await journal_a.complete(x.id, None)
+            [entry] = await journal_b.entries(ids=[x.id])
+            assert await journal_b.claim(entry)
+            await journal_b.fail(x.id, "replay failed", None, time.time() + 60)
+            await journal_a.record(y, {}, None)
+            await journal_a.fail(y.id, "first", None, time.time() - 1)  # the endpoint's
+            assert [e.id for e in await journal_b.due(time.time())] == [y.id]
+            await journal_b.fail(y.id, "retry", None, time.time() + 60)  # after due()
+            entries = {e.id: e for e in await journal_a.entries(limit=None)}
+            return entries[x.id].state, entries[y.id].state, entries[y.id].attempts
+        finally:
+            await journal_a.stop()
+            await journal_b.stop()
+
+    assert asyncio.run(scenario()) == ("failed", "failed", 2)
