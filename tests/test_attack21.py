@@ -348,3 +348,47 @@ def test_journal_failed_replay_of_another_process_entry_is_stored(journal_url: s
             await journal_b.stop()
 
     assert asyncio.run(scenario()) == ("failed", "failed", 2)
+
+
+# -- 4. status_row / STATUS_ID_LIMIT ---------------------------------------------------------
+
+
+def test_journal_status_of_a_long_multibyte_id_within_the_limit_is_tracked(
+    journal_url: str,
+) -> None:
+    """GUARD. A message id and recipient of 512 characters together, each of four bytes
+    in UTF-8 (2,048 bytes, not compressible), are still tracked: the later, lower
+    status is flagged out of order, and PostgreSQL's ``message_status`` key holds them
+    (under its 2,704-byte B-tree limit). Over the limit: stored, not tracked."""
+    from receiver.events import EventType
+
+    long_id = "".join(chr(0x1F600 + n % 80) for n in range(400))
+    party = "".join(chr(0x1F300 + n % 200) for n in range(112))
+    over = long_id + "x"
+
+    async def scenario() -> tuple[bool, bool, int]:
+        journal = open_journal(journal_url)
+        assert journal is not None
+        await journal.start()
+        try:
+            statuses = []
+            for number, (message_id, status) in enumerate(
+                [(long_id, "delivered"), (long_id, "sent"), (over, "delivered"), (over, "sent")]
+            ):
+                recorded = await journal.record(
+                    event(
+                        number,
+                        type=EventType.receipt,
+                        status=status,
+                        message_id=message_id,
+                        source=party,
+                    ),
+                    {},
+                    None,
+                )
+                statuses.append(recorded.event.out_of_order)
+            return statuses[1], statuses[3], len(await journal.entries(limit=None))
+        finally:
+            await journal.stop()
+
+    assert asyncio.run(scenario()) == (True, False, 4)
