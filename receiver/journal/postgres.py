@@ -244,8 +244,7 @@ _COLUMNS = (
 )
 
 _ORPHANS = (
-    "UPDATE events SET owner = $1, attempts = attempts + 1 "
-    "WHERE state = 'received' AND received_at < $2 "
+    "UPDATE events SET owner = $1 WHERE state = 'received' AND received_at < $2 "
     "AND (owner IS NULL OR (owner <> $1 AND owner NOT IN (SELECT id FROM processes))) "
     f"RETURNING {_COLUMNS}"
 )
@@ -1401,9 +1400,11 @@ class PostgresJournal(Journal):
             if ids:
                 await connection.execute(
                     "UPDATE events SET next_attempt_at = $1 WHERE id = ANY($2::text[]) "
-                    "AND state <> 'received'",
+                    "AND (state IN ('failed', 'reply_failed') "
+                    "OR (state <> 'received' AND next_attempt_at > $3))",
                     time.time() + self.lease,
                     ids,
+                    time.time(),
                 )
 
         await self._run(work)
@@ -1439,8 +1440,7 @@ class PostgresJournal(Journal):
                 if since is None:
                     continue
                 rows = await connection.fetch(
-                    "UPDATE events SET owner = $1, attempts = attempts + 1 "
-                    "WHERE owner = $2 AND state = 'received' "
+                    "UPDATE events SET owner = $1 WHERE owner = $2 AND state = 'received' "
                     f"AND received_at >= $3 RETURNING {_COLUMNS}",
                     owner,
                     other,

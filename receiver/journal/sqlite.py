@@ -184,7 +184,7 @@ _LEGACY_ENTRIES = "UPDATE events SET owner = ? WHERE state = 'received'"
 
 
 _ORPHANS = (
-    "UPDATE events INDEXED BY events_unfinished SET owner = ?, attempts = attempts + 1 "
+    "UPDATE events INDEXED BY events_unfinished SET owner = ? "
     "WHERE state = 'received' AND received_at < ? "
     "AND (owner IS NULL OR (owner != ? AND owner NOT IN (SELECT id FROM processes))) "
     f"RETURNING {_COLUMNS}"
@@ -382,8 +382,9 @@ class SQLiteJournal(Journal):
             if ids:
                 connection.execute(
                     f"UPDATE events SET next_attempt_at = ? WHERE id IN "
-                    f"({', '.join('?' for _ in ids)}) AND state != 'received'",
-                    (time.time() + self.lease, *ids),
+                    f"({', '.join('?' for _ in ids)}) AND (state IN ('failed', 'reply_failed') "
+                    "OR (state != 'received' AND next_attempt_at > ?))",
+                    (time.time() + self.lease, *ids, time.time()),
                 )
 
         await self._submit(operation, durable=False)
@@ -400,6 +401,7 @@ class SQLiteJournal(Journal):
 
     async def take_over(self, limit: int = 1000) -> list[Entry]:
         owner = self.owner
+        ledgers: list[Path] = []  # the gone processes' done ledgers read (set in operation)
 
         def operation(connection: sqlite3.Connection) -> list[Entry]:
             now = time.time()
@@ -415,12 +417,12 @@ class SQLiteJournal(Journal):
                     continue
                 if not ledger_read:  # what gone processes handled but could not mark done
                     ledger_read = True
-                    _mark_done(connection, self._writer.ledger.unheld())
+                    noted, ledgers[:] = self._writer.ledger.unheld()
+                    _mark_done(connection, noted)
                 claimed += [
                     _entry(row)
                     for row in connection.execute(
-                        "UPDATE events SET owner = ?, attempts = attempts + 1 "
-                        "WHERE owner = ? AND state = 'received' "
+                        "UPDATE events SET owner = ? WHERE owner = ? AND state = 'received' "
                         f"AND received_at >= ? RETURNING {_COLUMNS}",
                         (owner, other, since),
                     )
@@ -440,6 +442,8 @@ class SQLiteJournal(Journal):
             return claimed
 
         claimed = await self._submit(operation, durable=False)
+        if ledgers:  # their ids are marked done, committed: cleared, applied once
+            await asyncio.to_thread(self._writer.ledger.forget, ledgers)
         if claimed:
             self._registered = True
         return sorted(claimed, key=lambda entry: entry.received_at)

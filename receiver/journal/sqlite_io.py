@@ -341,20 +341,42 @@ class DoneLedger:
         self._end = len(noted)
         return [line.decode("ascii") for line in noted.split() if line]
 
-    def unheld(self) -> list[str]:
-        """Take the ids noted in the ledger slots no running process holds (processes that
+    def unheld(self) -> tuple[list[str], list[Path]]:
+        """The ids noted in the ledger slots no running process holds (processes that
         are gone, whose slots no process started since has taken): what they handled but
-        could not mark done. Each such slot is cleared once read, so that its ids are
-        applied once (the caller marks them done in its transaction; should that fail,
-        they are handled again: at least once). A slot held while it is read is skipped
+        could not mark done; and those slots' paths, for :meth:`forget` once the ids are
+        marked done in a committed transaction. A slot held while it is read is skipped
         by a process starting meanwhile (it takes the next one)."""
         noted: list[str] = []
+        paths: list[Path] = []
         for slot in range(self.slots):
             path = self.path if slot == 0 else self.path.with_name(f"{self.path.name}.{slot}")
             try:
-                fd = os.open(path, os.O_RDWR)
+                fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 break  # slots are made in order: none after
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                found = os.pread(fd, self.size, 0).split(b"\0", 1)[0]
+            except OSError:  # held by a running process (ours too), or unreadable
+                continue
+            finally:
+                os.close(fd)
+            if found:
+                noted += [line.decode("ascii") for line in found.split() if line]
+                paths.append(path)
+        return noted, paths
+
+    def forget(self, paths: list[Path]) -> None:
+        """Clear the slots :meth:`unheld` read, their ids now marked done in the database
+        (a slot a process has taken since is its own: left to it, which applies it
+        again, harmlessly). Before, a gone process's ids were applied at every take-over,
+        marking done again an entry a later replay had failed."""
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDWR)
             except OSError:
                 continue
             try:
@@ -363,12 +385,10 @@ class DoneLedger:
                 if found:
                     os.pwrite(fd, bytes(len(found)), 0)
                     os.fdatasync(fd)
-            except OSError:  # held by a running process (ours too), or failing
+            except OSError:
                 continue
             finally:
                 os.close(fd)
-            noted += [line.decode("ascii") for line in found.split() if line]
-        return noted
 
     def note(self, event_id: str) -> bool:
         """Note ``event_id`` durably; False when it could not be (full, or failing)."""
