@@ -45,6 +45,15 @@ NONCE = "f1e2d3c4b5a6478c9d0e1f2a3b4c5d6e"  # a GUID, as the reference client ma
 TIMESTAMP = str(int(time.time()))  # now: the check refuses a Timestamp out of its window
 
 
+@pytest.fixture(autouse=True)
+def _verified_at_timestamp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verifier's clock at :data:`TIMESTAMP` (the signatures' defaults were made with
+    it at import): the suite may reach these tests more than the check's window after."""
+    from receiver.providers import onepoint_signature
+
+    monkeypatch.setattr(onepoint_signature, "now", lambda: float(TIMESTAMP))
+
+
 # --------------------------------------------------------------------------- signer
 
 
