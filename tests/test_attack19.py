@@ -19,12 +19,11 @@ from postgres import postgres_server, postgres_url
 from samples import PAYLOADS
 from starlette.testclient import TestClient
 from test_journal_postgres import _cut_off, event, journal_url
-from test_ownership import Counting
+from test_ownership import Counting, _entries, sweeping
 
 from receiver import Channel, Config, Event, create_app, hookimpl
-from receiver.journal import open_journal
 
-__all__ = ["journal_url", "postgres_server", "postgres_url"]  # fixtures, used by name
+__all__ = ["journal_url", "postgres_server", "postgres_url", "sweeping"]  # fixtures, used by name
 
 MESSAGE = (PAYLOADS / "onepoint" / "message_inbound.json").read_bytes()
 JSON = {"content-type": "application/json"}
@@ -37,25 +36,6 @@ def config(url: str, **extra: Any) -> Config:
         journal_lease=1.5,
         **extra,
     )
-
-
-@pytest.fixture
-def sweeping(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lease keeper looks for stranded entries every 0.2 s, 0.5 s after their receipt
-    (60 s and 60 s in production: the same code, sooner)."""
-    from receiver.redelivery import Redelivery
-
-    monkeypatch.setattr(Redelivery, "sweep_interval", 0.2)
-    monkeypatch.setattr(Redelivery, "stranded_after", 0.5)
-
-
-async def _entries(url: str) -> list[Any]:
-    journal = open_journal(url)
-    assert journal is not None
-    try:
-        return await journal.entries(limit=None)
-    finally:
-        await journal.stop()
 
 
 # -- 1. the stranded sweep ----------------------------------------------------------------

@@ -615,11 +615,7 @@ class PostgresJournal(Journal):
             return await self._statement(work, write=write, durable=durable)
         pool = await self._connections(durable)
         for last in (False, True):
-            try:  # (asyncio.timeout: a timer; acquire(timeout=) wraps it in a task)
-                async with asyncio.timeout(self.connect_timeout):
-                    connection = await pool.acquire()
-            except Exception as exc:  # whatever stops a connection: the database is not there
-                raise _Unreachable(_why(exc)) from exc
+            connection = await self._acquire(pool)
             try:
                 started = time.perf_counter()
                 transaction = connection.transaction()
@@ -648,6 +644,16 @@ class PostgresJournal(Journal):
         self._committed(write, started)
         return result
 
+    async def _acquire(self, pool: Any) -> Any:
+        """A connection of ``pool`` within :attr:`connect_timeout` (asyncio.timeout: a
+        timer; ``acquire(timeout=)`` would wrap it in a task); whatever stops one means
+        the database is not there: :class:`_Unreachable`."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await pool.acquire()
+        except Exception as exc:
+            raise _Unreachable(_why(exc)) from exc
+
     async def _statement(
         self, work: Callable[[Any], Awaitable[_T]], *, write: bool, durable: bool
     ) -> _T:
@@ -656,11 +662,7 @@ class PostgresJournal(Journal):
         turns out to be broken may have been committed (the kept changes' writer writes
         it again, as after a lost ``COMMIT`` answer)."""
         pool = await self._connections(durable)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                connection = await pool.acquire()
-        except Exception as exc:
-            raise _Unreachable(_why(exc)) from exc
+        connection = await self._acquire(pool)
         try:
             started = time.perf_counter()
             result = await work(connection)
